@@ -1,0 +1,5 @@
+"""``python -m provision``."""
+
+from .cli import main
+
+raise SystemExit(main())

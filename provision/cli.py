@@ -1,0 +1,178 @@
+"""The ``provision`` command: argument parsing and the one place that talks to the user.
+
+Exit codes: 0 ok; 1 a step failed; 2 usage or config error; 3 refused by a preflight check.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any, TextIO
+
+from .errors import ProvisionError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_REFUSED = 0, 1, 2, 3
+STEPS = ("preflight", "install", "cuda", "data")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        print(f"error: {message}\nhint: run '{self.prog} --help' for the options", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-c", "--config", metavar="PROFILE_OR_PATH", help="profile name (colab, vm, local, ci) or YAML path; default: detected")
+    common.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. data.reserve_gb=20")
+    common.add_argument("--subsets", help="which subsets to stage: all, 0-3, 0,2,5 (same as --set data.subsets=...)")
+    common.add_argument("--root", help="data root folder (same as --set data.root=...)")
+    common.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+    common.add_argument("-v", "--verbose", action="count", default=0, help="more log lines (repeat for debug)")
+
+    parser = _Parser(prog="provision", description="Get a machine ready for Deep Learning with PyTorch, Part 2: requirements, CUDA, LUNA16 data.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    p = sub.add_parser("plan", parents=[common], help="show what would be done (dry run; writes nothing)")
+    p.add_argument("--probe", action="store_true", help="ask the sources for unresolved sizes, checksums and exact unpacked sizes")
+
+    p = sub.add_parser("up", parents=[common], help="preflight, install, cuda, data: everything, in order")
+    p.add_argument("--skip", action="append", default=[], choices=STEPS, help="leave out a step (repeatable)")
+    p.add_argument("--only", action="append", default=[], choices=STEPS, help="run only these steps (repeatable)")
+    p.add_argument("--dry-run", action="store_true", help="print the plan only (same as `provision plan`)")
+
+    p = sub.add_parser("install", parents=[common], help="install the missing requirements")
+    p.add_argument("--dry-run", action="store_true", help="print the exact commands only")
+
+    sub.add_parser("check", parents=[common], help="probe the GPU and CUDA and judge them against the profile")
+
+    p = sub.add_parser("stage", parents=[common], help="download, verify and unpack the data set")
+    p.add_argument("--dry-run", action="store_true", help="print the data part of the plan only")
+
+    p = sub.add_parser("verify", parents=[common], help="check staged files (sizes; --full re-checks contents)")
+    p.add_argument("--full", action="store_true", help="re-read every unpacked member and compare its CRC")
+
+    sub.add_parser("status", parents=[common], help="where each file of the data set stands")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, *, environ: Mapping[str, str] | None = None, stdout: TextIO | None = None) -> int:
+    """Run the command line; returns the exit code (tests call this directly)."""
+    environ = os.environ if environ is None else environ
+    out = stdout or sys.stdout
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    logging.basicConfig(
+        level=logging.WARNING - 10 * min(args.verbose, 2),
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return _dispatch(args, environ, out)
+    except ProvisionError as exc:
+        if args.json:
+            from .report import to_json
+
+            print(to_json({"ok": False, **exc.to_dict()}), file=out)
+        print(f"error: {exc.message}", file=sys.stderr)
+        if exc.hint:
+            print(f"hint: {exc.hint}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("error: interrupted; what was fetched so far is kept, and the next run resumes", file=sys.stderr)
+        return 130
+
+
+def _load(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[Any, Any]:
+    from . import environment
+    from .config import load_config
+
+    env = environment.current(environ)
+    sets = list(args.sets)
+    if args.subsets is not None:
+        sets.append(f"data.subsets={args.subsets}")
+    if args.root is not None:
+        sets.append(f"data.root={args.root}")
+    config = load_config(args.config, sets, environ, default_profile=env.profile)
+    return config, env
+
+
+def _dispatch(args: argparse.Namespace, environ: Mapping[str, str], out: TextIO) -> int:
+    from . import report
+    from .plan import build_plan
+
+    config, env = _load(args, environ)
+    command = args.command
+    if command in ("plan",) or (command == "up" and args.dry_run):
+        plan = build_plan(config, environ, env, probe=getattr(args, "probe", False))
+        _show_plan(plan, args.json, out)
+        return EXIT_OK if plan.feasible else max(p.exit_code for p in plan.problems)
+    if command == "status":
+        from .steps import status
+
+        rows = status(config)
+        print(report.to_json(rows) if args.json else report.status_text(rows), file=out)
+        return EXIT_OK
+    if command == "verify":
+        from .steps import verify
+
+        result = verify(config, full=args.full)
+        print(report.to_json(result) if args.json else report.verify_text(result), file=out)
+        return EXIT_OK if result["ok"] else EXIT_FAILED
+    if command == "check":
+        from .steps import check_gpu
+
+        gpu_report = check_gpu(config, env)
+        print(report.to_json(report.gpu_dict(gpu_report)) if args.json else report.gpu_text(gpu_report, config.cuda.required), file=out)
+        return EXIT_OK if gpu_report.ok else EXIT_REFUSED
+    plan = build_plan(config, environ, env)
+    if command == "install":
+        if args.dry_run:
+            _show(report.install_dict(plan.install), report.install_text(plan.install), args.json, out)
+            return EXIT_OK
+        from .steps import install
+
+        install(plan, environ)
+        _show(report.install_dict(plan.install), report.install_text(plan.install, done=True), args.json, out)
+        return EXIT_OK
+    if command == "stage":
+        if args.dry_run:
+            _show_plan(plan, args.json, out)
+            return EXIT_OK if plan.feasible else EXIT_REFUSED
+        from .steps import preflight, stage
+
+        preflight(plan, ("data",))
+        result = stage(config, plan, verbose=args.verbose, json_mode=args.json)
+        _show(result.to_dict(), report.stage_text(result), args.json, out)
+        return EXIT_OK if result.ok else EXIT_FAILED
+    if command == "up":
+        from .steps import up
+
+        steps = [s for s in STEPS if (not args.only or s in args.only) and s not in args.skip]
+        summary = up(config, plan, env, environ, steps, verbose=args.verbose, json_mode=args.json)
+        _show(summary, report.up_text(summary), args.json, out)
+        return summary["exit_code"]
+    raise AssertionError(command)  # argparse restricts the choices
+
+
+def _show_plan(plan: Any, as_json: bool, out: TextIO) -> None:
+    from .report import plan_text
+
+    _show(plan.to_dict(), plan_text(plan), as_json, out)
+
+
+def _show(data: Any, text: str, as_json: bool, out: TextIO) -> None:
+    from .report import to_json
+
+    print(to_json(data) if as_json else text, file=out)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,349 @@
+"""Profiles: read YAML, merge ``extends``, apply ``--set``, expand paths, validate, freeze."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+from .manifest import parse_subsets
+from .schema import build, did_you_mean
+from .staging.sources import Source, parse_source
+
+PROFILES = ("colab", "vm", "local", "ci")
+
+
+def _parse_sources(value: Any, path: str) -> tuple[Source, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple)) or not value:
+        raise ValueError("expected a non-empty list of sources (zenodo, https://host/dir/, gs://bucket/prefix/, /a/dir)")
+    sources = []
+    for i, item in enumerate(value):
+        if not isinstance(item, str):
+            raise ValueError(f"[{i}] expected a string, got {item!r}")
+        try:
+            sources.append(parse_source(item))
+        except ValueError as exc:
+            raise ValueError(f"[{i}] {exc}") from None
+    return tuple(sources)
+
+
+def _parse_specifier(value: Any, path: str) -> str:
+    from packaging.specifiers import InvalidSpecifier, SpecifierSet
+
+    try:
+        return str(SpecifierSet(str(value)))
+    except InvalidSpecifier:
+        raise ValueError(f"{value!r} is not a version specifier like '>=3.10'") from None
+
+
+def _parse_choice(*choices: str) -> Any:
+    def parse(value: Any, path: str) -> str:
+        if value not in choices:
+            extra = did_you_mean(str(value), choices)
+            raise ValueError(f"{value!r} is not one of {', '.join(choices)}{extra}")
+        return str(value)
+
+    return parse
+
+
+def _positive(kind: type) -> Any:
+    def parse(value: Any, path: str) -> Any:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
+            raise ValueError(f"expected a {'whole ' if kind is int else ''}number, got {value!r}")
+        if value < 0:
+            raise ValueError(f"must not be negative, got {value}")
+        return kind(value)
+
+    return parse
+
+
+@dataclass(frozen=True)
+class RequirementsConfig:
+    files: tuple[str, ...] = ()
+    packages: tuple[str, ...] = ()
+    skip_satisfied: bool = True
+    torch_index: str = "auto"
+    installer: str = field(default="auto", metadata={"parse": _parse_choice("auto", "uv", "pip")})
+    venv: str | None = None
+
+
+@dataclass(frozen=True)
+class CudaConfig:
+    required: bool = False
+    min_memory_gb: float = field(default=0.0, metadata={"parse": _positive(float)})
+    min_compute_capability: str | None = None
+    probe_timeout_s: float = field(default=180.0, metadata={"parse": _positive(float)})
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = "luna16"
+    root: str = "~/dlwpt-code/data-unversioned"
+    subsets: tuple[int, ...] | None = field(default=None, metadata={"parse": parse_subsets})
+    sources: tuple[Source, ...] = field(default=(parse_source("zenodo"),), metadata={"parse": _parse_sources})
+    keep_archives: bool = False
+    reserve_gb: float = field(default=80.0, metadata={"parse": _positive(float)})
+    margin_gb: float = field(default=1.0, metadata={"parse": _positive(float)})
+    mode: str = field(default="archive", metadata={"parse": _parse_choice("archive")})
+    connections: int = field(default=8, metadata={"parse": _positive(int)})
+    files_in_flight: int = field(default=3, metadata={"parse": _positive(int)})
+    segment_mb: int = field(default=64, metadata={"parse": _positive(int)})
+    retries: int = field(default=6, metadata={"parse": _positive(int)})
+    backoff_s: float = field(default=1.0, metadata={"parse": _positive(float)})
+    timeout_s: float = field(default=60.0, metadata={"parse": _positive(float)})
+    zenodo_url: str = "https://zenodo.org"
+    allow_insecure: bool = False
+    extract_workers: int = field(default=0, metadata={"parse": _positive(int)})
+
+
+@dataclass(frozen=True)
+class Config:
+    """A validated profile. ``files`` lists the YAML files it was read from, outermost last."""
+
+    description: str = ""
+    python: str = field(default=">=3.10", metadata={"parse": _parse_specifier})
+    requirements: RequirementsConfig = RequirementsConfig()
+    cuda: CudaConfig = CudaConfig()
+    data: DataConfig = DataConfig()
+    files: tuple[str, ...] = field(default=(), metadata={"parse": lambda v, p: _reject_files(p)})
+    name: str = field(default="", init=True, metadata={"parse": lambda v, p: _reject_files(p)})
+
+
+def _reject_files(path: str) -> Any:
+    raise ValueError("is set by the tool, not by a profile")
+
+
+# ---------------------------------------------------------------- locating profiles
+
+
+def configs_dir() -> Path:
+    """The folder of shipped profiles (``configs/`` beside the package in a checkout)."""
+    override = os.environ.get("PROVISION_CONFIG_DIR")
+    if override:
+        return Path(override)
+    return Path(__file__).resolve().parent.parent / "configs"
+
+
+def resolve_profile(spec: str, base_dir: Path | None = None) -> Path:
+    """``colab`` -> configs/colab.yaml; a path is taken as it is."""
+    base_dir = base_dir or configs_dir()
+    candidate = Path(os.path.expanduser(spec))
+    looks_like_path = "/" in spec or spec.endswith((".yaml", ".yml"))
+    if looks_like_path:
+        if candidate.is_file():
+            return candidate
+        raise ConfigError(f"profile file {spec} does not exist", hint="check the path given to -c/--config", file=spec)
+    named = base_dir / f"{spec}.yaml"
+    if named.is_file():
+        return named
+    available = sorted(p.stem for p in base_dir.glob("*.yaml")) if base_dir.is_dir() else []
+    raise ConfigError(
+        f"no profile named '{spec}'{did_you_mean(spec, available)}",
+        hint=f"use one of: {', '.join(available) or '(none found)'} (in {base_dir}), or a path to a YAML file",
+        profile=spec,
+    )
+
+
+# ---------------------------------------------------------------- reading and merging
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """Read one YAML file that must hold a mapping (an empty file is an empty mapping)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}", hint="check the path and its permissions", file=str(path)) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{path}: invalid YAML{where}: {problem}", hint="fix the YAML syntax", file=str(path)) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(data).__name__}", hint="write 'key: value' lines", file=str(path))
+    return data
+
+
+class _Origins:
+    """Which file set each dotted key path (for error messages after merging)."""
+
+    def __init__(self) -> None:
+        self.by_path: dict[str, str] = {}
+
+    def record(self, mapping: Mapping[str, Any], source: str, prefix: str = "") -> None:
+        for key, value in mapping.items():
+            path = f"{prefix}.{key}" if prefix else str(key)
+            self.by_path[path] = source
+            if isinstance(value, Mapping):
+                self.record(value, source, path)
+
+    def __call__(self, path: str) -> str:
+        while path:
+            if path in self.by_path:
+                return self.by_path[path]
+            path = re.sub(r"(\[\d+\]|\.[^.\[]*|^[^.\[]*)$", "", path)
+        return self.by_path.get("", "<defaults>")
+
+
+def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """Mappings merge key by key; anything else (lists included) is replaced."""
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _load_chain(path: Path, origins: _Origins, seen: tuple[Path, ...] = ()) -> tuple[dict[str, Any], list[str]]:
+    path = path.resolve()
+    if path in seen:
+        chain = " -> ".join(str(p) for p in (*seen, path))
+        raise ConfigError(f"profiles extend each other in a loop: {chain}", hint="remove one of the 'extends:' lines", file=str(path))
+    data = read_yaml(path)
+    parent_spec = data.pop("extends", None)
+    merged: dict[str, Any] = {}
+    files: list[str] = []
+    if parent_spec is not None:
+        if not isinstance(parent_spec, str):
+            raise ConfigError(f"{path}: 'extends' must be a file name, got {parent_spec!r}", hint="write e.g. 'extends: base.yaml'", file=str(path), key="extends")
+        parent = path.parent / parent_spec if not os.path.isabs(parent_spec) else Path(parent_spec)
+        if not parent.is_file():
+            parent = resolve_profile(parent_spec, path.parent)
+        merged, files = _load_chain(parent, origins, (*seen, path))
+    origins.record(data, str(path))
+    return deep_merge(merged, data), [*files, str(path)]
+
+
+def parse_set(assignment: str) -> tuple[list[str], Any]:
+    """``data.subsets=0-3`` -> (['data', 'subsets'], '0-3'); the value is read as YAML."""
+    key, sep, text = assignment.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {assignment!r} is not of the form dotted.key=value", hint="write e.g. --set data.reserve_gb=20")
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        value = text
+    return [part.strip() for part in key.split(".")], value
+
+
+def apply_sets(data: dict[str, Any], sets: Sequence[str], origins: _Origins) -> dict[str, Any]:
+    for assignment in sets:
+        keys, value = parse_set(assignment)
+        patch: Any = value
+        for part in reversed(keys):
+            patch = {part: patch}
+        origins.record(patch, f"--set {assignment}")
+        data = deep_merge(data, patch)
+    return data
+
+
+# ---------------------------------------------------------------- path expansion
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def expand_path(text: str, environ: Mapping[str, str], where: str) -> str:
+    """Expand ``~`` and ``${VAR}``; an undefined variable is an error."""
+
+    def var(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in environ:
+            raise ConfigError(f"{where}: environment variable ${{{name}}} is not set", hint=f"set {name} or write the path out", key=where)
+        return environ[name]
+
+    text = _VAR.sub(var, text)
+    if text.startswith("~"):
+        home = environ.get("HOME") or os.path.expanduser("~")
+        text = home + text[1:] if text == "~" or text.startswith("~/") else os.path.expanduser(text)
+    return text
+
+
+def _expand_paths(data: dict[str, Any], environ: Mapping[str, str], origins: _Origins) -> dict[str, Any]:
+    data = deep_merge({}, data)
+    section = data.get("data")
+    if isinstance(section, dict):
+        if isinstance(section.get("root"), str):
+            section["root"] = os.path.abspath(expand_path(section["root"], environ, f"{origins('data.root')}: data.root"))
+        sources = section.get("sources")
+        if isinstance(sources, list):
+            section["sources"] = [
+                expand_path(s, environ, f"{origins('data.sources')}: data.sources[{i}]") if isinstance(s, str) else s
+                for i, s in enumerate(sources)
+            ]
+    reqs = data.get("requirements")
+    if isinstance(reqs, dict):
+        if isinstance(reqs.get("venv"), str):
+            reqs["venv"] = expand_path(reqs["venv"], environ, "requirements.venv")
+        files = reqs.get("files")
+        if isinstance(files, list):
+            reqs["files"] = [_requirement_file(f, environ, origins(f"requirements.files[{i}]"), i) for i, f in enumerate(files)]
+    return data
+
+
+def _requirement_file(text: Any, environ: Mapping[str, str], declared_in: str, index: int) -> Any:
+    if not isinstance(text, str):
+        return text
+    expanded = expand_path(text, environ, f"{declared_in}: requirements.files[{index}]")
+    if os.path.isabs(expanded) or declared_in.startswith("--set") or declared_in == "<defaults>":
+        return expanded
+    return str(Path(declared_in).parent / expanded)  # relative to the profile that names it
+
+
+# ---------------------------------------------------------------- entry point
+
+
+def load_config(
+    spec: str | os.PathLike[str] | None = None,
+    sets: Sequence[str] = (),
+    environ: Mapping[str, str] | None = None,
+    default_profile: str = "local",
+) -> Config:
+    """Read, merge, override and validate a profile into a frozen :class:`Config`.
+
+    ``spec`` is a profile name or path; without one, ``PROVISION_CONFIG`` and then
+    ``default_profile`` (the detected environment's profile) are used.
+    """
+    environ = os.environ if environ is None else environ
+    spec = str(spec) if spec is not None else environ.get("PROVISION_CONFIG") or default_profile
+    path = resolve_profile(spec)
+    origins = _Origins()
+    data, files = _load_chain(path, origins)
+    origins.by_path.setdefault("", str(path))
+    data = apply_sets(data, sets, origins)
+    data = _expand_paths(data, environ, origins)
+    config = build(Config, data, path="", origin=origins)
+    _check_sources(config, origins)
+    return _with_identity(config, Path(path).stem, tuple(files))
+
+
+def _with_identity(config: Config, name: str, files: tuple[str, ...]) -> Config:
+    import dataclasses
+
+    return dataclasses.replace(config, name=name, files=files)
+
+
+def _check_sources(config: Config, origins: _Origins) -> None:
+    for i, source in enumerate(config.data.sources):
+        if source.kind == "http" and source.insecure and not config.data.allow_insecure and not source.is_loopback:
+            where = origins("data.sources")
+            raise ConfigError(
+                f"{where}: data.sources[{i}]: plain http:// ({source.location}) is only allowed for loopback addresses",
+                hint="use https://, or set data.allow_insecure: true if you trust the network",
+                file=where,
+                key=f"data.sources[{i}]",
+            )
+    if config.data.connections < 1:
+        raise ConfigError("data.connections must be at least 1", hint="set data.connections to e.g. 8", key="data.connections")

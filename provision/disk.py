@@ -1,0 +1,157 @@
+"""Disk arithmetic: how many bytes staging needs at its peak, and which subsets fit.
+
+Pure functions of their arguments: no filesystem access here (free bytes are passed in).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .manifest import format_subsets
+
+GB = 1_000_000_000
+
+
+def gb(n: float) -> str:
+    """Bytes as decimal gigabytes (the unit Colab and cloud consoles show); small sizes in MB."""
+    if abs(n) < GB / 10:
+        return f"{n / 1e6:.1f} MB"
+    return f"{n / GB:.1f} GB"
+
+
+@dataclass(frozen=True)
+class DiskItem:
+    """One file's disk needs: bytes still to write as an archive and as unpacked data."""
+
+    key: str
+    subset: int | None
+    archive_bytes: int  # still to be written for the file itself (0 when already there)
+    unpacked_bytes: int  # still to be written by extraction (0 for plain files)
+    unpack: bool
+    unpacked_estimated: bool = False
+    size_known: bool = True
+
+
+@dataclass(frozen=True)
+class DiskPlan:
+    """Disk figures for one filesystem. ``needed_bytes`` = max(peak, final + reserve) + margin."""
+
+    path: str
+    probe: str
+    free_bytes: int
+    archive_bytes: int
+    unpacked_bytes: int
+    archives_in_flight_bytes: int
+    peak_bytes: int
+    final_bytes: int
+    reserve_bytes: int
+    margin_bytes: int
+    needed_bytes: int
+    estimated: bool
+    unresolved: tuple[str, ...]
+    fitting_subsets: tuple[int, ...] | None  # None when everything fits or no subsets apply
+
+    @property
+    def fits(self) -> bool:
+        return self.needed_bytes <= self.free_bytes
+
+    @property
+    def shortfall_bytes(self) -> int:
+        return max(0, self.needed_bytes - self.free_bytes)
+
+    def fitting_text(self) -> str:
+        if self.fitting_subsets is None:
+            return ""
+        if not self.fitting_subsets:
+            return f"not even one subset fits in {gb(self.free_bytes)} free"
+        n = len(self.fitting_subsets)
+        noun = "subset" if n == 1 else "subsets"
+        return f"{noun} {format_subsets(self.fitting_subsets)} fit in {gb(self.free_bytes)} free"
+
+
+def _needs(items: Sequence[DiskItem], *, keep_archives: bool, files_in_flight: int) -> tuple[int, int, int, int]:
+    """(archive bytes, unpacked bytes, archives on disk at once, peak bytes) for ``items``."""
+    unpacked = sum(i.unpacked_bytes for i in items)
+    plain = sum(i.archive_bytes for i in items if not i.unpack)
+    archives = sorted((i.archive_bytes for i in items if i.unpack), reverse=True)
+    if keep_archives:
+        in_flight = sum(archives)
+    else:
+        # a download slot is freed only once its archive is unpacked and deleted,
+        # so at most files_in_flight archives are on disk at any moment
+        in_flight = sum(archives[: max(1, files_in_flight)])
+    return plain + sum(archives), unpacked, in_flight, plain + unpacked + in_flight
+
+
+def _final(items: Sequence[DiskItem], keep_archives: bool) -> int:
+    unpacked = sum(i.unpacked_bytes for i in items)
+    kept = sum(i.archive_bytes for i in items if keep_archives or not i.unpack)
+    return unpacked + kept
+
+
+def needed_bytes(items: Sequence[DiskItem], *, keep_archives: bool, files_in_flight: int, reserve_bytes: int, margin_bytes: int) -> int:
+    _, _, _, peak = _needs(items, keep_archives=keep_archives, files_in_flight=files_in_flight)
+    return max(peak, _final(items, keep_archives) + reserve_bytes) + margin_bytes
+
+
+def plan_disk(
+    items: Sequence[DiskItem],
+    *,
+    path: str,
+    probe: str,
+    free_bytes: int,
+    reserve_bytes: int,
+    margin_bytes: int,
+    keep_archives: bool,
+    files_in_flight: int,
+) -> DiskPlan:
+    """The disk figures for staging ``items`` onto one filesystem with ``free_bytes`` free."""
+    archive, unpacked, in_flight, peak = _needs(items, keep_archives=keep_archives, files_in_flight=files_in_flight)
+    final = _final(items, keep_archives)
+    needed = max(peak, final + reserve_bytes) + margin_bytes
+    fitting = None
+    if needed > free_bytes and any(i.subset is not None for i in items):
+        fitting = largest_fitting_subsets(
+            items, free_bytes=free_bytes, reserve_bytes=reserve_bytes, margin_bytes=margin_bytes,
+            keep_archives=keep_archives, files_in_flight=files_in_flight,
+        )
+    return DiskPlan(
+        path=path,
+        probe=probe,
+        free_bytes=free_bytes,
+        archive_bytes=archive,
+        unpacked_bytes=unpacked,
+        archives_in_flight_bytes=in_flight,
+        peak_bytes=peak,
+        final_bytes=final,
+        reserve_bytes=reserve_bytes,
+        margin_bytes=margin_bytes,
+        needed_bytes=needed,
+        estimated=any(i.unpacked_estimated for i in items),
+        unresolved=tuple(i.key for i in items if not i.size_known),
+        fitting_subsets=fitting,
+    )
+
+
+def largest_fitting_subsets(
+    items: Sequence[DiskItem],
+    *,
+    free_bytes: int,
+    reserve_bytes: int,
+    margin_bytes: int,
+    keep_archives: bool,
+    files_in_flight: int,
+) -> tuple[int, ...]:
+    """The longest run of subsets, in order, that fits together with the files every selection needs."""
+    always = [i for i in items if i.subset is None]
+    subsets = sorted({i.subset for i in items if i.subset is not None})
+    best: tuple[int, ...] = ()
+    for n in range(1, len(subsets) + 1):
+        chosen = set(subsets[:n])
+        trial = always + [i for i in items if i.subset in chosen]
+        need = needed_bytes(trial, keep_archives=keep_archives, files_in_flight=files_in_flight, reserve_bytes=reserve_bytes, margin_bytes=margin_bytes)
+        if need > free_bytes:
+            break
+        best = tuple(subsets[:n])
+    return best

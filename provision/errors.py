@@ -1,0 +1,78 @@
+"""The one exception hierarchy. Each error carries facts and a hint for the user."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ProvisionError(Exception):
+    """Base class: a message, what to do next (hint), the facts, and an exit code."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, hint: str | None = None, **facts: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+        self.facts = facts
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "error": type(self).__name__,
+            "message": self.message,
+            "hint": self.hint,
+            "facts": {k: _plain(v) for k, v in self.facts.items()},
+            "exit_code": self.exit_code,
+        }
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return str(value)
+
+
+class ConfigError(ProvisionError):
+    """A profile, manifest, flag or --set value is wrong (exit 2)."""
+
+    exit_code = 2
+
+
+class PreflightError(ProvisionError):
+    """A preflight check refused to start (exit 3)."""
+
+    exit_code = 3
+
+
+class DiskSpaceError(PreflightError):
+    """The plan needs more disk than is free."""
+
+
+class GpuError(PreflightError):
+    """A required GPU is missing or too small."""
+
+
+class OutOfSpaceError(ProvisionError):
+    """The disk filled up while a step was running (exit 1; the work so far is kept)."""
+
+
+class ChecksumError(ProvisionError):
+    """A file's size or md5 does not match the manifest."""
+
+
+class DownloadError(ProvisionError):
+    """A file could not be fetched from any source."""
+
+
+class ExtractError(ProvisionError):
+    """An archive is damaged or hostile (path escape, symlink, size overrun)."""
+
+
+class CommandError(ProvisionError):
+    """An external command (pip, uv, nvidia-smi) failed."""
+
+
+class LockError(ProvisionError):
+    """Another run holds the lock on a data root."""

@@ -1,0 +1,306 @@
+"""The Plan: every decision of a run, computed from the config, the manifest and facts, without side effects.
+
+``gather_facts`` does the (read-only) looking around; ``make_plan`` is a pure function of
+its arguments. ``provision plan`` prints the result; ``provision up`` carries it out.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import Config, configs_dir
+from .disk import GB, DiskItem, DiskPlan, plan_disk
+from .environment import Environment, FsFacts, fs_facts
+from .install import InstallPlan, installed_distributions, plan_install, read_requirements, venv_python
+from .manifest import Manifest, load_manifest
+from .staging.sources import file_url
+from .staging.state import FileStatus, file_statuses
+
+STEPS = ("preflight", "install", "cuda", "data")
+
+
+@dataclass(frozen=True)
+class RemoteFacts:
+    """What ``--probe`` (or staging) learned about a file from its source."""
+
+    size: int | None = None
+    md5: str | None = None
+    unpacked_size: int | None = None
+    members: int | None = None
+    source: str | None = None
+
+
+@dataclass(frozen=True)
+class Facts:
+    """Everything about the machine a plan depends on, gathered up front."""
+
+    environment: Environment
+    installed: Mapping[str, str]
+    driver_cuda: str | None
+    data_fs: FsFacts
+    statuses: Mapping[str, FileStatus]
+    environ: Mapping[str, str]
+    remote: Mapping[str, RemoteFacts] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FileLocation:
+    """Where one file can be fetched from: the source kind and the file's URL or path there."""
+
+    kind: str
+    url: str
+
+
+@dataclass(frozen=True)
+class FilePlan:
+    key: str
+    record: str | None
+    subset: int | None
+    size: int | None
+    md5: str | None
+    unpack: bool
+    unpacked_bytes: int | None
+    unpacked_estimated: bool
+    locations: tuple[FileLocation, ...]
+    dest: str
+    stage: str
+    partial_bytes: int
+
+
+@dataclass(frozen=True)
+class DataPlan:
+    dataset: str
+    manifest: str
+    root: str
+    target_dir: str
+    mode: str
+    subsets: tuple[int, ...] | None
+    sources: tuple[str, ...]
+    files: tuple[FilePlan, ...]
+    connections: int
+    files_in_flight: int
+    keep_archives: bool
+
+
+@dataclass(frozen=True)
+class GpuExpectations:
+    required: bool
+    min_memory_gb: float
+    min_compute_capability: str | None
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A reason the plan cannot run as it is, with the fix and the exit code it leads to."""
+
+    step: str
+    message: str
+    hint: str
+    exit_code: int = 3
+
+
+@dataclass(frozen=True)
+class Plan:
+    profile: str
+    config_files: tuple[str, ...]
+    environment: Environment
+    python_ok: bool
+    python_requirement: str
+    install: InstallPlan
+    gpu: GpuExpectations
+    data: DataPlan
+    disk: tuple[DiskPlan, ...]
+    problems: tuple[Problem, ...]
+
+    @property
+    def feasible(self) -> bool:
+        return not self.problems
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["feasible"] = self.feasible
+        out["environment"]["profile"] = self.environment.profile
+        for disk, raw in zip(self.disk, out["disk"]):
+            raw["fits"] = disk.fits
+            raw["shortfall_bytes"] = disk.shortfall_bytes
+            raw["fitting_subsets_text"] = disk.fitting_text()
+        return out
+
+
+def gather_facts(config: Config, environ: Mapping[str, str], environment: Environment, manifest: Manifest) -> Facts:
+    """Look at the machine (read-only): installed packages, driver, free disk, staged files."""
+    target = venv_python(config.requirements.venv) if config.requirements.venv else environment.python_executable
+    installed = installed_distributions(target)
+    driver_cuda = None
+    if "torch" not in installed and config.requirements.torch_index == "auto":
+        from .gpu import read_nvidia_smi
+
+        smi = read_nvidia_smi(timeout_s=10)
+        driver_cuda = smi.get("cuda_version") if smi else None
+    root = Path(config.data.root)
+    keys = [f.key for f in manifest.files]
+    return Facts(
+        environment=environment,
+        installed=installed,
+        driver_cuda=driver_cuda,
+        data_fs=fs_facts(root),
+        statuses=file_statuses(root, keys) if root.is_dir() else {},
+        environ=dict(environ),
+    )
+
+
+def make_plan(config: Config, manifest: Manifest, facts: Facts) -> Plan:
+    """Compute the whole plan from its inputs. Pure: reads and writes nothing."""
+    from packaging.specifiers import SpecifierSet
+
+    env = facts.environment
+    python_ok = SpecifierSet(config.python).contains(env.python_version, prereleases=True)
+    reqs = read_requirements(config.requirements.files, config.requirements.packages)
+    target_python = venv_python(config.requirements.venv) if config.requirements.venv else env.python_executable
+    from .install import choose_installer
+
+    install = plan_install(
+        reqs,
+        installed=facts.installed,
+        skip_satisfied=config.requirements.skip_satisfied,
+        installer=choose_installer(config.requirements.installer),
+        target_python=target_python,
+        torch_index_setting=config.requirements.torch_index,
+        driver_cuda=facts.driver_cuda,
+        environ=facts.environ,
+    )
+    data = plan_data(config, manifest, facts)
+    disk = plan_disk(
+        [disk_item(f) for f in data.files],
+        path=config.data.root,
+        probe=facts.data_fs.probe,
+        free_bytes=facts.data_fs.free_bytes,
+        reserve_bytes=int(config.data.reserve_gb * GB),
+        margin_bytes=int(config.data.margin_gb * GB),
+        keep_archives=config.data.keep_archives,
+        files_in_flight=config.data.files_in_flight,
+    )
+    problems = []
+    if not python_ok:
+        problems.append(Problem(
+            "preflight",
+            f"Python {env.python_version} does not satisfy the profile's python: '{config.python}'",
+            "use a newer Python (e.g. python3.11 -m venv .venv) and run again from it",
+        ))
+    if not disk.fits:
+        problems.append(disk_problem(disk))
+    return Plan(
+        profile=config.name,
+        config_files=config.files,
+        environment=env,
+        python_ok=python_ok,
+        python_requirement=config.python,
+        install=install,
+        gpu=GpuExpectations(config.cuda.required, config.cuda.min_memory_gb, config.cuda.min_compute_capability),
+        data=data,
+        disk=(disk,),
+        problems=tuple(problems),
+    )
+
+
+def plan_data(config: Config, manifest: Manifest, facts: Facts) -> DataPlan:
+    root = Path(config.data.root)
+    target = root / manifest.dir
+    files = []
+    for f in manifest.select(config.data.subsets):
+        remote = facts.remote.get(f.key, RemoteFacts())
+        size = f.size if f.size is not None else remote.size
+        unpacked = f.unpacked_size if f.unpacked_size is not None else remote.unpacked_size
+        estimated = f.unpack and unpacked is None and size is not None
+        if estimated:
+            unpacked = int(size * manifest.unpack_ratio)  # type: ignore[operator]
+        status = facts.statuses.get(f.key, FileStatus(f.key, "missing"))
+        locations = []
+        for source in config.data.sources:
+            try:
+                locations.append(FileLocation(source.kind, file_url(source, f, config.data.zenodo_url)))
+            except ValueError:
+                continue  # e.g. zenodo for a file without a record
+        files.append(FilePlan(
+            key=f.key,
+            record=f.record,
+            subset=f.subset,
+            size=size,
+            md5=f.md5 or remote.md5,
+            unpack=f.unpack,
+            unpacked_bytes=unpacked if f.unpack else None,
+            unpacked_estimated=estimated,
+            locations=tuple(locations),
+            dest=str(target if f.unpack else target / f.key),
+            stage=status.stage,
+            partial_bytes=status.partial_bytes,
+        ))
+    return DataPlan(
+        dataset=manifest.name,
+        manifest=manifest.path,
+        root=str(root),
+        target_dir=str(target),
+        mode=config.data.mode,
+        subsets=config.data.subsets,
+        sources=tuple(s.label for s in config.data.sources),
+        files=tuple(files),
+        connections=config.data.connections,
+        files_in_flight=config.data.files_in_flight,
+        keep_archives=config.data.keep_archives,
+    )
+
+
+def disk_item(f: FilePlan) -> DiskItem:
+    """Bytes still to be written for one file, given how far it already got."""
+    size = f.size or 0
+    if f.stage == "extracted" or (f.stage == "verified" and not f.unpack):
+        return DiskItem(f.key, f.subset, 0, 0, unpack=f.unpack)
+    remaining = 0 if f.stage == "verified" else max(0, size - f.partial_bytes)
+    return DiskItem(
+        f.key, f.subset, remaining, (f.unpacked_bytes or 0) if f.unpack else 0,
+        unpack=f.unpack, unpacked_estimated=f.unpacked_estimated, size_known=f.size is not None,
+    )
+
+
+def disk_problem(disk: DiskPlan) -> Problem:
+    where = disk.path if disk.path == disk.probe else f"{disk.path} (measured at {disk.probe})"
+    message = (
+        f"not enough disk space at {where}: staging needs {disk.needed_bytes / GB:.1f} GB free "
+        f"but only {disk.free_bytes / GB:.1f} GB is free ({disk.shortfall_bytes / GB:.1f} GB short)"
+    )
+    ways = []
+    if disk.fitting_subsets:
+        ways.append(f"{disk.fitting_text()}: stage fewer with --subsets {_range(disk.fitting_subsets)}")
+    elif disk.fitting_subsets == ():
+        ways.append(disk.fitting_text())
+    ways.append("point data.root (--root) at a bigger disk")
+    if disk.reserve_bytes:
+        ways.append(f"lower data.reserve_gb (now {disk.reserve_bytes / GB:g} GB kept free for the book's cache), e.g. --set data.reserve_gb=20")
+    if disk.estimated:
+        ways.append("the unpacked size is an estimate; `provision plan --probe` reads the exact figure")
+    return Problem("preflight", message, "; ".join(ways))
+
+
+def _range(subsets: tuple[int, ...]) -> str:
+    from .manifest import format_subsets
+
+    return format_subsets(subsets)
+
+
+def build_plan(config: Config, environ: Mapping[str, str] | None = None, environment: Environment | None = None, probe: bool = False) -> Plan:
+    """Gather facts and make the plan: the whole dry run, as the CLI and the notebooks use it."""
+    from . import environment as envmod
+
+    environ = os.environ if environ is None else environ
+    environment = environment or envmod.current(environ)
+    manifest = load_manifest(config.data.dataset, configs_dir())
+    facts = gather_facts(config, environ, environment, manifest)
+    if probe:
+        from .staging.probe import probe_remote
+
+        facts = Facts(**{**facts.__dict__, "remote": probe_remote(config, manifest)})
+    return make_plan(config, manifest, facts)

@@ -1,0 +1,254 @@
+"""Turning plans, results and events into text for people and JSON for programs."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+import time
+from collections.abc import Callable
+from typing import Any, TextIO
+
+from .disk import gb
+from .plan import Plan
+
+
+def to_json(data: Any) -> str:
+    return json.dumps(data, indent=2, sort_keys=False, default=str)
+
+
+def plan_text(plan: Plan) -> str:
+    env = plan.environment
+    lines = [
+        f"profile      {plan.profile}  ({', '.join(plan.config_files)})",
+        f"environment  {env.kind}{' + ci' if env.ci else ''}  ({'; '.join(env.reasons)})",
+        f"python       {env.python_version} at {env.python_executable}  (profile wants {plan.python_requirement}: {'ok' if plan.python_ok else 'NO'})",
+        f"os           {env.os} {env.machine}",
+        "",
+        f"install      with {plan.install.installer} into {plan.install.target_python}",
+    ]
+    for r in plan.install.requirements:
+        mark = {"satisfied": "ok  ", "install": "add ", "not-needed": "skip"}[r.action]
+        lines.append(f"  {mark} {r.requirement:<28} {r.reason}")
+    if plan.install.to_install and plan.install.torch_index:
+        lines.append(f"  torch from {plan.install.torch_index}  ({plan.install.torch_index_reason})")
+    for cmd in plan.install.commands:
+        lines.append("  $ " + shlex.join(cmd.argv))
+    if not plan.install.commands:
+        lines.append("  nothing to install")
+    gpu = plan.gpu
+    want = "required" if gpu.required else "optional"
+    extra = f", at least {gpu.min_memory_gb:g} GB" if gpu.min_memory_gb else ""
+    extra += f", compute capability >= {gpu.min_compute_capability}" if gpu.min_compute_capability else ""
+    lines += ["", f"gpu          {want}{extra}  (checked by `provision check`)", ""]
+    data = plan.data
+    lines.append(f"data         {data.dataset} ({data.manifest}), mode {data.mode}, {data.connections} connections")
+    lines.append(f"  into       {data.target_dir}")
+    lines.append(f"  sources    {', '.join(data.sources)}")
+    for f in data.files:
+        size = gb(f.size) if f.size is not None else "size unresolved"
+        unpacked = ""
+        if f.unpack and f.unpacked_bytes is not None:
+            unpacked = f" -> {'~' if f.unpacked_estimated else ''}{gb(f.unpacked_bytes)} unpacked"
+        stage = f.stage if f.stage != "partial" else f"partial ({gb(f.partial_bytes)})"
+        lines.append(f"  {f.key:<22} {size:>10}{unpacked:<26} {stage}")
+    for disk in plan.disk:
+        lines += [
+            "",
+            f"disk         {disk.path}  (filesystem of {disk.probe})",
+            f"  archives {gb(disk.archive_bytes)}, unpacked {'~' if disk.estimated else ''}{gb(disk.unpacked_bytes)}, "
+            f"archives on disk at once {gb(disk.archives_in_flight_bytes)}",
+            f"  peak {gb(disk.peak_bytes)}, after staging {gb(disk.final_bytes)} + reserve {gb(disk.reserve_bytes)}, margin {gb(disk.margin_bytes)}",
+            f"  needed {gb(disk.needed_bytes)}, free {gb(disk.free_bytes)}: {'fits' if disk.fits else 'DOES NOT FIT'}",
+        ]
+        if disk.estimated:
+            lines.append("  (unpacked sizes marked ~ are estimates; `provision plan --probe` reads the exact figures)")
+        if disk.unresolved:
+            lines.append(f"  (sizes of {', '.join(disk.unresolved)} are unresolved until --probe or staging)")
+    lines.append("")
+    if plan.feasible:
+        lines.append("feasible     yes")
+    else:
+        lines.append("feasible     NO")
+        for p in plan.problems:
+            lines.append(f"  {p.message}")
+            lines.append(f"  hint: {p.hint}")
+    return "\n".join(lines)
+
+
+class Progress:
+    """Receives engine events; draws a bar on a terminal or notebook, prints plain lines otherwise."""
+
+    def __init__(self, total_bytes: int, *, stream: TextIO | None = None, bar: bool | None = None, interval_s: float = 10.0) -> None:
+        self.stream = stream or sys.stderr
+        self.total = total_bytes
+        self.done = 0
+        self.files_done = 0
+        self.interval_s = interval_s
+        self._last = 0.0
+        self._start = time.monotonic()
+        use_bar = self.stream.isatty() or _in_notebook() if bar is None else bar
+        self._bar = None
+        if use_bar:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=total_bytes, unit="B", unit_scale=True, unit_divisor=1024, file=self.stream, desc="staging")
+
+    def __call__(self, event: str, **info: Any) -> None:
+        if event == "bytes":
+            self.done += info["n"]
+            if self._bar is not None:
+                self._bar.update(info["n"])
+            else:
+                self._maybe_line()
+        elif event in ("file_done", "file_failed", "retry", "extracted"):
+            if event == "file_done":
+                self.files_done += 1
+            message = info.get("message")
+            if message:
+                if self._bar is not None:
+                    self._bar.write(message, file=self.stream)
+                else:
+                    print(message, file=self.stream, flush=True)
+
+    def _maybe_line(self) -> None:
+        now = time.monotonic()
+        if now - self._last < self.interval_s:
+            return
+        self._last = now
+        rate = self.done / max(now - self._start, 1e-6)
+        pct = 100 * self.done / self.total if self.total else 100.0
+        eta = (self.total - self.done) / rate if rate > 0 else 0
+        print(f"staging: {gb(self.done)} of {gb(self.total)} ({pct:.0f}%), {rate / 1e6:.1f} MB/s, ETA {eta:.0f} s, {self.files_done} files done",
+              file=self.stream, flush=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+def _in_notebook() -> bool:
+    shell = sys.modules.get("IPython")
+    if shell is None:
+        return False
+    try:
+        ip = shell.get_ipython()  # type: ignore[attr-defined]
+    except Exception:  # noqa: BLE001
+        return False
+    return ip is not None and type(ip).__name__ == "ZMQInteractiveShell"
+
+
+Emit = Callable[..., None]
+
+
+def status_text(rows: list[dict[str, Any]]) -> str:
+    lines = []
+    for r in rows:
+        stage = r["stage"] + (f" ({r['percent']}%)" if "percent" in r else "")
+        source = f"  from {r['source']}" if r.get("source") else ""
+        lines.append(f"{r['key']:<24} {stage}{source}")
+    return "\n".join(lines)
+
+
+def verify_text(result: dict[str, Any]) -> str:
+    lines = []
+    for r in result["files"]:
+        problems = [f"missing: {n}" for n in r["missing"]] + [f"damaged: {n}" for n in r["damaged"]]
+        lines.append(f"{r['key']:<24} {r['stage']}{'  OK' if not problems and r['stage'] != 'missing' else ''}")
+        lines += [f"  {p}" for p in problems]
+    lines.append("all good" if result["ok"] else "problems found: run `provision stage` to fetch what is missing and repair what is damaged")
+    return "\n".join(lines)
+
+
+def gpu_dict(report: Any) -> dict[str, Any]:
+    probe = report.probe
+    return {
+        "ok": report.ok,
+        "torch": probe.get("torch"),
+        "cuda_build": probe.get("cuda_build"),
+        "cuda_available": probe.get("cuda_available", False),
+        "gpu": bool(probe.get("devices")),
+        "devices": probe.get("devices", []),
+        "smoke": probe.get("smoke"),
+        "nvidia_smi": report.nvidia_smi,
+        "probe": probe,
+        "findings": [{"problem": f.problem, "fix": f.fix, "fatal": f.fatal} for f in report.findings],
+    }
+
+
+def gpu_text(report: Any, required: bool) -> str:
+    probe = report.probe
+    lines = [f"torch        {probe.get('torch') or 'not installed'}" + (f" (CUDA build {probe['cuda_build']})" if probe.get("cuda_build") else "")]
+    smi = report.nvidia_smi
+    if smi:
+        lines.append(f"driver       {smi.get('driver_version')} (supports CUDA {smi.get('cuda_version')})")
+    for d in probe.get("devices", []):
+        lines.append(f"gpu {d['index']}        {d['name']}, {d['total_memory_bytes'] / 1e9:.1f} GB ({d['free_memory_bytes'] / 1e9:.1f} free), compute capability {d['compute_capability']}")
+    smoke = probe.get("smoke")
+    if smoke:
+        lines.append(f"smoke test   {smoke['size']}x{smoke['size']} matmul {'matches' if smoke['matches_cpu'] else 'DIFFERS FROM'} the CPU; "
+                     f"{smoke['fp32_tflops']:.1f} TFLOP/s fp32, {smoke['fp16_tflops']:.1f} fp16; host->GPU {smoke['h2d_gb_per_s']:.1f} GB/s")
+    if "nccl_available" in probe:
+        lines.append(f"nccl         {'available' if probe['nccl_available'] else 'NOT available'}")
+    if not probe.get("devices") and not report.findings:
+        lines.append("gpu          none")
+    for f in report.findings:
+        lines.append(f"{'problem' if f.fatal else 'note'}      {f.problem}")
+        lines.append(f"  fix: {f.fix}")
+    if not probe.get("devices") and not required:
+        lines.append("CPU only: the profile does not require a GPU (training will be slow)")
+    lines.append("ok" if report.ok else "NOT ok")
+    return "\n".join(lines)
+
+
+def install_dict(plan: Any) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    return asdict(plan)
+
+
+def install_text(plan: Any, done: bool = False) -> str:
+    lines = []
+    for r in plan.requirements:
+        lines.append(f"{r.action:<10} {r.requirement:<28} {r.reason}")
+    for cmd in plan.commands:
+        lines.append(("ran: " if done else "would run: ") + shlex.join(cmd.argv))
+    if not plan.commands:
+        lines.append("nothing to install")
+    return "\n".join(lines)
+
+
+def stage_text(result: Any) -> str:
+    lines = []
+    for f in result.files:
+        line = f"{f.key:<24} {f.outcome}" + (f" from {f.source}" if f.source else "")
+        if f.bytes_fetched:
+            line += f", {gb(f.bytes_fetched)} fetched"
+        lines.append(line)
+        for r in f.retries:
+            lines.append(f"  retried: {r}")
+        if f.error:
+            lines.append(f"  error: {f.error}")
+            if f.hint:
+                lines.append(f"  hint: {f.hint}")
+    lines.append(f"{'done' if result.ok else 'FAILED'} in {result.elapsed_s:.1f} s; data in {result.target_dir}")
+    return "\n".join(lines)
+
+
+def up_text(summary: dict[str, Any]) -> str:
+    lines = []
+    for step, info in summary["steps"].items():
+        if step == "data":
+            lines.append(stage_text_from_dict(info))
+        else:
+            lines.append(f"{step:<10} {'ok' if info.get('ok') else 'FAILED'}")
+    if "error" in summary:
+        lines.append(f"error: {summary['error']['message']}")
+        if summary["error"].get("hint"):
+            lines.append(f"hint: {summary['error']['hint']}")
+    return "\n".join(lines)
+
+
+def stage_text_from_dict(info: dict[str, Any]) -> str:
+    done = sum(1 for f in info["files"] if f["outcome"] != "failed")
+    return f"data       {'ok' if info['ok'] else 'FAILED'}: {done} of {len(info['files'])} files staged in {info['target_dir']}"

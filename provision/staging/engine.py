@@ -1,0 +1,581 @@
+"""The staging engine: fetch each selected file from the first source that delivers it, verify, unpack, record.
+
+Concurrency: ``files_in_flight`` file drivers, each holding its slot until its archive is
+unpacked (this bounds the archives on disk, as the disk plan assumes); all drivers share one
+pool of ``connections`` segment workers. A driver hashes its file's contiguous downloaded
+prefix while later segments still arrive, so verification costs no separate pass over disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import random
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..config import DataConfig
+from ..errors import ChecksumError, DownloadError, ExtractError, OutOfSpaceError, ProvisionError
+from ..plan import DataPlan, FileLocation, FilePlan
+from . import extract as extracting
+from .local import LocalTransfer, try_hardlink
+from .state import StateStore, atomic_write_json, partial_dir, read_json, run_lock
+from .transfer import BUFFER_BYTES, NoRangeSupport, PermanentError, RemoteInfo, Transfer, TransientError
+
+log = logging.getLogger(__name__)
+Emit = Callable[..., None]
+PROGRESS_SAVE_INTERVAL_S = 1.0
+MD5_MISMATCH_TRIES_PER_SOURCE = 2
+
+
+@dataclass
+class FileResult:
+    key: str
+    outcome: str = "pending"  # already staged | staged | repaired | failed
+    source: str | None = None
+    bytes_fetched: int = 0
+    retries: list[str] = field(default_factory=list)
+    members: int = 0
+    error: str | None = None
+    hint: str | None = None
+
+
+@dataclass
+class StageResult:
+    files: list[FileResult]
+    elapsed_s: float
+    root: str
+    target_dir: str
+
+    @property
+    def ok(self) -> bool:
+        return all(f.outcome != "failed" for f in self.files)
+
+    @property
+    def bytes_fetched(self) -> int:
+        return sum(f.bytes_fetched for f in self.files)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "elapsed_s": round(self.elapsed_s, 3), "bytes_fetched": self.bytes_fetched,
+                "root": self.root, "target_dir": self.target_dir, "files": [asdict(f) for f in self.files]}
+
+
+class ChecksumMismatch(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Need:
+    """What a file still needs: fetching, and which members to (re)write (None = all not yet done)."""
+
+    fetch: bool
+    extract: bool
+    only: frozenset[str] | None = None
+    reason: str = ""
+
+
+def stat_stamp(path: Path) -> dict[str, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def decide(f: FilePlan, rec: dict[str, Any] | None, target: Path) -> Need | None:
+    """What ``f`` still needs, from its state record and a quick look at the disk (None: nothing)."""
+    final = target / f.key
+    if not rec or (f.md5 and rec.get("md5") and rec["md5"] != f.md5):
+        return Need(fetch=True, extract=f.unpack, reason="not staged yet")
+    archive_ok = rec.get("verified") and rec.get("stamp") is not None and stat_stamp(final) == rec.get("stamp")
+    if not f.unpack:
+        return None if archive_ok else Need(fetch=True, extract=False, reason="missing or changed since it was verified")
+    if rec.get("extracted"):
+        members = rec.get("members", {})
+        bad = {name for name, (size, _crc) in members.items() if _size_of(target / name) != size}
+        bad |= set(rec.get("damaged", []))
+        if not bad:
+            return None
+        return Need(fetch=not archive_ok, extract=True, only=frozenset(bad), reason=f"{len(bad)} member(s) missing or damaged")
+    if archive_ok:
+        return Need(fetch=False, extract=True, reason="downloaded, not yet unpacked")
+    return Need(fetch=True, extract=True, reason="not staged yet")
+
+
+def _size_of(path: Path) -> int | None:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return None
+
+
+class Stager:
+    """Runs the data step for one plan. ``emit(event, **info)`` receives progress events."""
+
+    def __init__(self, data: DataConfig, plan: DataPlan, emit: Emit | None = None, make_transfer: Callable[[FileLocation], Transfer] | None = None) -> None:
+        self.cfg = data
+        self.plan = plan
+        self.root = Path(plan.root)
+        self.target = Path(plan.target_dir)
+        self._emit_lock = threading.Lock()
+        self._emit = emit or (lambda event, **info: None)
+        self.abort = threading.Event()
+        self.make_transfer = make_transfer or self._default_transfer
+        self._zenodo: Any = None
+
+    def emit(self, event: str, **info: Any) -> None:
+        with self._emit_lock:
+            self._emit(event, **info)
+
+    # ------------------------------------------------------------ the run
+
+    def run(self) -> StageResult:
+        start = time.monotonic()
+        self.target.mkdir(parents=True, exist_ok=True)
+        with run_lock(self.root):
+            state = StateStore(self.root)
+            results = {f.key: FileResult(f.key) for f in self.plan.files}
+            work: list[tuple[FilePlan, Need]] = []
+            for f in self.plan.files:
+                need = decide(f, state.record(f.key), self.target)
+                if need is None:
+                    results[f.key].outcome = "already staged"
+                    results[f.key].source = (state.record(f.key) or {}).get("source")
+                else:
+                    work.append((f, need))
+            fatal: list[BaseException] = []
+            with ThreadPoolExecutor(max(1, self.cfg.connections), thread_name_prefix="conn") as conns, \
+                    ThreadPoolExecutor(max(1, self.cfg.files_in_flight), thread_name_prefix="file") as drivers:
+                futures: list[tuple[FilePlan, Future[None]]] = [
+                    (f, drivers.submit(self._stage_file, f, need, state, results[f.key], conns)) for f, need in work
+                ]
+                for f, fut in futures:
+                    try:
+                        fut.result()
+                    except OutOfSpaceError as exc:
+                        self.abort.set()
+                        fatal.append(exc)
+                        _fail(results[f.key], exc)
+                    except ProvisionError as exc:
+                        _fail(results[f.key], exc)
+                        self.emit("file_failed", key=f.key, message=f"{f.key}: FAILED: {exc.message}")
+                    except BaseException as exc:
+                        self.abort.set()
+                        fatal.append(exc)
+            if fatal:
+                raise fatal[0]
+        return StageResult([results[f.key] for f in self.plan.files], time.monotonic() - start, str(self.root), str(self.target))
+
+    def _stage_file(self, f: FilePlan, need: Need, state: StateStore, result: FileResult, conns: ThreadPoolExecutor) -> None:
+        if self.abort.is_set():
+            raise OutOfSpaceError("stopped because another file ran out of disk space", hint="free some space and run again")
+        final = self.target / f.key
+        repairing = need.only is not None
+        if need.fetch:
+            source, md5 = self._fetch(f, final, result, conns)
+            fields: dict[str, Any] = {"verified": True, "md5": md5, "size": os.stat(final).st_size, "source": source,
+                                      "unpack": f.unpack, "stamp": stat_stamp(final)}
+            if not repairing:
+                fields["extracted"] = False
+            state.update(f.key, **fields)
+            result.source = source
+        else:
+            result.source = (state.record(f.key) or {}).get("source")
+        if need.extract:
+            members = self._extract(f, final, need, result)
+            rec = state.record(f.key) or {}
+            recorded = rec.get("members", {}) if repairing else {}
+            recorded.update({m.name: [m.size, m.crc] for m in members})
+            state.update(f.key, extracted=True, members=recorded, damaged=[], unpacked_bytes=sum(m.size for m in members))
+            if not self.cfg.keep_archives:
+                final.unlink(missing_ok=True)
+                state.update(f.key, stamp=None)
+        result.outcome = "repaired" if repairing else "staged"
+        what = f"{result.members} members unpacked" if need.extract else "verified"
+        self.emit("file_done", key=f.key, message=f"{f.key}: {result.outcome} from {result.source} ({what})")
+
+    # ------------------------------------------------------------ fetching
+
+    def _default_transfer(self, loc: FileLocation) -> Transfer:
+        if loc.kind == "local":
+            return LocalTransfer(loc.url)
+        if loc.kind in ("http", "zenodo"):
+            from .http import HttpTransfer
+
+            return HttpTransfer(loc.url, self.cfg.timeout_s)
+        if loc.kind == "gs":
+            from .gcs import GcsTransfer  # type: ignore[import-not-found]
+
+            return GcsTransfer(loc.url, self.cfg.timeout_s)  # type: ignore[no-any-return]
+        raise PermanentError(f"no transfer for source kind {loc.kind}")
+
+    def _expected(self, f: FilePlan, loc: FileLocation) -> tuple[int | None, str | None]:
+        size, md5 = f.size, f.md5
+        if (size is None or md5 is None) and loc.kind == "zenodo" and f.record:
+            if self._zenodo is None:
+                from .zenodo import ZenodoRecords
+
+                self._zenodo = ZenodoRecords(self.cfg.zenodo_url, self.cfg.timeout_s)
+            api_size, api_md5 = self._zenodo.lookup(f.record, f.key)
+            size = size if size is not None else api_size
+            md5 = md5 or api_md5
+        return size, md5
+
+    def _fetch(self, f: FilePlan, final: Path, result: FileResult, conns: ThreadPoolExecutor) -> tuple[str, str]:
+        """Bring ``f`` to ``final`` verified; return (source label, md5). Sources are tried in order."""
+        if not f.locations:
+            raise DownloadError(f"{f.key}: no configured source can serve it", hint="add a source to data.sources (zenodo needs a record in the manifest)", key=f.key)
+        failures: list[str] = []
+        for loc in f.locations:
+            for attempt in range(MD5_MISMATCH_TRIES_PER_SOURCE):
+                try:
+                    size, md5 = self._expected(f, loc)
+                    got_md5 = self._download(f, loc, final, size, md5, result, conns)
+                    return loc.url, got_md5
+                except ChecksumMismatch as exc:
+                    result.retries.append(str(exc))
+                    self.emit("retry", key=f.key, message=f"{f.key}: {exc}; fetching it again")
+                    failures.append(f"{loc.url}: {exc}")
+                except (PermanentError, TransientError) as exc:
+                    reason = exc.reason
+                    result.retries.append(f"{loc.url}: gave up: {reason}")
+                    self.emit("retry", key=f.key, message=f"{f.key}: source {loc.url} failed ({reason}); trying the next source")
+                    failures.append(f"{loc.url}: {reason}")
+                    break
+                if self.abort.is_set():
+                    break
+        expected_md5 = f.md5 or "unknown"
+        if failures and all("md5" in x for x in failures):
+            raise ChecksumError(
+                f"{f.key}: every source delivered a wrong checksum (expected md5 {expected_md5}): " + "; ".join(failures),
+                hint="the manifest's md5 or the sources are wrong; check the data set's record",
+                key=f.key, expected=expected_md5,
+            )
+        raise DownloadError(f"{f.key} could not be fetched: " + "; ".join(failures), hint="check the network and data.sources, then run again: what was fetched is kept", key=f.key)
+
+    def _download(self, f: FilePlan, loc: FileLocation, final: Path, size: int | None, md5: str | None,
+                  result: FileResult, conns: ThreadPoolExecutor) -> str:
+        pdir = partial_dir(self.root)
+        pdir.mkdir(parents=True, exist_ok=True)
+        part = pdir / f"{f.key}.part"
+        progress_path = pdir / f"{f.key}.progress.json"
+        if loc.kind == "local" and size is not None:
+            linked = self._try_link(loc.url, part, final, size, md5)
+            if linked is not None:
+                return linked
+        transfer = self.make_transfer(loc)
+        info = self._with_retries(transfer.info, f"{f.key}: asking {loc.url} for the size", result)
+        if size is not None and info.size is not None and info.size != size:
+            raise PermanentError(f"{loc.url} has {info.size} bytes, the manifest says {size}")
+        size = size if size is not None else info.size
+        if md5 is None:
+            md5 = info.md5
+        if size is None or not info.ranges:
+            return self._download_whole(f, transfer, part, progress_path, final, size, md5, result)
+        try:
+            return _SegmentedDownload(self, f, transfer, part, progress_path, final, size, md5, result, conns).run()
+        except NoRangeSupport:
+            return self._download_whole(f, transfer, part, progress_path, final, size, md5, result)
+
+    def _try_link(self, src: str, part: Path, final: Path, size: int, md5: str | None) -> str | None:
+        """Hard-link a local source file (same filesystem), verify it, and give it its final name."""
+        part.unlink(missing_ok=True)
+        if _size_of(Path(src)) != size or not try_hardlink(src, str(part)):
+            return None
+        got = md5_of(part)
+        if md5 and got != md5:
+            part.unlink(missing_ok=True)
+            raise ChecksumMismatch(f"md5 of {src} is {got}, expected {md5}")
+        os.replace(part, final)
+        return got
+
+    def _download_whole(self, f: FilePlan, transfer: Transfer, part: Path, progress_path: Path, final: Path,
+                        size: int | None, md5: str | None, result: FileResult) -> str:
+        """For sources without ranges: one stream from byte 0, hashed as it arrives; a retry starts over."""
+        progress_path.unlink(missing_ok=True)
+        attempts = 0
+        while True:
+            hasher = hashlib.md5()
+            written = 0
+            try:
+                with open(part, "wb") as out:
+                    def sink(chunk: bytes) -> None:
+                        nonlocal written
+                        if self.abort.is_set():
+                            raise OutOfSpaceError("stopped", hint="free some space and run again")
+                        _write(out, chunk, part)
+                        hasher.update(chunk)
+                        written += len(chunk)
+                        result.bytes_fetched += len(chunk)
+                        self.emit("bytes", n=len(chunk), key=f.key)
+                    transfer.read_all(sink)
+                break
+            except TransientError as exc:
+                attempts += 1
+                if attempts > self.cfg.retries:
+                    raise
+                result.retries.append(f"{transfer.label}: {exc.reason} (whole-file retry {attempts})")
+                self.emit("bytes", n=-written, key=f.key)
+                self._sleep(backoff_s(attempts, exc.retry_after_s, self.cfg.backoff_s))
+        return self._finish(part, final, size, md5, hasher.hexdigest(), transfer.label)
+
+    def _finish(self, part: Path, final: Path, size: int | None, md5: str | None, got_md5: str, label: str) -> str:
+        got_size = os.stat(part).st_size
+        if (size is not None and got_size != size) or (md5 and got_md5 != md5):
+            part.unlink(missing_ok=True)
+            (part.parent / (part.name[: -len(".part")] + ".progress.json")).unlink(missing_ok=True)
+            raise ChecksumMismatch(f"md5 mismatch from {label}: got {got_md5} ({got_size} bytes), expected {md5} ({size} bytes)")
+        with open(part, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(part, final)
+        return got_md5
+
+    def _with_retries(self, call: Callable[[], RemoteInfo], what: str, result: FileResult) -> RemoteInfo:
+        attempts = 0
+        while True:
+            try:
+                return call()
+            except TransientError as exc:
+                attempts += 1
+                if attempts > self.cfg.retries:
+                    raise
+                result.retries.append(f"{what}: {exc.reason}")
+                self._sleep(backoff_s(attempts, exc.retry_after_s, self.cfg.backoff_s))
+
+    def _sleep(self, seconds: float) -> None:
+        if self.abort.wait(seconds):
+            raise OutOfSpaceError("stopped because another file ran out of disk space", hint="free some space and run again")
+
+    # ------------------------------------------------------------ unpacking
+
+    def _extract(self, f: FilePlan, final: Path, need: Need, result: FileResult) -> list[extracting.Member]:
+        def free() -> int:
+            st = os.statvfs(self.target)
+            return st.f_bavail * st.f_frsize
+
+        count = 0
+
+        def done(member: extracting.Member) -> None:
+            nonlocal count
+            count += 1
+
+        try:
+            members = extracting.extract(
+                final, self.target,
+                only=need.only,
+                free_bytes=free,
+                workers=self.cfg.extract_workers or (os.cpu_count() or 1),
+                on_member=done,
+                stop=self.abort,
+            )
+        except ExtractError:
+            final.unlink(missing_ok=True)  # a damaged archive must be fetched again
+            raise
+        result.members = count
+        return members
+
+
+def backoff_s(attempt: int, retry_after_s: float | None, base_s: float) -> float:
+    """Exponential backoff with jitter; the server's Retry-After wins (capped at two minutes)."""
+    if retry_after_s is not None:
+        return min(retry_after_s, 120.0)
+    return min(base_s * 2 ** (attempt - 1), 30.0) * (0.5 + random.random())
+
+
+def _fail(result: FileResult, exc: ProvisionError) -> None:
+    result.outcome = "failed"
+    result.error = exc.message
+    result.hint = exc.hint
+
+
+def _write(out: Any, chunk: bytes, path: Path) -> None:
+    try:
+        out.write(chunk)
+    except OSError as exc:
+        if exc.errno == 28:
+            raise _out_of_space(path) from None
+        raise
+
+
+def _out_of_space(path: Path) -> OutOfSpaceError:
+    return OutOfSpaceError(
+        f"the disk holding {path.parent} is full",
+        hint="free some space or stage fewer subsets (--subsets); what was fetched is kept and the next run resumes",
+        path=str(path.parent),
+    )
+
+
+def md5_of(path: Path) -> str:
+    hasher = hashlib.md5()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(BUFFER_BYTES * 4):
+            hasher.update(chunk)
+    return hasher.hexdigest()
+
+
+class _SegmentedDownload:
+    """One file fetched as byte-range segments in parallel, resumable from its progress file."""
+
+    def __init__(self, stager: Stager, f: FilePlan, transfer: Transfer, part: Path, progress_path: Path, final: Path,
+                 size: int, md5: str | None, result: FileResult, conns: ThreadPoolExecutor) -> None:
+        self.s = stager
+        self.f = f
+        self.transfer = transfer
+        self.part = part
+        self.progress_path = progress_path
+        self.final = final
+        self.size = size
+        self.md5 = md5
+        self.result = result
+        self.conns = conns
+        cfg = stager.cfg
+        # big segments keep the request count low (Zenodo throttles); enough of them to use every connection
+        self.segment = max(cfg.segment_mb << 20, -(-size // max(1, cfg.connections * 2)))
+        self.cond = threading.Condition()
+        self.cancel = threading.Event()
+        self.errors: list[BaseException] = []
+        self._saved_at = 0.0
+        self.done = self._resume()
+
+    def _resume(self) -> dict[int, int]:
+        starts = list(range(0, self.size, self.segment)) or [0]
+        saved = read_json(self.progress_path)
+        fresh = {s: 0 for s in starts}
+        ok = (isinstance(saved, dict) and saved.get("size") == self.size and saved.get("md5") == self.md5
+              and _size_of(self.part) == self.size)
+        if ok and saved.get("segment") != self.segment:
+            # segment size changed (other config): keep only the fully contiguous prefix
+            prefix = _contiguous({int(k): int(v) for k, v in saved["done"].items()}, int(saved["segment"]), self.size)
+            done = {s: max(0, min(prefix - s, min(self.segment, self.size - s))) for s in starts}
+        elif ok:
+            done = {s: int(saved["done"].get(str(s), 0)) for s in starts}
+        else:
+            done = fresh
+            with open(self.part, "wb") as fh:
+                fh.truncate(self.size)
+        if any(done.values()):
+            log.info("%s: resuming with %d of %d bytes", self.f.key, sum(done.values()), self.size)
+        return done
+
+    def _save(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._saved_at < PROGRESS_SAVE_INTERVAL_S:
+            return
+        self._saved_at = now
+        atomic_write_json(self.progress_path, {"size": self.size, "md5": self.md5, "segment": self.segment,
+                                               "done": {str(k): v for k, v in self.done.items()}, "source": self.transfer.label})
+
+    def _length(self, start: int) -> int:
+        return min(self.segment, self.size - start)
+
+    def run(self) -> str:
+        fd = os.open(self.part, os.O_WRONLY)
+        try:
+            pending = [s for s in sorted(self.done) if self.done[s] < self._length(s)]
+            futures = [self.conns.submit(self._segment_worker, fd, s) for s in pending]
+            try:
+                digest = self._hash_following()
+            finally:
+                if self.errors or self.s.abort.is_set():
+                    self.cancel.set()
+                for fut in futures:
+                    fut.exception()
+                with self.cond:
+                    self._save(force=True)
+        finally:
+            os.close(fd)
+        if self.errors:
+            raise self.errors[0]
+        self.progress_path.unlink(missing_ok=True)
+        return self.s._finish(self.part, self.final, self.size, self.md5, digest, self.transfer.label)
+
+    def _hash_following(self) -> str:
+        """md5 of the file, read as its contiguous prefix grows (from the page cache, not a second disk pass)."""
+        hasher = hashlib.md5()
+        hashed = 0
+        with open(self.part, "rb") as reader:
+            while hashed < self.size:
+                with self.cond:
+                    while not self.errors and not self.s.abort.is_set() and _contiguous(self.done, self.segment, self.size) <= hashed:
+                        self.cond.wait(0.5)
+                    if self.errors or self.s.abort.is_set():
+                        raise self.errors[0] if self.errors else _out_of_space(self.part)
+                    upto = _contiguous(self.done, self.segment, self.size)
+                reader.seek(hashed)
+                while hashed < upto:
+                    chunk = reader.read(min(BUFFER_BYTES * 8, upto - hashed))
+                    hasher.update(chunk)
+                    hashed += len(chunk)
+        return hasher.hexdigest()
+
+    def _segment_worker(self, fd: int, start: int) -> None:
+        end = start + self._length(start)
+        idle_attempts = 0
+        total_attempts = 0
+        retries = self.s.cfg.retries
+        try:
+            while not self.cancel.is_set() and not self.s.abort.is_set():
+                pos = start + self.done[start]
+                if pos >= end:
+                    return
+                before = pos
+
+                def sink(chunk: bytes) -> None:
+                    nonlocal pos
+                    if self.cancel.is_set() or self.s.abort.is_set():
+                        raise _Cancelled()
+                    try:
+                        os.pwrite(fd, chunk, pos)
+                    except OSError as exc:
+                        if exc.errno == 28:
+                            raise _out_of_space(self.part) from None
+                        raise
+                    pos += len(chunk)
+                    with self.cond:
+                        self.done[start] += len(chunk)
+                        self.result.bytes_fetched += len(chunk)
+                        self._save()
+                        self.cond.notify_all()
+                    self.s.emit("bytes", n=len(chunk), key=self.f.key)
+
+                try:
+                    self.transfer.read_range(pos, end, sink)
+                except TransientError as exc:
+                    total_attempts += 1
+                    idle_attempts = 0 if pos > before else idle_attempts + 1
+                    if idle_attempts > retries or total_attempts > retries * 4:
+                        raise
+                    with self.cond:
+                        self.result.retries.append(f"{self.transfer.label} bytes {pos}-{end - 1}: {exc.reason}")
+                    if self.cancel.wait(backoff_s(idle_attempts or 1, exc.retry_after_s, self.s.cfg.backoff_s)):
+                        return
+        except _Cancelled:
+            return
+        except BaseException as exc:  # noqa: BLE001 - handed to the driver, which re-raises it
+            with self.cond:
+                self.errors.append(exc)
+                self.cond.notify_all()
+            if isinstance(exc, OutOfSpaceError):
+                self.s.abort.set()
+            self.cancel.set()
+
+
+class _Cancelled(Exception):
+    pass
+
+
+def _contiguous(done: dict[int, int], segment: int, size: int) -> int:
+    """Bytes from the start of the file that are all downloaded."""
+    total = 0
+    for start in sorted(done):
+        got = done[start]
+        total = start + got
+        if got < min(segment, size - start):
+            return total
+    return size

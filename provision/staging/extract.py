@@ -1,0 +1,189 @@
+"""Safe zip extraction: checked member paths, no symlinks, bounded sizes, temp names, CRC-verified renames."""
+
+from __future__ import annotations
+
+import os
+import queue
+import shutil
+import stat
+import threading
+import zipfile
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from ..errors import ExtractError, OutOfSpaceError
+from .transfer import BUFFER_BYTES
+
+TMP_SUFFIX = ".provision-tmp"
+
+
+@dataclass(frozen=True)
+class Member:
+    """A file member of an archive and where it will be written."""
+
+    name: str
+    dest: Path
+    size: int
+    crc: int
+
+
+def safe_dest(target: Path, name: str, archive: str) -> Path | None:
+    """Where member ``name`` goes under ``target``; None for folders; ExtractError when it would escape."""
+    normalized = name.replace("\\", "/")
+    posix = PurePosixPath(normalized)
+    if normalized.startswith("/") or (len(normalized) > 1 and normalized[1] == ":") or ".." in posix.parts:
+        raise ExtractError(
+            f"{archive} holds a member that would be written outside {target}: {name!r}",
+            hint="this archive is damaged or hostile; nothing was written; check the source",
+            archive=archive, member=name,
+        )
+    if normalized.endswith("/"):
+        return None
+    parts = [p for p in posix.parts if p not in ("", ".")]
+    if not parts:
+        return None
+    dest = target.joinpath(*parts)
+    if os.path.commonpath([os.path.abspath(dest), os.path.abspath(target)]) != os.path.abspath(target):
+        raise ExtractError(f"{archive}: member {name!r} escapes {target}", hint="nothing was written; check the source", archive=archive, member=name)
+    return dest
+
+
+def list_members(zf: zipfile.ZipFile, target: Path, archive: str) -> list[Member]:
+    """Every file member, validated before anything is written."""
+    members = []
+    for info in zf.infolist():
+        mode = info.external_attr >> 16
+        if stat.S_ISLNK(mode):
+            raise ExtractError(f"{archive} holds a symbolic link member {info.filename!r}", hint="symlinks are refused; nothing was written", archive=archive, member=info.filename)
+        dest = safe_dest(target, info.filename, archive)
+        if dest is None or info.is_dir():
+            continue
+        members.append(Member(info.filename, dest, info.file_size, info.CRC))
+    return members
+
+
+def member_done(member: Member) -> bool:
+    """A member under its final name is complete: it was renamed only after its CRC checked out."""
+    try:
+        return os.stat(member.dest).st_size == member.size
+    except OSError:
+        return False
+
+
+def extract(
+    archive_path: Path,
+    target: Path,
+    *,
+    expected_unpacked: int | None = None,
+    only: Iterable[str] | None = None,
+    free_bytes: Callable[[], int] | None = None,
+    workers: int = 1,
+    on_member: Callable[[Member], None] | None = None,
+    stop: threading.Event | None = None,
+) -> list[Member]:
+    """Extract ``archive_path`` into ``target``, skipping members already complete; return all members.
+
+    ``only`` limits writing to those member names (repairs). Members are written in parallel by
+    ``workers`` threads, each with its own handle on the archive.
+    """
+    archive = archive_path.name
+    try:
+        with zipfile.ZipFile(archive_path) as zf:
+            members = list_members(zf, target, archive)
+    except zipfile.BadZipFile as exc:
+        raise ExtractError(f"{archive} is not a readable zip archive: {exc}", hint="delete it and stage again to refetch", archive=archive) from None
+    declared = sum(m.size for m in members)
+    if expected_unpacked is not None and declared != expected_unpacked:
+        raise ExtractError(
+            f"{archive} declares {declared} unpacked bytes, the manifest says {expected_unpacked}",
+            hint="the archive or the manifest is wrong; nothing was written",
+            archive=archive, declared=declared, expected=expected_unpacked,
+        )
+    wanted = set(only) if only is not None else None
+    todo = [m for m in members if (wanted is None or m.name in wanted) and (wanted is not None or not member_done(m))]
+    remaining = sum(m.size for m in todo)
+    if free_bytes is not None and remaining > free_bytes():
+        raise OutOfSpaceError(
+            f"unpacking {archive} needs {remaining} more bytes in {target}, only {free_bytes()} are free",
+            hint="free some space or stage fewer subsets; the archive is kept so the next run continues",
+            needed=remaining, free=free_bytes(), path=str(target),
+        )
+    _run_parallel(archive_path, sorted(todo, key=lambda m: -m.size), max(1, workers), on_member, stop)
+    return members
+
+
+def _run_parallel(archive_path: Path, todo: list[Member], workers: int, on_member: Callable[[Member], None] | None, stop: threading.Event | None) -> None:
+    jobs: queue.Queue[Member] = queue.Queue()
+    for m in todo:
+        jobs.put(m)
+    errors: list[BaseException] = []
+    halt = stop or threading.Event()
+
+    def work() -> None:
+        try:
+            with zipfile.ZipFile(archive_path) as zf:
+                while not halt.is_set() and not errors:
+                    try:
+                        member = jobs.get_nowait()
+                    except queue.Empty:
+                        return
+                    write_member(zf, member, archive_path.name)
+                    if on_member:
+                        on_member(member)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, name=f"extract-{i}", daemon=True) for i in range(min(workers, max(1, len(todo))))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+
+
+def write_member(zf: zipfile.ZipFile, member: Member, archive: str) -> None:
+    """Stream one member to a temp name beside its destination; rename once its CRC checks out."""
+    member.dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = member.dest.with_name(f".{member.dest.name}{TMP_SUFFIX}")
+    try:
+        with zf.open(member.name) as src, open(tmp, "wb") as out:
+            shutil.copyfileobj(src, out, BUFFER_BYTES)
+        written = os.stat(tmp).st_size
+        if written != member.size:
+            raise ExtractError(f"{archive}: member {member.name} unpacked to {written} bytes, expected {member.size}", hint="delete the archive and stage again", archive=archive)
+        os.replace(tmp, member.dest)
+    except zipfile.BadZipFile as exc:
+        _discard(tmp)
+        raise ExtractError(f"{archive}: member {member.name} is damaged ({exc})", hint="the archive will be refetched on the next stage", archive=archive, member=member.name) from None
+    except OSError as exc:
+        _discard(tmp)
+        if exc.errno == 28:  # ENOSPC
+            raise OutOfSpaceError(
+                f"the disk filled up while unpacking {member.name} into {member.dest.parent}",
+                hint="free some space or stage fewer subsets (--subsets); what is staged so far is kept and the next run continues",
+                path=str(member.dest.parent),
+            ) from None
+        raise
+    except BaseException:
+        _discard(tmp)
+        raise
+
+
+def _discard(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def crc_of(path: Path) -> int:
+    """CRC-32 of a file, read in MiB-sized pieces."""
+    import zlib
+
+    crc = 0
+    with open(path, "rb") as fh:
+        while chunk := fh.read(BUFFER_BYTES * 4):
+            crc = zlib.crc32(chunk, crc)
+    return crc

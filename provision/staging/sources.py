@@ -1,0 +1,76 @@
+"""Source specs (``zenodo``, ``https://host/dir/``, ``gs://bucket/prefix/``, ``/a/dir``) and where each file is."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from dataclasses import dataclass
+from urllib.parse import quote, urlsplit
+
+from ..manifest import ManifestFile
+
+
+@dataclass(frozen=True)
+class Source:
+    """One place files can come from. ``kind`` is zenodo, http, gs or local."""
+
+    kind: str
+    location: str  # base URL, gs:// prefix, or directory ("zenodo" for zenodo)
+
+    @property
+    def insecure(self) -> bool:
+        return self.location.startswith("http://")
+
+    @property
+    def is_loopback(self) -> bool:
+        host = urlsplit(self.location).hostname or ""
+        if host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            return False
+
+    @property
+    def label(self) -> str:
+        return self.location
+
+
+def parse_source(text: str) -> Source:
+    """Parse one source spec; raise ValueError saying what form is expected."""
+    text = text.strip()
+    if text == "zenodo":
+        return Source("zenodo", "zenodo")
+    if text.startswith(("http://", "https://")):
+        if not text.endswith("/"):
+            raise ValueError(f"a base URL must end with '/', so that file names can be appended: {text}/")
+        if not urlsplit(text).hostname:
+            raise ValueError(f"{text} has no host name")
+        return Source("http", text)
+    if text.startswith("gs://"):
+        bucket = text[5:].split("/", 1)[0]
+        if not bucket:
+            raise ValueError(f"{text} names no bucket; write gs://BUCKET/PREFIX/")
+        if not text.endswith("/"):
+            text += "/"
+        return Source("gs", text)
+    if "://" in text:
+        raise ValueError(f"{text}: unsupported scheme; use zenodo, https://host/dir/, gs://bucket/prefix/ or a directory")
+    if not text:
+        raise ValueError("an empty source")
+    return Source("local", os.path.abspath(text))
+
+
+def file_url(source: Source, file: ManifestFile, zenodo_url: str) -> str:
+    """The URL (or path) of ``file`` at ``source``."""
+    if source.kind == "zenodo":
+        if not file.record:
+            raise ValueError(f"{file.key} has no Zenodo record in the manifest")
+        return f"{zenodo_url.rstrip('/')}/records/{file.record}/files/{quote(file.key)}?download=1"
+    if source.kind == "local":
+        return os.path.join(source.location, file.key)
+    return source.location + quote(file.key)
+
+
+def zenodo_api_url(zenodo_url: str, record: str) -> str:
+    return f"{zenodo_url.rstrip('/')}/api/records/{record}"

@@ -1,0 +1,174 @@
+"""What has been staged: an atomic JSON state file, partial-download progress, and the run lock.
+
+All of it lives in ``<data.root>/.provision/``, on the same filesystem as the data, so
+temporary files can be renamed into place atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import LockError
+
+STATE_VERSION = 1
+
+
+def work_dir(root: Path) -> Path:
+    return root / ".provision"
+
+
+def partial_dir(root: Path) -> Path:
+    return work_dir(root) / "partial"
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    """Write JSON to a temp file beside ``path``, fsync, then rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, indent=1, sort_keys=True)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def read_json(path: Path) -> Any:
+    """The parsed file, or None when it is missing or unreadable (a torn file is as good as none)."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except (OSError, ValueError):
+        return None
+
+
+@dataclass(frozen=True)
+class FileStatus:
+    """A file's stage for the plan and ``status``: missing, partial, verified (downloaded) or extracted."""
+
+    key: str
+    stage: str
+    partial_bytes: int = 0
+    source: str | None = None
+
+
+class StateStore:
+    """The state file of one data root. Thread-safe; every update is written atomically."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.path = work_dir(root) / "state.json"
+        self._lock = threading.Lock()
+        loaded = read_json(self.path)
+        if not isinstance(loaded, dict) or loaded.get("version") != STATE_VERSION:
+            loaded = {"version": STATE_VERSION, "files": {}}
+        self._data: dict[str, Any] = loaded
+
+    def record(self, key: str) -> dict[str, Any] | None:
+        with self._lock:
+            rec = self._data["files"].get(key)
+            return json.loads(json.dumps(rec)) if rec is not None else None
+
+    def update(self, key: str, **fields: Any) -> None:
+        with self._lock:
+            rec = self._data["files"].setdefault(key, {})
+            rec.update(fields)
+            atomic_write_json(self.path, self._data)
+
+    def forget(self, key: str) -> None:
+        with self._lock:
+            if self._data["files"].pop(key, None) is not None:
+                atomic_write_json(self.path, self._data)
+
+    def keys(self) -> list[str]:
+        with self._lock:
+            return list(self._data["files"])
+
+
+def partial_bytes(root: Path, key: str) -> int:
+    """Bytes of ``key`` already downloaded (from its progress file), 0 if none."""
+    progress = read_json(partial_dir(root) / f"{key}.progress.json")
+    if not isinstance(progress, dict):
+        return 0
+    done = progress.get("done", {})
+    return sum(int(v) for v in done.values()) if isinstance(done, dict) else 0
+
+
+def file_statuses(root: Path, keys: list[str]) -> dict[str, FileStatus]:
+    """A read-only look at where each file stands (used by plan and status; writes nothing)."""
+    state = read_json(work_dir(root) / "state.json")
+    files: Mapping[str, Any] = state.get("files", {}) if isinstance(state, dict) else {}
+    statuses = {}
+    for key in keys:
+        rec = files.get(key) or {}
+        if rec.get("extracted") or (rec.get("verified") and not rec.get("unpack")):
+            statuses[key] = FileStatus(key, "extracted" if rec.get("unpack") else "verified", source=rec.get("source"))
+        elif rec.get("verified"):
+            statuses[key] = FileStatus(key, "verified", source=rec.get("source"))
+        else:
+            done = partial_bytes(root, key)
+            statuses[key] = FileStatus(key, "partial" if done else "missing", partial_bytes=done)
+    return statuses
+
+
+# ---------------------------------------------------------------- lock
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextmanager
+def run_lock(root: Path) -> Iterator[None]:
+    """Hold ``.provision/lock`` for the duration; a stale lock of a dead local process is taken over."""
+    path = work_dir(root) / "lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            holder = read_json(path) or {}
+            same_host = holder.get("host") == me["host"]
+            if same_host and isinstance(holder.get("pid"), int) and not _pid_alive(holder["pid"]):
+                path.unlink(missing_ok=True)  # the holder died without cleaning up
+                continue
+            if not holder:  # torn lock file: its writer died between create and write
+                age = time.time() - path.stat().st_mtime
+                if age > 60:
+                    path.unlink(missing_ok=True)
+                    continue
+            raise LockError(
+                f"another provision run is staging into {root} (pid {holder.get('pid', '?')} on {holder.get('host', '?')}, since {holder.get('since', '?')})",
+                hint=f"wait for it to finish; if that process is gone, delete {path}",
+                lock=str(path), **{k: v for k, v in holder.items() if k in ("pid", "host", "since")},
+            ) from None
+        with os.fdopen(fd, "w") as fh:
+            json.dump(me, fh)
+        break
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)

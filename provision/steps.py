@@ -1,0 +1,161 @@
+"""The steps of ``provision up`` (preflight, install, cuda, data) and the status/verify views.
+
+Each step takes the plan it executes; none decides anything the plan already decided.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from .config import Config
+from .environment import Environment
+from .errors import DiskSpaceError, GpuError, PreflightError
+from .gpu import GpuReport
+from .manifest import load_manifest
+from .plan import Plan
+from .staging.engine import StageResult, Stager
+from .staging.state import StateStore, file_statuses, partial_bytes, run_lock
+
+log = logging.getLogger(__name__)
+
+
+def preflight(plan: Plan, steps: Sequence[str]) -> None:
+    """Refuse (exit 3) before anything is written when the plan cannot work."""
+    for problem in plan.problems:
+        if "data" not in steps and "disk space" in problem.message:
+            continue
+        cls = DiskSpaceError if "disk space" in problem.message else PreflightError
+        raise cls(problem.message, hint=problem.hint)
+
+
+def install(plan: Plan, environ: Mapping[str, str]) -> None:
+    from .install import run_install
+
+    if plan.install.commands:
+        run_install(plan.install, environ, log.warning)
+
+
+def check_gpu(config: Config, env: Environment) -> GpuReport:
+    from .gpu import check
+    from .install import venv_python
+
+    python = venv_python(config.requirements.venv) if config.requirements.venv else None
+    return check(config.cuda, colab=env.kind == "colab", python=python)
+
+
+def stage(config: Config, plan: Plan, *, verbose: int = 0, json_mode: bool = False) -> StageResult:
+    from .report import Progress
+
+    remaining = sum(max(0, (f.size or 0) - f.partial_bytes) for f in plan.data.files if f.stage in ("missing", "partial"))
+    progress = Progress(remaining)
+    try:
+        return Stager(config.data, plan.data, emit=progress).run()
+    finally:
+        progress.close()
+
+
+def up(config: Config, plan: Plan, env: Environment, environ: Mapping[str, str], steps: Sequence[str], *, verbose: int = 0, json_mode: bool = False) -> dict[str, Any]:
+    """Run the chosen steps in order; stop at the first that fails. Returns a summary with the exit code."""
+    from .report import gpu_dict
+
+    summary: dict[str, Any] = {"profile": plan.profile, "steps": {}, "exit_code": 0}
+    try:
+        if "preflight" in steps:
+            preflight(plan, steps)
+            summary["steps"]["preflight"] = {"ok": True}
+        if "install" in steps:
+            install(plan, environ)
+            summary["steps"]["install"] = {"ok": True, "installed": [r.requirement for r in plan.install.to_install]}
+        if "cuda" in steps:
+            report = check_gpu(config, env)
+            summary["steps"]["cuda"] = {"ok": report.ok, **gpu_dict(report)}
+            if not report.ok:
+                first = next(f for f in report.findings if f.fatal)
+                raise GpuError(first.problem, hint=first.fix)
+        if "data" in steps:
+            result = stage(config, plan, verbose=verbose, json_mode=json_mode)
+            summary["steps"]["data"] = result.to_dict()
+            if not result.ok:
+                summary["exit_code"] = 1
+    except PreflightError as exc:
+        summary["error"] = exc.to_dict()
+        summary["exit_code"] = exc.exit_code
+    except Exception as exc:
+        from .errors import ProvisionError
+
+        if not isinstance(exc, ProvisionError):
+            raise
+        summary["error"] = exc.to_dict()
+        summary["exit_code"] = exc.exit_code
+    return summary
+
+
+def status(config: Config) -> list[dict[str, Any]]:
+    """One row per selected file: missing, partial (percent), verified or extracted. Writes nothing."""
+    from .config import configs_dir
+
+    manifest = load_manifest(config.data.dataset, configs_dir())
+    root = Path(config.data.root)
+    files = manifest.select(config.data.subsets)
+    statuses = file_statuses(root, [f.key for f in files]) if root.is_dir() else {}
+    rows = []
+    for f in files:
+        st = statuses.get(f.key)
+        stage = st.stage if st else "missing"
+        row: dict[str, Any] = {"key": f.key, "stage": stage, "size": f.size, "source": st.source if st else None}
+        if stage == "partial" and f.size:
+            row["percent"] = round(100 * partial_bytes(root, f.key) / f.size, 1)
+        rows.append(row)
+    return rows
+
+
+def verify(config: Config, *, full: bool) -> dict[str, Any]:
+    """Check staged files: member presence and sizes, and with ``full`` their CRCs (or md5 for plain files).
+
+    Damaged members are recorded, so the next ``stage`` rewrites just those.
+    """
+    from .config import configs_dir
+    from .staging.engine import md5_of
+    from .staging.extract import crc_of
+
+    manifest = load_manifest(config.data.dataset, configs_dir())
+    root = Path(config.data.root)
+    target = root / manifest.dir
+    rows = []
+    if not root.is_dir():
+        return {"ok": False, "files": [{"key": f.key, "stage": "missing", "missing": [], "damaged": []} for f in manifest.select(config.data.subsets)]}
+    with run_lock(root):
+        state = StateStore(root)
+        for f in manifest.select(config.data.subsets):
+            rec = state.record(f.key) or {}
+            missing: list[str] = []
+            damaged: list[str] = []
+            if rec.get("extracted"):
+                for name, (size, crc) in sorted(rec.get("members", {}).items()):
+                    path = target / name
+                    try:
+                        actual = os.stat(path).st_size
+                    except OSError:
+                        missing.append(name)
+                        continue
+                    if actual != size or (full and crc_of(path) != crc):
+                        damaged.append(name)
+                state.update(f.key, damaged=damaged)
+                stage = "extracted"
+            elif rec.get("verified"):
+                path = target / f.key
+                stage = "verified"
+                if not path.exists():
+                    missing.append(f.key)
+                elif os.stat(path).st_size != rec.get("size") or (full and md5_of(path) != rec.get("md5")):
+                    damaged.append(f.key)
+                    state.update(f.key, verified=False)
+            else:
+                stage = "missing"
+            rows.append({"key": f.key, "stage": stage, "missing": missing, "damaged": damaged})
+    ok = all(r["stage"] != "missing" and not r["missing"] and not r["damaged"] for r in rows)
+    return {"ok": ok, "full": full, "files": rows}
