@@ -6,6 +6,7 @@ Kept free of imports from the package so any interpreter (a venv's too) can run 
 import json
 import sys
 import time
+from typing import Any
 
 
 def probe(smoke_size: int = 4096) -> dict:
@@ -41,7 +42,7 @@ def probe(smoke_size: int = 4096) -> dict:
     return out
 
 
-def smoke_test(torch, n: int) -> dict:
+def smoke_test(torch: Any, n: int) -> dict:
     """A matrix product on the GPU checked against the CPU, plus TFLOP/s and host-to-device GB/s."""
     torch.backends.cuda.matmul.allow_tf32 = False
     gen = torch.Generator().manual_seed(0)

@@ -124,7 +124,7 @@ class Plan:
         out = asdict(self)
         out["feasible"] = self.feasible
         out["environment"]["profile"] = self.environment.profile
-        for disk, raw in zip(self.disk, out["disk"]):
+        for disk, raw in zip(self.disk, out["disk"], strict=True):
             raw["fits"] = disk.fits
             raw["shortfall_bytes"] = disk.shortfall_bytes
             raw["fitting_subsets_text"] = disk.fitting_text()

@@ -17,7 +17,7 @@ from .errors import DiskSpaceError, GpuError, PreflightError
 from .gpu import GpuReport
 from .manifest import load_manifest
 from .plan import Plan
-from .staging.engine import StageResult, Stager
+from .staging.engine import Stager, StageResult
 from .staging.state import StateStore, file_statuses, partial_bytes, run_lock
 
 log = logging.getLogger(__name__)

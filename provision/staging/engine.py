@@ -233,7 +233,7 @@ class Stager:
             raise DownloadError(f"{f.key}: no configured source can serve it", hint="add a source to data.sources (zenodo needs a record in the manifest)", key=f.key)
         failures: list[str] = []
         for loc in f.locations:
-            for attempt in range(MD5_MISMATCH_TRIES_PER_SOURCE):
+            for _ in range(MD5_MISMATCH_TRIES_PER_SOURCE):
                 try:
                     size, md5 = self._expected(f, loc)
                     got_md5 = self._download(f, loc, final, size, md5, result, conns)
@@ -301,29 +301,39 @@ class Stager:
         progress_path.unlink(missing_ok=True)
         attempts = 0
         while True:
-            hasher = hashlib.md5()
-            written = 0
             try:
-                with open(part, "wb") as out:
-                    def sink(chunk: bytes) -> None:
-                        nonlocal written
-                        if self.abort.is_set():
-                            raise OutOfSpaceError("stopped", hint="free some space and run again")
-                        _write(out, chunk, part)
-                        hasher.update(chunk)
-                        written += len(chunk)
-                        result.bytes_fetched += len(chunk)
-                        self.emit("bytes", n=len(chunk), key=f.key)
-                    transfer.read_all(sink)
+                digest = self._stream_once(f, transfer, part, result)
                 break
             except TransientError as exc:
                 attempts += 1
                 if attempts > self.cfg.retries:
                     raise
                 result.retries.append(f"{transfer.label}: {exc.reason} (whole-file retry {attempts})")
-                self.emit("bytes", n=-written, key=f.key)
                 self._sleep(backoff_s(attempts, exc.retry_after_s, self.cfg.backoff_s))
-        return self._finish(part, final, size, md5, hasher.hexdigest(), transfer.label)
+        return self._finish(part, final, size, md5, digest, transfer.label)
+
+    def _stream_once(self, f: FilePlan, transfer: Transfer, part: Path, result: FileResult) -> str:
+        """One whole-file pass, hashed as it arrives; on failure the bytes it counted are taken back."""
+        hasher = hashlib.md5()
+        written = 0
+
+        def sink(chunk: bytes) -> None:
+            nonlocal written
+            if self.abort.is_set():
+                raise OutOfSpaceError("stopped because another file ran out of disk space", hint="free some space and run again")
+            _write(out, chunk, part)
+            hasher.update(chunk)
+            written += len(chunk)
+            result.bytes_fetched += len(chunk)
+            self.emit("bytes", n=len(chunk), key=f.key)
+
+        try:
+            with open(part, "wb") as out:
+                transfer.read_all(sink)
+        except TransientError:
+            self.emit("bytes", n=-written, key=f.key)
+            raise
+        return hasher.hexdigest()
 
     def _finish(self, part: Path, final: Path, size: int | None, md5: str | None, got_md5: str, label: str) -> str:
         got_size = os.stat(part).st_size
