@@ -509,7 +509,8 @@ class _SegmentedDownload:
         """md5 of the file, read as its contiguous prefix grows (from the page cache, not a second disk pass)."""
         hasher = hashlib.md5()
         hashed = 0
-        with open(self.part, "rb") as reader:
+        # unbuffered: a buffered reader could serve bytes it read before the download wrote them
+        with open(self.part, "rb", buffering=0) as reader:
             while hashed < self.size:
                 with self.cond:
                     while not self.errors and not self.s.abort.is_set() and _contiguous(self.done, self.segment, self.size) <= hashed:
@@ -517,9 +518,8 @@ class _SegmentedDownload:
                     if self.errors or self.s.abort.is_set():
                         raise self.errors[0] if self.errors else _out_of_space(self.part)
                     upto = _contiguous(self.done, self.segment, self.size)
-                reader.seek(hashed)
                 while hashed < upto:
-                    chunk = reader.read(min(BUFFER_BYTES * 8, upto - hashed))
+                    chunk = os.pread(reader.fileno(), min(BUFFER_BYTES * 8, upto - hashed), hashed)
                     hasher.update(chunk)
                     hashed += len(chunk)
         return hasher.hexdigest()

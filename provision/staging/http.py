@@ -106,18 +106,26 @@ class HttpTransfer:
             self._pump(response, int(length) if length and length.isdigit() else None, sink)
 
     def _pump(self, response: Any, expected: int | None, sink: Sink) -> None:
+        """Hand the body to ``sink`` as it arrives: a dropped connection loses nothing already received."""
         import requests
+        import urllib3
 
         got = 0
+        raw = response.raw
+        read1 = getattr(raw, "read1", None)  # urllib3 >= 2.3: whatever has arrived, up to the limit
+        pieces = (
+            iter(lambda: read1(BUFFER_BYTES, decode_content=False), b"") if read1 is not None
+            else response.iter_content(chunk_size=64 * 1024)
+        )
         try:
-            for chunk in response.iter_content(chunk_size=BUFFER_BYTES):
+            for chunk in pieces:
                 if expected is not None and got + len(chunk) > expected:
                     chunk = chunk[: expected - got]
                 got += len(chunk)
                 sink(chunk)
                 if expected is not None and got >= expected:
                     break
-        except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
+        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
             raise TransientError(f"connection to {self.url} dropped after {got} bytes ({type(exc).__name__})") from None
         if expected is not None and got < expected:
             raise TransientError(f"{self.url} sent {got} of {expected} bytes")

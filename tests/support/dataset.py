@@ -1,0 +1,77 @@
+"""Build LUNA-like data sets in tests: subsetN.zip holding subsetN/<uid>.mhd + .raw, and their manifest."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+
+@dataclass(frozen=True)
+class Built:
+    folder: Path                 # where the archives are (what the server serves)
+    files: dict[str, dict]       # key -> {size, md5, members: {name: bytes-md5}, unpacked_size}
+    manifest: Path
+
+
+def ct_like_bytes(n: int, rng: random.Random) -> bytes:
+    """Bytes that deflate about 2:1, like CT volumes (random low bits over smooth high bits)."""
+    out = bytearray(n)
+    evens = len(range(0, n, 2))
+    out[0::2] = rng.randbytes(evens)
+    ramp = bytes(range(256)) * 2
+    out[1::2] = (ramp * (n // len(ramp) + 1))[: n - evens]
+    return bytes(out)
+
+
+def build_luna_like(folder: Path, *, subsets: int = 3, scans: int = 2, raw_bytes: int = 200_000, seed: int = 7,
+                    name: str = "luna-like", records: bool = True, extra_plain: bool = True) -> Built:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    files: dict[str, dict] = {}
+    for s in range(subsets):
+        key = f"subset{s}.zip"
+        members: dict[str, str] = {}
+        with zipfile.ZipFile(folder / key, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+            for i in range(scans):
+                uid = f"1.3.6.1.4.1.14519.5.2.1.6279.6001.{s:02d}{i:04d}{rng.randrange(10**6):06d}"
+                raw = ct_like_bytes(raw_bytes + rng.randrange(1000), rng)
+                mhd = (f"ObjectType = Image\nNDims = 3\nDimSize = 64 64 {len(raw) // 8192}\n"
+                       f"ElementType = MET_SHORT\nElementDataFile = {uid}.raw\n").encode()
+                for member, data in ((f"subset{s}/{uid}.mhd", mhd), (f"subset{s}/{uid}.raw", raw)):
+                    zf.writestr(member, data)
+                    members[member] = hashlib.md5(data).hexdigest()
+        blob = (folder / key).read_bytes()
+        with zipfile.ZipFile(folder / key) as zf:
+            unpacked = sum(i.file_size for i in zf.infolist())
+        files[key] = {"size": len(blob), "md5": hashlib.md5(blob).hexdigest(), "members": members, "unpacked_size": unpacked,
+                      "record": "1001" if s < max(1, subsets - 1) else "1002"}
+    if extra_plain:
+        text = b"seriesuid,coordX,coordY,coordZ,diameter_mm\r\n" + b"".join(f"1.2.{i},1,2,3,4\r\n".encode() for i in range(200))
+        (folder / "annotations.csv").write_bytes(text)
+        files["annotations.csv"] = {"size": len(text), "md5": hashlib.md5(text).hexdigest(), "members": {}, "unpacked_size": None, "record": "1001"}
+    manifest_path = folder.parent / f"{name}.yaml"
+    entries = []
+    for key, info in files.items():
+        entry = {"key": key, "size": info["size"], "md5": info["md5"], "unpack": key.endswith(".zip")}
+        if records:
+            entry["record"] = info["record"]
+        entries.append(entry)
+    manifest_path.write_text(yaml.safe_dump({"name": name, "dir": "part2/luna", "unpack_ratio": 2.0, "files": entries}, sort_keys=False))
+    return Built(folder=folder, files=files, manifest=manifest_path)
+
+
+def records_of(built: Built) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for key, info in built.files.items():
+        out.setdefault(info["record"], []).append(key)
+    return out
+
+
+def tree_md5s(target: Path) -> dict[str, str]:
+    """relative path -> md5 of every regular file under ``target`` (hidden files included)."""
+    return {str(p.relative_to(target)): hashlib.md5(p.read_bytes()).hexdigest() for p in sorted(target.rglob("*")) if p.is_file()}

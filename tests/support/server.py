@@ -1,0 +1,214 @@
+"""A loopback HTTP file server for tests and benchmarks: Range support, throttling, injected faults,
+and a fake Zenodo (``/records/<rec>/files/<key>`` and ``/api/records/<rec>``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+
+@dataclass
+class Faults:
+    """What the server does wrong. Probabilities apply per request; ``seed`` makes runs repeatable."""
+
+    drop_rate: float = 0.0          # close the connection part-way through the body
+    error_rate: float = 0.0         # answer 503 or 429 with Retry-After
+    retry_after_s: int = 1
+    corrupt_once: set[str] = field(default_factory=set)  # keys whose first body gets a flipped byte
+    no_ranges: bool = False         # ignore Range headers (200 with the whole file)
+    missing: set[str] = field(default_factory=set)       # keys answered with 404
+    rate_per_conn: float | None = None  # bytes/s cap per connection
+    seed: int = 1234
+    max_faults: int | None = None   # stop injecting after this many
+
+
+@dataclass
+class Stats:
+    bytes_sent: int = 0
+    requests: list[dict] = field(default_factory=list)
+    faults: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def bytes_for(self, key: str) -> int:
+        with self.lock:
+            return sum(r["sent"] for r in self.requests if r["key"] == key)
+
+
+class FileServer:
+    """Serves the files of ``folder``: ``/mirror/<key>``, ``/records/<rec>/files/<key>``, ``/api/records/<rec>``."""
+
+    def __init__(self, folder: Path, faults: Faults | None = None, records: dict[str, list[str]] | None = None,
+                 api_shape: str = "new") -> None:
+        self.folder = Path(folder)
+        self.faults = faults or Faults()
+        self.records = records or {}
+        self.api_shape = api_shape
+        self.stats = Stats()
+        self._rng = random.Random(self.faults.seed)
+        self._corrupted: set[str] = set()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                server._handle(self)
+
+            def do_HEAD(self) -> None:
+                server._handle(self, head=True)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def __enter__(self) -> FileServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def _fault(self, rate: float) -> bool:
+        with self.stats.lock:
+            if self.faults.max_faults is not None and self.stats.faults >= self.faults.max_faults:
+                return False
+            hit = rate > 0 and self._rng.random() < rate
+            if hit:
+                self.stats.faults += 1
+            return hit
+
+    def _record(self, h: BaseHTTPRequestHandler, key: str, status: int, sent: int) -> None:
+        with self.stats.lock:
+            self.stats.bytes_sent += sent
+            self.stats.requests.append({"key": key, "status": status, "sent": sent, "range": h.headers.get("Range"),
+                                        "user_agent": h.headers.get("User-Agent")})
+
+    def _simple(self, h: BaseHTTPRequestHandler, status: int, body: bytes, headers: dict[str, str] | None = None, key: str = "") -> None:
+        h.send_response(status)
+        for k, v in (headers or {}).items():
+            h.send_header(k, v)
+        h.send_header("Content-Length", str(len(body)))
+        h.end_headers()
+        h.wfile.write(body)
+        self._record(h, key, status, 0)
+
+    def _handle(self, h: BaseHTTPRequestHandler, head: bool = False) -> None:
+        path = unquote(urlsplit(h.path).path)
+        api = re.fullmatch(r"/api/records/(\w+)", path)
+        if api:
+            return self._api(h, api.group(1))
+        m = re.fullmatch(r"/records/(\w+)/files/([^/]+)", path) or re.fullmatch(r"/mirror/()([^/]+)", path)
+        if not m:
+            return self._simple(h, 404, b"not found")
+        key = m.group(2)
+        file = self.folder / key
+        if key in self.faults.missing or not file.is_file():
+            return self._simple(h, 404, b"no such file", key=key)
+        if self._fault(self.faults.error_rate):
+            status = self._rng.choice([503, 429])
+            return self._simple(h, status, b"busy", {"Retry-After": str(self.faults.retry_after_s)}, key=key)
+        size = file.stat().st_size
+        start, end = 0, size - 1
+        status = 200
+        rng = h.headers.get("Range")
+        if rng and not self.faults.no_ranges:
+            mm = re.fullmatch(r"bytes=(\d+)-(\d*)", rng.strip())
+            if mm:
+                start = int(mm.group(1))
+                end = min(int(mm.group(2)), size - 1) if mm.group(2) else size - 1
+                if start >= size:
+                    return self._simple(h, 416, b"", {"Content-Range": f"bytes */{size}"}, key=key)
+                status = 206
+        length = end - start + 1
+        h.send_response(status)
+        h.send_header("Content-Length", str(length))
+        h.send_header("Accept-Ranges", "none" if self.faults.no_ranges else "bytes")
+        if status == 206:
+            h.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+        h.end_headers()
+        if head:
+            return self._record(h, key, status, 0)
+        drop_at = None
+        if length > 1 and self._fault(self.faults.drop_rate):
+            drop_at = self._rng.randrange(1, length)
+        corrupt = False
+        with self.stats.lock:
+            if key in self.faults.corrupt_once and key not in self._corrupted and length > 16:
+                self._corrupted.add(key)
+                corrupt = True
+        sent = 0
+        t0 = time.monotonic()
+        try:
+            with open(file, "rb") as fh:
+                fh.seek(start)
+                while sent < length:
+                    n = min(256 * 1024, length - sent)
+                    if drop_at is not None:
+                        n = min(n, drop_at - sent)
+                    chunk = fh.read(n)
+                    if corrupt and sent == 0:
+                        chunk = bytes([chunk[0] ^ 0xFF]) + chunk[1:]
+                    h.wfile.write(chunk)
+                    sent += len(chunk)
+                    if drop_at is not None and sent >= drop_at:
+                        h.wfile.flush()
+                        h.close_connection = True
+                        break
+                    rate = self.faults.rate_per_conn
+                    if rate:
+                        ahead = sent / rate - (time.monotonic() - t0)
+                        if ahead > 0:
+                            time.sleep(ahead)
+        except (BrokenPipeError, ConnectionResetError):
+            h.close_connection = True
+        finally:
+            self._record(h, key, status, sent)
+
+    def _api(self, h: BaseHTTPRequestHandler, record: str) -> None:
+        if record not in self.records:
+            return self._simple(h, 404, b'{"status": 404}', {"Content-Type": "application/json"})
+        import hashlib
+
+        entries = []
+        for key in self.records[record]:
+            data = (self.folder / key).read_bytes()
+            md5 = hashlib.md5(data).hexdigest()
+            if self.api_shape == "new":
+                entries.append({"key": key, "size": len(data), "checksum": f"md5:{md5}",
+                                "links": {"self": f"{self.url}/records/{record}/files/{key}/content"}})
+            else:
+                entries.append({"filename": key, "filesize": len(data), "checksum": md5})
+        self._simple(h, 200, json.dumps({"id": record, "files": entries}).encode(), {"Content-Type": "application/json"}, key="api")
+
+
+def serve(folder: Path, **kwargs: object) -> FileServer:
+    return FileServer(folder, **kwargs)  # type: ignore[arg-type]
+
+
+def main() -> None:  # pragma: no cover - manual use: python -m tests.support.server FOLDER
+    import sys
+
+    with FileServer(Path(sys.argv[1])) as s:
+        print(s.url, flush=True)
+        threading.Event().wait()
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    main()
