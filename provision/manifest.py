@@ -9,7 +9,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from .errors import ConfigError
-from .schema import build
+from .schema import build, did_you_mean
 
 SUBSET_KEY = re.compile(r"subset(\d+)")
 
@@ -168,7 +168,7 @@ def load_manifest(dataset: str, configs_dir: Path) -> Manifest:
     if not path.is_file():
         known = sorted(p.stem for p in (configs_dir / "datasets").glob("*.yaml"))
         raise ConfigError(
-            f"no dataset manifest '{dataset}' ({path} does not exist)",
+            f"no dataset manifest '{dataset}'{did_you_mean(dataset, known)} ({path} does not exist)",
             hint=f"set data.dataset to one of: {', '.join(known) or '(none)'} or to a manifest file path",
             key="data.dataset",
         )

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import Config, configs_dir
-from .disk import GB, DiskItem, DiskPlan, plan_disk
+from .disk import GB, DiskItem, DiskPlan, gb, plan_disk
 from .environment import Environment, FsFacts, fs_facts
 from .install import InstallPlan, installed_distributions, plan_install, read_requirements, venv_python
 from .manifest import Manifest, load_manifest
@@ -269,8 +269,8 @@ def disk_item(f: FilePlan) -> DiskItem:
 def disk_problem(disk: DiskPlan) -> Problem:
     where = disk.path if disk.path == disk.probe else f"{disk.path} (measured at {disk.probe})"
     message = (
-        f"not enough disk space at {where}: staging needs {disk.needed_bytes / GB:.1f} GB free "
-        f"but only {disk.free_bytes / GB:.1f} GB is free ({disk.shortfall_bytes / GB:.1f} GB short)"
+        f"not enough disk space at {where}: staging needs {gb(disk.needed_bytes)} free "
+        f"but only {gb(disk.free_bytes)} is free ({gb(disk.shortfall_bytes)} short)"
     )
     ways = []
     if disk.fitting_subsets:
@@ -279,7 +279,9 @@ def disk_problem(disk: DiskPlan) -> Problem:
         ways.append(disk.fitting_text())
     ways.append("point data.root (--root) at a bigger disk")
     if disk.reserve_bytes:
-        ways.append(f"lower data.reserve_gb (now {disk.reserve_bytes / GB:g} GB kept free for the book's cache), e.g. --set data.reserve_gb=20")
+        lower = int((disk.reserve_bytes - disk.shortfall_bytes) // GB)
+        example = f", e.g. --set data.reserve_gb={lower}" if lower > 0 else ""
+        ways.append(f"lower data.reserve_gb (now {disk.reserve_bytes / GB:g} GB kept free for the book's cache){example}")
     if disk.estimated:
         ways.append("the unpacked size is an estimate; `provision plan --probe` reads the exact figure")
     return Problem("preflight", message, "; ".join(ways))

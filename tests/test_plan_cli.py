@@ -1,0 +1,153 @@
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from provision.cli import main
+from provision.config import configs_dir, load_config
+from provision.disk import GB
+from provision.environment import FsFacts, detect
+from provision.manifest import load_manifest
+from provision.plan import Facts, make_plan
+from tests.conftest import run_cli
+
+
+def colab_facts(free_bytes: int, installed: dict[str, str] | None = None) -> Facts:
+    env = detect({}, colab_importable=True, dmi={})
+    return Facts(
+        environment=env,
+        installed=installed if installed is not None else {"torch": "2.11.0", "torchvision": "0.26.0", "numpy": "2.1.0"},
+        driver_cuda="12.8",
+        data_fs=FsFacts(path="/content/dlwpt-code/data-unversioned", probe="/", device=1, free_bytes=free_bytes, total_bytes=110 * GB),
+        statuses={},
+        environ={},
+    )
+
+
+def test_colab_plan_is_complete_json(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["plan", "-c", "colab", "--json"], environ={"HOME": "/root"})
+    plan = json.loads(capsys.readouterr().out)
+    assert code == (0 if plan["feasible"] else 3)
+    assert plan["environment"]["kind"] in ("colab", "vm", "local") and plan["profile"] == "colab"
+    assert [f["key"] for f in plan["data"]["files"]] == ["subset0.zip", "subset1.zip", "annotations.csv"]
+    first = plan["data"]["files"][0]
+    assert first["locations"][0]["url"] == "https://zenodo.org/records/3723295/files/subset0.zip?download=1"
+    assert first["dest"] == "/content/dlwpt-code/data-unversioned/part2/luna"
+    disk = plan["disk"][0]
+    assert disk["path"] == "/content/dlwpt-code/data-unversioned"
+    assert disk["archive_bytes"] == 6811924508 + 6334778552 + 136986
+    assert {"needed_bytes", "free_bytes", "fits", "peak_bytes", "reserve_bytes"} <= set(disk)
+    assert plan["gpu"]["required"] is True and plan["gpu"]["min_memory_gb"] == 8
+
+
+def test_colab_with_torch_preinstalled_keeps_it() -> None:
+    config = load_config("colab", environ={})
+    plan = make_plan(config, load_manifest("luna16", configs_dir()), colab_facts(70 * GB))
+    actions = {r.name: r.action for r in plan.install.requirements}
+    assert actions["torch"] == actions["torchvision"] == actions["numpy"] == "satisfied"
+    assert actions["simpleitk"] == actions["diskcache"] == "install"
+    planned = [p for cmd in plan.install.commands for p in cmd.packages]
+    assert not any(p.startswith(("torch", "numpy")) for p in planned)
+
+
+def test_plan_refuses_when_disk_is_short_and_names_what_fits() -> None:
+    config = load_config("colab", ["data.subsets=all", "data.root=/home/u/dlwpt-code/data-unversioned"], environ={})
+    plan = make_plan(config, load_manifest("luna16", configs_dir()), colab_facts(int(78.1 * GB)))
+    assert not plan.feasible
+    problem = plan.problems[0]
+    assert problem.exit_code == 3
+    assert "/home/u/dlwpt-code/data-unversioned" in problem.message
+    assert "78.1 GB is free" in problem.message and "needs" in problem.message
+    assert "subsets 0-3 fit in 78.1 GB free" in problem.hint and "--subsets 0-3" in problem.hint
+    assert "reserve_gb" in problem.hint and "--root" in problem.hint
+
+
+def test_plan_counts_only_what_is_left_to_fetch(tmp_path: Path) -> None:
+    from provision.staging.state import FileStatus
+
+    config = load_config("colab", environ={})
+    facts = colab_facts(100 * GB)
+    fresh = make_plan(config, load_manifest("luna16", configs_dir()), facts)
+    statuses = {"subset0.zip": FileStatus("subset0.zip", "extracted"), "subset1.zip": FileStatus("subset1.zip", "partial", partial_bytes=10**9)}
+    resumed = make_plan(config, load_manifest("luna16", configs_dir()), Facts(**{**facts.__dict__, "statuses": statuses}))
+    assert resumed.disk[0].archive_bytes == fresh.disk[0].archive_bytes - 6811924508 - 10**9
+    assert resumed.data.files[1].stage == "partial"
+
+
+def test_cli_exits_3_on_a_small_disk_and_0_with_room(tmp_path: Path, small_tmpfs, capsys: pytest.CaptureFixture[str]) -> None:
+    small = small_tmpfs(20 * 1024 * 1024)
+    code = main(["plan", "-c", "colab", "--root", str(small / "data")])
+    captured = capsys.readouterr()
+    assert code == 3
+    assert "not enough disk space at" in captured.out and str(small / "data") in captured.out
+    assert "only 21.0 MB is free" in captured.out
+    assert not (small / "data").exists()  # plan writes nothing
+    code = main(["plan", "-c", "colab", "--root", str(small / "data"), "--set", "data.dataset=" + str(tiny_manifest(tmp_path)),
+                 "--set", "data.reserve_gb=0", "--set", "data.margin_gb=0"])
+    assert code == 0, capsys.readouterr().out
+
+
+def tiny_manifest(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny.yaml"
+    path.write_text("name: tiny\ndir: t\nfiles:\n  - {key: subset0.zip, size: 1000, unpack: true, unpacked_size: 3000}\n  - {key: subset1.zip, size: 1000, unpack: true, unpacked_size: 3000}\n")
+    return path
+
+
+def test_cli_exit_3_when_reserve_exceeds_free_space(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["plan", "-c", "local", "--root", str(tmp_path / "d"), "--set", "data.reserve_gb=100000000", "--json"])
+    plan = json.loads(capsys.readouterr().out)
+    assert code == 3 and plan["feasible"] is False
+    assert plan["disk"][0]["shortfall_bytes"] > 0
+    assert "reserve_gb" in plan["problems"][0]["hint"]
+    assert not (tmp_path / "d").exists()
+
+
+def test_plan_writes_nothing(tmp_path: Path) -> None:
+    before = sorted(tmp_path.rglob("*"))
+    assert main(["plan", "-c", "local", "--root", str(tmp_path / "r"), "--set", f"data.dataset={tiny_manifest(tmp_path)}"], stdout=io.StringIO()) == 0
+    assert sorted(tmp_path.rglob("*")) == sorted([*before, tmp_path / "tiny.yaml"])
+
+
+def test_unresolved_sizes_are_reported(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    m = tmp_path / "m.yaml"
+    m.write_text("name: m\nfiles:\n  - {key: candidates.csv, record: '3723295'}\n")
+    assert main(["plan", "-c", "local", "--root", str(tmp_path / "r"), "--set", f"data.dataset={m}"]) == 0
+    assert "size unresolved" in capsys.readouterr().out
+
+
+def test_up_dry_run_equals_plan(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["-c", "local", "--root", str(tmp_path / "r"), "--set", f"data.dataset={tiny_manifest(tmp_path)}", "--json"]
+    main(["plan", *args])
+    plan = json.loads(capsys.readouterr().out)
+    main(["up", "--dry-run", *args])
+    assert json.loads(capsys.readouterr().out) == plan
+
+
+def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["frobnicate"]) == 2
+    assert main(["up", "--skip", "lunch"]) == 2
+    assert "hint:" in capsys.readouterr().err
+
+
+def test_subprocess_plan_ci_json_and_lazy_imports() -> None:
+    proc = run_cli("plan", "-c", "ci", "--json")
+    assert proc.returncode in (0, 3), proc.stderr
+    plan = json.loads(proc.stdout)
+    assert plan["profile"] == "ci" and plan["data"]["subsets"] == [0]
+    code = ("import sys; from provision.cli import main; import io; main(['plan', '-c', 'ci'], stdout=io.StringIO()); "
+            "print(sorted(m for m in ('torch', 'google.cloud.storage', 'requests', 'tqdm') if m in sys.modules))")
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_help_lists_every_command() -> None:
+    proc = run_cli("--help")
+    assert proc.returncode == 0
+    for command in ("plan", "up", "install", "check", "stage", "verify", "status"):
+        assert command in proc.stdout
