@@ -27,6 +27,7 @@ from . import extract as extracting
 from .local import LocalTransfer, try_hardlink
 from .state import StateStore, atomic_write_json, partial_dir, read_json, run_lock
 from .transfer import BUFFER_BYTES, NoRangeSupport, PermanentError, RemoteInfo, Transfer, TransientError
+from .zenodo import ZenodoRecords
 
 log = logging.getLogger(__name__)
 Emit = Callable[..., None]
@@ -127,7 +128,7 @@ class Stager:
         self._emit = emit or (lambda event, **info: None)
         self.abort = threading.Event()
         self.make_transfer = make_transfer or self._default_transfer
-        self._zenodo: Any = None
+        self._zenodo = ZenodoRecords(data.zenodo_url, data.timeout_s)
 
     def emit(self, event: str, **info: Any) -> None:
         with self._emit_lock:
@@ -218,10 +219,6 @@ class Stager:
     def _expected(self, f: FilePlan, loc: FileLocation) -> tuple[int | None, str | None]:
         size, md5 = f.size, f.md5
         if (size is None or md5 is None) and loc.kind == "zenodo" and f.record:
-            if self._zenodo is None:
-                from .zenodo import ZenodoRecords
-
-                self._zenodo = ZenodoRecords(self.cfg.zenodo_url, self.cfg.timeout_s)
             api_size, api_md5 = self._zenodo.lookup(f.record, f.key)
             size = size if size is not None else api_size
             md5 = md5 or api_md5
@@ -270,17 +267,17 @@ class Stager:
             if linked is not None:
                 return linked
         transfer = self.make_transfer(loc)
-        info = self._with_retries(transfer.info, f"{f.key}: asking {loc.url} for the size", result)
-        if size is not None and info.size is not None and info.size != size:
-            raise PermanentError(f"{loc.url} has {info.size} bytes, the manifest says {size}")
-        size = size if size is not None else info.size
-        if md5 is None:
-            md5 = info.md5
-        if size is None or not info.ranges:
+        ranges = True  # with a known size, the first ranged answer tells whether the source honours ranges
+        if size is None:
+            info = self._with_retries(transfer.info, f"{f.key}: asking {loc.url} for the size", result)
+            size, ranges = info.size, info.ranges
+            md5 = md5 or info.md5
+        if size is None or not ranges:
             return self._download_whole(f, transfer, part, progress_path, final, size, md5, result)
         try:
             return _SegmentedDownload(self, f, transfer, part, progress_path, final, size, md5, result, conns).run()
         except NoRangeSupport:
+            result.retries.append(f"{loc.url} ignores byte ranges: fetching it whole")
             return self._download_whole(f, transfer, part, progress_path, final, size, md5, result)
 
     def _try_link(self, src: str, part: Path, final: Path, size: int, md5: str | None) -> str | None:
@@ -449,6 +446,10 @@ class _SegmentedDownload:
         self.segment = max(cfg.segment_mb << 20, -(-size // max(1, cfg.connections * 2)))
         self.cond = threading.Condition()
         self.cancel = threading.Event()
+        # only the first request goes out until the source has shown it honours ranges; otherwise that
+        # first answer carries the whole file and the other segments are never requested
+        self.gate = threading.Event()
+        self.whole = False
         self.errors: list[BaseException] = []
         self._saved_at = 0.0
         self.done = self._resume()
@@ -488,7 +489,7 @@ class _SegmentedDownload:
         fd = os.open(self.part, os.O_WRONLY)
         try:
             pending = [s for s in sorted(self.done) if self.done[s] < self._length(s)]
-            futures = [self.conns.submit(self._segment_worker, fd, s) for s in pending]
+            futures = [self.conns.submit(self._segment_worker, fd, s, i == 0) for i, s in enumerate(pending)]
             try:
                 digest = self._hash_following()
             finally:
@@ -524,7 +525,26 @@ class _SegmentedDownload:
                     hashed += len(chunk)
         return hasher.hexdigest()
 
-    def _segment_worker(self, fd: int, start: int) -> None:
+    def _opened(self, ranged: bool) -> None:
+        self.whole = not ranged
+        self.gate.set()
+
+    def _account(self, pos: int, n: int) -> None:
+        """Credit ``n`` bytes written at ``pos`` to the segments they fall in (a whole-file answer spans them all)."""
+        while n > 0:
+            seg = pos - pos % self.segment
+            take = min(n, seg + self._length(seg) - pos)
+            self.done[seg] += take
+            pos += take
+            n -= take
+
+    def _segment_worker(self, fd: int, start: int, lead: bool) -> None:
+        if not lead:
+            while not self.gate.wait(0.2):
+                if self.cancel.is_set() or self.s.abort.is_set():
+                    return
+            if self.whole:
+                return
         end = start + self._length(start)
         idle_attempts = 0
         total_attempts = 0
@@ -546,16 +566,16 @@ class _SegmentedDownload:
                         if exc.errno == 28:
                             raise _out_of_space(self.part) from None
                         raise
-                    pos += len(chunk)
                     with self.cond:
-                        self.done[start] += len(chunk)
+                        self._account(pos, len(chunk))
                         self.result.bytes_fetched += len(chunk)
                         self._save()
                         self.cond.notify_all()
+                    pos += len(chunk)
                     self.s.emit("bytes", n=len(chunk), key=self.f.key)
 
                 try:
-                    self.transfer.read_range(pos, end, sink)
+                    self.transfer.read_range(pos, end, sink, on_open=self._opened if lead else None, whole_ok=lead and pos == 0)
                 except TransientError as exc:
                     total_attempts += 1
                     idle_attempts = 0 if pos > before else idle_attempts + 1
@@ -565,6 +585,8 @@ class _SegmentedDownload:
                         self.result.retries.append(f"{self.transfer.label} bytes {pos}-{end - 1}: {exc.reason}")
                     if self.cancel.wait(backoff_s(idle_attempts or 1, exc.retry_after_s, self.s.cfg.backoff_s)):
                         return
+                if self.whole:
+                    return
         except _Cancelled:
             return
         except BaseException as exc:  # noqa: BLE001 - handed to the driver, which re-raises it
@@ -574,6 +596,7 @@ class _SegmentedDownload:
             if isinstance(exc, OutOfSpaceError):
                 self.s.abort.set()
             self.cancel.set()
+            self.gate.set()
 
 
 class _Cancelled(Exception):

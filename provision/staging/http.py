@@ -5,6 +5,7 @@ from __future__ import annotations
 import email.utils
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from .. import __version__
@@ -85,16 +86,25 @@ class HttpTransfer:
             _raise_for(response, self.url)
         raise AssertionError("unreachable")
 
-    def read_range(self, start: int, end: int, sink: Sink) -> None:
+    def read_range(self, start: int, end: int, sink: Sink, on_open: Callable[[bool], None] | None = None, whole_ok: bool = False) -> None:
         response = self._get({"Range": f"bytes={start}-{end - 1}"})
         with response:
             if response.status_code == 200:
+                length = response.headers.get("Content-Length")
+                if start == 0 and (whole_ok or length == str(end)):
+                    # the source ignores ranges: this answer is the whole file, take it rather than ask again
+                    if on_open is not None:
+                        on_open(False)
+                    self._pump(response, int(length) if length and length.isdigit() else None, sink)
+                    return
                 raise NoRangeSupport(self.url)
             if response.status_code != 206:
                 _raise_for(response, self.url)
             got = response.headers.get("Content-Range", "")
             if not got.startswith(f"bytes {start}-"):
                 raise TransientError(f"{self.url} answered range {got!r} for bytes {start}-{end - 1}")
+            if on_open is not None:
+                on_open(True)
             self._pump(response, end - start, sink)
 
     def read_all(self, sink: Sink) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 from .transfer import BUFFER_BYTES, PermanentError, RemoteInfo, Sink
 
@@ -18,11 +19,13 @@ class LocalTransfer:
         except OSError as exc:
             raise PermanentError(f"{self.path}: {exc.strerror}") from None
 
-    def read_range(self, start: int, end: int, sink: Sink) -> None:
+    def read_range(self, start: int, end: int, sink: Sink, on_open: Callable[[bool], None] | None = None, whole_ok: bool = False) -> None:
         try:
             fd = os.open(self.path, os.O_RDONLY)
         except OSError as exc:
             raise PermanentError(f"{self.path}: {exc.strerror}") from None
+        if on_open is not None:
+            on_open(True)
         try:
             pos = start
             while pos < end:

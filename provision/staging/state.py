@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import LockError
+from ..errors import LockError, OutOfSpaceError
 
 STATE_VERSION = 1
 
@@ -41,11 +41,17 @@ def atomic_write_json(path: Path, data: Any) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if isinstance(exc, OSError) and exc.errno == 28:  # ENOSPC
+            raise OutOfSpaceError(
+                f"the disk holding {path.parent} is full (while saving {path.name})",
+                hint="free some space or stage fewer subsets (--subsets); what was fetched is kept and the next run resumes",
+                path=str(path.parent),
+            ) from None
         raise
 
 

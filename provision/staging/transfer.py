@@ -50,8 +50,12 @@ class Transfer(Protocol):
         """Size, range support and checksum where known (one cheap request at most)."""
         ...
 
-    def read_range(self, start: int, end: int, sink: Sink) -> None:
-        """Deliver bytes [start, end) to ``sink`` in order; raise TransientError/PermanentError/NoRangeSupport."""
+    def read_range(self, start: int, end: int, sink: Sink, on_open: Callable[[bool], None] | None = None, whole_ok: bool = False) -> None:
+        """Deliver bytes [start, end) to ``sink`` in order; raise TransientError/PermanentError/NoRangeSupport.
+
+        ``on_open(ranged)`` is called once the source has answered. With ``whole_ok`` (and ``start`` 0), a
+        source that ignores ranges delivers the whole file instead of raising NoRangeSupport.
+        """
         ...
 
     def read_all(self, sink: Sink) -> None:
