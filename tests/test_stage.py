@@ -289,3 +289,32 @@ def test_out_of_space_mid_run_stops_cleanly(built: Built, serve, write_profile, 
             assert data.files[rel.split("/")[0] + ".zip"]["members"][rel] == __import__("hashlib").md5(path.read_bytes()).hexdigest()
     for zip_path in target.glob("*.zip"):
         assert __import__("hashlib").md5(zip_path.read_bytes()).hexdigest() == data.files[zip_path.name]["md5"]
+
+
+def test_plan_probe_reads_exact_unpacked_sizes_with_ranged_reads(tmp_path: Path, serve, write_profile, capsys) -> None:
+    import yaml
+
+    data = build_luna_like(tmp_path / "p", subsets=2, scans=2, raw_bytes=1_500_000, name="probe")
+    manifest = yaml.safe_load(data.manifest.read_text())
+    for f in manifest["files"]:
+        f.pop("size")
+        f.pop("md5")
+    data.manifest.write_text(yaml.safe_dump(manifest))
+    srv = serve(folder=data.folder)
+    srv.records = records_of(data)
+    profile = write_profile({"dataset": str(data.manifest), "zenodo_url": srv.url})
+
+    assert main(["plan", "-c", str(profile), "--json"]) == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert srv.stats.requests == [], "plan without --probe touches no network"
+    assert plain["disk"][0]["unresolved"] == ["subset0.zip", "subset1.zip", "annotations.csv"]
+
+    assert main(["plan", "-c", str(profile), "--json", "--probe"]) == 0
+    probed = json.loads(capsys.readouterr().out)
+    files = {f["key"]: f for f in probed["data"]["files"]}
+    for key in ("subset0.zip", "subset1.zip"):
+        assert files[key]["size"] == data.files[key]["size"] and files[key]["md5"] == data.files[key]["md5"]
+        assert files[key]["unpacked_bytes"] == data.files[key]["unpacked_size"] and not files[key]["unpacked_estimated"]
+    assert probed["disk"][0]["estimated"] is False and probed["disk"][0]["unresolved"] == []
+    assert srv.stats.bytes_sent < 0.5 * total_bytes(data), "only the archives' tails are read"
+    assert not (tmp_path / "root").exists()

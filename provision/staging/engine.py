@@ -204,17 +204,18 @@ class Stager:
     # ------------------------------------------------------------ fetching
 
     def _default_transfer(self, loc: FileLocation) -> Transfer:
+        return self.transfer_for(loc, self.cfg.timeout_s)
+
+    @staticmethod
+    def transfer_for(loc: FileLocation, timeout_s: float) -> Transfer:
+        """The transfer that reads ``loc`` (imports for the source kind happen only here)."""
         if loc.kind == "local":
             return LocalTransfer(loc.url)
         if loc.kind in ("http", "zenodo"):
             from .http import HttpTransfer
 
-            return HttpTransfer(loc.url, self.cfg.timeout_s)
-        if loc.kind == "gs":
-            from .gcs import GcsTransfer  # type: ignore[import-not-found]
-
-            return GcsTransfer(loc.url, self.cfg.timeout_s)  # type: ignore[no-any-return]
-        raise PermanentError(f"no transfer for source kind {loc.kind}")
+            return HttpTransfer(loc.url, timeout_s)
+        raise PermanentError(f"source kind {loc.kind} is not supported yet")
 
     def _expected(self, f: FilePlan, loc: FileLocation) -> tuple[int | None, str | None]:
         size, md5 = f.size, f.md5
