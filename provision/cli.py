@@ -139,7 +139,7 @@ def _dispatch(args: argparse.Namespace, environ: Mapping[str, str], out: TextIO)
             return EXIT_OK
         from .steps import install
 
-        install(plan, environ)
+        install(plan, environ, config.requirements.venv)
         _show(report.install_dict(plan.install), report.install_text(plan.install, done=True), args.json, out)
         return EXIT_OK
     if command == "stage":

@@ -73,6 +73,8 @@ class RequirementsConfig:
     torch_index: str = "auto"
     installer: str = field(default="auto", metadata={"parse": _parse_choice("auto", "uv", "pip")})
     venv: str | None = None
+    find_links: tuple[str, ...] = ()
+    no_index: bool = False
 
 
 @dataclass(frozen=True)
@@ -286,7 +288,9 @@ def _expand_paths(data: dict[str, Any], environ: Mapping[str, str], origins: _Or
     reqs = data.get("requirements")
     if isinstance(reqs, dict):
         if isinstance(reqs.get("venv"), str):
-            reqs["venv"] = expand_path(reqs["venv"], environ, "requirements.venv")
+            reqs["venv"] = os.path.abspath(expand_path(reqs["venv"], environ, "requirements.venv"))
+        if isinstance(reqs.get("find_links"), list):
+            reqs["find_links"] = [os.path.abspath(expand_path(p, environ, "requirements.find_links")) if isinstance(p, str) else p for p in reqs["find_links"]]
         files = reqs.get("files")
         if isinstance(files, list):
             reqs["files"] = [_requirement_file(f, environ, origins(f"requirements.files[{i}]"), i) for i, f in enumerate(files)]

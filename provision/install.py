@@ -161,12 +161,21 @@ def torch_index_for(setting: str, driver_cuda: str | None) -> tuple[str | None, 
     return TORCH_INDEX_BASE + tag, f"the driver supports CUDA {driver_cuda}: {tag} build"
 
 
+def find_uv(which: Callable[[str], str | None] = shutil.which) -> str | None:
+    """uv on PATH, or installed beside this interpreter (a venv whose bin/ is not on PATH)."""
+    found = which("uv")
+    if found:
+        return found
+    sibling = Path(sys.executable).parent / "uv"
+    return str(sibling) if sibling.is_file() and os.access(sibling, os.X_OK) else None
+
+
 def choose_installer(setting: str, which: Callable[[str], str | None] = shutil.which) -> str:
-    if setting == "auto":
-        return "uv" if which("uv") else "pip"
-    if setting == "uv" and not which("uv"):
+    """The installer program: a path to uv, or "pip"."""
+    uv = find_uv(which) if setting in ("auto", "uv") else None
+    if setting == "uv" and uv is None:
         raise ConfigError("requirements.installer is uv, but uv is not on PATH", hint="install uv (pip install uv) or set requirements.installer: pip")
-    return setting
+    return uv or "pip"
 
 
 def broken_uv_env(environ: Mapping[str, str]) -> tuple[str, ...]:
@@ -174,10 +183,18 @@ def broken_uv_env(environ: Mapping[str, str]) -> tuple[str, ...]:
     return tuple(name for name in ("UV_CONSTRAINT", "UV_BUILD_CONSTRAINT") if environ.get(name) and not os.path.exists(environ[name]))
 
 
-def install_command(installer: str, python: str, packages: Sequence[str], index: str | None) -> InstallCommand:
-    base = ("uv", "pip", "install", "--python", python) if installer == "uv" else (python, "-m", "pip", "install")
+def install_command(installer: str, python: str, packages: Sequence[str], index: str | None, options: Sequence[str] = ()) -> InstallCommand:
+    base = (installer, "pip", "install", "--python", python) if installer != "pip" else (python, "-m", "pip", "install")
     index_args = ("--index-url", index) if index else ()
-    return InstallCommand(argv=(*base, *index_args, *packages), packages=tuple(packages))
+    return InstallCommand(argv=(*base, *options, *index_args, *packages), packages=tuple(packages))
+
+
+def index_options(find_links: Sequence[str], no_index: bool) -> tuple[str, ...]:
+    """Installer options from the profile (a local wheel folder, no index): the same for pip and uv."""
+    options: list[str] = ["--no-index"] if no_index else []
+    for folder in find_links:
+        options += ["--find-links", folder]
+    return tuple(options)
 
 
 def plan_install(
@@ -190,6 +207,7 @@ def plan_install(
     torch_index_setting: str,
     driver_cuda: str | None,
     environ: Mapping[str, str],
+    options: Sequence[str] = (),
 ) -> InstallPlan:
     """Decide what to install and the exact commands (torch from its own index, the rest from the default)."""
     statuses = judge(requirements, installed, skip_satisfied)
@@ -199,9 +217,9 @@ def plan_install(
     index, why = torch_index_for(torch_index_setting, driver_cuda) if torch_todo else (None, "torch is already installed")
     commands = []
     if torch_todo:
-        commands.append(install_command(installer, target_python, torch_todo, index))
+        commands.append(install_command(installer, target_python, torch_todo, None if "--no-index" in options else index, options))
     if rest:
-        commands.append(install_command(installer, target_python, rest, None))
+        commands.append(install_command(installer, target_python, rest, None, options))
     return InstallPlan(
         target_python=target_python,
         installer=installer,
@@ -209,13 +227,14 @@ def plan_install(
         torch_index=index,
         torch_index_reason=why,
         commands=tuple(commands),
-        unset_env=broken_uv_env(environ) if installer == "uv" else (),
+        unset_env=broken_uv_env(environ) if installer != "pip" else (),
     )
 
 
 def installed_distributions(python: str | None = None) -> dict[str, str]:
     """name -> version of the distributions installed for ``python`` (this interpreter by default)."""
-    if python is None or os.path.realpath(python) == os.path.realpath(sys.executable):
+    # compare unresolved paths: a venv's python is a symlink to the same binary as its base interpreter
+    if python is None or os.path.abspath(python) == os.path.abspath(sys.executable):
         from importlib.metadata import distributions
 
         return {canonical(d.metadata["Name"]): d.version for d in distributions() if d.metadata["Name"]}
@@ -229,6 +248,17 @@ def installed_distributions(python: str | None = None) -> dict[str, str]:
     import json
 
     return {canonical(k): v for k, v in json.loads(out).items()}
+
+
+def create_venv(venv: str) -> None:
+    """``python -m venv VENV`` with this interpreter; a failure is a CommandError with the reason."""
+    proc = subprocess.run([sys.executable, "-m", "venv", venv], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise CommandError(
+            f"could not create the virtual environment {venv}: {proc.stderr.strip()[-500:]}",
+            hint="on Debian/Ubuntu install python3-venv; or remove requirements.venv to install into this Python",
+            venv=venv,
+        )
 
 
 def venv_python(venv: str) -> str:

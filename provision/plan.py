@@ -15,7 +15,7 @@ from typing import Any
 from .config import Config, configs_dir
 from .disk import GB, DiskItem, DiskPlan, gb, plan_disk
 from .environment import Environment, FsFacts, fs_facts
-from .install import InstallPlan, installed_distributions, plan_install, read_requirements, venv_python
+from .install import InstallPlan, index_options, installed_distributions, plan_install, read_requirements, venv_python
 from .manifest import Manifest, load_manifest
 from .staging.sources import file_url
 from .staging.state import FileStatus, file_statuses
@@ -172,6 +172,7 @@ def make_plan(config: Config, manifest: Manifest, facts: Facts) -> Plan:
         torch_index_setting=config.requirements.torch_index,
         driver_cuda=facts.driver_cuda,
         environ=facts.environ,
+        options=index_options(config.requirements.find_links, config.requirements.no_index),
     )
     data = plan_data(config, manifest, facts)
     disk = plan_disk(

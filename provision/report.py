@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import sys
 import time
@@ -25,7 +26,7 @@ def plan_text(plan: Plan) -> str:
         f"python       {env.python_version} at {env.python_executable}  (profile wants {plan.python_requirement}: {'ok' if plan.python_ok else 'NO'})",
         f"os           {env.os} {env.machine}",
         "",
-        f"install      with {plan.install.installer} into {plan.install.target_python}",
+        f"install      with {os.path.basename(plan.install.installer)} into {plan.install.target_python}",
     ]
     for r in plan.install.requirements:
         mark = {"satisfied": "ok  ", "install": "add ", "not-needed": "skip"}[r.action]

@@ -32,9 +32,12 @@ def preflight(plan: Plan, steps: Sequence[str]) -> None:
         raise cls(problem.message, hint=problem.hint)
 
 
-def install(plan: Plan, environ: Mapping[str, str]) -> None:
-    from .install import run_install
+def install(plan: Plan, environ: Mapping[str, str], venv: str | None = None) -> None:
+    """Create the profile's venv if it asks for one and it is missing, then run the install commands."""
+    from .install import create_venv, run_install
 
+    if venv and not os.path.exists(plan.install.target_python):
+        create_venv(venv)
     if plan.install.commands:
         run_install(plan.install, environ, log.warning)
 
@@ -68,7 +71,7 @@ def up(config: Config, plan: Plan, env: Environment, environ: Mapping[str, str],
             preflight(plan, steps)
             summary["steps"]["preflight"] = {"ok": True}
         if "install" in steps:
-            install(plan, environ)
+            install(plan, environ, config.requirements.venv)
             summary["steps"]["install"] = {"ok": True, "installed": [r.requirement for r in plan.install.to_install]}
         if "cuda" in steps:
             report = check_gpu(config, env)
