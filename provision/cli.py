@@ -58,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--full", action="store_true", help="re-read every unpacked member and compare its CRC")
 
     sub.add_parser("status", parents=[common], help="where each file of the data set stands")
+
+    p = sub.add_parser("mirror", parents=[common], help="copy the selected files into a bucket once (gs://bucket/prefix/)")
+    p.add_argument("--to", required=True, metavar="GS_URL", help="destination, e.g. gs://my-bucket/luna16/")
+    p.add_argument("--dry-run", action="store_true", help="show what would be copied and how many bytes")
     return parser
 
 
@@ -151,6 +155,12 @@ def _dispatch(args: argparse.Namespace, environ: Mapping[str, str], out: TextIO)
         preflight(plan, ("data",))
         result = stage(config, plan, verbose=args.verbose, json_mode=args.json)
         _show(result.to_dict(), report.stage_text(result), args.json, out)
+        return EXIT_OK if result.ok else EXIT_FAILED
+    if command == "mirror":
+        from .steps import mirror
+
+        result = mirror(config, plan, args.to, dry_run=args.dry_run)
+        _show(result.to_dict(), report.mirror_text(result), args.json, out)
         return EXIT_OK if result.ok else EXIT_FAILED
     if command == "up":
         from .steps import up

@@ -86,6 +86,13 @@ class CudaConfig:
 
 
 @dataclass(frozen=True)
+class GcsConfig:
+    project: str | None = None       # billing/quota project for the client (default: from the credentials)
+    anonymous: bool = False          # public buckets without credentials
+    user_project: str | None = None  # for requester-pays buckets
+
+
+@dataclass(frozen=True)
 class DataConfig:
     dataset: str = "luna16"
     root: str = "~/dlwpt-code/data-unversioned"
@@ -104,6 +111,7 @@ class DataConfig:
     zenodo_url: str = "https://zenodo.org"
     allow_insecure: bool = False
     extract_workers: int = field(default=0, metadata={"parse": _positive(int)})
+    gcs: GcsConfig = GcsConfig()
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ class RemoteFacts:
     unpacked_size: int | None = None
     members: int | None = None
     source: str | None = None
+    bucket_status: str | None = None  # present | missing | md5 differs | size differs (gs:// sources, --probe)
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,7 @@ class FilePlan:
     dest: str
     stage: str
     partial_bytes: int
+    bucket_status: str | None = None
 
 
 @dataclass(frozen=True)
@@ -239,6 +241,7 @@ def plan_data(config: Config, manifest: Manifest, facts: Facts) -> DataPlan:
             dest=str(target if f.unpack else target / f.key),
             stage=status.stage,
             partial_bytes=status.partial_bytes,
+            bucket_status=remote.bucket_status,
         ))
     return DataPlan(
         dataset=manifest.name,

@@ -52,7 +52,8 @@ def plan_text(plan: Plan) -> str:
         if f.unpack and f.unpacked_bytes is not None:
             unpacked = f" -> {'~' if f.unpacked_estimated else ''}{gb(f.unpacked_bytes)} unpacked"
         stage = f.stage if f.stage != "partial" else f"partial ({gb(f.partial_bytes)})"
-        lines.append(f"  {f.key:<22} {size:>10}{unpacked:<26} {stage}")
+        bucket = f"  (bucket: {f.bucket_status})" if f.bucket_status else ""
+        lines.append(f"  {f.key:<22} {size:>10}{unpacked:<26} {stage}{bucket}")
     for disk in plan.disk:
         lines += [
             "",
@@ -253,3 +254,17 @@ def up_text(summary: dict[str, Any]) -> str:
 def stage_text_from_dict(info: dict[str, Any]) -> str:
     done = sum(1 for f in info["files"] if f["outcome"] != "failed")
     return f"data       {'ok' if info['ok'] else 'FAILED'}: {done} of {len(info['files'])} files staged in {info['target_dir']}"
+
+
+def mirror_text(result: Any) -> str:
+    lines = []
+    for item in result.items:
+        line = f"{item.key:<24} {item.action:<9} {item.object}"
+        if item.source:
+            line += f"  (from {item.source}, {item.parts} part(s))"
+        lines.append(line)
+        if item.error:
+            lines.append(f"  error: {item.error}")
+    verb = "would upload" if result.dry_run else "uploaded"
+    lines.append(f"{verb} {gb(result.bytes_to_upload)} to {result.destination}" + ("" if result.ok else "; some files FAILED"))
+    return "\n".join(lines)

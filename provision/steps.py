@@ -97,6 +97,21 @@ def up(config: Config, plan: Plan, env: Environment, environ: Mapping[str, str],
     return summary
 
 
+def mirror(config: Config, plan: Plan, destination: str, *, dry_run: bool) -> Any:
+    """Fill a bucket with the selected files (see :mod:`provision.staging.mirror`)."""
+    from .errors import ConfigError
+    from .report import Progress
+    from .staging.mirror import Mirror
+
+    if not destination.startswith("gs://") or len(destination) <= len("gs://"):
+        raise ConfigError(f"--to {destination!r} is not a bucket URL", hint="write it as gs://BUCKET/PREFIX/")
+    progress = Progress(0, bar=False)
+    try:
+        return Mirror(config.data, plan.data, destination, emit=progress).run(dry_run)
+    finally:
+        progress.close()
+
+
 def status(config: Config) -> list[dict[str, Any]]:
     """One row per selected file: missing, partial (percent), verified or extracted. Writes nothing."""
     from .config import configs_dir

@@ -204,18 +204,25 @@ class Stager:
     # ------------------------------------------------------------ fetching
 
     def _default_transfer(self, loc: FileLocation) -> Transfer:
-        return self.transfer_for(loc, self.cfg.timeout_s)
+        return self.transfer_for(loc, self.cfg)
 
     @staticmethod
-    def transfer_for(loc: FileLocation, timeout_s: float) -> Transfer:
+    def transfer_for(loc: FileLocation, cfg: DataConfig) -> Transfer:
         """The transfer that reads ``loc`` (imports for the source kind happen only here)."""
         if loc.kind == "local":
             return LocalTransfer(loc.url)
         if loc.kind in ("http", "zenodo"):
             from .http import HttpTransfer
 
-            return HttpTransfer(loc.url, timeout_s)
-        raise PermanentError(f"source kind {loc.kind} is not supported yet")
+            return HttpTransfer(loc.url, cfg.timeout_s)
+        if loc.kind == "gs":
+            from .gcs import GcsTransfer
+
+            try:
+                return GcsTransfer(loc.url, cfg.timeout_s, cfg.gcs.project, cfg.gcs.anonymous, cfg.gcs.user_project)
+            except Exception as exc:  # noqa: BLE001 - a client that cannot start is one failed source
+                raise PermanentError(f"cannot open {loc.url}: {type(exc).__name__}: {exc}") from None
+        raise PermanentError(f"no transfer for source kind {loc.kind}")
 
     def _expected(self, f: FilePlan, loc: FileLocation) -> tuple[int | None, str | None]:
         size, md5 = f.size, f.md5
@@ -269,8 +276,12 @@ class Stager:
                 return linked
         transfer = self.make_transfer(loc)
         ranges = True  # with a known size, the first ranged answer tells whether the source honours ranges
-        if size is None:
+        if size is None or loc.kind == "gs":  # a bucket's metadata is one cheap call and carries the md5
             info = self._with_retries(transfer.info, f"{f.key}: asking {loc.url} for the size", result)
+            if md5 and info.md5 and info.md5 != md5:
+                raise PermanentError(f"{loc.url} holds md5 {info.md5}, the manifest says {md5}: the copy there differs from the data set")
+            if size is not None and info.size is not None and info.size != size:
+                raise PermanentError(f"{loc.url} holds {info.size} bytes, the manifest says {size}")
             size, ranges = info.size, info.ranges
             md5 = md5 or info.md5
         if size is None or not ranges:

@@ -7,6 +7,7 @@ import io
 import logging
 import zipfile
 from collections.abc import Callable
+from typing import Any
 
 from ..config import Config
 from ..manifest import Manifest
@@ -75,37 +76,63 @@ def central_directory(transfer: Transfer, size: int) -> tuple[int, int]:
 
 
 def probe_remote(config: Config, manifest: Manifest, make_transfer: Callable[..., Transfer] | None = None) -> dict[str, RemoteFacts]:
-    """What the first answering source says about each selected file the manifest leaves open."""
+    """What the sources say about each selected file: sizes and md5s the manifest leaves open, exact
+    unpacked sizes, and for a bucket source whether it holds the file (present / missing / differs)."""
+    from ..plan import FileLocation
     from .engine import Stager
     from .zenodo import ZenodoRecords
 
+    opener = make_transfer or Stager.transfer_for
     zenodo = ZenodoRecords(config.data.zenodo_url, config.data.timeout_s)
     facts: dict[str, RemoteFacts] = {}
     for f in manifest.select(config.data.subsets):
+        bucket_status = None
+        gs = next((s for s in config.data.sources if s.kind == "gs"), None)
+        if gs is not None:
+            bucket_status = _bucket_status(opener(FileLocation("gs", file_url(gs, f, config.data.zenodo_url)), config.data), f.size, f.md5)
         need_unpacked = f.unpack and f.unpacked_size is None
-        if f.size is not None and f.md5 is not None and not need_unpacked:
-            continue
-        for source in config.data.sources:
-            try:
-                url = file_url(source, f, config.data.zenodo_url)
-            except ValueError:
-                continue
-            from ..plan import FileLocation
-
-            loc = FileLocation(source.kind, url)
-            try:
-                size, md5 = f.size, f.md5
-                if source.kind == "zenodo" and f.record and (size is None or md5 is None):
-                    api_size, api_md5 = zenodo.lookup(f.record, f.key)
-                    size, md5 = size if size is not None else api_size, md5 or api_md5
-                transfer = (make_transfer or Stager.transfer_for)(loc, config.data.timeout_s)
-                if size is None:
-                    size = transfer.info().size
-                unpacked = members = None
-                if need_unpacked and size:
-                    unpacked, members = central_directory(transfer, size)
-                facts[f.key] = RemoteFacts(size=size, md5=md5, unpacked_size=unpacked, members=members, source=url)
-                break
-            except (TransientError, PermanentError, zipfile.BadZipFile, OSError) as exc:
-                log.warning("probe of %s at %s failed: %s", f.key, url, exc)
+        found = RemoteFacts(bucket_status=bucket_status)
+        if f.size is None or f.md5 is None or need_unpacked:
+            found = _ask_sources(config, f, opener, zenodo, need_unpacked) or found
+            found = RemoteFacts(**{**found.__dict__, "bucket_status": bucket_status})
+        facts[f.key] = found
     return facts
+
+
+def _bucket_status(transfer: Transfer, size: int | None, md5: str | None) -> str:
+    try:
+        info = transfer.info()
+    except PermanentError as exc:
+        return "missing" if "no such object" in exc.reason else f"unreadable: {exc.reason}"
+    except TransientError as exc:
+        return f"unreadable: {exc.reason}"
+    if md5 and info.md5 and info.md5 != md5:
+        return "md5 differs"
+    if size is not None and info.size != size:
+        return "size differs"
+    return "present"
+
+
+def _ask_sources(config: Config, f: Any, opener: Callable[..., Transfer], zenodo: Any, need_unpacked: bool) -> RemoteFacts | None:
+    from ..plan import FileLocation
+
+    for source in config.data.sources:
+        try:
+            url = file_url(source, f, config.data.zenodo_url)
+        except ValueError:
+            continue
+        try:
+            size, md5 = f.size, f.md5
+            if source.kind == "zenodo" and f.record and (size is None or md5 is None):
+                api_size, api_md5 = zenodo.lookup(f.record, f.key)
+                size, md5 = size if size is not None else api_size, md5 or api_md5
+            transfer = opener(FileLocation(source.kind, url), config.data)
+            if size is None:
+                size = transfer.info().size
+            unpacked = members = None
+            if need_unpacked and size:
+                unpacked, members = central_directory(transfer, size)
+            return RemoteFacts(size=size, md5=md5, unpacked_size=unpacked, members=members, source=url)
+        except (TransientError, PermanentError, zipfile.BadZipFile, OSError) as exc:
+            log.warning("probe of %s at %s failed: %s", f.key, url, exc)
+    return None

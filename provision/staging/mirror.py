@@ -1,0 +1,180 @@
+"""``provision mirror --to gs://bucket/prefix/``: copy the selected files into a bucket once, verified.
+
+Each file is fetched from the configured sources with the staging engine (so it is verified
+against the manifest first), then uploaded as parts in parallel (resumable uploads), composed
+into the final object with the manifest md5 in its metadata, and the parts removed. Objects
+already present with the right md5 and size are skipped, so a second mirror uploads nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..config import DataConfig
+from ..errors import ProvisionError
+from ..plan import DataPlan, FilePlan
+from .engine import Emit, FileResult, Stager
+from .gcs import client, gcs_errors, md5_hex, split_gs
+from .state import run_lock, work_dir
+from .transfer import PermanentError, TransientError
+
+log = logging.getLogger(__name__)
+MAX_COMPOSE = 32
+MIN_PART_BYTES = 32 << 20
+UPLOAD_CHUNK_BYTES = 8 << 20
+
+
+@dataclass
+class MirrorItem:
+    key: str
+    object: str
+    size: int | None
+    action: str  # present | upload | uploaded | failed
+    source: str | None = None
+    parts: int = 0
+    error: str | None = None
+    retries: list[str] = field(default_factory=list)
+
+
+@dataclass
+class MirrorResult:
+    destination: str
+    items: list[MirrorItem]
+    dry_run: bool
+    elapsed_s: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return all(i.action != "failed" for i in self.items)
+
+    @property
+    def bytes_to_upload(self) -> int:
+        return sum(i.size or 0 for i in self.items if i.action in ("upload", "uploaded"))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "destination": self.destination, "dry_run": self.dry_run, "bytes_to_upload": self.bytes_to_upload,
+                "elapsed_s": round(self.elapsed_s, 3), "items": [asdict(i) for i in self.items]}
+
+
+def part_plan(size: int, connections: int) -> list[tuple[int, int]]:
+    """[start, end) byte ranges of the parts: few and large, at most 32 (one compose call)."""
+    count = max(1, min(MAX_COMPOSE, connections * 2, -(-size // MIN_PART_BYTES)))
+    step = -(-size // count)
+    return [(start, min(size, start + step)) for start in range(0, size, step)] or [(0, 0)]
+
+
+class Mirror:
+    def __init__(self, data: DataConfig, plan: DataPlan, destination: str, emit: Emit | None = None) -> None:
+        self.cfg = data
+        self.plan = plan
+        self.destination = destination if destination.endswith("/") else destination + "/"
+        self.bucket_name, self.prefix = split_gs(self.destination)
+        self.client = client(data.gcs.project, data.gcs.anonymous)
+        self.bucket = self.client.bucket(self.bucket_name, user_project=data.gcs.user_project)
+        self.emit = emit or (lambda event, **info: None)
+
+    def survey(self) -> list[MirrorItem]:
+        """What is in the bucket already (present with the right md5 and size) and what must be uploaded."""
+        items = []
+        for f in self.plan.files:
+            name = self.prefix + f.key
+            with gcs_errors(self.destination + f.key, self.bucket_name, self.client):
+                blob = self.bucket.get_blob(name)
+            present = blob is not None and f.md5 is not None and md5_hex(blob) == f.md5 and (f.size is None or blob.size == f.size)
+            items.append(MirrorItem(f.key, f"gs://{self.bucket_name}/{name}", f.size, "present" if present else "upload"))
+        return items
+
+    def run(self, dry_run: bool) -> MirrorResult:
+        start = time.monotonic()
+        items = self.survey()
+        result = MirrorResult(self.destination, items, dry_run)
+        todo = [(f, i) for f, i in zip(self.plan.files, items, strict=True) if i.action == "upload"]
+        if dry_run or not todo:
+            result.elapsed_s = time.monotonic() - start
+            return result
+        root = Path(self.plan.root)
+        scratch = work_dir(root) / "mirror"
+        scratch.mkdir(parents=True, exist_ok=True)
+        stager = Stager(self.cfg, self.plan, emit=self.emit)
+        with run_lock(root), ThreadPoolExecutor(max(1, self.cfg.connections), thread_name_prefix="conn") as conns, \
+                ThreadPoolExecutor(max(1, self.cfg.files_in_flight), thread_name_prefix="mirror") as files:
+            futures = [files.submit(self._one, f, item, stager, scratch, conns) for f, item in todo]
+            for fut in futures:
+                fut.result()
+        result.elapsed_s = time.monotonic() - start
+        return result
+
+    def _one(self, f: FilePlan, item: MirrorItem, stager: Stager, scratch: Path, conns: ThreadPoolExecutor) -> None:
+        local = scratch / f.key
+        fetched = FileResult(f.key)
+        try:
+            # never read back from the bucket being filled
+            sources = tuple(loc for loc in f.locations if not loc.url.startswith(self.destination))
+            source, md5 = stager._fetch(FilePlan(**{**f.__dict__, "locations": sources}), local, fetched, conns)
+            item.source = source
+            item.retries = fetched.retries
+            self._upload(local, f, md5, item, conns)
+            item.action = "uploaded"
+            self.emit("file_done", key=f.key, message=f"{f.key}: uploaded to {item.object} ({item.parts} part(s))")
+        except (ProvisionError, PermanentError, TransientError) as exc:
+            item.action = "failed"
+            item.error = getattr(exc, "message", None) or getattr(exc, "reason", str(exc))
+            self.emit("file_failed", key=f.key, message=f"{f.key}: FAILED: {item.error}")
+        finally:
+            local.unlink(missing_ok=True)
+
+    def _upload(self, local: Path, f: FilePlan, md5: str, item: MirrorItem, conns: ThreadPoolExecutor) -> None:
+        size = os.stat(local).st_size
+        parts = part_plan(size, self.cfg.connections)
+        item.parts = len(parts)
+        metadata = {"md5": md5, "source": item.source or "", "uploaded-by": "dlwpt-provision"}
+        final = self.bucket.blob(self.prefix + f.key)
+        if len(parts) == 1:
+            self._upload_range(local, final, 0, size, metadata)
+            return
+        names = [f"{self.prefix}.provision-parts/{f.key}.{i:03d}" for i in range(len(parts))]
+        futures = [conns.submit(self._part, local, name, start, end) for name, (start, end) in zip(names, parts, strict=True)]
+        blobs = [fut.result() for fut in futures]
+        with gcs_errors(item.object, self.bucket_name, self.client):
+            final.compose(blobs)
+            final.metadata = metadata
+            final.patch()
+            for blob in blobs:
+                blob.delete()
+
+    def _part(self, local: Path, name: str, start: int, end: int) -> Any:
+        """Upload one part unless an earlier run already did (same size and CRC32C): resumable."""
+        import google_crc32c
+
+        crc = google_crc32c.Checksum()
+        with open(local, "rb") as fh:
+            fh.seek(start)
+            left = end - start
+            while left:
+                chunk = fh.read(min(UPLOAD_CHUNK_BYTES, left))
+                crc.update(chunk)
+                left -= len(chunk)
+        import base64
+
+        want = base64.b64encode(crc.digest()).decode()
+        with gcs_errors(f"gs://{self.bucket_name}/{name}", self.bucket_name, self.client):
+            existing = self.bucket.get_blob(name)
+        if existing is not None and existing.size == end - start and existing.crc32c == want:
+            return existing
+        blob = self.bucket.blob(name)
+        self._upload_range(local, blob, start, end, None)
+        return blob
+
+    def _upload_range(self, local: Path, blob: Any, start: int, end: int, metadata: dict[str, str] | None) -> None:
+        blob.chunk_size = UPLOAD_CHUNK_BYTES  # a resumable upload in 8 MiB requests
+        if metadata:
+            blob.metadata = metadata
+        with open(local, "rb") as fh, gcs_errors(f"gs://{self.bucket_name}/{blob.name}", self.bucket_name, self.client):
+            fh.seek(start)
+            blob.upload_from_file(fh, size=end - start, checksum="crc32c", timeout=self.cfg.timeout_s)

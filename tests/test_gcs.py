@@ -1,0 +1,174 @@
+"""gs:// sources and `provision mirror` against a real GCS endpoint: the gcp-storage-emulator package."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from provision.cli import main
+from tests.support.dataset import Built, tree_md5s
+from tests.test_stage import expected_tree, total_bytes
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def emulator() -> Iterator[str]:
+    exe = shutil.which("gcp-storage-emulator") or str(Path(os.sys.executable).parent / "gcp-storage-emulator")
+    if not os.path.exists(exe):
+        pytest.skip("gcp-storage-emulator is not installed (pip install -e '.[test]')")
+    port = free_port()
+    proc = subprocess.Popen([exe, "start", "--host=127.0.0.1", f"--port={port}", "--in-memory"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    else:
+        proc.kill()
+        pytest.fail("the storage emulator did not start")
+    yield f"http://127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture
+def bucket(emulator: str, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest):
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    from provision.staging import gcs
+
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", emulator)
+    gcs._clients.clear()
+    client = storage.Client(project="test", credentials=AnonymousCredentials())
+    name = f"luna-{request.node.name.replace('_', '-')[:40].lower().strip('-')}"
+    bucket = client.create_bucket(name)
+    yield bucket
+    gcs._clients.clear()
+
+
+def run_json(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict]:
+    code = main([*args, "--json"])
+    return code, json.loads(capsys.readouterr().out)
+
+
+def test_mirror_then_stage_from_the_bucket(built: Built, serve, write_profile, bucket, capsys, tmp_path: Path) -> None:
+    http = serve()
+    dest = f"gs://{bucket.name}/luna16/"
+    mirror_profile = write_profile({"dataset": str(built.manifest), "sources": [http.url + "/mirror/"], "root": str(tmp_path / "scratch")}, name="m.yaml")
+
+    code, dry = run_json(capsys, "mirror", "-c", str(mirror_profile), "--to", dest, "--dry-run")
+    assert code == 0 and dry["bytes_to_upload"] == total_bytes(built)
+    assert {i["action"] for i in dry["items"]} == {"upload"} and http.stats.bytes_sent == 0
+
+    code, done = run_json(capsys, "mirror", "-c", str(mirror_profile), "--to", dest)
+    assert code == 0, done
+    assert {i["action"] for i in done["items"]} == {"uploaded"}
+    for key, info in built.files.items():
+        blob = bucket.get_blob(f"luna16/{key}")
+        assert blob.size == info["size"] and blob.metadata["md5"] == info["md5"]
+        assert blob.download_as_bytes() == (built.folder / key).read_bytes()
+    assert not list(bucket.list_blobs(prefix="luna16/.provision-parts/")), "parts are removed after compose"
+
+    sent = http.stats.bytes_sent
+    code, again = run_json(capsys, "mirror", "-c", str(mirror_profile), "--to", dest)
+    assert code == 0 and {i["action"] for i in again["items"]} == {"present"} and again["bytes_to_upload"] == 0
+    assert http.stats.bytes_sent == sent, "a second mirror fetches and uploads nothing"
+
+    from_gs = write_profile({"dataset": str(built.manifest), "sources": [dest], "root": str(tmp_path / "gs-root")}, name="gs.yaml")
+    from_http = write_profile({"dataset": str(built.manifest), "sources": [http.url + "/mirror/"], "root": str(tmp_path / "http-root")}, name="h.yaml")
+    code, report = run_json(capsys, "stage", "-c", str(from_gs))
+    assert code == 0, report
+    assert {f["source"] for f in report["files"]} == {dest + k for k in built.files}
+    assert run_json(capsys, "stage", "-c", str(from_http))[0] == 0
+    gs_tree = tree_md5s(tmp_path / "gs-root" / "part2" / "luna")
+    assert gs_tree == tree_md5s(tmp_path / "http-root" / "part2" / "luna") == expected_tree(built)
+
+
+def test_missing_and_tampered_objects_fall_back(built: Built, serve, write_profile, bucket, capsys, tmp_path: Path) -> None:
+    http = serve()
+    for key in built.files:
+        if key != "subset1.zip":  # missing from the bucket
+            data = (built.folder / key).read_bytes()
+            if key == "subset2.zip":  # tampered: one byte differs
+                data = data[:50] + bytes([data[50] ^ 1]) + data[51:]
+            bucket.blob(f"luna16/{key}").upload_from_string(data)
+    dest = f"gs://{bucket.name}/luna16/"
+    profile = write_profile({"dataset": str(built.manifest), "sources": [dest, http.url + "/mirror/"]})
+
+    assert main(["plan", "-c", str(profile), "--probe", "--json"]) == 0
+    probed = {f["key"]: f for f in json.loads(capsys.readouterr().out)["data"]["files"]}
+    assert probed["subset0.zip"]["bucket_status"] == "present"
+    assert probed["subset1.zip"]["bucket_status"] == "missing"
+    assert probed["subset2.zip"]["bucket_status"] == "md5 differs"
+
+    code, report = run_json(capsys, "stage", "-c", str(profile))
+    assert code == 0, report
+    files = {f["key"]: f for f in report["files"]}
+    assert files["subset0.zip"]["source"] == dest + "subset0.zip"
+    assert files["subset1.zip"]["source"] == http.url + "/mirror/subset1.zip"
+    assert files["subset2.zip"]["source"] == http.url + "/mirror/subset2.zip"
+    assert any("the manifest says" in r and built.files["subset2.zip"]["md5"] in r for r in files["subset2.zip"]["retries"])
+    assert tree_md5s(tmp_path / "root" / "part2" / "luna") == expected_tree(built)
+    assert http.stats.bytes_for("subset0.zip") == 0
+
+
+def test_missing_bucket_is_a_clear_failure(built: Built, write_profile, emulator, monkeypatch, capsys) -> None:
+    from provision.staging import gcs
+
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", emulator)
+    gcs._clients.clear()
+    profile = write_profile({"dataset": str(built.manifest), "sources": ["gs://no-such-bucket-here/luna16/"], "subsets": "0"})
+    code, report = run_json(capsys, "stage", "-c", str(profile))
+    assert code == 1
+    assert all(f["outcome"] == "failed" for f in report["files"])
+    assert "gs://no-such-bucket-here/luna16/subset0.zip" in report["files"][0]["error"]
+    gcs._clients.clear()
+
+
+def test_large_files_upload_as_parts_and_resume(built: Built, serve, write_profile, bucket, capsys, monkeypatch, tmp_path: Path) -> None:
+    from provision.staging import mirror
+
+    monkeypatch.setattr(mirror, "MIN_PART_BYTES", 200_000)
+    assert [len(mirror.part_plan(1_000_000, 8))] == [5]
+    assert mirror.part_plan(10, 8) == [(0, 10)]
+    http = serve()
+    size = built.files["subset0.zip"]["size"]
+    parts = mirror.part_plan(size, 8)
+    assert len(parts) > 1
+    # an earlier, interrupted mirror left the first part behind: it is reused, not uploaded again
+    start, end = parts[0]
+    leftover = bucket.blob("luna16/.provision-parts/subset0.zip.000")
+    leftover.upload_from_string((built.folder / "subset0.zip").read_bytes()[start:end])
+    generation = bucket.get_blob(leftover.name).generation
+    seen: list[str] = []
+    original = mirror.Mirror._upload_range
+
+    def spy(self, local, blob, s, e, metadata):
+        seen.append(blob.name)
+        return original(self, local, blob, s, e, metadata)
+
+    monkeypatch.setattr(mirror.Mirror, "_upload_range", spy)
+    profile = write_profile({"dataset": str(built.manifest), "sources": [http.url + "/mirror/"], "subsets": "0"})
+    code, done = run_json(capsys, "mirror", "-c", str(profile), "--to", f"gs://{bucket.name}/luna16/")
+    assert code == 0, done
+    assert {i["key"]: i["parts"] for i in done["items"]}["subset0.zip"] == len(parts)
+    assert leftover.name not in seen and f"luna16/.provision-parts/subset0.zip.{len(parts) - 1:03d}" in seen
+    assert generation  # the reused part was not rewritten before compose
+    assert bucket.get_blob("luna16/subset0.zip").download_as_bytes() == (built.folder / "subset0.zip").read_bytes()
+    assert not list(bucket.list_blobs(prefix="luna16/.provision-parts/"))
