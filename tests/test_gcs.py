@@ -155,7 +155,6 @@ def test_large_files_upload_as_parts_and_resume(built: Built, serve, write_profi
     start, end = parts[0]
     leftover = bucket.blob("luna16/.provision-parts/subset0.zip.000")
     leftover.upload_from_string((built.folder / "subset0.zip").read_bytes()[start:end])
-    generation = bucket.get_blob(leftover.name).generation
     seen: list[str] = []
     original = mirror.Mirror._upload_range
 
@@ -169,6 +168,5 @@ def test_large_files_upload_as_parts_and_resume(built: Built, serve, write_profi
     assert code == 0, done
     assert {i["key"]: i["parts"] for i in done["items"]}["subset0.zip"] == len(parts)
     assert leftover.name not in seen and f"luna16/.provision-parts/subset0.zip.{len(parts) - 1:03d}" in seen
-    assert generation  # the reused part was not rewritten before compose
     assert bucket.get_blob("luna16/subset0.zip").download_as_bytes() == (built.folder / "subset0.zip").read_bytes()
     assert not list(bucket.list_blobs(prefix="luna16/.provision-parts/"))
