@@ -104,7 +104,7 @@ class DataConfig:
     mode: str = field(default="archive", metadata={"parse": _parse_choice("archive")})
     connections: int = field(default=8, metadata={"parse": _positive(int)})
     files_in_flight: int = field(default=3, metadata={"parse": _positive(int)})
-    segment_mb: int = field(default=64, metadata={"parse": _positive(int)})
+    segment_mb: int = field(default=4, metadata={"parse": _positive(int)})
     retries: int = field(default=6, metadata={"parse": _positive(int)})
     backoff_s: float = field(default=1.0, metadata={"parse": _positive(float)})
     timeout_s: float = field(default=60.0, metadata={"parse": _positive(float)})

@@ -18,13 +18,17 @@ class Built:
     manifest: Path
 
 
+_LOW_BITS = bytes(b & 0x0F for b in range(256))
+
+
 def ct_like_bytes(n: int, rng: random.Random) -> bytes:
-    """Bytes that deflate about 2:1, like CT volumes (random low bits over smooth high bits)."""
+    """Bytes that deflate about 2:1, like CT volumes: 16-bit samples whose low byte is noisy
+    (4 random bits) and whose high byte changes slowly."""
     out = bytearray(n)
     evens = len(range(0, n, 2))
-    out[0::2] = rng.randbytes(evens)
-    ramp = bytes(range(256)) * 2
-    out[1::2] = (ramp * (n // len(ramp) + 1))[: n - evens]
+    out[0::2] = rng.randbytes(evens).translate(_LOW_BITS)
+    ramp = bytes(i // 64 for i in range(256 * 64))
+    out[1::2] = (ramp * ((n - evens) // len(ramp) + 1))[: n - evens]
     return bytes(out)
 
 

@@ -1,0 +1,263 @@
+#!/usr/bin/env python3
+"""Staging speed and memory against what users run instead, side by side in one run.
+
+Builds a LUNA-like data set (deflate about 2:1, like CT volumes), serves it from a loopback
+HTTP server with and without a per-connection rate cap (Zenodo caps each connection), and
+times on the same data and server:
+
+  naive     curl each file in turn, md5sum, unzip, delete the archive
+  aria2c    aria2c with several connections per file and several files at once, then md5sum and unzip
+  provision `provision stage` (archive mode)
+
+plus the machine's limits measured in the same run: loopback read rate, extraction alone
+(unzip of the same archives from local disk), and disk write rate. Prints wall time,
+throughput, peak RSS, bytes written to disk and each tool's time as a ratio to provision's.
+
+    python benchmarks/stage_bench.py                 # about 2 GB, 3 repetitions (several minutes)
+    python benchmarks/stage_bench.py --quick         # a small set, one repetition, under a minute
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tests.support.dataset import build_luna_like  # noqa: E402
+from tests.support.server import Faults, FileServer  # noqa: E402
+
+
+@dataclass
+class Run:
+    seconds: float
+    max_rss_kb: int
+    written_bytes: int
+    ok: bool
+
+
+@dataclass
+class Row:
+    name: str
+    runs: list[Run] = field(default_factory=list)
+    note: str = ""
+
+    @property
+    def seconds(self) -> float:
+        return statistics.median(r.seconds for r in self.runs)
+
+    @property
+    def rss_mb(self) -> float:
+        return max(r.max_rss_kb for r in self.runs) / 1024
+
+    @property
+    def written_mb(self) -> float:
+        return statistics.median(r.written_bytes for r in self.runs) / 1e6
+
+
+def measured(argv: list[str], cwd: Path, env: dict[str, str] | None = None) -> Run:
+    """Run a command; wall time, peak RSS of its process tree and bytes it wrote to storage.
+
+    Through GNU time where it exists: a child forked from this (large) Python process would
+    inherit its peak RSS figure, while one forked from `time` starts small.
+    """
+    os.sync()
+    report = Path(tempfile.mktemp(prefix="bench-time-"))
+    gnu_time = shutil.which("time") if Path("/usr/bin/time").exists() else None
+    wrapped = ["/usr/bin/time", "-q", "-f", "%M %O", "-o", str(report), *argv] if gnu_time else argv
+    start = time.perf_counter()
+    proc = subprocess.Popen(wrapped, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    os.sync()  # count writeback in the time, as a user waits for it too
+    seconds = time.perf_counter() - start
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        print(f"  ! {argv[0]} exited {code}: {proc.stderr.read().decode()[-400:] if proc.stderr else ''}", file=sys.stderr)
+    max_rss_kb, out_blocks = usage.ru_maxrss, usage.ru_oublock
+    if gnu_time and report.exists():
+        fields = report.read_text().split()
+        if len(fields) >= 2 and fields[-2].isdigit():
+            max_rss_kb, out_blocks = int(fields[-2]), int(fields[-1])
+        report.unlink()
+    return Run(seconds, max_rss_kb, out_blocks * 512, code == 0)
+
+
+def naive_script(urls: list[str], target: Path) -> list[str]:
+    lines = ["set -e", f"mkdir -p {target}", f"cd {target}"]
+    for url in urls:
+        name = url.rsplit("/", 1)[1]
+        lines.append(f"curl -sSf -o {name} {url}")
+        lines.append(f"md5sum {name} > /dev/null")
+        if name.endswith(".zip"):
+            lines.append(f"unzip -q -o {name}")
+            lines.append(f"rm {name}")
+    return ["bash", "-c", "\n".join(lines)]
+
+
+def aria2_script(urls: list[str], target: Path, connections: int) -> list[str]:
+    listing = target.parent / f"{target.name}.aria2-list"
+    listing.write_text("\n".join(urls) + "\n")
+    per_file = max(1, connections // 2)
+    names = [u.rsplit("/", 1)[1] for u in urls]
+    lines = [
+        "set -e", f"mkdir -p {target}", f"cd {target}",
+        f"aria2c -q -x {per_file} -s {per_file} -j 2 -k 1M --file-allocation=none --allow-overwrite=true -i {listing}",
+        "md5sum " + " ".join(names) + " > /dev/null",
+    ]
+    for name in names:
+        if name.endswith(".zip"):
+            lines += [f"unzip -q -o {name}", f"rm {name}"]
+    return ["bash", "-c", "\n".join(lines)]
+
+
+def provision_cmd(profile: Path, mode: str = "archive") -> list[str]:
+    return [sys.executable, "-m", "provision", "stage", "-c", str(profile), "--set", f"data.mode={mode}"]
+
+
+def write_profile(work: Path, manifest: Path, url: str, root: Path, connections: int) -> Path:
+    profile = work / f"profile-{root.name}.yaml"
+    profile.write_text(yaml.safe_dump({
+        "extends": str(REPO / "configs" / "local.yaml"),
+        "requirements": {"files": []},
+        "data": {"dataset": str(manifest), "root": str(root), "sources": [url + "/mirror/"], "reserve_gb": 0, "margin_gb": 0,
+                 "connections": connections},
+    }))
+    return profile
+
+
+def check_tree(root: Path, expected: dict[str, str]) -> bool:
+    for rel, md5 in expected.items():
+        path = root / rel
+        if not path.is_file() or hashlib.md5(path.read_bytes()).hexdigest() != md5:
+            return False
+    return True
+
+
+def limits(data_dir: Path, url: str, keys: list[str], work: Path) -> dict[str, float]:
+    """Loopback read rate, extraction alone, and disk write rate, measured now."""
+    total = sum((data_dir / k).stat().st_size for k in keys)
+    start = time.perf_counter()
+    procs = [subprocess.Popen(["curl", "-sSf", "-o", "/dev/null", f"{url}/mirror/{k}"]) for k in keys]
+    for p in procs:
+        p.wait()
+    read_rate = total / (time.perf_counter() - start)
+    out = work / "extract-only"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir()
+    zips = [str(data_dir / k) for k in keys if k.endswith(".zip")]
+    extract = measured(["bash", "-c", "set -e; " + "; ".join(f"unzip -q -o {z} -d {out}" for z in zips)], work)
+    shutil.rmtree(out, ignore_errors=True)
+    probe = work / "dd-probe"
+    size_mb = max(64, min(1024, total // 2**20))
+    dd = measured(["dd", "if=/dev/zero", f"of={probe}", "bs=1M", f"count={size_mb}", "conv=fsync", "status=none"], work)
+    probe.unlink(missing_ok=True)
+    return {"read_mb_s": read_rate / 1e6, "extract_s": extract.seconds, "disk_mb_s": size_mb * 2**20 / dd.seconds / 1e6}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="a small data set and one repetition (a check of this script)")
+    parser.add_argument("--gb", type=float, default=2.0, help="approximate size of the data set's archives")
+    parser.add_argument("--subsets", type=int, default=6)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--cap-mb", type=float, default=10.0, help="per-connection rate cap in MB/s for the capped scenario")
+    parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--work", type=Path, default=None, help="folder for the data and the runs (default: a temp folder)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.gb, args.subsets, args.reps, args.cap_mb = 0.03, 3, 1, 4.0
+
+    work = args.work or Path(tempfile.mkdtemp(prefix="stage-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    scans = 2
+    raw_bytes = int(args.gb * 1e9 * 2 / args.subsets / scans)  # deflates about 2:1
+    print(f"building a LUNA-like data set: {args.subsets} archives, ~{args.gb:.2f} GB, in {work}", flush=True)
+    built = build_luna_like(work / "src", subsets=args.subsets, scans=scans, raw_bytes=raw_bytes, name="bench", extra_plain=False)
+    keys = list(built.files)
+    total = sum(info["size"] for info in built.files.values())
+    unpacked = sum(info["unpacked_size"] for info in built.files.values())
+    expected = {rel: md5 for info in built.files.values() for rel, md5 in info["members"].items()}
+    have_aria2 = shutil.which("aria2c") is not None
+    print(f"archives {total / 1e6:.0f} MB, unpacked {unpacked / 1e6:.0f} MB; aria2c {'found' if have_aria2 else 'NOT found (apt-get install aria2)'}", flush=True)
+
+    tables = []
+    for scenario, cap in (("capped", args.cap_mb * 1e6), ("uncapped", None)):
+        with FileServer(built.folder, Faults(rate_per_conn=cap)) as srv:
+            urls = [f"{srv.url}/mirror/{k}" for k in keys]
+            rows = {name: Row(name) for name in ("naive", "aria2c", "provision")}
+            if not have_aria2:
+                rows["aria2c"].note = "aria2c not installed"
+            for rep in range(args.reps):
+                for name, row in rows.items():
+                    if name == "aria2c" and not have_aria2:
+                        continue
+                    target_root = work / f"{scenario}-{name}-{rep}"
+                    shutil.rmtree(target_root, ignore_errors=True)
+                    target = target_root / "part2" / "luna"
+                    if name == "naive":
+                        run = measured(naive_script(urls, target), work)
+                    elif name == "aria2c":
+                        target.mkdir(parents=True)
+                        run = measured(aria2_script(urls, target, args.connections), work)
+                    else:
+                        profile = write_profile(work, built.manifest, srv.url, target_root, args.connections)
+                        run = measured(provision_cmd(profile), REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+                    run.ok = run.ok and check_tree(target, expected)
+                    row.runs.append(run)
+                    print(f"  {scenario:<8} {name:<10} rep {rep + 1}: {run.seconds:6.2f} s{'' if run.ok else '  (FAILED or wrong bytes)'}", flush=True)
+                    if name == "provision" and rep == 0:
+                        rerun = measured(provision_cmd(profile), REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+                        plan = measured([sys.executable, "-m", "provision", "plan", "-c", str(profile)], REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+                        rows["provision"].note = f"re-run on the staged set {rerun.seconds:.2f} s, plan {plan.seconds:.2f} s"
+                    if rep > 0 or args.reps == 1:
+                        shutil.rmtree(target_root, ignore_errors=True)
+            limit = limits(built.folder, srv.url, keys, work)
+        tables.append((scenario, cap, rows, limit))
+
+    print()
+    print(f"machine: {os.cpu_count()} cores; data: {len(keys)} archives, {total / 1e6:.0f} MB compressed, {unpacked / 1e6:.0f} MB unpacked; "
+          f"median of {args.reps}; {args.connections} connections")
+    for scenario, cap, rows, limit in tables:
+        base = rows["provision"].seconds
+        cap_text = f"{cap / 1e6:.0f} MB/s per connection" if cap else "no cap"
+        print(f"\n{scenario} ({cap_text})")
+        print(f"{'tool':<11}{'wall s':>9}{'MB/s':>9}{'peak RSS MB':>13}{'written MB':>12}{'x provision':>13}  ok")
+        for row in rows.values():
+            if not row.runs:
+                print(f"{row.name:<11}{'-':>9}{'-':>9}{'-':>13}{'-':>12}{'-':>13}  {row.note}")
+                continue
+            ok = "yes" if all(r.ok for r in row.runs) else "NO"
+            print(f"{row.name:<11}{row.seconds:>9.2f}{total / row.seconds / 1e6:>9.1f}{row.rss_mb:>13.1f}{row.written_mb:>12.0f}"
+                  f"{row.seconds / base:>13.2f}  {ok}  {row.note}")
+        line_mb_s = cap * args.connections / 1e6 if cap else limit["read_mb_s"]
+        pure_download = total / (line_mb_s * 1e6)
+        read_text = f"capped line {line_mb_s:.0f} MB/s over {args.connections} connections" if cap else f"loopback read {line_mb_s:.0f} MB/s"
+        print(f"{'limit':<11}{read_text}, download alone {pure_download:.2f} s; "
+              f"extraction alone {limit['extract_s']:.2f} s; disk write {limit['disk_mb_s']:.0f} MB/s")
+        if cap is None:
+            bound = max(pure_download, limit["extract_s"])
+            print(f"{'target':<11}provision {base:.2f} s vs 1.2 x max(download, extraction) = {1.2 * bound:.2f} s: "
+                  f"{'met' if base <= 1.2 * bound else 'missed'}")
+        else:
+            naive = rows["naive"].seconds
+            aria = rows["aria2c"].seconds if rows["aria2c"].runs else float("nan")
+            print(f"{'target':<11}naive / provision = {naive / base:.2f} (want >= 3); aria2c / provision = {aria / base:.2f} (want >= 1)")
+    if args.work is None:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
