@@ -1,0 +1,97 @@
+#!/usr/bin/env python3
+"""Regenerate every "Open in Colab" badge (README and notebooks) from the repository URL in setup.cfg.
+
+    python scripts/badges.py           # rewrite badges and install URLs that disagree
+    python scripts/badges.py --check   # exit 1 and list them instead (used by the tests)
+
+The URL lives in one place: setup.cfg, [metadata] project_urls, "Repository".
+"""
+
+from __future__ import annotations
+
+import argparse
+import configparser
+import json
+import re
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+BRANCH = "main"
+BADGE = re.compile(r"\[!\[Open In Colab\]\(https://colab\.research\.google\.com/assets/colab-badge\.svg\)\]\(([^)]*)\)")
+TOOL_SOURCE = re.compile(r'TOOL_SOURCE = "git\+([^"]*)"')
+
+
+def repository_url(root: Path = REPO) -> str:
+    cfg = configparser.ConfigParser()
+    cfg.read(root / "setup.cfg")
+    for line in cfg["metadata"]["project_urls"].strip().splitlines():
+        name, _, url = line.partition("=")
+        if name.strip() == "Repository":
+            return url.strip().rstrip("/")
+    raise SystemExit("setup.cfg has no 'Repository' in [metadata] project_urls")
+
+
+def colab_url(repo_url: str, notebook: str) -> str:
+    owner_repo = repo_url.removeprefix("https://github.com/")
+    return f"https://colab.research.google.com/github/{owner_repo}/blob/{BRANCH}/{notebook}"
+
+
+def badge(repo_url: str, notebook: str) -> str:
+    return f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]({colab_url(repo_url, notebook)})"
+
+
+def fix_text(text: str, repo_url: str, notebook: str) -> str:
+    text = BADGE.sub(lambda m: badge(repo_url, notebook), text)
+    return TOOL_SOURCE.sub(f'TOOL_SOURCE = "git+{repo_url}"', text)
+
+
+def targets(root: Path) -> list[tuple[Path, str]]:
+    """(file, notebook its badge opens): the README opens the setup notebook, each notebook itself."""
+    found = [(root / "README.md", "colab/setup.ipynb")]
+    found += [(nb, f"colab/{nb.name}") for nb in sorted((root / "colab").glob("*.ipynb"))]
+    return found
+
+
+def disagreements(root: Path = REPO, write: bool = False) -> list[str]:
+    repo_url = repository_url(root)
+    wrong = []
+    for path, notebook in targets(root):
+        if path.suffix == ".ipynb":
+            nb = json.loads(path.read_text())
+            changed = False
+            for cell in nb["cells"]:
+                source = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+                fixed = fix_text(source, repo_url, notebook)
+                if fixed != source:
+                    cell["source"] = fixed
+                    changed = True
+            if changed:
+                wrong.append(str(path.relative_to(root)))
+                if write:
+                    path.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
+        else:
+            text = path.read_text()
+            if not BADGE.search(text):
+                wrong.append(f"{path.relative_to(root)} (no badge)")
+                continue
+            fixed = fix_text(text, repo_url, notebook)
+            if fixed != text:
+                wrong.append(str(path.relative_to(root)))
+                if write:
+                    path.write_text(fixed)
+    return wrong
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--check", action="store_true", help="only report; exit 1 when a badge disagrees")
+    args = parser.parse_args(argv)
+    wrong = disagreements(write=not args.check)
+    for item in wrong:
+        print(f"{'disagrees' if args.check else 'rewritten'}: {item}")
+    return 1 if (args.check and wrong) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+from tests.conftest import REPO
+
+sys.path.insert(0, str(REPO / "scripts"))
+import badges  # noqa: E402
+
+
+def test_every_badge_matches_the_repository_url() -> None:
+    assert badges.disagreements(REPO) == []
+    url = badges.repository_url(REPO)
+    assert badges.badge(url, "colab/setup.ipynb") in (REPO / "README.md").read_text().splitlines()[0]
+
+
+def copy_of_repo(tmp_path: Path) -> Path:
+    root = tmp_path / "repo"
+    (root / "colab").mkdir(parents=True)
+    shutil.copy(REPO / "setup.cfg", root)
+    shutil.copy(REPO / "README.md", root)
+    for nb in (REPO / "colab").glob("*.ipynb"):
+        shutil.copy(nb, root / "colab")
+    return root
+
+
+def test_a_stale_badge_is_caught_and_rewritten(tmp_path: Path) -> None:
+    root = copy_of_repo(tmp_path)
+    nb = root / "colab" / "setup.ipynb"
+    nb.write_text(nb.read_text().replace("github/dlwpt-provision/dlwpt-provision/blob", "github/someone/old-name/blob"))
+    readme = root / "README.md"
+    readme.write_text(readme.read_text().replace("blob/main/colab/setup.ipynb", "blob/master/colab/setup.ipynb"))
+    assert sorted(badges.disagreements(root)) == ["README.md", "colab/setup.ipynb"]
+    badges.disagreements(root, write=True)
+    assert badges.disagreements(root) == []
+    assert "someone/old-name" not in nb.read_text()
+
+
+def test_moving_the_repository_changes_every_badge(tmp_path: Path) -> None:
+    root = copy_of_repo(tmp_path)
+    cfg = root / "setup.cfg"
+    cfg.write_text(cfg.read_text().replace("Repository = https://github.com/dlwpt-provision/dlwpt-provision", "Repository = https://github.com/newowner/newrepo"))
+    assert len(badges.disagreements(root)) == 3
+    badges.disagreements(root, write=True)
+    assert "github/newowner/newrepo/blob/main/colab/part2_quickstart.ipynb" in (root / "colab" / "part2_quickstart.ipynb").read_text()
+    assert 'TOOL_SOURCE = \\"git+https://github.com/newowner/newrepo\\"' in (root / "colab" / "setup.ipynb").read_text()

@@ -1,0 +1,125 @@
+"""The Colab notebooks, executed by a real Jupyter kernel against a loopback mirror.
+
+The one part that cannot run here is Colab itself: a STAND-IN ``google.colab`` package
+(tests/support/colab_standin) on the kernel's path makes the tool detect Colab.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+from tests.support.dataset import Built, tree_md5s
+from tests.test_install import make_wheel
+
+nbformat = pytest.importorskip("nbformat")
+nbclient = pytest.importorskip("nbclient")
+pytest.importorskip("ipykernel")
+
+STANDIN = REPO / "tests" / "support" / "colab_standin"
+
+
+def execute(name: str, params: dict, tmp_path: Path) -> list[str]:
+    """Run a notebook with parameters injected after its `parameters` cell; return each cell's text output."""
+    nb = nbformat.read(REPO / "colab" / name, as_version=4)
+    index = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
+    nb.cells.insert(index + 1, nbformat.v4.new_code_cell("\n".join(f"{k} = {v!r}" for k, v in params.items())))
+    client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
+    client.execute()
+    texts = []
+    for cell in nb.cells:
+        text = ""
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "stream":
+                text += out.get("text", "")
+            elif out.get("output_type") == "error":
+                text += "ERROR " + out.get("ename", "") + ": " + out.get("evalue", "")
+        texts.append(text)
+    return texts
+
+
+@pytest.fixture
+def colab_kernel_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    log = tmp_path / "colab-standin.log"
+    monkeypatch.setenv("PYTHONPATH", f"{STANDIN}:{REPO}")
+    monkeypatch.setenv("COLAB_STANDIN_LOG", str(log))
+    monkeypatch.delenv("CI", raising=False)
+    return log
+
+
+def test_setup_notebook_end_to_end(built: Built, serve, tmp_path: Path, colab_kernel_env: Path) -> None:
+    srv = serve()
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    make_wheel(wheels, "dlwptstandinpkg", "1.0")
+    try:
+        import torch  # noqa: F401
+
+        has_torch = True
+    except ImportError:
+        has_torch = False
+    reqs = tmp_path / "reqs.txt"
+    reqs.write_text("dlwptstandinpkg==1.0\n" + ("torch>=2.0\n" if has_torch else ""))
+    root = tmp_path / "content" / "dlwpt-code" / "data-unversioned"
+    try:
+        outputs = execute("setup.ipynb", {
+            "SUBSETS": "0-1", "DATA_ROOT": str(root), "SOURCES": [srv.url + "/mirror/"], "CUDA_REQUIRED": False, "TOOL_SOURCE": "",
+            "EXTRA_SETS": [f"data.dataset={built.manifest}", "data.reserve_gb=0", "data.margin_gb=0", f"requirements.files=[{reqs}]",
+                           f"requirements.find_links=[{wheels}]", "requirements.no_index=true", "requirements.installer=pip"],
+        }, tmp_path)
+        text = "\n".join(outputs)
+        assert "ERROR" not in text, text
+        assert "environment  colab" in text
+        if has_torch:
+            assert any(line.strip().startswith("ok") and "torch>=2.0" in line for line in text.splitlines()), "torch is kept, not reinstalled"
+        assert "add  dlwptstandinpkg==1.0" in text
+        installed = subprocess.run([sys.executable, "-c", "import dlwptstandinpkg; print(dlwptstandinpkg.VERSION)"], capture_output=True, text=True)
+        assert installed.stdout.strip() == "1.0"
+        summary = outputs[-1]
+        assert "staged:     subset0.zip, subset1.zip, annotations.csv" in summary
+        assert "GPU:        none (CPU only)" in summary and "free disk:" in summary
+        expected = {rel: md5 for key in ("subset0.zip", "subset1.zip") for rel, md5 in built.files[key]["members"].items()}
+        tree = tree_md5s(root / "part2" / "luna")
+        assert {k: v for k, v in tree.items() if k != "annotations.csv"} == expected
+        assert not colab_kernel_env.exists(), "no bucket: no sign-in"
+    finally:
+        subprocess.run([sys.executable, "-m", "pip", "uninstall", "-y", "-q", "dlwptstandinpkg"], capture_output=True)
+
+
+def fake_book_repo(where: Path) -> Path:
+    """A local git repository standing in for deep-learning-with-pytorch/dlwpt-code."""
+    (where / "p2ch11").mkdir(parents=True)
+    (where / "p2ch11" / "training.py").write_text("print('stand-in for the book's training app')\n")
+    (where / ".gitignore").write_text("data-unversioned/\n")
+    for args in (["init", "-q"], ["add", "."], ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "book"]):
+        subprocess.run(["git", *args], cwd=where, check=True)
+    return where
+
+
+def test_quickstart_notebook_clones_the_book_and_stages_beside_it(built: Built, serve, tmp_path: Path, colab_kernel_env: Path) -> None:
+    srv = serve()
+    book_repo = fake_book_repo(tmp_path / "upstream")
+    book = tmp_path / "content" / "dlwpt-code"
+    outputs = execute("part2_quickstart.ipynb", {
+        "SUBSETS": "0", "BOOK_DIR": str(book), "BOOK_REPO": str(book_repo), "SOURCES": [srv.url + "/mirror/"], "TOOL_SOURCE": "",
+        "EXTRA_SETS": [f"data.dataset={built.manifest}", "data.reserve_gb=0", "data.margin_gb=0"],
+    }, tmp_path)
+    text = "\n".join(outputs)
+    assert "ERROR" not in text, text
+    assert (book / "p2ch11" / "training.py").is_file() and (book / ".git").is_dir()
+    scans = sorted((book / "data-unversioned" / "part2" / "luna" / "subset0").glob("*.mhd"))
+    assert len(scans) == 2
+    assert "2 CT scans ready" in outputs[-1] and "python -m p2ch11.training --epochs 1" in outputs[-1]
+
+
+def test_notebooks_are_stored_without_outputs() -> None:
+    for path in sorted((REPO / "colab").glob("*.ipynb")):
+        nb = json.loads(path.read_text())
+        for cell in nb["cells"]:
+            if cell["cell_type"] == "code":
+                assert cell.get("outputs") == [] and cell.get("execution_count") is None, f"{path.name} has saved outputs: clear them"
