@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("status", parents=[common], help="where each file of the data set stands")
 
+    p = sub.add_parser("vm", parents=[common], help="create a GCP GPU VM that provisions itself (gcloud)")
+    p.add_argument("--dry-run", action="store_true", help="print the exact gcloud command and startup script")
+
     p = sub.add_parser("mirror", parents=[common], help="copy the selected files into a bucket once (gs://bucket/prefix/)")
     p.add_argument("--to", required=True, metavar="GS_URL", help="destination, e.g. gs://my-bucket/luna16/")
     p.add_argument("--dry-run", action="store_true", help="show what would be copied and how many bytes")
@@ -136,6 +139,12 @@ def _dispatch(args: argparse.Namespace, environ: Mapping[str, str], out: TextIO)
         gpu_report = check_gpu(config, env)
         print(report.to_json(report.gpu_dict(gpu_report)) if args.json else report.gpu_text(gpu_report, config.cuda.required), file=out)
         return EXIT_OK if gpu_report.ok else EXIT_REFUSED
+    if command == "vm":
+        from .vm import create_vm
+
+        vm_plan = create_vm(config, args.dry_run)
+        _show(report.vm_dict(vm_plan), report.vm_text(vm_plan, args.dry_run), args.json, out)
+        return EXIT_OK
     plan = build_plan(config, environ, env)
     if command == "install":
         if args.dry_run:

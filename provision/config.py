@@ -115,6 +115,27 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
+class VmConfig:
+    """A cloud GPU VM to create with `provision vm` (GCP, through the gcloud CLI)."""
+
+    provider: str = field(default="gcp", metadata={"parse": _parse_choice("gcp")})
+    name: str = "dlwpt-part2"
+    project: str | None = None
+    zone: str = "us-central1-a"
+    machine_type: str = "n1-standard-8"
+    accelerator_type: str = "nvidia-tesla-t4"
+    accelerator_count: int = field(default=1, metadata={"parse": _positive(int)})
+    boot_disk_gb: int = field(default=0, metadata={"parse": _positive(int)})  # 0: derived from the data plan
+    boot_disk_type: str = "pd-balanced"
+    system_gb: int = field(default=60, metadata={"parse": _positive(int)})    # the image, CUDA and Python packages
+    image_family: str = "common-cu128-ubuntu-2204-nvidia-570"
+    image_project: str = "deeplearning-platform-release"
+    spot: bool = False
+    profile: str = "vm"                          # the profile the VM provisions itself with
+    tool_repo: str = "https://github.com/dlwpt-provision/dlwpt-provision"
+
+
+@dataclass(frozen=True)
 class Config:
     """A validated profile. ``files`` lists the YAML files it was read from, outermost last."""
 
@@ -123,6 +144,7 @@ class Config:
     requirements: RequirementsConfig = RequirementsConfig()
     cuda: CudaConfig = CudaConfig()
     data: DataConfig = DataConfig()
+    vm: VmConfig = VmConfig()
     files: tuple[str, ...] = field(default=(), metadata={"parse": lambda v, p: _reject_files(p)})
     name: str = field(default="", init=True, metadata={"parse": lambda v, p: _reject_files(p)})
 

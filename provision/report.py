@@ -268,3 +268,20 @@ def mirror_text(result: Any) -> str:
     verb = "would upload" if result.dry_run else "uploaded"
     lines.append(f"{verb} {gb(result.bytes_to_upload)} to {result.destination}" + ("" if result.ok else "; some files FAILED"))
     return "\n".join(lines)
+
+
+def vm_dict(plan: Any) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    return asdict(plan)
+
+
+def vm_text(plan: Any, dry_run: bool) -> str:
+    lines = [
+        f"boot disk    {plan.boot_disk_gb} GB ({plan.data_needed_gb:.0f} GB for the '{plan.profile}' profile's data, the rest for the system)",
+        ("would run" if dry_run else "ran") + ":",
+        "  " + " \\\n    ".join([shlex.join(plan.argv[:5]), *(shlex.quote(a) for a in plan.argv[5:])]),
+        "startup script:",
+        *("  " + line for line in plan.startup_script.splitlines()),
+    ]
+    return "\n".join(lines)

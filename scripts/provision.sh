@@ -31,5 +31,7 @@ if [ ! -x "$venv/bin/python" ]; then
   "$python" -m venv "$venv"
 fi
 
-"$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e "$here"
+# PROVISION_PIP_ARGS: extra pip options, e.g. "--no-index --find-links /wheels" on an offline machine
+read -r -a pip_args <<< "${PROVISION_PIP_ARGS:-}"
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check "${pip_args[@]}" -e "$here"
 exec "$venv/bin/provision" up "$@"

@@ -13,7 +13,8 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e "${here}[test]"
 if [ -n "${PROVISION_TEST_TORCH:-}" ]; then
-  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "$PROVISION_TEST_TORCH"
+  read -r -a torch_args <<< "$PROVISION_TEST_TORCH"   # a requirement, optionally with pip options
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "${torch_args[@]}"
 fi
 
 cd "$here"

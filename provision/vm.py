@@ -1,0 +1,116 @@
+"""`provision vm`: create a GCP GPU VM whose startup script provisions it with this tool.
+
+The command is an argument list built from validated config values (never a shell string);
+the boot disk is sized from the data plan of the profile the VM will run, never smaller.
+"""
+
+from __future__ import annotations
+
+import math
+import shlex
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import Config, load_config
+from .disk import GB, plan_disk
+from .errors import CommandError, ConfigError, PreflightError
+from .manifest import load_manifest
+from .plan import Facts, disk_item, plan_data
+
+GCLOUD_INSTALL = "https://cloud.google.com/sdk/docs/install"
+
+
+@dataclass(frozen=True)
+class VmPlan:
+    argv: tuple[str, ...]
+    startup_script: str
+    boot_disk_gb: int
+    data_needed_gb: float
+    profile: str
+
+
+def data_needed_bytes(profile: Config) -> int:
+    """Disk the VM's own profile needs for staging on an empty disk (peak, reserve and margin included)."""
+    from .config import configs_dir
+    from .environment import FsFacts, detect
+
+    manifest = load_manifest(profile.data.dataset, configs_dir())
+    env = detect({}, colab_importable=False, dmi={"product_name": "Google Compute Engine"})
+    facts = Facts(environment=env, installed={}, driver_cuda=None, statuses={}, environ={},
+                  data_fs=FsFacts(path=profile.data.root, probe="/", device=0, free_bytes=0, total_bytes=0))
+    data = plan_data(profile, manifest, facts)
+    disk = plan_disk([disk_item(f) for f in data.files], path=profile.data.root, probe="/", free_bytes=0,
+                     reserve_bytes=int(profile.data.reserve_gb * GB), margin_bytes=int(profile.data.margin_gb * GB),
+                     keep_archives=profile.data.keep_archives, files_in_flight=profile.data.files_in_flight)
+    return disk.needed_bytes
+
+
+def startup_script(tool_repo: str, profile: str) -> str:
+    """Runs as root at first boot: fetch this tool, then provision as the default user's home would."""
+    repo = shlex.quote(tool_repo)
+    return "\n".join([
+        "#!/bin/bash",
+        "# written by `provision vm`: provisions this VM for Deep Learning with PyTorch, Part 2",
+        "set -euo pipefail",
+        "exec > >(tee -a /var/log/dlwpt-provision.log) 2>&1",
+        "if [ ! -d /opt/dlwpt-provision/.git ]; then",
+        f"  git clone --depth 1 {repo} /opt/dlwpt-provision",
+        "fi",
+        f"bash /opt/dlwpt-provision/scripts/provision.sh -c {shlex.quote(profile)}",
+        "",
+    ])
+
+
+def plan_vm(config: Config, script_path: str) -> VmPlan:
+    """The gcloud command that creates the VM described by ``config.vm``."""
+    vm = config.vm
+    profile = load_config(vm.profile, environ={"HOME": "/root"})
+    needed = data_needed_bytes(profile)
+    smallest = math.ceil(needed / GB) + vm.system_gb
+    size = vm.boot_disk_gb or smallest
+    if size < smallest:
+        raise ConfigError(
+            f"vm.boot_disk_gb is {size} GB, but the '{vm.profile}' profile needs {needed / GB:.0f} GB for data plus {vm.system_gb} GB for the system",
+            hint=f"set vm.boot_disk_gb to at least {smallest}, or 0 to size it from the plan; or stage fewer subsets in that profile",
+            key="vm.boot_disk_gb",
+        )
+    argv = ["gcloud", "compute", "instances", "create", vm.name]
+    if vm.project:
+        argv.append(f"--project={vm.project}")
+    argv += [
+        f"--zone={vm.zone}",
+        f"--machine-type={vm.machine_type}",
+        f"--accelerator=type={vm.accelerator_type},count={vm.accelerator_count}",
+        "--maintenance-policy=TERMINATE",  # GPU VMs cannot live-migrate
+        f"--image-family={vm.image_family}",
+        f"--image-project={vm.image_project}",
+        f"--boot-disk-size={size}GB",
+        f"--boot-disk-type={vm.boot_disk_type}",
+        "--metadata=install-nvidia-driver=True",
+        f"--metadata-from-file=startup-script={script_path}",
+    ]
+    if vm.spot:
+        argv += ["--provisioning-model=SPOT", "--instance-termination-action=STOP"]
+    return VmPlan(tuple(argv), startup_script(vm.tool_repo, vm.profile), size, needed / GB, vm.profile)
+
+
+def create_vm(config: Config, dry_run: bool) -> VmPlan:
+    """Print (dry run) or run the gcloud command; a missing gcloud is refused with the install link."""
+    if dry_run:
+        return plan_vm(config, "startup-script.sh")
+    gcloud = shutil.which("gcloud")
+    if gcloud is None:
+        raise PreflightError("the gcloud CLI is not installed", hint=f"install it from {GCLOUD_INSTALL}, run `gcloud init`, then run this again")
+    with tempfile.TemporaryDirectory() as tmp:
+        script = Path(tmp) / "startup-script.sh"
+        plan = plan_vm(config, str(script))
+        script.write_text(plan.startup_script)
+        proc = subprocess.run([gcloud, *plan.argv[1:]], capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = "\n".join(proc.stderr.strip().splitlines()[-10:])
+        raise CommandError(f"gcloud could not create the VM (exit {proc.returncode}):\n{tail}",
+                           hint="check the project, zone and GPU quota (gcloud compute regions describe REGION)")
+    return plan
