@@ -177,6 +177,10 @@ def _dispatch(args: argparse.Namespace, environ: Mapping[str, str], out: TextIO)
         steps = [s for s in STEPS if (not args.only or s in args.only) and s not in args.skip]
         summary = up(config, plan, env, environ, steps, verbose=args.verbose, json_mode=args.json)
         _show(summary, report.up_text(summary), args.json, out)
+        if "error" in summary:
+            print(f"error: {summary['error']['message']}", file=sys.stderr)
+            if summary["error"].get("hint"):
+                print(f"hint: {summary['error']['hint']}", file=sys.stderr)
         return summary["exit_code"]
     raise AssertionError(command)  # argparse restricts the choices
 

@@ -101,7 +101,7 @@ class DataConfig:
     keep_archives: bool = False
     reserve_gb: float = field(default=80.0, metadata={"parse": _positive(float)})
     margin_gb: float = field(default=1.0, metadata={"parse": _positive(float)})
-    mode: str = field(default="archive", metadata={"parse": _parse_choice("archive")})
+    mode: str = field(default="auto", metadata={"parse": _parse_choice("auto", "archive", "stream")})
     connections: int = field(default=8, metadata={"parse": _positive(int)})
     files_in_flight: int = field(default=3, metadata={"parse": _positive(int)})
     segment_mb: int = field(default=4, metadata={"parse": _positive(int)})

@@ -37,6 +37,7 @@ class DiskItem:
 class DiskPlan:
     """Disk figures for one filesystem. ``needed_bytes`` = max(peak, final + reserve) + margin."""
 
+    mode: str
     path: str
     probe: str
     free_bytes: int
@@ -70,11 +71,17 @@ class DiskPlan:
         return f"{noun} {format_subsets(self.fitting_subsets)} fit in {gb(self.free_bytes)} free"
 
 
-def _needs(items: Sequence[DiskItem], *, keep_archives: bool, files_in_flight: int) -> tuple[int, int, int, int]:
-    """(archive bytes, unpacked bytes, archives on disk at once, peak bytes) for ``items``."""
+def _needs(items: Sequence[DiskItem], *, keep_archives: bool, files_in_flight: int, stream: bool = False) -> tuple[int, int, int, int]:
+    """(archive bytes, unpacked bytes, archives on disk at once, peak bytes) for ``items``.
+
+    In stream mode archives are never stored: members are written straight to their final
+    place, so the peak is the unpacked data itself.
+    """
     unpacked = sum(i.unpacked_bytes for i in items)
     plain = sum(i.archive_bytes for i in items if not i.unpack)
     archives = sorted((i.archive_bytes for i in items if i.unpack), reverse=True)
+    if stream:
+        return plain, unpacked, 0, plain + unpacked
     if keep_archives:
         in_flight = sum(archives)
     else:
@@ -84,15 +91,16 @@ def _needs(items: Sequence[DiskItem], *, keep_archives: bool, files_in_flight: i
     return plain + sum(archives), unpacked, in_flight, plain + unpacked + in_flight
 
 
-def _final(items: Sequence[DiskItem], keep_archives: bool) -> int:
+def _final(items: Sequence[DiskItem], keep_archives: bool, stream: bool = False) -> int:
     unpacked = sum(i.unpacked_bytes for i in items)
-    kept = sum(i.archive_bytes for i in items if keep_archives or not i.unpack)
+    kept = sum(i.archive_bytes for i in items if (keep_archives and not stream) or not i.unpack)
     return unpacked + kept
 
 
-def needed_bytes(items: Sequence[DiskItem], *, keep_archives: bool, files_in_flight: int, reserve_bytes: int, margin_bytes: int) -> int:
-    _, _, _, peak = _needs(items, keep_archives=keep_archives, files_in_flight=files_in_flight)
-    return max(peak, _final(items, keep_archives) + reserve_bytes) + margin_bytes
+def needed_bytes(items: Sequence[DiskItem], *, keep_archives: bool, files_in_flight: int, reserve_bytes: int, margin_bytes: int,
+                 stream: bool = False) -> int:
+    _, _, _, peak = _needs(items, keep_archives=keep_archives, files_in_flight=files_in_flight, stream=stream)
+    return max(peak, _final(items, keep_archives, stream) + reserve_bytes) + margin_bytes
 
 
 def plan_disk(
@@ -105,18 +113,20 @@ def plan_disk(
     margin_bytes: int,
     keep_archives: bool,
     files_in_flight: int,
+    stream: bool = False,
 ) -> DiskPlan:
     """The disk figures for staging ``items`` onto one filesystem with ``free_bytes`` free."""
-    archive, unpacked, in_flight, peak = _needs(items, keep_archives=keep_archives, files_in_flight=files_in_flight)
-    final = _final(items, keep_archives)
+    archive, unpacked, in_flight, peak = _needs(items, keep_archives=keep_archives, files_in_flight=files_in_flight, stream=stream)
+    final = _final(items, keep_archives, stream)
     needed = max(peak, final + reserve_bytes) + margin_bytes
     fitting = None
     if needed > free_bytes and any(i.subset is not None for i in items):
         fitting = largest_fitting_subsets(
             items, free_bytes=free_bytes, reserve_bytes=reserve_bytes, margin_bytes=margin_bytes,
-            keep_archives=keep_archives, files_in_flight=files_in_flight,
+            keep_archives=keep_archives, files_in_flight=files_in_flight, stream=stream,
         )
     return DiskPlan(
+        mode="stream" if stream else "archive",
         path=path,
         probe=probe,
         free_bytes=free_bytes,
@@ -142,6 +152,7 @@ def largest_fitting_subsets(
     margin_bytes: int,
     keep_archives: bool,
     files_in_flight: int,
+    stream: bool = False,
 ) -> tuple[int, ...]:
     """The longest run of subsets, in order, that fits together with the files every selection needs."""
     always = [i for i in items if i.subset is None]
@@ -150,7 +161,8 @@ def largest_fitting_subsets(
     for n in range(1, len(subsets) + 1):
         chosen = set(subsets[:n])
         trial = always + [i for i in items if i.subset in chosen]
-        need = needed_bytes(trial, keep_archives=keep_archives, files_in_flight=files_in_flight, reserve_bytes=reserve_bytes, margin_bytes=margin_bytes)
+        need = needed_bytes(trial, keep_archives=keep_archives, files_in_flight=files_in_flight, reserve_bytes=reserve_bytes,
+                            margin_bytes=margin_bytes, stream=stream)
         if need > free_bytes:
             break
         best = tuple(subsets[:n])

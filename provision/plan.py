@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +86,8 @@ class DataPlan:
     connections: int
     files_in_flight: int
     keep_archives: bool
+    mode_reason: str = ""
+    needed_bytes_by_mode: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -177,16 +179,24 @@ def make_plan(config: Config, manifest: Manifest, facts: Facts) -> Plan:
         options=index_options(config.requirements.find_links, config.requirements.no_index),
     )
     data = plan_data(config, manifest, facts)
-    disk = plan_disk(
-        [disk_item(f) for f in data.files],
-        path=config.data.root,
-        probe=facts.data_fs.probe,
-        free_bytes=facts.data_fs.free_bytes,
-        reserve_bytes=int(config.data.reserve_gb * GB),
-        margin_bytes=int(config.data.margin_gb * GB),
-        keep_archives=config.data.keep_archives,
-        files_in_flight=config.data.files_in_flight,
-    )
+    by_mode = {
+        mode: plan_disk(
+            [disk_item(f) for f in data.files],
+            path=config.data.root,
+            probe=facts.data_fs.probe,
+            free_bytes=facts.data_fs.free_bytes,
+            reserve_bytes=int(config.data.reserve_gb * GB),
+            margin_bytes=int(config.data.margin_gb * GB),
+            keep_archives=config.data.keep_archives,
+            files_in_flight=config.data.files_in_flight,
+            stream=mode == "stream",
+        )
+        for mode in ("archive", "stream")
+    }
+    mode, reason = choose_mode(config.data.mode, by_mode["archive"], by_mode["stream"], any(f.unpack for f in data.files))
+    data = replace(data, mode=mode, mode_reason=reason,
+                   needed_bytes_by_mode={m: d.needed_bytes for m, d in by_mode.items()})
+    disk = by_mode[mode]
     problems = []
     if not python_ok:
         problems.append(Problem(
@@ -195,7 +205,7 @@ def make_plan(config: Config, manifest: Manifest, facts: Facts) -> Plan:
             "use a newer Python (e.g. python3.11 -m venv .venv) and run again from it",
         ))
     if not disk.fits:
-        problems.append(disk_problem(disk))
+        problems.append(disk_problem(disk, by_mode["stream"] if mode == "archive" else None))
     return Plan(
         profile=config.name,
         config_files=config.files,
@@ -270,7 +280,21 @@ def disk_item(f: FilePlan) -> DiskItem:
     )
 
 
-def disk_problem(disk: DiskPlan) -> Problem:
+def choose_mode(setting: str, archive: DiskPlan, stream: DiskPlan, has_archives: bool) -> tuple[str, str]:
+    """archive or stream, and why. ``auto`` streams only when that is what makes the data fit."""
+    if setting != "auto":
+        return setting, f"data.mode is {setting}"
+    if not has_archives:
+        return "archive", "no archives to unpack"
+    if archive.fits:
+        return "archive", f"archives and unpacked data fit ({gb(archive.needed_bytes)} needed, {gb(archive.free_bytes)} free)"
+    if stream.fits:
+        return "stream", (f"archive mode would need {gb(archive.needed_bytes)} but only {gb(archive.free_bytes)} is free; "
+                          f"unpacking while downloading needs {gb(stream.needed_bytes)}")
+    return "archive", "neither mode fits"
+
+
+def disk_problem(disk: DiskPlan, stream: DiskPlan | None = None) -> Problem:
     where = disk.path if disk.path == disk.probe else f"{disk.path} (measured at {disk.probe})"
     message = (
         f"not enough disk space at {where}: staging needs {gb(disk.needed_bytes)} free "
@@ -281,6 +305,8 @@ def disk_problem(disk: DiskPlan) -> Problem:
         ways.append(f"{disk.fitting_text()}: stage fewer with --subsets {_range(disk.fitting_subsets)}")
     elif disk.fitting_subsets == ():
         ways.append(disk.fitting_text())
+    if stream is not None and stream.fits:
+        ways.insert(0, f"unpacking while downloading needs only {gb(stream.needed_bytes)}: use --set data.mode=stream")
     ways.append("point data.root (--root) at a bigger disk")
     if disk.reserve_bytes:
         lower = int((disk.reserve_bytes - disk.shortfall_bytes) // GB)

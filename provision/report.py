@@ -43,7 +43,10 @@ def plan_text(plan: Plan) -> str:
     extra += f", compute capability >= {gpu.min_compute_capability}" if gpu.min_compute_capability else ""
     lines += ["", f"gpu          {want}{extra}  (checked by `provision check`)", ""]
     data = plan.data
-    lines.append(f"data         {data.dataset} ({data.manifest}), mode {data.mode}, {data.connections} connections")
+    lines.append(f"data         {data.dataset} ({data.manifest}), {data.connections} connections")
+    lines.append(f"  mode       {data.mode}: {data.mode_reason}")
+    if data.needed_bytes_by_mode:
+        lines.append("  needs      " + ", ".join(f"{m} mode {gb(n)}" for m, n in data.needed_bytes_by_mode.items()))
     lines.append(f"  into       {data.target_dir}")
     lines.append(f"  sources    {', '.join(data.sources)}")
     for f in data.files:
@@ -244,10 +247,6 @@ def up_text(summary: dict[str, Any]) -> str:
             lines.append(stage_text_from_dict(info))
         else:
             lines.append(f"{step:<10} {'ok' if info.get('ok') else 'FAILED'}")
-    if "error" in summary:
-        lines.append(f"error: {summary['error']['message']}")
-        if summary["error"].get("hint"):
-            lines.append(f"hint: {summary['error']['hint']}")
     return "\n".join(lines)
 
 

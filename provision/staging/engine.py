@@ -18,7 +18,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ..config import DataConfig
 from ..errors import ChecksumError, DownloadError, ExtractError, OutOfSpaceError, ProvisionError
@@ -26,12 +26,14 @@ from ..plan import DataPlan, FileLocation, FilePlan
 from . import extract as extracting
 from .local import LocalTransfer, try_hardlink
 from .state import StateStore, atomic_write_json, partial_dir, read_json, run_lock
-from .transfer import BUFFER_BYTES, NoRangeSupport, PermanentError, RemoteInfo, Transfer, TransientError
+from .transfer import BUFFER_BYTES, NoRangeSupport, PermanentError, Transfer, TransientError
 from .zenodo import ZenodoRecords
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 Emit = Callable[..., None]
-PROGRESS_SAVE_INTERVAL_S = 1.0
+# how much a killed run may have to fetch again: a quarter second of download
+PROGRESS_SAVE_INTERVAL_S = 0.25
 MD5_MISMATCH_TRIES_PER_SOURCE = 2
 
 
@@ -127,6 +129,7 @@ class Stager:
         self._emit_lock = threading.Lock()
         self._emit = emit or (lambda event, **info: None)
         self.abort = threading.Event()
+        self.mode = plan.mode
         self.make_transfer = make_transfer or self._default_transfer
         self._zenodo = ZenodoRecords(data.zenodo_url, data.timeout_s)
 
@@ -152,7 +155,7 @@ class Stager:
                     work.append((f, need))
             fatal: list[BaseException] = []
             with ThreadPoolExecutor(max(1, self.cfg.connections), thread_name_prefix="conn") as conns, \
-                    ThreadPoolExecutor(max(1, self.cfg.files_in_flight), thread_name_prefix="file") as drivers:
+                    ThreadPoolExecutor(self._drivers(), thread_name_prefix="file") as drivers:
                 futures: list[tuple[FilePlan, Future[None]]] = [
                     (f, drivers.submit(self._stage_file, f, need, state, results[f.key], conns)) for f, need in work
                 ]
@@ -173,11 +176,23 @@ class Stager:
                 raise fatal[0]
         return StageResult([results[f.key] for f in self.plan.files], time.monotonic() - start, str(self.root), str(self.target))
 
+    def _drivers(self) -> int:
+        """Files handled at once: in stream mode each archive is one ordered stream, so one per connection."""
+        if self.mode == "stream":
+            return max(1, self.cfg.connections, self.cfg.files_in_flight)
+        return max(1, self.cfg.files_in_flight)
+
     def _stage_file(self, f: FilePlan, need: Need, state: StateStore, result: FileResult, conns: ThreadPoolExecutor) -> None:
         if self.abort.is_set():
             raise OutOfSpaceError("stopped because another file ran out of disk space", hint="free some space and run again")
         final = self.target / f.key
         repairing = need.only is not None
+        # stream mode; and any repair whose archive is gone fetches just the damaged members' bytes
+        if f.unpack and need.fetch and (self.mode == "stream" or repairing):
+            streamed = self._stream(f, need, state, result)
+            if streamed:
+                self.emit("file_done", key=f.key, message=f"{f.key}: {result.outcome} from {result.source} ({result.members} members unpacked while downloading)")
+                return
         if need.fetch:
             source, md5 = self._fetch(f, final, result, conns)
             fields: dict[str, Any] = {"verified": True, "md5": md5, "size": os.stat(final).st_size, "source": source,
@@ -232,6 +247,61 @@ class Stager:
             md5 = md5 or api_md5
         return size, md5
 
+    def _stream(self, f: FilePlan, need: Need, state: StateStore, result: FileResult) -> bool:
+        """Stage an archive in stream mode; False when it cannot be streamed (then archive mode takes over)."""
+        from .stream import CannotStream, StreamCorrupt, check_streamable_size, read_layout, stream_archive
+
+        failures: list[str] = []
+        for loc in f.locations:
+            for _ in range(MD5_MISMATCH_TRIES_PER_SOURCE):
+                try:
+                    size, md5 = self._expected(f, loc)
+                    transfer, size, md5, ranges = self._open(f, loc, size, md5, result)
+                    if size is None or not ranges:
+                        raise CannotStream(f"{loc.url} does not serve byte ranges or a size")
+                    layout = self._with_retries(lambda: read_layout(transfer, size, self.target, f.key),  # noqa: B023 - called at once
+                                                f"{f.key}: reading the directory at {loc.url}", result)
+                    if not f.unpacked_estimated:
+                        check_streamable_size(layout, f.unpacked_bytes, f.key)
+                    if need.only is None:
+                        state.update(f.key, unpack=True, streaming=True, md5=md5, size=size, source=loc.url, verified=False, extracted=False)
+                    outcome = stream_archive(
+                        transfer, layout, only=need.only, expected_md5=md5, retries=self.cfg.retries, sleep=self._sleep,
+                        backoff=lambda attempt, after: backoff_s(attempt, after, self.cfg.backoff_s),
+                        on_bytes=lambda n: self._count(result, f.key, n), note_retry=result.retries.append,
+                        stop=self.abort, free_bytes=self._free_bytes,
+                    )
+                except StreamCorrupt as exc:
+                    result.retries.append(str(exc))
+                    self.emit("retry", key=f.key, message=f"{f.key}: {exc}; fetching it again")
+                    failures.append(f"{loc.url}: {exc}")
+                    continue
+                except (CannotStream, NoRangeSupport) as exc:
+                    result.retries.append(f"{f.key} cannot be streamed ({exc}): staging it as an archive")
+                    return False
+                except (PermanentError, TransientError) as exc:
+                    result.retries.append(f"{loc.url}: gave up: {exc.reason}")
+                    failures.append(f"{loc.url}: {exc.reason}")
+                    break
+                rec = state.record(f.key) or {}
+                recorded = rec.get("members", {}) if need.only is not None else {}
+                recorded.update({m.name: [m.size, m.crc] for m in outcome.members})
+                state.update(f.key, verified=True, extracted=True, streaming=False, members=recorded, damaged=[], stamp=None,
+                             md5_checked=outcome.md5 is not None, unpacked_bytes=sum(m.size for m in outcome.members))
+                result.source = loc.url
+                result.members = outcome.written
+                result.outcome = "repaired" if need.only is not None else "staged"
+                return True
+        raise DownloadError(f"{f.key} could not be streamed: " + "; ".join(failures), hint="check the network and data.sources, then run again: members already unpacked are kept", key=f.key)
+
+    def _count(self, result: FileResult, key: str, n: int) -> None:
+        result.bytes_fetched += n
+        self.emit("bytes", n=n, key=key)
+
+    def _free_bytes(self) -> int:
+        st = os.statvfs(self.target)
+        return st.f_bavail * st.f_frsize
+
     def _fetch(self, f: FilePlan, final: Path, result: FileResult, conns: ThreadPoolExecutor) -> tuple[str, str]:
         """Bring ``f`` to ``final`` verified; return (source label, md5). Sources are tried in order."""
         if not f.locations:
@@ -274,6 +344,18 @@ class Stager:
             linked = self._try_link(loc.url, part, final, size, md5)
             if linked is not None:
                 return linked
+        transfer, size, md5, ranges = self._open(f, loc, size, md5, result)
+        if size is None or not ranges:
+            return self._download_whole(f, transfer, part, progress_path, final, size, md5, result)
+        try:
+            return _SegmentedDownload(self, f, transfer, part, progress_path, final, size, md5, result, conns).run()
+        except NoRangeSupport:
+            result.retries.append(f"{loc.url} ignores byte ranges: fetching it whole")
+            return self._download_whole(f, transfer, part, progress_path, final, size, md5, result)
+
+    def _open(self, f: FilePlan, loc: FileLocation, size: int | None, md5: str | None,
+              result: FileResult) -> tuple[Transfer, int | None, str | None, bool]:
+        """The transfer for ``loc``, with size, md5 and range support; a copy that differs from the manifest is refused."""
         transfer = self.make_transfer(loc)
         ranges = True  # with a known size, the first ranged answer tells whether the source honours ranges
         if size is None or loc.kind == "gs":  # a bucket's metadata is one cheap call and carries the md5
@@ -284,13 +366,7 @@ class Stager:
                 raise PermanentError(f"{loc.url} holds {info.size} bytes, the manifest says {size}")
             size, ranges = info.size, info.ranges
             md5 = md5 or info.md5
-        if size is None or not ranges:
-            return self._download_whole(f, transfer, part, progress_path, final, size, md5, result)
-        try:
-            return _SegmentedDownload(self, f, transfer, part, progress_path, final, size, md5, result, conns).run()
-        except NoRangeSupport:
-            result.retries.append(f"{loc.url} ignores byte ranges: fetching it whole")
-            return self._download_whole(f, transfer, part, progress_path, final, size, md5, result)
+        return transfer, size, md5, ranges
 
     def _try_link(self, src: str, part: Path, final: Path, size: int, md5: str | None) -> str | None:
         """Hard-link a local source file (same filesystem), verify it, and give it its final name."""
@@ -355,7 +431,7 @@ class Stager:
         os.replace(part, final)
         return got_md5
 
-    def _with_retries(self, call: Callable[[], RemoteInfo], what: str, result: FileResult) -> RemoteInfo:
+    def _with_retries(self, call: Callable[[], T], what: str, result: FileResult) -> T:
         attempts = 0
         while True:
             try:
@@ -374,10 +450,6 @@ class Stager:
     # ------------------------------------------------------------ unpacking
 
     def _extract(self, f: FilePlan, final: Path, need: Need, result: FileResult) -> list[extracting.Member]:
-        def free() -> int:
-            st = os.statvfs(self.target)
-            return st.f_bavail * st.f_frsize
-
         count = 0
 
         def done(member: extracting.Member) -> None:
@@ -388,7 +460,7 @@ class Stager:
             members = extracting.extract(
                 final, self.target,
                 only=need.only,
-                free_bytes=free,
+                free_bytes=self._free_bytes,
                 workers=self.cfg.extract_workers or (os.cpu_count() or 1),
                 on_member=done,
                 stop=self.abort,
@@ -491,8 +563,9 @@ class _SegmentedDownload:
         if not force and now - self._saved_at < PROGRESS_SAVE_INTERVAL_S:
             return
         self._saved_at = now
+        # no fsync: the data itself is not fsync'd either; after a power cut the md5 check catches any gap
         atomic_write_json(self.progress_path, {"size": self.size, "md5": self.md5, "segment": self.segment,
-                                               "done": {str(k): v for k, v in self.done.items()}, "source": self.transfer.label})
+                                               "done": {str(k): v for k, v in self.done.items()}, "source": self.transfer.label}, fsync=False)
 
     def _length(self, start: int) -> int:
         return min(self.segment, self.size - start)

@@ -31,15 +31,16 @@ def partial_dir(root: Path) -> Path:
     return work_dir(root) / "partial"
 
 
-def atomic_write_json(path: Path, data: Any) -> None:
-    """Write JSON to a temp file beside ``path``, fsync, then rename it into place."""
+def atomic_write_json(path: Path, data: Any, fsync: bool = True) -> None:
+    """Write JSON to a temp file beside ``path`` (fsync'd unless told not to), then rename it into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             json.dump(data, fh, indent=1, sort_keys=True)
             fh.flush()
-            os.fsync(fh.fileno())
+            if fsync:
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException as exc:
         try:

@@ -23,6 +23,7 @@ class Faults:
     error_rate: float = 0.0         # answer 503 or 429 with Retry-After
     retry_after_s: int = 1
     corrupt_once: set[str] = field(default_factory=set)  # keys whose first body gets a flipped byte
+    corrupt_at: dict[str, int] = field(default_factory=dict)  # key -> file offset flipped in every body covering it
     no_ranges: bool = False         # ignore Range headers (200 with the whole file)
     missing: set[str] = field(default_factory=set)       # keys answered with 404
     rate_per_conn: float | None = None  # bytes/s cap per connection
@@ -94,8 +95,8 @@ class FileServer:
             return hit
 
     def _record(self, h: BaseHTTPRequestHandler, key: str, status: int, sent: int) -> None:
+        """Log a finished request (its body bytes were counted in ``bytes_sent`` as they went out)."""
         with self.stats.lock:
-            self.stats.bytes_sent += sent
             self.stats.requests.append({"key": key, "status": status, "sent": sent, "range": h.headers.get("Range"),
                                         "user_agent": h.headers.get("User-Agent")})
 
@@ -158,14 +159,21 @@ class FileServer:
             with open(file, "rb") as fh:
                 fh.seek(start)
                 while sent < length:
-                    n = min(256 * 1024, length - sent)
+                    # small writes when throttled, so little sits unread in socket buffers when a client dies
+                    n = min(64 * 1024 if self.faults.rate_per_conn else 256 * 1024, length - sent)
                     if drop_at is not None:
                         n = min(n, drop_at - sent)
                     chunk = fh.read(n)
                     if corrupt and sent == 0:
                         chunk = bytes([chunk[0] ^ 0xFF]) + chunk[1:]
+                    flip = self.faults.corrupt_at.get(key)
+                    if flip is not None and start + sent <= flip < start + sent + len(chunk):
+                        i = flip - start - sent
+                        chunk = chunk[:i] + bytes([chunk[i] ^ 0xFF]) + chunk[i + 1 :]
                     h.wfile.write(chunk)
                     sent += len(chunk)
+                    with self.stats.lock:
+                        self.stats.bytes_sent += len(chunk)
                     if drop_at is not None and sent >= drop_at:
                         h.wfile.flush()
                         h.close_connection = True

@@ -1,0 +1,369 @@
+"""Stream mode: unpack a zip archive as its bytes arrive, never storing the archive.
+
+The central directory is read first (one ranged request of the archive's tail), so every
+member's offset, sizes and CRC are known before a byte is written. The archive is then read as
+one ordered byte stream: each member is inflated into a temporary name and renamed once its
+size and CRC-32 check out, and the archive's md5 is computed over the same stream. A dropped
+connection continues at the exact byte (the parser keeps its state); a new run after an
+interruption continues at the first member not yet complete, so it costs at most the member in
+progress. Peak disk is the unpacked data plus the members being written.
+"""
+
+from __future__ import annotations
+
+import bz2
+import hashlib
+import io
+import lzma
+import os
+import struct
+import threading
+import zipfile
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import ExtractError, OutOfSpaceError
+from .extract import TMP_SUFFIX, Member, list_members, member_done
+from .probe import BLOCK_BYTES, RangeReader
+from .transfer import BUFFER_BYTES, Transfer, TransientError
+
+LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")
+LOCAL_SIGNATURE = b"PK\x03\x04"
+OUTPUT_PIECE_BYTES = 4 << 20  # bound on inflated bytes held at once
+
+
+class CannotStream(Exception):
+    """This archive cannot be unpacked as a stream (encrypted or unusual members): stage it whole."""
+
+
+class StreamCorrupt(Exception):
+    """The stream contradicts the central directory or a CRC: the bytes were damaged on the way."""
+
+
+@dataclass(frozen=True)
+class StreamMember:
+    member: Member
+    header_offset: int
+    compress_size: int
+    compress_type: int
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What the central directory says: members in stream order and where the directory starts."""
+
+    members: tuple[StreamMember, ...]
+    directory_offset: int
+    size: int
+
+
+def read_layout(transfer: Transfer, size: int, target: Path, archive: str) -> Layout:
+    """The central directory via ranged reads of the tail; members validated (paths, symlinks) up front."""
+    reader = RangeReader(transfer, size)
+    try:
+        with zipfile.ZipFile(io.BufferedReader(reader, BLOCK_BYTES)) as zf:
+            members = {m.name: m for m in list_members(zf, target, archive)}
+            infos = [i for i in zf.infolist() if i.filename in members]
+            directory_offset = zf.start_dir
+    except zipfile.BadZipFile as exc:
+        raise StreamCorrupt(f"{archive}: cannot read its central directory ({exc})") from None
+    stream = []
+    for info in sorted(infos, key=lambda i: i.header_offset):
+        if info.flag_bits & 0x1:
+            raise CannotStream(f"{archive}: member {info.filename} is encrypted")
+        if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA):
+            raise CannotStream(f"{archive}: member {info.filename} uses compression method {info.compress_type}")
+        stream.append(StreamMember(members[info.filename], info.header_offset, info.compress_size, info.compress_type))
+    return Layout(tuple(stream), directory_offset, size)
+
+
+def _decompressor(method: int) -> Any:
+    if method == zipfile.ZIP_DEFLATED:
+        return zlib.decompressobj(-15)
+    if method == zipfile.ZIP_BZIP2:
+        return bz2.BZ2Decompressor()
+    if method == zipfile.ZIP_LZMA:
+        return _LzmaZip()
+    return None  # stored
+
+
+class _LzmaZip:
+    """LZMA as zip stores it: a 4-byte version, a 2-byte properties size, the properties, then raw LZMA1."""
+
+    def __init__(self) -> None:
+        self.head = b""
+        self.inner: Any = None
+
+    def decompress(self, data: bytes, max_length: int = -1) -> bytes:
+        if self.inner is None:
+            self.head += data
+            if len(self.head) < 4 or len(self.head) < 4 + struct.unpack("<H", self.head[2:4])[0]:
+                return b""
+            psize = struct.unpack("<H", self.head[2:4])[0]
+            props = self.head[4 : 4 + psize]
+            filters = [lzma._decode_filter_properties(lzma.FILTER_LZMA1, props)]  # type: ignore[attr-defined]
+            self.inner = lzma.LZMADecompressor(lzma.FORMAT_RAW, filters=filters)
+            data, self.head = self.head[4 + psize :], b""
+        return self.inner.decompress(data, max_length)
+
+    @property
+    def unconsumed_tail(self) -> bytes:
+        return b""
+
+
+class MemberWriter:
+    """Inflates one member's compressed bytes into its temporary file; ``finish`` checks and renames."""
+
+    def __init__(self, sm: StreamMember) -> None:
+        self.sm = sm
+        self.member = sm.member
+        self.member.dest.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.member.dest.with_name(f".{self.member.dest.name}{TMP_SUFFIX}")
+        self.out = open(self.tmp, "wb")  # noqa: SIM115 - closed in finish/discard
+        self.crc = 0
+        self.written = 0
+        self.inflater = _decompressor(sm.compress_type)
+
+    def feed(self, data: bytes) -> None:
+        if self.inflater is None:
+            self._emit(data)
+            return
+        pending = data
+        while pending:
+            out = self.inflater.decompress(pending, OUTPUT_PIECE_BYTES)
+            self._emit(out)
+            pending = getattr(self.inflater, "unconsumed_tail", b"")
+            if not out and not pending:
+                break
+
+    def _emit(self, data: bytes) -> None:
+        if not data:
+            return
+        if self.written + len(data) > self.member.size:
+            raise StreamCorrupt(f"member {self.member.name} inflates past its declared {self.member.size} bytes")
+        try:
+            self.out.write(data)
+        except OSError as exc:
+            self.discard()
+            if exc.errno == 28:
+                raise OutOfSpaceError(
+                    f"the disk filled up while unpacking {self.member.name} into {self.member.dest.parent}",
+                    hint="free some space or stage fewer subsets (--subsets); what is staged so far is kept and the next run continues",
+                    path=str(self.member.dest.parent),
+                ) from None
+            raise
+        self.crc = zlib.crc32(data, self.crc)
+        self.written += len(data)
+
+    def finish(self) -> None:
+        if self.inflater is not None and hasattr(self.inflater, "flush"):
+            self._emit(self.inflater.flush())
+        self.out.close()
+        if self.written != self.member.size or self.crc != self.member.crc:
+            self.discard()
+            raise StreamCorrupt(f"member {self.member.name}: got {self.written} bytes with CRC {self.crc:08x}, "
+                                f"the directory says {self.member.size} bytes with CRC {self.member.crc:08x}")
+        os.replace(self.tmp, self.member.dest)
+
+    def discard(self) -> None:
+        if not self.out.closed:
+            self.out.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+class StreamUnpacker:
+    """A push parser over one contiguous byte range of the archive, starting at a member's header.
+
+    ``feed`` takes the bytes in order; ``pos`` is the absolute offset of the next byte expected,
+    so a dropped connection continues with a request from ``pos``.
+    """
+
+    def __init__(self, layout: Layout, first: int, last: int, md5: Any | None) -> None:
+        self.layout = layout
+        self.index = first
+        self.last = last  # exclusive index of members to write
+        self.pos = layout.members[first].header_offset if first < len(layout.members) else layout.directory_offset
+        self.md5 = md5
+        self.header = b""
+        self.data_start: int | None = None
+        self.writer: MemberWriter | None = None
+        self.written: list[Member] = []
+
+    @property
+    def end(self) -> int:
+        """Where this range's request should stop (the whole archive when hashing it)."""
+        if self.md5 is not None:
+            return self.layout.size
+        if self.last < len(self.layout.members):
+            return self.layout.members[self.last].header_offset
+        return self.layout.directory_offset
+
+    def feed(self, chunk: bytes) -> None:
+        if self.md5 is not None:
+            self.md5.update(chunk)
+        view = memoryview(chunk)
+        while view:
+            if self.index >= self.last:  # past the members to write: descriptors, directory
+                self.pos += len(view)
+                return
+            sm = self.layout.members[self.index]
+            if self.pos < sm.header_offset:  # a data descriptor between members
+                skip = min(len(view), sm.header_offset - self.pos)
+                view, self.pos = view[skip:], self.pos + skip
+                continue
+            if self.data_start is None:
+                view = self._header(sm, view)
+                continue
+            data_end = self.data_start + sm.compress_size
+            take = min(len(view), data_end - self.pos)
+            if self.writer is not None:
+                self.writer.feed(bytes(view[:take]))
+            view, self.pos = view[take:], self.pos + take
+            if self.pos == data_end:
+                self._member_done()
+
+    def _header(self, sm: StreamMember, view: memoryview) -> memoryview:
+        need = LOCAL_HEADER.size - len(self.header)
+        if need > 0:
+            self.header += bytes(view[:need])
+            view, self.pos = view[need:], self.pos + min(need, len(view))
+            if len(self.header) < LOCAL_HEADER.size:
+                return view
+            fields = LOCAL_HEADER.unpack(self.header[: LOCAL_HEADER.size])
+            if fields[0] != LOCAL_SIGNATURE:
+                raise StreamCorrupt(f"no local header at byte {sm.header_offset} for member {sm.member.name}")
+        name_len, extra_len = LOCAL_HEADER.unpack(self.header[: LOCAL_HEADER.size])[9:11]
+        header_end = sm.header_offset + LOCAL_HEADER.size + name_len + extra_len
+        skip = min(len(view), header_end - self.pos)
+        view, self.pos = view[skip:], self.pos + skip
+        if self.pos == header_end:
+            self.data_start = header_end
+            self.writer = MemberWriter(sm)
+            if sm.compress_size == 0:
+                self._member_done()
+        return view
+
+    def _member_done(self) -> None:
+        assert self.writer is not None
+        self.writer.finish()
+        self.written.append(self.writer.member)
+        self.writer = None
+        self.header = b""
+        self.data_start = None
+        self.index += 1
+
+    def abandon(self) -> None:
+        """Drop the member in progress (its temporary file)."""
+        if self.writer is not None:
+            self.writer.discard()
+            self.writer = None
+
+
+def runs_to_fetch(layout: Layout, only: frozenset[str] | None) -> list[tuple[int, int]]:
+    """[first, last) member index ranges still to write: after the last complete member, or the named ones."""
+    wanted = [i for i, sm in enumerate(layout.members) if (sm.member.name in only if only is not None else not member_done(sm.member))]
+    runs: list[tuple[int, int]] = []
+    for i in wanted:
+        if runs and runs[-1][1] == i:
+            runs[-1] = (runs[-1][0], i + 1)
+        else:
+            runs.append((i, i + 1))
+    return runs
+
+
+@dataclass
+class StreamOutcome:
+    members: list[Member]
+    written: int
+    md5: str | None  # None when the archive was not read from its first byte (resumed or repaired)
+
+
+def stream_archive(
+    transfer: Transfer,
+    layout: Layout,
+    *,
+    only: frozenset[str] | None,
+    expected_md5: str | None,
+    retries: int,
+    sleep: Callable[[float], None],
+    backoff: Callable[[int, float | None], float],
+    on_bytes: Callable[[int], None],
+    note_retry: Callable[[str], None],
+    stop: threading.Event,
+    free_bytes: Callable[[], int],
+) -> StreamOutcome:
+    """Fetch and unpack the members still missing; verify the archive md5 when it is read whole."""
+    runs = runs_to_fetch(layout, only)
+    members = [sm.member for sm in layout.members]
+    if not runs:
+        return StreamOutcome(members, 0, None)
+    to_write = sum(layout.members[i].member.size for first, last in runs for i in range(first, last))
+    if to_write > free_bytes():
+        raise OutOfSpaceError(f"unpacking needs {to_write} more bytes, only {free_bytes()} are free",
+                              hint="free some space or stage fewer subsets (--subsets)", needed=to_write, free=free_bytes())
+    whole = only is None and runs == [(0, len(layout.members))]
+    written: list[Member] = []
+    digest = None
+    for first, last in runs:
+        md5 = hashlib.md5() if whole else None
+        parser = StreamUnpacker(layout, first, last, md5)
+        if whole and layout.members and layout.members[0].header_offset > 0:
+            parser.pos = 0  # bytes before the first member still count for the md5
+        try:
+            _pump(transfer, parser, retries, sleep, backoff, on_bytes, note_retry, stop)
+        except StreamCorrupt:
+            parser.abandon()
+            _remove(written + parser.written)  # nothing from a damaged stream survives
+            raise
+        except BaseException:
+            parser.abandon()  # completed members are CRC-checked and stay: the next run continues after them
+            raise
+        written += parser.written
+        if md5 is not None:
+            digest = md5.hexdigest()
+    if whole and expected_md5 and digest != expected_md5:
+        _remove(written)
+        raise StreamCorrupt(f"md5 mismatch from {transfer.label}: got {digest}, expected {expected_md5}")
+    return StreamOutcome(members, len(written), digest)
+
+
+def _pump(transfer: Transfer, parser: StreamUnpacker, retries: int, sleep: Callable[[float], None],
+          backoff: Callable[[int, float | None], float], on_bytes: Callable[[int], None], note_retry: Callable[[str], None],
+          stop: threading.Event) -> None:
+    """Feed the parser from ``parser.pos`` to ``parser.end``; a dropped connection continues at the exact byte."""
+
+    def sink(chunk: bytes) -> None:
+        parser.feed(chunk)
+        on_bytes(len(chunk))
+
+    attempts = 0
+    while parser.pos < parser.end:
+        if stop.is_set():
+            raise OutOfSpaceError("stopped because another file ran out of disk space", hint="free some space and run again")
+        before = parser.pos
+        try:
+            transfer.read_range(parser.pos, parser.end, sink)
+        except TransientError as exc:
+            attempts = 0 if parser.pos > before else attempts + 1
+            if attempts > retries:
+                raise
+            note_retry(f"{transfer.label} bytes {parser.pos}-{parser.end - 1}: {exc.reason} (continuing at byte {parser.pos})")
+            sleep(backoff(attempts or 1, exc.retry_after_s))
+
+
+def _remove(members: list[Member]) -> None:
+    for m in members:
+        m.dest.unlink(missing_ok=True)
+
+
+def check_streamable_size(layout: Layout, expected_unpacked: int | None, archive: str) -> None:
+    declared = sum(sm.member.size for sm in layout.members)
+    if expected_unpacked is not None and declared != expected_unpacked:
+        raise ExtractError(f"{archive} declares {declared} unpacked bytes, the manifest says {expected_unpacked}",
+                           hint="the archive or the manifest is wrong; nothing was written", archive=archive)
+
+
+__all__ = ["BUFFER_BYTES", "CannotStream", "Layout", "StreamCorrupt", "read_layout", "stream_archive"]
