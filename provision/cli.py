@@ -10,6 +10,7 @@ import logging
 import os
 import sys
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, TextIO
 
 from .errors import ProvisionError
@@ -62,6 +63,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("vm", parents=[common], help="create a GCP GPU VM that provisions itself (gcloud)")
     p.add_argument("--dry-run", action="store_true", help="print the exact gcloud command and startup script")
 
+    p = sub.add_parser("export", parents=[common], help="write a SkyPilot task that provisions every node (export skypilot)")
+    p.add_argument("target", choices=["skypilot"], help="what to export")
+    p.add_argument("-o", "--output", metavar="FILE", help="write the task here (default: stdout)")
+    p.add_argument("--dry-run", action="store_true", help="print the task; write nothing (the default without -o)")
+    p.add_argument("--accelerators", help="per node, NAME:COUNT (e.g. T4:1, A100:8)")
+    p.add_argument("--nodes", type=int, help="number of nodes")
+    p.add_argument("--cloud", help="gcp, aws, azure, lambda, ... (default: SkyPilot picks)")
+    p.add_argument("--region", help="a region of that cloud")
+    p.add_argument("--spot", action="store_true", default=None, help="use spot/preemptible instances")
+    p.add_argument("--disk-size", type=int, help="disk per node in GB (refused when smaller than the data plan)")
+
     p = sub.add_parser("mirror", parents=[common], help="copy the selected files into a bucket once (gs://bucket/prefix/)")
     p.add_argument("--to", required=True, metavar="GS_URL", help="destination, e.g. gs://my-bucket/luna16/")
     p.add_argument("--dry-run", action="store_true", help="show what would be copied and how many bytes")
@@ -102,13 +114,18 @@ def _load(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[Any, An
     from .config import load_config
 
     env = environment.current(environ)
+    config = load_config(args.config, _sets(args), environ, default_profile=env.profile)
+    return config, env
+
+
+def _sets(args: argparse.Namespace) -> list[str]:
+    """--set assignments, with --subsets and --root as the assignments they stand for."""
     sets = list(args.sets)
     if args.subsets is not None:
         sets.append(f"data.subsets={args.subsets}")
     if args.root is not None:
         sets.append(f"data.root={args.root}")
-    config = load_config(args.config, sets, environ, default_profile=env.profile)
-    return config, env
+    return sets
 
 
 def _dispatch(args: argparse.Namespace, environ: Mapping[str, str], out: TextIO) -> int:
@@ -139,6 +156,21 @@ def _dispatch(args: argparse.Namespace, environ: Mapping[str, str], out: TextIO)
         gpu_report = check_gpu(config, env)
         print(report.to_json(report.gpu_dict(gpu_report)) if args.json else report.gpu_text(gpu_report, config.cuda.required), file=out)
         return EXIT_OK if gpu_report.ok else EXIT_REFUSED
+    if command == "export":
+        from .export import ClusterOverrides, export_skypilot
+
+        exported = export_skypilot(config, ClusterOverrides(args.accelerators, args.nodes, args.cloud, args.region, args.spot, args.disk_size),
+                                   tuple(_sets(args)))
+        for warning in exported.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+        if args.output and not args.dry_run:
+            from .staging.state import atomic_write_text
+
+            atomic_write_text(Path(args.output), exported.yaml_text)
+            print(f"wrote {args.output} (disk {exported.disk_gb} GB per node); launch with: sky launch -c dlwpt {args.output}", file=sys.stderr)
+        else:
+            print(report.to_json(exported.task) if args.json else exported.yaml_text, file=out, end="" if not args.json else "\n")
+        return EXIT_OK
     if command == "vm":
         from .vm import create_vm
 

@@ -136,6 +136,23 @@ class VmConfig:
 
 
 @dataclass(frozen=True)
+class ClusterConfig:
+    """A SkyPilot task exported by `provision export skypilot`."""
+
+    accelerators: str = "T4:1"          # SkyPilot's NAME:COUNT per node
+    nodes: int = field(default=1, metadata={"parse": _positive(int)})
+    cloud: str | None = None
+    region: str | None = None
+    spot: bool = False
+    disk_gb: int = field(default=0, metadata={"parse": _positive(int)})     # 0: derived from the data plan
+    system_gb: int = field(default=60, metadata={"parse": _positive(int)})  # image, CUDA, Python packages
+    entry: str = "p2ch11.training"      # the book's module to run (python -m / torchrun -m)
+    args: str = "--epochs 1"
+    book_repo: str = "https://github.com/deep-learning-with-pytorch/dlwpt-code"
+    tool_repo: str = "https://github.com/dlwpt-provision/dlwpt-provision"
+
+
+@dataclass(frozen=True)
 class Config:
     """A validated profile. ``files`` lists the YAML files it was read from, outermost last."""
 
@@ -145,6 +162,7 @@ class Config:
     cuda: CudaConfig = CudaConfig()
     data: DataConfig = DataConfig()
     vm: VmConfig = VmConfig()
+    cluster: ClusterConfig = ClusterConfig()
     files: tuple[str, ...] = field(default=(), metadata={"parse": lambda v, p: _reject_files(p)})
     name: str = field(default="", init=True, metadata={"parse": lambda v, p: _reject_files(p)})
 

@@ -56,6 +56,19 @@ def atomic_write_json(path: Path, data: Any, fsync: bool = True) -> None:
         raise
 
 
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write text to a temp file beside ``path``, then rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def read_json(path: Path) -> Any:
     """The parsed file, or None when it is missing or unreadable (a torn file is as good as none)."""
     try:
