@@ -7,7 +7,8 @@ times on the same data and server:
 
   naive     curl each file in turn, md5sum, unzip, delete the archive
   aria2c    aria2c with several connections per file and several files at once, then md5sum and unzip
-  provision `provision stage` (archive mode)
+  provision `provision stage` in archive mode (download, verify, unpack, delete)
+  stream    `provision stage` in stream mode (unpack while downloading; archives never stored)
 
 plus the machine's limits measured in the same run: loopback read rate, extraction alone
 (unzip of the same archives from local disk), and disk write rate. Prints wall time,
@@ -46,6 +47,7 @@ class Run:
     max_rss_kb: int
     written_bytes: int
     ok: bool
+    peak_disk_bytes: int = 0
 
 
 @dataclass
@@ -65,6 +67,39 @@ class Row:
     @property
     def written_mb(self) -> float:
         return statistics.median(r.written_bytes for r in self.runs) / 1e6
+
+    @property
+    def peak_disk_mb(self) -> float:
+        return max(r.peak_disk_bytes for r in self.runs) / 1e6
+
+
+class DiskWatch:
+    """Samples the free space of a filesystem while a contender runs: its peak disk use."""
+
+    def __init__(self, path: Path) -> None:
+        import threading
+
+        self.path = path
+        self.start_free = self._free()
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _free(self) -> int:
+        st = os.statvfs(self.path)
+        return st.f_bavail * st.f_frsize
+
+    def _loop(self) -> None:
+        while not self._stop.wait(0.05):
+            self.peak = max(self.peak, self.start_free - self._free())
+
+    def __enter__(self) -> DiskWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def measured(argv: list[str], cwd: Path, env: dict[str, str] | None = None) -> Run:
@@ -122,7 +157,7 @@ def aria2_script(urls: list[str], target: Path, connections: int) -> list[str]:
     return ["bash", "-c", "\n".join(lines)]
 
 
-def provision_cmd(profile: Path, mode: str = "archive") -> list[str]:
+def provision_cmd(profile: Path, mode: str) -> list[str]:
     return [sys.executable, "-m", "provision", "stage", "-c", str(profile), "--set", f"data.mode={mode}"]
 
 
@@ -196,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     for scenario, cap in (("capped", args.cap_mb * 1e6), ("uncapped", None)):
         with FileServer(built.folder, Faults(rate_per_conn=cap)) as srv:
             urls = [f"{srv.url}/mirror/{k}" for k in keys]
-            rows = {name: Row(name) for name in ("naive", "aria2c", "provision")}
+            rows = {name: Row(name) for name in ("naive", "aria2c", "provision", "stream")}
             if not have_aria2:
                 rows["aria2c"].note = "aria2c not installed"
             for rep in range(args.reps):
@@ -206,21 +241,24 @@ def main(argv: list[str] | None = None) -> int:
                     target_root = work / f"{scenario}-{name}-{rep}"
                     shutil.rmtree(target_root, ignore_errors=True)
                     target = target_root / "part2" / "luna"
-                    if name == "naive":
-                        run = measured(naive_script(urls, target), work)
-                    elif name == "aria2c":
-                        target.mkdir(parents=True)
-                        run = measured(aria2_script(urls, target, args.connections), work)
-                    else:
-                        profile = write_profile(work, built.manifest, srv.url, target_root, args.connections)
-                        run = measured(provision_cmd(profile), REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+                    with DiskWatch(work) as watch:
+                        if name == "naive":
+                            run = measured(naive_script(urls, target), work)
+                        elif name == "aria2c":
+                            target.mkdir(parents=True)
+                            run = measured(aria2_script(urls, target, args.connections), work)
+                        else:
+                            profile = write_profile(work, built.manifest, srv.url, target_root, args.connections)
+                            mode = "archive" if name == "provision" else "stream"
+                            run = measured(provision_cmd(profile, mode), REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+                    run.peak_disk_bytes = watch.peak
                     run.ok = run.ok and check_tree(target, expected)
                     row.runs.append(run)
                     print(f"  {scenario:<8} {name:<10} rep {rep + 1}: {run.seconds:6.2f} s{'' if run.ok else '  (FAILED or wrong bytes)'}", flush=True)
-                    if name == "provision" and rep == 0:
-                        rerun = measured(provision_cmd(profile), REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+                    if name in ("provision", "stream") and rep == 0:
+                        rerun = measured(provision_cmd(profile, mode), REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
                         plan = measured([sys.executable, "-m", "provision", "plan", "-c", str(profile)], REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
-                        rows["provision"].note = f"re-run on the staged set {rerun.seconds:.2f} s, plan {plan.seconds:.2f} s"
+                        row.note = f"re-run on the staged set {rerun.seconds:.2f} s, plan {plan.seconds:.2f} s"
                     if rep > 0 or args.reps == 1:
                         shutil.rmtree(target_root, ignore_errors=True)
             limit = limits(built.folder, srv.url, keys, work)
@@ -233,14 +271,14 @@ def main(argv: list[str] | None = None) -> int:
         base = rows["provision"].seconds
         cap_text = f"{cap / 1e6:.0f} MB/s per connection" if cap else "no cap"
         print(f"\n{scenario} ({cap_text})")
-        print(f"{'tool':<11}{'wall s':>9}{'MB/s':>9}{'peak RSS MB':>13}{'written MB':>12}{'x provision':>13}  ok")
+        print(f"{'tool':<11}{'wall s':>9}{'MB/s':>9}{'peak RSS MB':>13}{'written MB':>12}{'peak disk MB':>14}{'x provision':>13}  ok")
         for row in rows.values():
             if not row.runs:
-                print(f"{row.name:<11}{'-':>9}{'-':>9}{'-':>13}{'-':>12}{'-':>13}  {row.note}")
+                print(f"{row.name:<11}{'-':>9}{'-':>9}{'-':>13}{'-':>12}{'-':>14}{'-':>13}  {row.note}")
                 continue
             ok = "yes" if all(r.ok for r in row.runs) else "NO"
             print(f"{row.name:<11}{row.seconds:>9.2f}{total / row.seconds / 1e6:>9.1f}{row.rss_mb:>13.1f}{row.written_mb:>12.0f}"
-                  f"{row.seconds / base:>13.2f}  {ok}  {row.note}")
+                  f"{row.peak_disk_mb:>14.0f}{row.seconds / base:>13.2f}  {ok}  {row.note}")
         line_mb_s = cap * args.connections / 1e6 if cap else limit["read_mb_s"]
         pure_download = total / (line_mb_s * 1e6)
         read_text = f"capped line {line_mb_s:.0f} MB/s over {args.connections} connections" if cap else f"loopback read {line_mb_s:.0f} MB/s"
@@ -248,12 +286,15 @@ def main(argv: list[str] | None = None) -> int:
               f"extraction alone {limit['extract_s']:.2f} s; disk write {limit['disk_mb_s']:.0f} MB/s")
         if cap is None:
             bound = max(pure_download, limit["extract_s"])
-            print(f"{'target':<11}provision {base:.2f} s vs 1.2 x max(download, extraction) = {1.2 * bound:.2f} s: "
-                  f"{'met' if base <= 1.2 * bound else 'missed'}")
+            for name in ("provision", "stream"):
+                took = rows[name].seconds
+                print(f"{'target':<11}{name} {took:.2f} s vs 1.2 x max(download, extraction) = {1.2 * bound:.2f} s: "
+                      f"{'met' if took <= 1.2 * bound else 'missed'}")
         else:
             naive = rows["naive"].seconds
             aria = rows["aria2c"].seconds if rows["aria2c"].runs else float("nan")
-            print(f"{'target':<11}naive / provision = {naive / base:.2f} (want >= 3); aria2c / provision = {aria / base:.2f} (want >= 1)")
+            print(f"{'target':<11}naive / provision = {naive / base:.2f} (want >= 3); aria2c / provision = {aria / base:.2f} (want >= 1); "
+                  f"naive / stream = {naive / rows['stream'].seconds:.2f}")
     if args.work is None:
         shutil.rmtree(work, ignore_errors=True)
     return 0
