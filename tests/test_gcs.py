@@ -3,12 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import socket
-import subprocess
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,50 +10,6 @@ import pytest
 from provision.cli import main
 from tests.support.dataset import Built, tree_md5s
 from tests.test_stage import expected_tree, total_bytes
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def emulator() -> Iterator[str]:
-    exe = shutil.which("gcp-storage-emulator") or str(Path(os.sys.executable).parent / "gcp-storage-emulator")
-    if not os.path.exists(exe):
-        pytest.skip("gcp-storage-emulator is not installed (pip install -e '.[test]')")
-    port = free_port()
-    proc = subprocess.Popen([exe, "start", "--host=127.0.0.1", f"--port={port}", "--in-memory"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            break
-        except OSError:
-            time.sleep(0.1)
-    else:
-        proc.kill()
-        pytest.fail("the storage emulator did not start")
-    yield f"http://127.0.0.1:{port}"
-    proc.terminate()
-    proc.wait(10)
-
-
-@pytest.fixture
-def bucket(emulator: str, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest):
-    from google.auth.credentials import AnonymousCredentials
-    from google.cloud import storage
-
-    from provision.staging import gcs
-
-    monkeypatch.setenv("STORAGE_EMULATOR_HOST", emulator)
-    gcs._clients.clear()
-    client = storage.Client(project="test", credentials=AnonymousCredentials())
-    name = f"luna-{request.node.name.replace('_', '-')[:40].lower().strip('-')}"
-    bucket = client.create_bucket(name)
-    yield bucket
-    gcs._clients.clear()
 
 
 def run_json(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict]:

@@ -123,3 +123,23 @@ def test_notebooks_are_stored_without_outputs() -> None:
         for cell in nb["cells"]:
             if cell["cell_type"] == "code":
                 assert cell.get("outputs") == [] and cell.get("execution_count") is None, f"{path.name} has saved outputs: clear them"
+
+
+def test_setup_notebook_stages_from_a_bucket_after_signing_in(built: Built, serve, tmp_path: Path, colab_kernel_env: Path, bucket) -> None:
+    for key in built.files:
+        bucket.blob(f"luna16/{key}").upload_from_string((built.folder / key).read_bytes())
+    fallback = serve()
+    root = tmp_path / "content" / "dlwpt-code" / "data-unversioned"
+    outputs = execute("setup.ipynb", {
+        "SUBSETS": "0", "DATA_ROOT": str(root), "BUCKET": f"gs://{bucket.name}/luna16/", "CUDA_REQUIRED": False, "TOOL_SOURCE": "",
+        "EXTRA_SETS": [f"data.dataset={built.manifest}", "data.reserve_gb=0", "data.margin_gb=0", "requirements.files=[]",
+                       f"data.zenodo_url={fallback.url}"],
+    }, tmp_path)
+    text = "\n".join(outputs)
+    assert "ERROR" not in text, text
+    assert colab_kernel_env.read_text().splitlines() == ["auth.authenticate_user"], "signed in through google.colab.auth"
+    assert f"sources: ['gs://{bucket.name}/luna16/', 'zenodo']" in text
+    state = json.loads((root / ".provision" / "state.json").read_text())
+    assert {k: v["source"] for k, v in state["files"].items()} == {
+        "subset0.zip": f"gs://{bucket.name}/luna16/subset0.zip", "annotations.csv": f"gs://{bucket.name}/luna16/annotations.csv"}
+    assert fallback.stats.bytes_sent == 0
