@@ -1,0 +1,32 @@
+"""The benchmark script runs end to end in --quick mode and prints its table (timings are not asserted)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+from tests.conftest import REPO
+
+
+def test_quick_benchmark_prints_the_table(tmp_path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "stage_bench.py"), "--quick", "--work", str(tmp_path / "w")],
+                          capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = proc.stdout
+    for scenario in ("capped (4 MB/s per connection)", "uncapped (no cap)"):
+        table = out.split(scenario, 1)[1].split("\n\n", 1)[0]
+        assert "wall s" in table and "peak RSS MB" in table and "x provision" in table
+        rows = {line.split()[0]: line for line in table.splitlines()[2:] if line.strip()}
+        for tool in ("naive", "provision", "stream"):
+            assert re.match(rf"{tool}\s+\d+\.\d+\s+\d+\.\d", rows[tool]), rows[tool]
+            assert rows[tool].split()[7] == "yes", f"{tool} staged wrong bytes: {rows[tool]}"
+        if shutil.which("aria2c"):
+            assert rows["aria2c"].split()[7] == "yes"
+        else:
+            assert "aria2c not installed" in rows["aria2c"]
+        assert rows["limit"] and rows["target"]
+    assert "re-run on the staged set" in out
