@@ -99,7 +99,10 @@ class GpuExpectations:
 
 @dataclass(frozen=True)
 class Problem:
-    """A reason the plan cannot run as it is, with the fix and the exit code it leads to."""
+    """A reason the plan cannot run as it is, with the fix and the exit code it leads to.
+
+    ``step`` is the step of `provision up` it stops (a disk problem only matters to the data step).
+    """
 
     step: str
     message: str
@@ -314,7 +317,7 @@ def disk_problem(disk: DiskPlan, stream: DiskPlan | None = None) -> Problem:
         ways.append(f"lower data.reserve_gb (now {disk.reserve_bytes / GB:g} GB kept free for the book's cache){example}")
     if disk.estimated:
         ways.append("the unpacked size is an estimate; `provision plan --probe` reads the exact figure")
-    return Problem("preflight", message, "; ".join(ways))
+    return Problem("data", message, "; ".join(ways))
 
 
 def _range(subsets: tuple[int, ...]) -> str:

@@ -26,9 +26,9 @@ log = logging.getLogger(__name__)
 def preflight(plan: Plan, steps: Sequence[str]) -> None:
     """Refuse (exit 3) before anything is written when the plan cannot work."""
     for problem in plan.problems:
-        if "data" not in steps and "disk space" in problem.message:
+        if problem.step not in steps and problem.step != "preflight":
             continue
-        cls = DiskSpaceError if "disk space" in problem.message else PreflightError
+        cls = DiskSpaceError if problem.step == "data" else PreflightError
         raise cls(problem.message, hint=problem.hint)
 
 

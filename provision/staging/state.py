@@ -141,6 +141,8 @@ def file_statuses(root: Path, keys: list[str]) -> dict[str, FileStatus]:
             statuses[key] = FileStatus(key, "extracted" if rec.get("unpack") else "verified", source=rec.get("source"))
         elif rec.get("verified"):
             statuses[key] = FileStatus(key, "verified", source=rec.get("source"))
+        elif rec.get("streaming"):  # stream mode: some members unpacked, the archive never stored
+            statuses[key] = FileStatus(key, "partial", source=rec.get("source"))
         else:
             done = partial_bytes(root, key)
             statuses[key] = FileStatus(key, "partial" if done else "missing", partial_bytes=done)
