@@ -71,7 +71,22 @@ class DiskPlan:
         return f"{noun} {format_subsets(self.fitting_subsets)} fit in {gb(self.free_bytes)} free"
 
 
-def _needs(items: Sequence[DiskItem], *, keep_archives: bool, files_in_flight: int, stream: bool = False) -> tuple[int, int, int, int]:
+@dataclass(frozen=True)
+class DiskRules:
+    """How staging uses the disk: what stays free afterwards, and what is on disk at once."""
+
+    reserve_bytes: int
+    margin_bytes: int
+    keep_archives: bool
+    files_in_flight: int
+    stream: bool = False
+
+    @property
+    def mode(self) -> str:
+        return "stream" if self.stream else "archive"
+
+
+def _needs(items: Sequence[DiskItem], rules: DiskRules) -> tuple[int, int, int, int]:
     """(archive bytes, unpacked bytes, archives on disk at once, peak bytes) for ``items``.
 
     In stream mode archives are never stored: members are written straight to their final
@@ -80,53 +95,38 @@ def _needs(items: Sequence[DiskItem], *, keep_archives: bool, files_in_flight: i
     unpacked = sum(i.unpacked_bytes for i in items)
     plain = sum(i.archive_bytes for i in items if not i.unpack)
     archives = sorted((i.archive_bytes for i in items if i.unpack), reverse=True)
-    if stream:
+    if rules.stream:
         return plain, unpacked, 0, plain + unpacked
-    if keep_archives:
+    if rules.keep_archives:
         in_flight = sum(archives)
     else:
         # a download slot is freed only once its archive is unpacked and deleted,
         # so at most files_in_flight archives are on disk at any moment
-        in_flight = sum(archives[: max(1, files_in_flight)])
+        in_flight = sum(archives[: max(1, rules.files_in_flight)])
     return plain + sum(archives), unpacked, in_flight, plain + unpacked + in_flight
 
 
-def _final(items: Sequence[DiskItem], keep_archives: bool, stream: bool = False) -> int:
+def _final(items: Sequence[DiskItem], rules: DiskRules) -> int:
     unpacked = sum(i.unpacked_bytes for i in items)
-    kept = sum(i.archive_bytes for i in items if (keep_archives and not stream) or not i.unpack)
+    kept = sum(i.archive_bytes for i in items if (rules.keep_archives and not rules.stream) or not i.unpack)
     return unpacked + kept
 
 
-def needed_bytes(items: Sequence[DiskItem], *, keep_archives: bool, files_in_flight: int, reserve_bytes: int, margin_bytes: int,
-                 stream: bool = False) -> int:
-    _, _, _, peak = _needs(items, keep_archives=keep_archives, files_in_flight=files_in_flight, stream=stream)
-    return max(peak, _final(items, keep_archives, stream) + reserve_bytes) + margin_bytes
+def needed_bytes(items: Sequence[DiskItem], rules: DiskRules) -> int:
+    """max(peak, after staging + reserve) + margin."""
+    _, _, _, peak = _needs(items, rules)
+    return max(peak, _final(items, rules) + rules.reserve_bytes) + rules.margin_bytes
 
 
-def plan_disk(
-    items: Sequence[DiskItem],
-    *,
-    path: str,
-    probe: str,
-    free_bytes: int,
-    reserve_bytes: int,
-    margin_bytes: int,
-    keep_archives: bool,
-    files_in_flight: int,
-    stream: bool = False,
-) -> DiskPlan:
+def plan_disk(items: Sequence[DiskItem], *, path: str, probe: str, free_bytes: int, rules: DiskRules) -> DiskPlan:
     """The disk figures for staging ``items`` onto one filesystem with ``free_bytes`` free."""
-    archive, unpacked, in_flight, peak = _needs(items, keep_archives=keep_archives, files_in_flight=files_in_flight, stream=stream)
-    final = _final(items, keep_archives, stream)
-    needed = max(peak, final + reserve_bytes) + margin_bytes
+    archive, unpacked, in_flight, peak = _needs(items, rules)
+    needed = needed_bytes(items, rules)
     fitting = None
     if needed > free_bytes and any(i.subset is not None for i in items):
-        fitting = largest_fitting_subsets(
-            items, free_bytes=free_bytes, reserve_bytes=reserve_bytes, margin_bytes=margin_bytes,
-            keep_archives=keep_archives, files_in_flight=files_in_flight, stream=stream,
-        )
+        fitting = largest_fitting_subsets(items, free_bytes, rules)
     return DiskPlan(
-        mode="stream" if stream else "archive",
+        mode=rules.mode,
         path=path,
         probe=probe,
         free_bytes=free_bytes,
@@ -134,9 +134,9 @@ def plan_disk(
         unpacked_bytes=unpacked,
         archives_in_flight_bytes=in_flight,
         peak_bytes=peak,
-        final_bytes=final,
-        reserve_bytes=reserve_bytes,
-        margin_bytes=margin_bytes,
+        final_bytes=_final(items, rules),
+        reserve_bytes=rules.reserve_bytes,
+        margin_bytes=rules.margin_bytes,
         needed_bytes=needed,
         estimated=any(i.unpacked_estimated for i in items),
         unresolved=tuple(i.key for i in items if not i.size_known),
@@ -144,26 +144,14 @@ def plan_disk(
     )
 
 
-def largest_fitting_subsets(
-    items: Sequence[DiskItem],
-    *,
-    free_bytes: int,
-    reserve_bytes: int,
-    margin_bytes: int,
-    keep_archives: bool,
-    files_in_flight: int,
-    stream: bool = False,
-) -> tuple[int, ...]:
+def largest_fitting_subsets(items: Sequence[DiskItem], free_bytes: int, rules: DiskRules) -> tuple[int, ...]:
     """The longest run of subsets, in order, that fits together with the files every selection needs."""
     always = [i for i in items if i.subset is None]
     subsets = sorted({i.subset for i in items if i.subset is not None})
     best: tuple[int, ...] = ()
     for n in range(1, len(subsets) + 1):
         chosen = set(subsets[:n])
-        trial = always + [i for i in items if i.subset in chosen]
-        need = needed_bytes(trial, keep_archives=keep_archives, files_in_flight=files_in_flight, reserve_bytes=reserve_bytes,
-                            margin_bytes=margin_bytes, stream=stream)
-        if need > free_bytes:
+        if needed_bytes(always + [i for i in items if i.subset in chosen], rules) > free_bytes:
             break
         best = tuple(subsets[:n])
     return best

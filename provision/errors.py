@@ -57,6 +57,11 @@ class GpuError(PreflightError):
 class OutOfSpaceError(ProvisionError):
     """The disk filled up while a step was running (exit 1; the work so far is kept)."""
 
+    @classmethod
+    def stopped(cls) -> OutOfSpaceError:
+        """What the other files' work raises when one file ran out of disk and the run is stopping."""
+        return cls("stopped because another file ran out of disk space", hint="free some space and run again")
+
 
 class ChecksumError(ProvisionError):
     """A file's size or md5 does not match the manifest."""

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import Config, configs_dir
-from .disk import GB, DiskItem, DiskPlan, gb, plan_disk
+from .disk import GB, DiskItem, DiskPlan, DiskRules, gb, plan_disk
 from .environment import Environment, FsFacts, fs_facts
 from .install import InstallPlan, index_options, installed_distributions, plan_install, read_requirements, venv_python
 from .manifest import Manifest, load_manifest
@@ -182,20 +182,7 @@ def make_plan(config: Config, manifest: Manifest, facts: Facts) -> Plan:
         options=index_options(config.requirements.find_links, config.requirements.no_index),
     )
     data = plan_data(config, manifest, facts)
-    by_mode = {
-        mode: plan_disk(
-            [disk_item(f) for f in data.files],
-            path=config.data.root,
-            probe=facts.data_fs.probe,
-            free_bytes=facts.data_fs.free_bytes,
-            reserve_bytes=int(config.data.reserve_gb * GB),
-            margin_bytes=int(config.data.margin_gb * GB),
-            keep_archives=config.data.keep_archives,
-            files_in_flight=config.data.files_in_flight,
-            stream=mode == "stream",
-        )
-        for mode in ("archive", "stream")
-    }
+    by_mode = {mode: disk_for(config, data.files, facts.data_fs, stream=mode == "stream") for mode in ("archive", "stream")}
     mode, reason = choose_mode(config.data.mode, by_mode["archive"], by_mode["stream"], any(f.unpack for f in data.files))
     data = replace(data, mode=mode, mode_reason=reason,
                    needed_bytes_by_mode={m: d.needed_bytes for m, d in by_mode.items()})
@@ -281,6 +268,22 @@ def disk_item(f: FilePlan) -> DiskItem:
         f.key, f.subset, remaining, (f.unpacked_bytes or 0) if f.unpack else 0,
         unpack=f.unpack, unpacked_estimated=f.unpacked_estimated, size_known=f.size is not None,
     )
+
+
+def disk_rules(config: Config, stream: bool) -> DiskRules:
+    return DiskRules(
+        reserve_bytes=int(config.data.reserve_gb * GB),
+        margin_bytes=int(config.data.margin_gb * GB),
+        keep_archives=config.data.keep_archives,
+        files_in_flight=config.data.files_in_flight,
+        stream=stream,
+    )
+
+
+def disk_for(config: Config, files: tuple[FilePlan, ...], fs: FsFacts, stream: bool) -> DiskPlan:
+    """The disk plan for staging ``files`` onto the filesystem ``fs`` in one mode."""
+    return plan_disk([disk_item(f) for f in files], path=config.data.root, probe=fs.probe, free_bytes=fs.free_bytes,
+                     rules=disk_rules(config, stream))
 
 
 def choose_mode(setting: str, archive: DiskPlan, stream: DiskPlan, has_archives: bool) -> tuple[str, str]:

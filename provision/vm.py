@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import Config, load_config
-from .disk import GB, plan_disk
+from .disk import GB
 from .errors import CommandError, ConfigError, PreflightError
 from .manifest import load_manifest
-from .plan import Facts, disk_item, plan_data
+from .plan import Facts, disk_for, plan_data
 
 GCLOUD_INSTALL = "https://cloud.google.com/sdk/docs/install"
 
@@ -33,19 +33,16 @@ class VmPlan:
 
 
 def data_needed_bytes(profile: Config) -> int:
-    """Disk the VM's own profile needs for staging on an empty disk (peak, reserve and margin included)."""
+    """Disk the profile needs for staging onto an empty disk (peak, reserve and margin included)."""
     from .config import configs_dir
     from .environment import FsFacts, detect
 
     manifest = load_manifest(profile.data.dataset, configs_dir())
+    empty = FsFacts(path=profile.data.root, probe="/", device=0, free_bytes=0, total_bytes=0)
     env = detect({}, colab_importable=False, dmi={"product_name": "Google Compute Engine"})
-    facts = Facts(environment=env, installed={}, driver_cuda=None, statuses={}, environ={},
-                  data_fs=FsFacts(path=profile.data.root, probe="/", device=0, free_bytes=0, total_bytes=0))
-    data = plan_data(profile, manifest, facts)
-    disk = plan_disk([disk_item(f) for f in data.files], path=profile.data.root, probe="/", free_bytes=0,
-                     reserve_bytes=int(profile.data.reserve_gb * GB), margin_bytes=int(profile.data.margin_gb * GB),
-                     keep_archives=profile.data.keep_archives, files_in_flight=profile.data.files_in_flight)
-    return disk.needed_bytes
+    facts = Facts(environment=env, installed={}, driver_cuda=None, statuses={}, environ={}, data_fs=empty)
+    files = plan_data(profile, manifest, facts).files
+    return disk_for(profile, files, empty, stream=profile.data.mode == "stream").needed_bytes
 
 
 def startup_script(tool_repo: str, profile: str) -> str:

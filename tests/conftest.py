@@ -60,6 +60,26 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120)
     return subprocess.run([sys.executable, "-m", "provision", *args], capture_output=True, text=True, timeout=timeout, env=full_env, cwd=REPO)
 
 
+def stage_and_kill_half_way(profile: Path, server: FileServer, total: int) -> None:
+    """Run `provision stage` in a child process and SIGKILL it once the server has sent half of ``total``."""
+    import signal
+
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "provision", "stage", "-c", str(profile)], env=env, cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while server.stats.bytes_sent < total // 2 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+def stage_in_child(profile: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", "provision", "stage", "-c", str(profile)], env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
+
+
 def can_mount_tmpfs() -> bool:
     return os.geteuid() == 0 and sys.platform.startswith("linux")
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from provision.config import configs_dir
-from provision.disk import GB, DiskItem, plan_disk
+from provision.disk import GB, DiskItem, DiskRules, plan_disk
 from provision.environment import cloud_from_dmi, detect, fs_facts
 from provision.errors import ConfigError
 from provision.manifest import format_subsets, load_manifest
@@ -92,29 +92,24 @@ def items(n: int, size: int, ratio: float = 2.0) -> list[DiskItem]:
 
 
 def test_peak_counts_unpacked_plus_archives_in_flight() -> None:
-    plan = plan_disk(items(5, 10 * GB), path="/d", probe="/d", free_bytes=1000 * GB, reserve_bytes=0, margin_bytes=0,
-                     keep_archives=False, files_in_flight=2)
+    plan = plan_disk(items(5, 10 * GB), path="/d", probe="/d", free_bytes=1000 * GB, rules=DiskRules(0, 0, False, 2))
     assert plan.unpacked_bytes == 100 * GB
     assert plan.archives_in_flight_bytes == 20 * GB
     assert plan.peak_bytes == 120 * GB and plan.final_bytes == 100 * GB and plan.needed_bytes == 120 * GB
-    kept = plan_disk(items(5, 10 * GB), path="/d", probe="/d", free_bytes=1000 * GB, reserve_bytes=0, margin_bytes=0,
-                     keep_archives=True, files_in_flight=2)
+    kept = plan_disk(items(5, 10 * GB), path="/d", probe="/d", free_bytes=1000 * GB, rules=DiskRules(0, 0, True, 2))
     assert kept.peak_bytes == 150 * GB and kept.final_bytes == 150 * GB
 
 
 def test_reserve_applies_after_staging_not_at_peak() -> None:
-    plan = plan_disk(items(2, 10 * GB), path="/d", probe="/d", free_bytes=1000 * GB, reserve_bytes=5 * GB, margin_bytes=1 * GB,
-                     keep_archives=False, files_in_flight=2)
+    plan = plan_disk(items(2, 10 * GB), path="/d", probe="/d", free_bytes=1000 * GB, rules=DiskRules(5 * GB, 1 * GB, False, 2))
     # peak 60 GB (40 unpacked + 20 in flight) beats final 40 + reserve 5
     assert plan.needed_bytes == 61 * GB
-    plan = plan_disk(items(2, 10 * GB), path="/d", probe="/d", free_bytes=1000 * GB, reserve_bytes=80 * GB, margin_bytes=0,
-                     keep_archives=False, files_in_flight=2)
+    plan = plan_disk(items(2, 10 * GB), path="/d", probe="/d", free_bytes=1000 * GB, rules=DiskRules(80 * GB, 0, False, 2))
     assert plan.needed_bytes == 120 * GB
 
 
 def test_which_subsets_fit_when_not_all_do() -> None:
-    plan = plan_disk(items(10, 6 * GB), path="/content", probe="/", free_bytes=int(78.1 * GB), reserve_bytes=15 * GB,
-                     margin_bytes=1 * GB, keep_archives=False, files_in_flight=3)
+    plan = plan_disk(items(10, 6 * GB), path="/content", probe="/", free_bytes=int(78.1 * GB), rules=DiskRules(15 * GB, 1 * GB, False, 3))
     assert not plan.fits
     # n subsets need max(12n + 18, 12n + 15) + 1 = 12n + 19 GB; n = 4 -> 67, n = 5 -> 79 > 78.1
     assert plan.fitting_subsets == (0, 1, 2, 3)
@@ -122,7 +117,12 @@ def test_which_subsets_fit_when_not_all_do() -> None:
     assert plan.shortfall_bytes == plan.needed_bytes - plan.free_bytes
 
 
+def test_stream_mode_needs_no_room_for_archives() -> None:
+    rules = DiskRules(0, 0, keep_archives=True, files_in_flight=3, stream=True)
+    plan = plan_disk(items(4, 10 * GB), path="/d", probe="/d", free_bytes=80 * GB, rules=rules)
+    assert plan.mode == "stream" and plan.peak_bytes == 80 * GB and plan.archives_in_flight_bytes == 0 and plan.fits
+
+
 def test_nothing_fits() -> None:
-    plan = plan_disk(items(3, 6 * GB), path="/x", probe="/x", free_bytes=GB, reserve_bytes=0, margin_bytes=0,
-                     keep_archives=False, files_in_flight=1)
+    plan = plan_disk(items(3, 6 * GB), path="/x", probe="/x", free_bytes=GB, rules=DiskRules(0, 0, False, 1))
     assert plan.fitting_subsets == () and "not even one subset" in plan.fitting_text()

@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 import zipfile
 from pathlib import Path
 
 import pytest
 
 from provision.cli import main
-from tests.conftest import REPO
+from tests.conftest import stage_and_kill_half_way, stage_in_child
 from tests.support.dataset import Built, build_luna_like, records_of, tree_md5s
 from tests.support.server import Faults, FileServer
 
@@ -248,15 +246,7 @@ def test_sigkill_half_way_then_resume(tmp_path: Path, write_profile) -> None:
     total = total_bytes(data)
     with FileServer(data.folder, Faults(rate_per_conn=600_000), records=records_of(data)) as srv:
         profile = write_profile({"dataset": str(data.manifest), "sources": [srv.url + "/mirror/"], "connections": 4})
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
-        proc = subprocess.Popen([sys.executable, "-m", "provision", "stage", "-c", str(profile)], env=env, cwd=REPO,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 60
-        while srv.stats.bytes_sent < total // 2 and time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.05)
-        assert proc.poll() is None, "the run ended before it could be killed"
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        stage_and_kill_half_way(profile, srv, total)
         first = srv.stats.bytes_sent
         assert first < total
         target = tmp_path / "root" / "part2" / "luna"
@@ -265,7 +255,7 @@ def test_sigkill_half_way_then_resume(tmp_path: Path, write_profile) -> None:
                 rel = str(path.relative_to(target))
                 assert data.files[rel.split("/")[0] + ".zip"]["members"][rel] == __import__("hashlib").md5(path.read_bytes()).hexdigest()
         srv.faults.rate_per_conn = None
-        done = subprocess.run([sys.executable, "-m", "provision", "stage", "-c", str(profile)], env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
+        done = stage_in_child(profile)
         assert done.returncode == 0, done.stderr
         assert tree_md5s(target) == expected_tree(data)
         assert srv.stats.bytes_sent <= 1.25 * total, (first, srv.stats.bytes_sent, total)

@@ -4,11 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 import zipfile
 from pathlib import Path
 
@@ -16,7 +11,7 @@ import pytest
 import yaml
 
 from provision.cli import main
-from tests.conftest import REPO
+from tests.conftest import stage_and_kill_half_way, stage_in_child
 from tests.support.dataset import Built, build_luna_like, ct_like_bytes, records_of, tree_md5s
 from tests.support.server import Faults, FileServer
 from tests.test_stage import expected_tree, stage_json, total_bytes
@@ -119,15 +114,7 @@ def test_sigkill_costs_at_most_the_member_in_progress(tmp_path: Path, write_prof
     total = total_bytes(data)
     with FileServer(data.folder, Faults(rate_per_conn=700_000)) as srv:
         profile = write_profile({"dataset": str(data.manifest), "sources": [srv.url + "/mirror/"], "mode": "stream"})
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
-        proc = subprocess.Popen([sys.executable, "-m", "provision", "stage", "-c", str(profile)], env=env, cwd=REPO,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 60
-        while srv.stats.bytes_sent < total // 2 and time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.02)
-        assert proc.poll() is None
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        stage_and_kill_half_way(profile, srv, total)
         first = srv.stats.bytes_sent
         target = tmp_path / "root" / "part2" / "luna"
         for path in target.rglob("*"):  # whatever has a final name is complete and correct
@@ -135,7 +122,7 @@ def test_sigkill_costs_at_most_the_member_in_progress(tmp_path: Path, write_prof
                 rel = str(path.relative_to(target))
                 assert members_of(data, rel.split("/")[0] + ".zip")[rel] == hashlib.md5(path.read_bytes()).hexdigest()
         srv.faults.rate_per_conn = None
-        done = subprocess.run([sys.executable, "-m", "provision", "stage", "-c", str(profile)], env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
+        done = stage_in_child(profile)
         assert done.returncode == 0, done.stderr
         assert tree_md5s(target) == expected_tree(data)
         in_progress = max(largest_member_compressed(data.folder / k) for k in data.files)

@@ -184,7 +184,7 @@ class Stager:
 
     def _stage_file(self, f: FilePlan, need: Need, state: StateStore, result: FileResult, conns: ThreadPoolExecutor) -> None:
         if self.abort.is_set():
-            raise OutOfSpaceError("stopped because another file ran out of disk space", hint="free some space and run again")
+            raise OutOfSpaceError.stopped()
         final = self.target / f.key
         repairing = need.only is not None
         # stream mode; and any repair whose archive is gone fetches just the damaged members' bytes
@@ -384,17 +384,7 @@ class Stager:
                         size: int | None, md5: str | None, result: FileResult) -> str:
         """For sources without ranges: one stream from byte 0, hashed as it arrives; a retry starts over."""
         progress_path.unlink(missing_ok=True)
-        attempts = 0
-        while True:
-            try:
-                digest = self._stream_once(f, transfer, part, result)
-                break
-            except TransientError as exc:
-                attempts += 1
-                if attempts > self.cfg.retries:
-                    raise
-                result.retries.append(f"{transfer.label}: {exc.reason} (whole-file retry {attempts})")
-                self._sleep(backoff_s(attempts, exc.retry_after_s, self.cfg.backoff_s))
+        digest = self._with_retries(lambda: self._stream_once(f, transfer, part, result), f"{transfer.label} (whole file, from its start)", result)
         return self._finish(part, final, size, md5, digest, transfer.label)
 
     def _stream_once(self, f: FilePlan, transfer: Transfer, part: Path, result: FileResult) -> str:
@@ -405,7 +395,7 @@ class Stager:
         def sink(chunk: bytes) -> None:
             nonlocal written
             if self.abort.is_set():
-                raise OutOfSpaceError("stopped because another file ran out of disk space", hint="free some space and run again")
+                raise OutOfSpaceError.stopped()
             _write(out, chunk, part)
             hasher.update(chunk)
             written += len(chunk)
@@ -445,7 +435,7 @@ class Stager:
 
     def _sleep(self, seconds: float) -> None:
         if self.abort.wait(seconds):
-            raise OutOfSpaceError("stopped because another file ran out of disk space", hint="free some space and run again")
+            raise OutOfSpaceError.stopped()
 
     # ------------------------------------------------------------ unpacking
 

@@ -342,7 +342,7 @@ def _pump(transfer: Transfer, parser: StreamUnpacker, retries: int, sleep: Calla
     attempts = 0
     while parser.pos < parser.end:
         if stop.is_set():
-            raise OutOfSpaceError("stopped because another file ran out of disk space", hint="free some space and run again")
+            raise OutOfSpaceError.stopped()
         before = parser.pos
         try:
             transfer.read_range(parser.pos, parser.end, sink)
