@@ -27,7 +27,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("-c", "--config", metavar="PROFILE_OR_PATH", help="profile name (colab, vm, local, ci) or YAML path; default: detected")
     common.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. data.reserve_gb=20")
     common.add_argument("--subsets", help="which subsets to stage: all, 0-3, 0,2,5 (same as --set data.subsets=...)")
@@ -147,9 +147,9 @@ def _dispatch(args: argparse.Namespace, environ: Mapping[str, str], out: TextIO)
     if command == "verify":
         from .steps import verify
 
-        result = verify(config, full=args.full)
-        print(report.to_json(result) if args.json else report.verify_text(result), file=out)
-        return EXIT_OK if result["ok"] else EXIT_FAILED
+        checked = verify(config, full=args.full)
+        print(report.to_json(checked) if args.json else report.verify_text(checked), file=out)
+        return EXIT_OK if checked["ok"] else EXIT_FAILED
     if command == "check":
         from .steps import check_gpu
 

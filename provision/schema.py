@@ -91,7 +91,7 @@ def build(
 
 def convert(tp: Any, value: Any, path: str, origin: Callable[[str], str]) -> Any:
     """Check ``value`` against annotation ``tp``; raise ValueError saying what was expected."""
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return build(tp, value, path=path, origin=origin)
     args = typing.get_args(tp)
     if typing.get_origin(tp) in (typing.Union, types.UnionType):
