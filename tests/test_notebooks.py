@@ -81,6 +81,7 @@ def test_setup_notebook_end_to_end(built: Built, serve, tmp_path: Path, colab_ke
         installed = subprocess.run([sys.executable, "-c", "import dlwptstandinpkg; print(dlwptstandinpkg.VERSION)"], capture_output=True, text=True)
         assert installed.stdout.strip() == "1.0"
         summary = outputs[-1]
+        assert "installed:  dlwptstandinpkg==1.0" in summary
         assert "staged:     subset0.zip, subset1.zip, annotations.csv" in summary
         assert "GPU:        none (CPU only)" in summary and "free disk:" in summary
         expected = {rel: md5 for key in ("subset0.zip", "subset1.zip") for rel, md5 in built.files[key]["members"].items()}
@@ -130,8 +131,10 @@ def test_setup_notebook_stages_from_a_bucket_after_signing_in(built: Built, serv
         bucket.blob(f"luna16/{key}").upload_from_string((built.folder / key).read_bytes())
     fallback = serve()
     root = tmp_path / "content" / "dlwpt-code" / "data-unversioned"
+    book_repo = fake_book_repo(tmp_path / "upstream")
     outputs = execute("setup.ipynb", {
         "SUBSETS": "0", "DATA_ROOT": str(root), "BUCKET": f"gs://{bucket.name}/luna16/", "CUDA_REQUIRED": False, "TOOL_SOURCE": "",
+        "CLONE_BOOK": True, "BOOK_REPO": str(book_repo),
         "EXTRA_SETS": [f"data.dataset={built.manifest}", "data.reserve_gb=0", "data.margin_gb=0", "requirements.files=[]",
                        f"data.zenodo_url={fallback.url}"],
     }, tmp_path)
@@ -143,3 +146,5 @@ def test_setup_notebook_stages_from_a_bucket_after_signing_in(built: Built, serv
     assert {k: v["source"] for k, v in state["files"].items()} == {
         "subset0.zip": f"gs://{bucket.name}/luna16/subset0.zip", "annotations.csv": f"gs://{bucket.name}/luna16/annotations.csv"}
     assert fallback.stats.bytes_sent == 0
+    assert (root.parent / "p2ch11" / "training.py").is_file(), "the book's code is cloned around the staged data"
+    assert (root / "part2" / "luna" / "subset0").is_dir()
