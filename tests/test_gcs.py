@@ -120,3 +120,32 @@ def test_large_files_upload_as_parts_and_resume(built: Built, serve, write_profi
     assert leftover.name not in seen and f"luna16/.provision-parts/subset0.zip.{len(parts) - 1:03d}" in seen
     assert bucket.get_blob("luna16/subset0.zip").download_as_bytes() == (built.folder / "subset0.zip").read_bytes()
     assert not list(bucket.list_blobs(prefix="luna16/.provision-parts/"))
+
+
+@pytest.mark.parametrize(
+    ("raised", "kind", "words"),
+    [
+        (("Forbidden", "caller does not have storage.objects.get access"), "permanent", ["roles/storage.objectViewer", "gs://b"]),
+        (("Forbidden", "Bucket is a requester pays bucket but no user project provided."), "permanent", ["requester-pays", "data.gcs.user_project"]),
+        (("BadRequest", "User project specified in the request is invalid."), "permanent", ["requester-pays"]),
+        (("Unauthorized", "invalid credentials"), "permanent", ["application-default login"]),
+        (("NotFound", "The specified bucket does not exist."), "permanent", ["bucket gs://b does not exist"]),
+        (("NotFound", "No such object: b/x"), "permanent", ["no such object"]),
+        (("TooManyRequests", "slow down"), "transient", ["TooManyRequests"]),
+        (("ServiceUnavailable", "try later"), "transient", ["ServiceUnavailable"]),
+    ],
+)
+def test_gcs_errors_are_sorted_and_explained(raised: tuple[str, str], kind: str, words: list[str]) -> None:
+    """The library's own exception classes, as the client raises them, mapped to retry or next source."""
+    from google.api_core import exceptions as gx
+
+    from provision.staging.gcs import gcs_errors
+    from provision.staging.transfer import PermanentError, TransientError
+
+    expected = PermanentError if kind == "permanent" else TransientError
+    with pytest.raises(expected) as info, gcs_errors("gs://b/x", "b", object()):
+        name, message = raised
+        raise getattr(gx, name)(message)
+    for word in words:
+        assert word in info.value.reason
+    assert "token" not in info.value.reason.lower()
