@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 
@@ -56,6 +57,15 @@ class GpuError(PreflightError):
 
 class OutOfSpaceError(ProvisionError):
     """The disk filled up while a step was running (exit 1; the work so far is kept)."""
+
+    @classmethod
+    def disk_full(cls, path: Any) -> OutOfSpaceError:
+        """The disk holding ``path`` filled up while writing it."""
+        return cls(
+            f"the disk holding {os.path.dirname(str(path))} is full",
+            hint="free some space or stage fewer subsets (--subsets); what was fetched is kept and the next run resumes",
+            path=os.path.dirname(str(path)),
+        )
 
     @classmethod
     def stopped(cls) -> OutOfSpaceError:

@@ -16,11 +16,9 @@ from .config import Config, configs_dir
 from .disk import GB, DiskItem, DiskPlan, DiskRules, gb, plan_disk
 from .environment import Environment, FsFacts, fs_facts
 from .install import InstallPlan, index_options, installed_distributions, plan_install, read_requirements, venv_python
-from .manifest import Manifest, load_manifest
+from .manifest import Manifest, format_subsets, load_manifest
 from .staging.sources import file_url
 from .staging.state import FileStatus, file_statuses
-
-STEPS = ("preflight", "install", "cuda", "data")
 
 
 @dataclass(frozen=True)
@@ -308,7 +306,7 @@ def disk_problem(disk: DiskPlan, stream: DiskPlan | None = None) -> Problem:
     )
     ways = []
     if disk.fitting_subsets:
-        ways.append(f"{disk.fitting_text()}: stage fewer with --subsets {_range(disk.fitting_subsets)}")
+        ways.append(f"{disk.fitting_text()}: stage fewer with --subsets {format_subsets(disk.fitting_subsets)}")
     elif disk.fitting_subsets == ():
         ways.append(disk.fitting_text())
     if stream is not None and stream.fits:
@@ -321,12 +319,6 @@ def disk_problem(disk: DiskPlan, stream: DiskPlan | None = None) -> Problem:
     if disk.estimated:
         ways.append("the unpacked size is an estimate; `provision plan --probe` reads the exact figure")
     return Problem("data", message, "; ".join(ways))
-
-
-def _range(subsets: tuple[int, ...]) -> str:
-    from .manifest import format_subsets
-
-    return format_subsets(subsets)
 
 
 def build_plan(config: Config, environ: Mapping[str, str] | None = None, environment: Environment | None = None, probe: bool = False) -> Plan:

@@ -2,8 +2,8 @@
 
 Concurrency: ``files_in_flight`` file drivers, each holding its slot until its archive is
 unpacked (this bounds the archives on disk, as the disk plan assumes); all drivers share one
-pool of ``connections`` segment workers. A driver hashes its file's contiguous downloaded
-prefix while later segments still arrive, so verification costs no separate pass over disk.
+pool of ``connections`` segment workers (see :mod:`.segments`). In stream mode each driver
+reads one archive as an ordered stream instead (see :mod:`.stream`).
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import random
 import threading
 import time
 from collections.abc import Callable
@@ -25,15 +24,14 @@ from ..errors import ChecksumError, DownloadError, ExtractError, OutOfSpaceError
 from ..plan import DataPlan, FileLocation, FilePlan
 from . import extract as extracting
 from .local import LocalTransfer, try_hardlink
-from .state import StateStore, atomic_write_json, partial_dir, read_json, run_lock
-from .transfer import BUFFER_BYTES, NoRangeSupport, PermanentError, Transfer, TransientError
+from .segments import SegmentedDownload
+from .state import StateStore, partial_dir, run_lock, size_of
+from .transfer import BUFFER_BYTES, NoRangeSupport, PermanentError, Transfer, TransientError, backoff_s
 from .zenodo import ZenodoRecords
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 Emit = Callable[..., None]
-# how much a killed run may have to fetch again: a quarter second of download
-PROGRESS_SAVE_INTERVAL_S = 0.25
 MD5_MISMATCH_TRIES_PER_SOURCE = 2
 
 
@@ -101,7 +99,7 @@ def decide(f: FilePlan, rec: dict[str, Any] | None, target: Path) -> Need | None
         return None if archive_ok else Need(fetch=True, extract=False, reason="missing or changed since it was verified")
     if rec.get("extracted"):
         members = rec.get("members", {})
-        bad = {name for name, (size, _crc) in members.items() if _size_of(target / name) != size}
+        bad = {name for name, (size, _crc) in members.items() if size_of(target / name) != size}
         bad |= set(rec.get("damaged", []))
         if not bad:
             return None
@@ -109,13 +107,6 @@ def decide(f: FilePlan, rec: dict[str, Any] | None, target: Path) -> Need | None
     if archive_ok:
         return Need(fetch=False, extract=True, reason="downloaded, not yet unpacked")
     return Need(fetch=True, extract=True, reason="not staged yet")
-
-
-def _size_of(path: Path) -> int | None:
-    try:
-        return os.stat(path).st_size
-    except OSError:
-        return None
 
 
 class Stager:
@@ -348,7 +339,7 @@ class Stager:
         if size is None or not ranges:
             return self._download_whole(f, transfer, part, progress_path, final, size, md5, result)
         try:
-            return _SegmentedDownload(self, f, transfer, part, progress_path, final, size, md5, result, conns).run()
+            return SegmentedDownload(self, f, transfer, part, progress_path, final, size, md5, result, conns).run()
         except NoRangeSupport:
             result.retries.append(f"{loc.url} ignores byte ranges: fetching it whole")
             return self._download_whole(f, transfer, part, progress_path, final, size, md5, result)
@@ -371,7 +362,7 @@ class Stager:
     def _try_link(self, src: str, part: Path, final: Path, size: int, md5: str | None) -> str | None:
         """Hard-link a local source file (same filesystem), verify it, and give it its final name."""
         part.unlink(missing_ok=True)
-        if _size_of(Path(src)) != size or not try_hardlink(src, str(part)):
+        if size_of(Path(src)) != size or not try_hardlink(src, str(part)):
             return None
         got = md5_of(part)
         if md5 and got != md5:
@@ -462,13 +453,6 @@ class Stager:
         return members
 
 
-def backoff_s(attempt: int, retry_after_s: float | None, base_s: float) -> float:
-    """Exponential backoff with jitter; the server's Retry-After wins (capped at two minutes)."""
-    if retry_after_s is not None:
-        return min(retry_after_s, 120.0)
-    return min(base_s * 2 ** (attempt - 1), 30.0) * (0.5 + random.random())
-
-
 def _fail(result: FileResult, exc: ProvisionError) -> None:
     result.outcome = "failed"
     result.error = exc.message
@@ -480,16 +464,8 @@ def _write(out: Any, chunk: bytes, path: Path) -> None:
         out.write(chunk)
     except OSError as exc:
         if exc.errno == 28:
-            raise _out_of_space(path) from None
+            raise OutOfSpaceError.disk_full(path) from None
         raise
-
-
-def _out_of_space(path: Path) -> OutOfSpaceError:
-    return OutOfSpaceError(
-        f"the disk holding {path.parent} is full",
-        hint="free some space or stage fewer subsets (--subsets); what was fetched is kept and the next run resumes",
-        path=str(path.parent),
-    )
 
 
 def md5_of(path: Path) -> str:
@@ -498,192 +474,3 @@ def md5_of(path: Path) -> str:
         while chunk := fh.read(BUFFER_BYTES * 4):
             hasher.update(chunk)
     return hasher.hexdigest()
-
-
-class _SegmentedDownload:
-    """One file fetched as byte-range segments in parallel, resumable from its progress file."""
-
-    def __init__(self, stager: Stager, f: FilePlan, transfer: Transfer, part: Path, progress_path: Path, final: Path,
-                 size: int, md5: str | None, result: FileResult, conns: ThreadPoolExecutor) -> None:
-        self.s = stager
-        self.f = f
-        self.transfer = transfer
-        self.part = part
-        self.progress_path = progress_path
-        self.final = final
-        self.size = size
-        self.md5 = md5
-        self.result = result
-        self.conns = conns
-        cfg = stager.cfg
-        # big segments keep the request count low (Zenodo throttles); enough of them to use every connection
-        self.segment = max(cfg.segment_mb << 20, -(-size // max(1, cfg.connections * 2)))
-        self.cond = threading.Condition()
-        self.cancel = threading.Event()
-        # only the first request goes out until the source has shown it honours ranges; otherwise that
-        # first answer carries the whole file and the other segments are never requested
-        self.gate = threading.Event()
-        self.whole = False
-        self.errors: list[BaseException] = []
-        self._saved_at = 0.0
-        self.done = self._resume()
-
-    def _resume(self) -> dict[int, int]:
-        starts = list(range(0, self.size, self.segment)) or [0]
-        saved = read_json(self.progress_path)
-        fresh = {s: 0 for s in starts}
-        ok = (isinstance(saved, dict) and saved.get("size") == self.size and saved.get("md5") == self.md5
-              and _size_of(self.part) == self.size)
-        if ok and saved.get("segment") != self.segment:
-            # segment size changed (other config): keep only the fully contiguous prefix
-            prefix = _contiguous({int(k): int(v) for k, v in saved["done"].items()}, int(saved["segment"]), self.size)
-            done = {s: max(0, min(prefix - s, min(self.segment, self.size - s))) for s in starts}
-        elif ok:
-            done = {s: int(saved["done"].get(str(s), 0)) for s in starts}
-        else:
-            done = fresh
-            with open(self.part, "wb") as fh:
-                fh.truncate(self.size)
-        if any(done.values()):
-            log.info("%s: resuming with %d of %d bytes", self.f.key, sum(done.values()), self.size)
-        return done
-
-    def _save(self, force: bool = False) -> None:
-        now = time.monotonic()
-        if not force and now - self._saved_at < PROGRESS_SAVE_INTERVAL_S:
-            return
-        self._saved_at = now
-        # no fsync: the data itself is not fsync'd either; after a power cut the md5 check catches any gap
-        atomic_write_json(self.progress_path, {"size": self.size, "md5": self.md5, "segment": self.segment,
-                                               "done": {str(k): v for k, v in self.done.items()}, "source": self.transfer.label}, fsync=False)
-
-    def _length(self, start: int) -> int:
-        return min(self.segment, self.size - start)
-
-    def run(self) -> str:
-        fd = os.open(self.part, os.O_WRONLY)
-        try:
-            pending = [s for s in sorted(self.done) if self.done[s] < self._length(s)]
-            futures = [self.conns.submit(self._segment_worker, fd, s, i == 0) for i, s in enumerate(pending)]
-            try:
-                digest = self._hash_following()
-            finally:
-                if self.errors or self.s.abort.is_set():
-                    self.cancel.set()
-                for fut in futures:
-                    fut.exception()
-                with self.cond:
-                    self._save(force=True)
-        finally:
-            os.close(fd)
-        if self.errors:
-            raise self.errors[0]
-        self.progress_path.unlink(missing_ok=True)
-        return self.s._finish(self.part, self.final, self.size, self.md5, digest, self.transfer.label)
-
-    def _hash_following(self) -> str:
-        """md5 of the file, read as its contiguous prefix grows (from the page cache, not a second disk pass)."""
-        hasher = hashlib.md5()
-        hashed = 0
-        # unbuffered: a buffered reader could serve bytes it read before the download wrote them
-        with open(self.part, "rb", buffering=0) as reader:
-            while hashed < self.size:
-                with self.cond:
-                    while not self.errors and not self.s.abort.is_set() and _contiguous(self.done, self.segment, self.size) <= hashed:
-                        self.cond.wait(0.5)
-                    if self.errors or self.s.abort.is_set():
-                        raise self.errors[0] if self.errors else _out_of_space(self.part)
-                    upto = _contiguous(self.done, self.segment, self.size)
-                while hashed < upto:
-                    chunk = os.pread(reader.fileno(), min(BUFFER_BYTES * 8, upto - hashed), hashed)
-                    hasher.update(chunk)
-                    hashed += len(chunk)
-        return hasher.hexdigest()
-
-    def _opened(self, ranged: bool) -> None:
-        self.whole = not ranged
-        self.gate.set()
-
-    def _account(self, pos: int, n: int) -> None:
-        """Credit ``n`` bytes written at ``pos`` to the segments they fall in (a whole-file answer spans them all)."""
-        while n > 0:
-            seg = pos - pos % self.segment
-            take = min(n, seg + self._length(seg) - pos)
-            self.done[seg] += take
-            pos += take
-            n -= take
-
-    def _segment_worker(self, fd: int, start: int, lead: bool) -> None:
-        if not lead:
-            while not self.gate.wait(0.2):
-                if self.cancel.is_set() or self.s.abort.is_set():
-                    return
-            if self.whole:
-                return
-        end = start + self._length(start)
-        idle_attempts = 0
-        total_attempts = 0
-        retries = self.s.cfg.retries
-        try:
-            while not self.cancel.is_set() and not self.s.abort.is_set():
-                pos = start + self.done[start]
-                if pos >= end:
-                    return
-                before = pos
-
-                def sink(chunk: bytes) -> None:
-                    nonlocal pos
-                    if self.cancel.is_set() or self.s.abort.is_set():
-                        raise _Cancelled()
-                    try:
-                        os.pwrite(fd, chunk, pos)
-                    except OSError as exc:
-                        if exc.errno == 28:
-                            raise _out_of_space(self.part) from None
-                        raise
-                    with self.cond:
-                        self._account(pos, len(chunk))
-                        self.result.bytes_fetched += len(chunk)
-                        self._save()
-                        self.cond.notify_all()
-                    pos += len(chunk)
-                    self.s.emit("bytes", n=len(chunk), key=self.f.key)
-
-                try:
-                    self.transfer.read_range(pos, end, sink, on_open=self._opened if lead else None, whole_ok=lead and pos == 0)
-                except TransientError as exc:
-                    total_attempts += 1
-                    idle_attempts = 0 if pos > before else idle_attempts + 1
-                    if idle_attempts > retries or total_attempts > retries * 4:
-                        raise
-                    with self.cond:
-                        self.result.retries.append(f"{self.transfer.label} bytes {pos}-{end - 1}: {exc.reason}")
-                    if self.cancel.wait(backoff_s(idle_attempts or 1, exc.retry_after_s, self.s.cfg.backoff_s)):
-                        return
-                if self.whole:
-                    return
-        except _Cancelled:
-            return
-        except BaseException as exc:  # noqa: BLE001 - handed to the driver, which re-raises it
-            with self.cond:
-                self.errors.append(exc)
-                self.cond.notify_all()
-            if isinstance(exc, OutOfSpaceError):
-                self.s.abort.set()
-            self.cancel.set()
-            self.gate.set()
-
-
-class _Cancelled(Exception):
-    pass
-
-
-def _contiguous(done: dict[int, int], segment: int, size: int) -> int:
-    """Bytes from the start of the file that are all downloaded."""
-    total = 0
-    for start in sorted(done):
-        got = done[start]
-        total = start + got
-        if got < min(segment, size - start):
-            return total
-    return size

@@ -69,6 +69,14 @@ def atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
+def size_of(path: Path) -> int | None:
+    """The file's size, or None when it does not exist."""
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return None
+
+
 def read_json(path: Path) -> Any:
     """The parsed file, or None when it is missing or unreadable (a torn file is as good as none)."""
     try:

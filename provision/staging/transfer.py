@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -61,3 +62,10 @@ class Transfer(Protocol):
     def read_all(self, sink: Sink) -> None:
         """Deliver the whole file from its first byte (for sources without range support)."""
         ...
+
+
+def backoff_s(attempt: int, retry_after_s: float | None, base_s: float) -> float:
+    """Exponential backoff with jitter; the server's Retry-After wins (capped at two minutes)."""
+    if retry_after_s is not None:
+        return min(retry_after_s, 120.0)
+    return min(base_s * 2 ** (attempt - 1), 30.0) * (0.5 + random.random())
