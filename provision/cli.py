@@ -36,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("-v", "--verbose", action="count", default=0, help="more log lines (repeat for debug)")
 
     parser = _Parser(prog="provision", description="Get a machine ready for Deep Learning with PyTorch, Part 2: requirements, CUDA, LUNA16 data.")
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"dlwpt-provision {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 

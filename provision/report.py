@@ -109,6 +109,8 @@ class Progress:
         elif event in ("file_done", "file_failed", "retry", "extracted"):
             if event == "file_done":
                 self.files_done += 1
+                if self._bar is not None:
+                    self._bar.set_postfix_str(f"{self.files_done} files done", refresh=False)
             message = info.get("message")
             if message:
                 if self._bar is not None:
