@@ -197,7 +197,7 @@ def _dispatch(args: argparse.Namespace, environ: Mapping[str, str], out: TextIO)
         from .steps import preflight, stage
 
         preflight(plan, ("data",))
-        result = stage(config, plan, verbose=args.verbose, json_mode=args.json)
+        result = stage(config, plan)
         _show(result.to_dict(), report.stage_text(result), args.json, out)
         return EXIT_OK if result.ok else EXIT_FAILED
     if command == "mirror":
@@ -210,7 +210,7 @@ def _dispatch(args: argparse.Namespace, environ: Mapping[str, str], out: TextIO)
         from .steps import up
 
         steps = [s for s in STEPS if (not args.only or s in args.only) and s not in args.skip]
-        summary = up(config, plan, env, environ, steps, verbose=args.verbose, json_mode=args.json)
+        summary = up(config, plan, env, environ, steps)
         _show(summary, report.up_text(summary), args.json, out)
         if "error" in summary:
             print(f"error: {summary['error']['message']}", file=sys.stderr)

@@ -13,7 +13,7 @@ import yaml
 
 from .errors import ConfigError
 from .manifest import parse_subsets
-from .schema import build, did_you_mean
+from .schema import build, did_you_mean, set_by_tool
 from .staging.sources import Source, parse_source
 
 PROFILES = ("colab", "vm", "local", "ci")
@@ -163,12 +163,8 @@ class Config:
     data: DataConfig = DataConfig()
     vm: VmConfig = VmConfig()
     cluster: ClusterConfig = ClusterConfig()
-    files: tuple[str, ...] = field(default=(), metadata={"parse": lambda v, p: _reject_files(p)})
-    name: str = field(default="", init=True, metadata={"parse": lambda v, p: _reject_files(p)})
-
-
-def _reject_files(path: str) -> Any:
-    raise ValueError("is set by the tool, not by a profile")
+    files: tuple[str, ...] = field(default=(), metadata={"parse": set_by_tool})
+    name: str = field(default="", metadata={"parse": set_by_tool})
 
 
 # ---------------------------------------------------------------- locating profiles

@@ -9,7 +9,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from .errors import ConfigError
-from .schema import build, did_you_mean
+from .schema import build, did_you_mean, set_by_tool
 
 SUBSET_KEY = re.compile(r"subset(\d+)")
 
@@ -127,7 +127,7 @@ class Manifest:
     description: str = ""
     dir: str = field(default=".", metadata={"parse": _parse_dir})
     unpack_ratio: float = 3.0
-    path: str = field(default="", metadata={"parse": lambda v, p: _no(p)})
+    path: str = field(default="", metadata={"parse": set_by_tool})
 
     @property
     def subsets(self) -> tuple[int, ...]:
@@ -147,10 +147,6 @@ class Manifest:
             )
         chosen = set(subsets)
         return tuple(f for f in self.files if f.subset is None or f.subset in chosen)
-
-
-def _no(path: str) -> Any:
-    raise ValueError("is set by the tool")
 
 
 def manifest_path(dataset: str, configs_dir: Path) -> Path:

@@ -7,7 +7,6 @@ import os
 import shlex
 import sys
 import time
-from collections.abc import Callable
 from typing import Any, TextIO
 
 from .disk import gb
@@ -144,8 +143,6 @@ def _in_notebook() -> bool:
         return False
     return ip is not None and type(ip).__name__ == "ZMQInteractiveShell"
 
-
-Emit = Callable[..., None]
 
 
 def status_text(rows: list[dict[str, Any]]) -> str:

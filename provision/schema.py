@@ -22,6 +22,11 @@ Parser = Callable[[Any, str], Any]
 """A custom field parser: (raw value, key path) -> parsed value; raises ValueError."""
 
 
+def set_by_tool(value: Any, path: str) -> Any:
+    """Parser for fields the tool fills in (where a config came from): a file may not set them."""
+    raise ValueError("is set by the tool, not by a file")
+
+
 def did_you_mean(word: str, choices: typing.Iterable[str]) -> str:
     """' (did you mean 'x'?)' for the closest choice, or ''."""
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)

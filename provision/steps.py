@@ -50,7 +50,7 @@ def check_gpu(config: Config, env: Environment) -> GpuReport:
     return check(config.cuda, colab=env.kind == "colab", python=python)
 
 
-def stage(config: Config, plan: Plan, *, verbose: int = 0, json_mode: bool = False) -> StageResult:
+def stage(config: Config, plan: Plan) -> StageResult:
     from .report import Progress
 
     remaining = sum(max(0, (f.size or 0) - f.partial_bytes) for f in plan.data.files if f.stage in ("missing", "partial"))
@@ -61,7 +61,7 @@ def stage(config: Config, plan: Plan, *, verbose: int = 0, json_mode: bool = Fal
         progress.close()
 
 
-def up(config: Config, plan: Plan, env: Environment, environ: Mapping[str, str], steps: Sequence[str], *, verbose: int = 0, json_mode: bool = False) -> dict[str, Any]:
+def up(config: Config, plan: Plan, env: Environment, environ: Mapping[str, str], steps: Sequence[str]) -> dict[str, Any]:
     """Run the chosen steps in order; stop at the first that fails. Returns a summary with the exit code."""
     from .report import gpu_dict
 
@@ -80,7 +80,7 @@ def up(config: Config, plan: Plan, env: Environment, environ: Mapping[str, str],
                 first = next(f for f in report.findings if f.fatal)
                 raise GpuError(first.problem, hint=first.fix)
         if "data" in steps:
-            result = stage(config, plan, verbose=verbose, json_mode=json_mode)
+            result = stage(config, plan)
             summary["steps"]["data"] = result.to_dict()
             if not result.ok:
                 summary["exit_code"] = 1

@@ -112,7 +112,7 @@ def decide(f: FilePlan, rec: dict[str, Any] | None, target: Path) -> Need | None
 class Stager:
     """Runs the data step for one plan. ``emit(event, **info)`` receives progress events."""
 
-    def __init__(self, data: DataConfig, plan: DataPlan, emit: Emit | None = None, make_transfer: Callable[[FileLocation], Transfer] | None = None) -> None:
+    def __init__(self, data: DataConfig, plan: DataPlan, emit: Emit | None = None) -> None:
         self.cfg = data
         self.plan = plan
         self.root = Path(plan.root)
@@ -121,7 +121,6 @@ class Stager:
         self._emit = emit or (lambda event, **info: None)
         self.abort = threading.Event()
         self.mode = plan.mode
-        self.make_transfer = make_transfer or self._default_transfer
         self._zenodo = ZenodoRecords(data.zenodo_url, data.timeout_s)
 
     def emit(self, event: str, **info: Any) -> None:
@@ -208,9 +207,6 @@ class Stager:
         self.emit("file_done", key=f.key, message=f"{f.key}: {result.outcome} from {result.source} ({what})")
 
     # ------------------------------------------------------------ fetching
-
-    def _default_transfer(self, loc: FileLocation) -> Transfer:
-        return self.transfer_for(loc, self.cfg)
 
     @staticmethod
     def transfer_for(loc: FileLocation, cfg: DataConfig) -> Transfer:
@@ -347,7 +343,7 @@ class Stager:
     def _open(self, f: FilePlan, loc: FileLocation, size: int | None, md5: str | None,
               result: FileResult) -> tuple[Transfer, int | None, str | None, bool]:
         """The transfer for ``loc``, with size, md5 and range support; a copy that differs from the manifest is refused."""
-        transfer = self.make_transfer(loc)
+        transfer = self.transfer_for(loc, self.cfg)
         ranges = True  # with a known size, the first ranged answer tells whether the source honours ranges
         if size is None or loc.kind == "gs":  # a bucket's metadata is one cheap call and carries the md5
             info = self._with_retries(transfer.info, f"{f.key}: asking {loc.url} for the size", result)

@@ -75,14 +75,14 @@ def central_directory(transfer: Transfer, size: int) -> tuple[int, int]:
     return sum(i.file_size for i in infos), len(infos)
 
 
-def probe_remote(config: Config, manifest: Manifest, make_transfer: Callable[..., Transfer] | None = None) -> dict[str, RemoteFacts]:
+def probe_remote(config: Config, manifest: Manifest) -> dict[str, RemoteFacts]:
     """What the sources say about each selected file: sizes and md5s the manifest leaves open, exact
     unpacked sizes, and for a bucket source whether it holds the file (present / missing / differs)."""
     from ..plan import FileLocation
     from .engine import Stager
     from .zenodo import ZenodoRecords
 
-    opener = make_transfer or Stager.transfer_for
+    opener = Stager.transfer_for
     zenodo = ZenodoRecords(config.data.zenodo_url, config.data.timeout_s)
     facts: dict[str, RemoteFacts] = {}
     for f in manifest.select(config.data.subsets):
