@@ -149,3 +149,13 @@ def test_gcs_errors_are_sorted_and_explained(raised: tuple[str, str], kind: str,
     for word in words:
         assert word in info.value.reason
     assert "token" not in info.value.reason.lower()
+
+
+def test_stream_mode_from_a_bucket(built: Built, write_profile, bucket, capsys, tmp_path: Path) -> None:
+    for key in built.files:
+        bucket.blob(f"luna16/{key}").upload_from_string((built.folder / key).read_bytes())
+    profile = write_profile({"dataset": str(built.manifest), "sources": [f"gs://{bucket.name}/luna16/"], "mode": "stream"})
+    code, report = run_json(capsys, "stage", "-c", str(profile))
+    assert code == 0, report
+    assert tree_md5s(tmp_path / "root" / "part2" / "luna") == expected_tree(built)
+    assert not list((tmp_path / "root").rglob("*.zip")), "stream mode stores no archive"

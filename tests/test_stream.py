@@ -190,3 +190,12 @@ def test_unusual_zip_layouts_stream(tmp_path: Path, serve, write_profile, capsys
     assert code == 0, report
     assert {f["members"] for f in report["files"]} == {len(payload)}
     assert tree_md5s(tmp_path / "root" / "d") == {k: hashlib.md5(v).hexdigest() for k, v in payload.items()}
+
+
+def test_stream_mode_from_a_local_directory(built: Built, write_profile, capsys, tmp_path: Path) -> None:
+    profile = write_profile({"dataset": str(built.manifest), "sources": [str(built.folder)], "mode": "stream"})
+    code, report = stage_json(profile, capsys)
+    assert code == 0, report
+    assert tree_md5s(tmp_path / "root" / "part2" / "luna") == expected_tree(built)
+    assert not list((tmp_path / "root").rglob("*.zip"))
+    assert all((built.folder / key).exists() for key in built.files), "the source copy is never touched"
