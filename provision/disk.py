@@ -6,7 +6,7 @@ Pure functions of their arguments: no filesystem access here (free bytes are pas
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .manifest import format_subsets
 
@@ -52,6 +52,7 @@ class DiskPlan:
     estimated: bool
     unresolved: tuple[str, ...]
     fitting_subsets: tuple[int, ...] | None  # None when everything fits or no subsets apply
+    fitting_without_reserve: tuple[int, ...] | None = None  # when nothing fits only because of the reserve
 
     @property
     def fits(self) -> bool:
@@ -122,9 +123,11 @@ def plan_disk(items: Sequence[DiskItem], *, path: str, probe: str, free_bytes: i
     """The disk figures for staging ``items`` onto one filesystem with ``free_bytes`` free."""
     archive, unpacked, in_flight, peak = _needs(items, rules)
     needed = needed_bytes(items, rules)
-    fitting = None
+    fitting = without_reserve = None
     if needed > free_bytes and any(i.subset is not None for i in items):
         fitting = largest_fitting_subsets(items, free_bytes, rules)
+        if not fitting and rules.reserve_bytes:
+            without_reserve = largest_fitting_subsets(items, free_bytes, replace(rules, reserve_bytes=0)) or None
     return DiskPlan(
         mode=rules.mode,
         path=path,
@@ -141,6 +144,7 @@ def plan_disk(items: Sequence[DiskItem], *, path: str, probe: str, free_bytes: i
         estimated=any(i.unpacked_estimated for i in items),
         unresolved=tuple(i.key for i in items if not i.size_known),
         fitting_subsets=fitting,
+        fitting_without_reserve=without_reserve,
     )
 
 

@@ -312,6 +312,9 @@ def disk_problem(disk: DiskPlan, stream: DiskPlan | None = None) -> Problem:
     if stream is not None and stream.fits:
         ways.insert(0, f"unpacking while downloading needs only {gb(stream.needed_bytes)}: use --set data.mode=stream")
     ways.append("point data.root (--root) at a bigger disk")
+    if disk.fitting_without_reserve:
+        ways.append(f"without the reserve, subsets {format_subsets(disk.fitting_without_reserve)} would fit "
+                    "(but the book's cache then has no room: it grows with the subsets staged)")
     if disk.reserve_bytes:
         lower = int((disk.reserve_bytes - disk.shortfall_bytes) // GB)
         example = f", e.g. --set data.reserve_gb={lower}" if lower > 0 else ""

@@ -126,3 +126,9 @@ def test_stream_mode_needs_no_room_for_archives() -> None:
 def test_nothing_fits() -> None:
     plan = plan_disk(items(3, 6 * GB), path="/x", probe="/x", free_bytes=GB, rules=DiskRules(0, 0, False, 1))
     assert plan.fitting_subsets == () and "not even one subset" in plan.fitting_text()
+
+
+def test_when_only_the_reserve_is_in_the_way_say_what_fits_without_it() -> None:
+    plan = plan_disk(items(4, 10 * GB), path="/d", probe="/d", free_bytes=50 * GB, rules=DiskRules(80 * GB, 0, False, 1))
+    assert plan.fitting_subsets == ()
+    assert plan.fitting_without_reserve == (0, 1)  # 2 subsets: 40 GB unpacked + one 10 GB archive
