@@ -14,7 +14,9 @@ GB = 1_000_000_000
 
 
 def gb(n: float) -> str:
-    """Bytes as decimal gigabytes (the unit Colab and cloud consoles show); small sizes in MB."""
+    """Bytes as decimal gigabytes (the unit Colab and cloud consoles show); small sizes in MB or kB."""
+    if abs(n) < 100_000:
+        return f"{n / 1e3:.1f} kB"
     if abs(n) < GB / 10:
         return f"{n / 1e6:.1f} MB"
     return f"{n / GB:.1f} GB"
