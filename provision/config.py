@@ -111,6 +111,7 @@ class DataConfig:
     zenodo_url: str = "https://zenodo.org"
     allow_insecure: bool = False
     extract_workers: int = field(default=0, metadata={"parse": _positive(int)})
+    stream_ranges: int = field(default=1, metadata={"parse": _positive(int)})  # >1: parallel ranges per archive, no archive md5
     gcs: GcsConfig = GcsConfig()
 
 
@@ -393,5 +394,6 @@ def _check_sources(config: Config, origins: _Origins) -> None:
                 file=where,
                 key=f"data.sources[{i}]",
             )
-    if config.data.connections < 1:
-        raise ConfigError("data.connections must be at least 1", hint="set data.connections to e.g. 8", key="data.connections")
+    for key in ("connections", "stream_ranges", "files_in_flight"):
+        if getattr(config.data, key) < 1:
+            raise ConfigError(f"data.{key} must be at least 1", hint=f"set data.{key} to 1 or more", key=f"data.{key}")

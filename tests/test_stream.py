@@ -199,3 +199,29 @@ def test_stream_mode_from_a_local_directory(built: Built, write_profile, capsys,
     assert tree_md5s(tmp_path / "root" / "part2" / "luna") == expected_tree(built)
     assert not list((tmp_path / "root").rglob("*.zip"))
     assert all((built.folder / key).exists() for key in built.files), "the source copy is never touched"
+
+
+def test_parallel_ranges_per_archive(tmp_path: Path, serve, write_profile, capsys) -> None:
+    data = build_luna_like(tmp_path / "d", subsets=1, scans=6, raw_bytes=300_000, extra_plain=False)
+    srv = serve(Faults(drop_rate=0.1, seed=9), folder=data.folder)
+    profile = write_profile({"dataset": str(data.manifest), "sources": [srv.url + "/mirror/"], "mode": "stream", "stream_ranges": 3})
+    code, report = stage_json(profile, capsys)
+    assert code == 0, report
+    assert tree_md5s(tmp_path / "root" / "part2" / "luna") == expected_tree(data)
+    ranges = {r["range"] for r in srv.stats.requests if r["key"] == "subset0.zip" and r["status"] == 206}
+    starts = {int(r.split("=")[1].split("-")[0]) for r in ranges}
+    with zipfile.ZipFile(data.folder / "subset0.zip") as zf:
+        header_offsets = {i.header_offset for i in zf.infolist()}
+    assert len(starts & header_offsets) >= 3, "three member-aligned ranges were read"
+    state = json.loads((tmp_path / "root" / ".provision" / "state.json").read_text())
+    assert state["files"]["subset0.zip"]["md5_checked"] is False, "no whole-archive md5 with parallel ranges; members are CRC-checked"
+    assert srv.stats.bytes_sent <= 1.25 * total_bytes(data)
+
+
+def test_split_runs_balances_compressed_bytes() -> None:
+    from provision.staging.stream import Layout, StreamMember, split_runs
+
+    layout = Layout(tuple(StreamMember(None, i * 100, 100, 8) for i in range(9)), 900, 1000)  # type: ignore[arg-type]
+    assert split_runs(layout, [(0, 9)], 3) == [(0, 3), (3, 6), (6, 9)]
+    assert split_runs(layout, [(0, 9)], 1) == [(0, 9)]
+    assert split_runs(layout, [(0, 2), (5, 9)], 2) == [(0, 2), (5, 8), (8, 9)]

@@ -169,7 +169,7 @@ class Stager:
     def _drivers(self) -> int:
         """Files handled at once: in stream mode each archive is one ordered stream, so one per connection."""
         if self.mode == "stream":
-            return max(1, self.cfg.connections, self.cfg.files_in_flight)
+            return max(1, self.cfg.connections // self.cfg.stream_ranges)
         return max(1, self.cfg.files_in_flight)
 
     def _stage_file(self, f: FilePlan, need: Need, state: StateStore, result: FileResult, conns: ThreadPoolExecutor) -> None:
@@ -256,7 +256,7 @@ class Stager:
                         transfer, layout, only=need.only, expected_md5=md5, retries=self.cfg.retries, sleep=self._sleep,
                         backoff=lambda attempt, after: backoff_s(attempt, after, self.cfg.backoff_s),
                         on_bytes=lambda n: self._count(result, f.key, n), note_retry=result.retries.append,
-                        stop=self.abort, free_bytes=self._free_bytes,
+                        stop=self.abort, free_bytes=self._free_bytes, parallel=self.cfg.stream_ranges,
                     )
                 except StreamCorrupt as exc:
                     result.retries.append(str(exc))

@@ -21,6 +21,7 @@ import threading
 import zipfile
 import zlib
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -274,11 +275,28 @@ def runs_to_fetch(layout: Layout, only: frozenset[str] | None) -> list[tuple[int
     return runs
 
 
+def split_runs(layout: Layout, runs: list[tuple[int, int]], parts: int) -> list[tuple[int, int]]:
+    """Cut ``runs`` at member boundaries into about ``parts`` pieces of similar compressed size."""
+    if parts <= 1:
+        return runs
+    target = sum(layout.members[i].compress_size for first, last in runs for i in range(first, last)) / parts
+    pieces = []
+    for first, last in runs:
+        start, size = first, 0
+        for i in range(first, last):
+            size += layout.members[i].compress_size
+            if size >= target and i + 1 < last:
+                pieces.append((start, i + 1))
+                start, size = i + 1, 0
+        pieces.append((start, last))
+    return pieces
+
+
 @dataclass
 class StreamOutcome:
     members: list[Member]
     written: int
-    md5: str | None  # None when the archive was not read from its first byte (resumed or repaired)
+    md5: str | None  # None when the archive was not read as one stream from its first byte
 
 
 def stream_archive(
@@ -294,8 +312,13 @@ def stream_archive(
     note_retry: Callable[[str], None],
     stop: threading.Event,
     free_bytes: Callable[[], int],
+    parallel: int = 1,
 ) -> StreamOutcome:
-    """Fetch and unpack the members still missing; verify the archive md5 when it is read whole."""
+    """Fetch and unpack the members still missing; verify the archive md5 when it is read whole.
+
+    With ``parallel`` > 1 the archive is read as that many member-aligned ranges at once (faster
+    under a per-connection cap); each member is still CRC-checked, but no whole-archive md5 exists.
+    """
     runs = runs_to_fetch(layout, only)
     members = [sm.member for sm in layout.members]
     if not runs:
@@ -304,26 +327,39 @@ def stream_archive(
     if to_write > free_bytes():
         raise OutOfSpaceError(f"unpacking needs {to_write} more bytes, only {free_bytes()} are free",
                               hint="free some space or stage fewer subsets (--subsets)", needed=to_write, free=free_bytes())
-    whole = only is None and runs == [(0, len(layout.members))]
-    written: list[Member] = []
-    digest = None
-    for first, last in runs:
-        md5 = hashlib.md5() if whole else None
-        parser = StreamUnpacker(layout, first, last, md5)
-        if whole and layout.members and layout.members[0].header_offset > 0:
-            parser.pos = 0  # bytes before the first member still count for the md5
+    whole = parallel <= 1 and only is None and runs == [(0, len(layout.members))]
+    md5 = hashlib.md5() if whole else None
+    parsers = [StreamUnpacker(layout, first, last, md5) for first, last in split_runs(layout, runs, parallel)]
+    if whole and layout.members and layout.members[0].header_offset > 0:
+        parsers[0].pos = 0  # bytes before the first member still count for the md5
+
+    def pump(parser: StreamUnpacker) -> None:
         try:
             _pump(transfer, parser, retries, sleep, backoff, on_bytes, note_retry, stop)
-        except StreamCorrupt:
-            parser.abandon()
-            _remove(written + parser.written)  # nothing from a damaged stream survives
-            raise
         except BaseException:
             parser.abandon()  # completed members are CRC-checked and stay: the next run continues after them
             raise
-        written += parser.written
-        if md5 is not None:
-            digest = md5.hexdigest()
+
+    errors: list[BaseException] = []
+    if parallel <= 1:
+        for parser in parsers:
+            try:
+                pump(parser)
+            except BaseException as exc:  # noqa: BLE001 - sorted below
+                errors.append(exc)
+                break
+    else:
+        with ThreadPoolExecutor(min(parallel, len(parsers)), thread_name_prefix="range") as pool:
+            for fut in [pool.submit(pump, p) for p in parsers]:
+                if fut.exception() is not None:
+                    errors.append(fut.exception())  # type: ignore[arg-type]
+    written = [m for p in parsers for m in p.written]
+    if errors:
+        corrupt = next((e for e in errors if isinstance(e, StreamCorrupt)), None)
+        if corrupt is not None:
+            _remove(written)  # nothing from a damaged stream survives
+        raise corrupt or errors[0]
+    digest = md5.hexdigest() if md5 is not None else None
     if whole and expected_md5 and digest != expected_md5:
         _remove(written)
         raise StreamCorrupt(f"md5 mismatch from {transfer.label}: got {digest}, expected {expected_md5}")
