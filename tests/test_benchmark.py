@@ -21,7 +21,7 @@ def test_quick_benchmark_prints_the_table(tmp_path) -> None:
         table = out.split(scenario, 1)[1].split("\n\n", 1)[0]
         assert "wall s" in table and "peak RSS MB" in table and "x provision" in table
         rows = {line.split()[0]: line for line in table.splitlines()[2:] if line.strip()}
-        for tool in ("naive", "provision", "stream"):
+        for tool in ("naive", "provision", "stream", "stream4"):
             assert re.match(rf"{tool}\s+\d+\.\d+\s+\d+\.\d", rows[tool]), rows[tool]
             assert rows[tool].split()[7] == "yes", f"{tool} staged wrong bytes: {rows[tool]}"
         if shutil.which("aria2c"):
