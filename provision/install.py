@@ -261,6 +261,11 @@ def create_venv(venv: str) -> None:
         )
 
 
+def target_python(venv: str | None, default: str) -> str:
+    """The interpreter the requirements are installed for: the profile's venv, or ``default``."""
+    return venv_python(venv) if venv else default
+
+
 def venv_python(venv: str) -> str:
     return str(Path(venv) / ("Scripts/python.exe" if os.name == "nt" else "bin/python"))
 

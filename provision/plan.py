@@ -15,7 +15,7 @@ from typing import Any
 from .config import Config, configs_dir
 from .disk import GB, DiskItem, DiskPlan, DiskRules, gb, plan_disk
 from .environment import Environment, FsFacts, fs_facts
-from .install import InstallPlan, index_options, installed_distributions, plan_install, read_requirements, venv_python
+from .install import InstallPlan, index_options, installed_distributions, plan_install, read_requirements, target_python
 from .manifest import Manifest, format_subsets, load_manifest
 from .staging.sources import file_url
 from .staging.state import FileStatus, file_statuses
@@ -138,8 +138,7 @@ class Plan:
 
 def gather_facts(config: Config, environ: Mapping[str, str], environment: Environment, manifest: Manifest) -> Facts:
     """Look at the machine (read-only): installed packages, driver, free disk, staged files."""
-    target = venv_python(config.requirements.venv) if config.requirements.venv else environment.python_executable
-    installed = installed_distributions(target)
+    installed = installed_distributions(target_python(config.requirements.venv, environment.python_executable))
     driver_cuda = None
     if "torch" not in installed and config.requirements.torch_index == "auto":
         from .gpu import read_nvidia_smi
@@ -165,7 +164,7 @@ def make_plan(config: Config, manifest: Manifest, facts: Facts) -> Plan:
     env = facts.environment
     python_ok = SpecifierSet(config.python).contains(env.python_version, prereleases=True)
     reqs = read_requirements(config.requirements.files, config.requirements.packages)
-    target_python = venv_python(config.requirements.venv) if config.requirements.venv else env.python_executable
+    python = target_python(config.requirements.venv, env.python_executable)
     from .install import choose_installer
 
     install = plan_install(
@@ -173,7 +172,7 @@ def make_plan(config: Config, manifest: Manifest, facts: Facts) -> Plan:
         installed=facts.installed,
         skip_satisfied=config.requirements.skip_satisfied,
         installer=choose_installer(config.requirements.installer),
-        target_python=target_python,
+        target_python=python,
         torch_index_setting=config.requirements.torch_index,
         driver_cuda=facts.driver_cuda,
         environ=facts.environ,

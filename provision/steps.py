@@ -13,7 +13,7 @@ from typing import Any
 
 from .config import Config
 from .environment import Environment
-from .errors import DiskSpaceError, GpuError, PreflightError
+from .errors import DiskSpaceError, GpuError, PreflightError, ProvisionError
 from .gpu import GpuReport
 from .manifest import load_manifest
 from .plan import Plan
@@ -44,10 +44,9 @@ def install(plan: Plan, environ: Mapping[str, str], venv: str | None = None) -> 
 
 def check_gpu(config: Config, env: Environment) -> GpuReport:
     from .gpu import check
-    from .install import venv_python
+    from .install import target_python
 
-    python = venv_python(config.requirements.venv) if config.requirements.venv else None
-    return check(config.cuda, colab=env.kind == "colab", python=python)
+    return check(config.cuda, colab=env.kind == "colab", python=target_python(config.requirements.venv, env.python_executable))
 
 
 def stage(config: Config, plan: Plan) -> StageResult:
@@ -84,14 +83,7 @@ def up(config: Config, plan: Plan, env: Environment, environ: Mapping[str, str],
             summary["steps"]["data"] = result.to_dict()
             if not result.ok:
                 summary["exit_code"] = 1
-    except PreflightError as exc:
-        summary["error"] = exc.to_dict()
-        summary["exit_code"] = exc.exit_code
-    except Exception as exc:
-        from .errors import ProvisionError
-
-        if not isinstance(exc, ProvisionError):
-            raise
+    except ProvisionError as exc:
         summary["error"] = exc.to_dict()
         summary["exit_code"] = exc.exit_code
     return summary

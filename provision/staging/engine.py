@@ -137,10 +137,11 @@ class Stager:
             results = {f.key: FileResult(f.key) for f in self.plan.files}
             work: list[tuple[FilePlan, Need]] = []
             for f in self.plan.files:
-                need = decide(f, state.record(f.key), self.target)
+                rec = state.record(f.key)
+                need = decide(f, rec, self.target)
                 if need is None:
                     results[f.key].outcome = "already staged"
-                    results[f.key].source = (state.record(f.key) or {}).get("source")
+                    results[f.key].source = (rec or {}).get("source")
                 else:
                     work.append((f, need))
             fatal: list[BaseException] = []
@@ -195,10 +196,8 @@ class Stager:
             result.source = (state.record(f.key) or {}).get("source")
         if need.extract:
             members = self._extract(f, final, need, result)
-            rec = state.record(f.key) or {}
-            recorded = rec.get("members", {}) if repairing else {}
-            recorded.update({m.name: [m.size, m.crc] for m in members})
-            state.update(f.key, extracted=True, members=recorded, damaged=[], unpacked_bytes=sum(m.size for m in members))
+            state.update(f.key, extracted=True, members=self._members(state, f.key, members, need), damaged=[],
+                         unpacked_bytes=sum(m.size for m in members))
             if not self.cfg.keep_archives:
                 final.unlink(missing_ok=True)
                 state.update(f.key, stamp=None)
@@ -236,50 +235,44 @@ class Stager:
 
     def _stream(self, f: FilePlan, need: Need, state: StateStore, result: FileResult) -> bool:
         """Stage an archive in stream mode; False when it cannot be streamed (then archive mode takes over)."""
-        from .stream import CannotStream, StreamCorrupt, check_streamable_size, read_layout, stream_archive
+        from .stream import CannotStream, StreamCorrupt, StreamOutcome, check_streamable_size, read_layout, stream_archive
 
-        failures: list[str] = []
-        for loc in f.locations:
-            for _ in range(MD5_MISMATCH_TRIES_PER_SOURCE):
-                try:
-                    size, md5 = self._expected(f, loc)
-                    transfer, size, md5, ranges = self._open(f, loc, size, md5, result)
-                    if size is None or not ranges:
-                        raise CannotStream(f"{loc.url} does not serve byte ranges or a size")
-                    layout = self._with_retries(lambda: read_layout(transfer, size, self.target, f.key),  # noqa: B023 - called at once
-                                                f"{f.key}: reading the directory at {loc.url}", result)
-                    if not f.unpacked_estimated:
-                        check_streamable_size(layout, f.unpacked_bytes, f.key)
-                    if need.only is None:
-                        state.update(f.key, unpack=True, streaming=True, md5=md5, size=size, source=loc.url, verified=False, extracted=False)
-                    outcome = stream_archive(
-                        transfer, layout, only=need.only, expected_md5=md5, retries=self.cfg.retries, sleep=self._sleep,
-                        backoff=lambda attempt, after: backoff_s(attempt, after, self.cfg.backoff_s),
-                        on_bytes=lambda n: self._count(result, f.key, n), note_retry=result.retries.append,
-                        stop=self.abort, free_bytes=self._free_bytes, parallel=self.cfg.stream_ranges,
-                    )
-                except StreamCorrupt as exc:
-                    result.retries.append(str(exc))
-                    self.emit("retry", key=f.key, message=f"{f.key}: {exc}; fetching it again")
-                    failures.append(f"{loc.url}: {exc}")
-                    continue
-                except (CannotStream, NoRangeSupport) as exc:
-                    result.retries.append(f"{f.key} cannot be streamed ({exc}): staging it as an archive")
-                    return False
-                except (PermanentError, TransientError) as exc:
-                    result.retries.append(f"{loc.url}: gave up: {exc.reason}")
-                    failures.append(f"{loc.url}: {exc.reason}")
-                    break
-                rec = state.record(f.key) or {}
-                recorded = rec.get("members", {}) if need.only is not None else {}
-                recorded.update({m.name: [m.size, m.crc] for m in outcome.members})
-                state.update(f.key, verified=True, extracted=True, streaming=False, members=recorded, damaged=[], stamp=None,
-                             md5_checked=outcome.md5 is not None, unpacked_bytes=sum(m.size for m in outcome.members))
-                result.source = loc.url
-                result.members = outcome.written
-                result.outcome = "repaired" if need.only is not None else "staged"
-                return True
-        raise DownloadError(f"{f.key} could not be streamed: " + "; ".join(failures), hint="check the network and data.sources, then run again: members already unpacked are kept", key=f.key)
+        def attempt(loc: FileLocation) -> StreamOutcome:
+            size, md5 = self._expected(f, loc)
+            transfer, size, md5, ranges = self._open(f, loc, size, md5, result)
+            if size is None or not ranges:
+                raise CannotStream(f"{loc.url} does not serve byte ranges or a size")
+            layout = self._with_retries(lambda: read_layout(transfer, size, self.target, f.key),
+                                        f"{f.key}: reading the directory at {loc.url}", result)
+            if not f.unpacked_estimated:
+                check_streamable_size(layout, f.unpacked_bytes, f.key)
+            if need.only is None:
+                state.update(f.key, unpack=True, streaming=True, md5=md5, size=size, source=loc.url, verified=False, extracted=False)
+            return stream_archive(
+                transfer, layout, only=need.only, expected_md5=md5, retries=self.cfg.retries, sleep=self._sleep,
+                backoff=lambda attempt, after: backoff_s(attempt, after, self.cfg.backoff_s),
+                on_bytes=lambda n: self._count(result, f.key, n), note_retry=result.retries.append,
+                stop=self.abort, free_bytes=self._free_bytes, parallel=self.cfg.stream_ranges,
+            )
+
+        try:
+            source, outcome = self._from_sources(f, result, attempt, damaged=StreamCorrupt)
+        except (CannotStream, NoRangeSupport) as exc:
+            result.retries.append(f"{f.key} cannot be streamed ({exc}): staging it as an archive")
+            return False
+        state.update(f.key, verified=True, extracted=True, streaming=False, members=self._members(state, f.key, outcome.members, need),
+                     damaged=[], stamp=None, md5_checked=outcome.md5 is not None, unpacked_bytes=sum(m.size for m in outcome.members))
+        result.source = source
+        result.members = outcome.written
+        result.outcome = "repaired" if need.only is not None else "staged"
+        return True
+
+    @staticmethod
+    def _members(state: StateStore, key: str, members: list[extracting.Member], need: Need) -> dict[str, list[int]]:
+        """The member record after unpacking: a repair updates the recorded members, a full unpack replaces them."""
+        recorded = (state.record(key) or {}).get("members", {}) if need.only is not None else {}
+        recorded.update({m.name: [m.size, m.crc] for m in members})
+        return recorded
 
     def _count(self, result: FileResult, key: str, n: int) -> None:
         result.bytes_fetched += n
@@ -290,25 +283,33 @@ class Stager:
         return st.f_bavail * st.f_frsize
 
     def _fetch(self, f: FilePlan, final: Path, result: FileResult, conns: ThreadPoolExecutor) -> tuple[str, str]:
-        """Bring ``f`` to ``final`` verified; return (source label, md5). Sources are tried in order."""
+        """Bring ``f`` to ``final`` verified; return (source label, md5)."""
+
+        def attempt(loc: FileLocation) -> str:
+            size, md5 = self._expected(f, loc)
+            return self._download(f, loc, final, size, md5, result, conns)
+
+        return self._from_sources(f, result, attempt, damaged=ChecksumMismatch)
+
+    def _from_sources(self, f: FilePlan, result: FileResult, attempt: Callable[[FileLocation], T],
+                      damaged: type[Exception]) -> tuple[str, T]:
+        """Try ``attempt`` at each source in order: damaged bytes get one more try at the same source,
+        a failing source is abandoned for the next. Returns (source, what ``attempt`` returned)."""
         if not f.locations:
             raise DownloadError(f"{f.key}: no configured source can serve it", hint="add a source to data.sources (zenodo needs a record in the manifest)", key=f.key)
         failures: list[str] = []
         for loc in f.locations:
             for _ in range(MD5_MISMATCH_TRIES_PER_SOURCE):
                 try:
-                    size, md5 = self._expected(f, loc)
-                    got_md5 = self._download(f, loc, final, size, md5, result, conns)
-                    return loc.url, got_md5
-                except ChecksumMismatch as exc:
+                    return loc.url, attempt(loc)
+                except damaged as exc:
                     result.retries.append(str(exc))
                     self.emit("retry", key=f.key, message=f"{f.key}: {exc}; fetching it again")
                     failures.append(f"{loc.url}: {exc}")
                 except (PermanentError, TransientError) as exc:
-                    reason = exc.reason
-                    result.retries.append(f"{loc.url}: gave up: {reason}")
-                    self.emit("retry", key=f.key, message=f"{f.key}: source {loc.url} failed ({reason}); trying the next source")
-                    failures.append(f"{loc.url}: {reason}")
+                    result.retries.append(f"{loc.url}: gave up: {exc.reason}")
+                    self.emit("retry", key=f.key, message=f"{f.key}: source {loc.url} failed ({exc.reason}); trying the next source")
+                    failures.append(f"{loc.url}: {exc.reason}")
                     break
                 if self.abort.is_set():
                     break
