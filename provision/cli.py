@@ -13,10 +13,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from .errors import ProvisionError
+from .errors import ConfigError, ProvisionError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_REFUSED = 0, 1, 2, 3
-STEPS = ("preflight", "install", "cuda", "data")
+STEPS = ("preflight", "install", "cuda", "book", "data")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plan", parents=[common], help="show what would be done (dry run; writes nothing)")
     p.add_argument("--probe", action="store_true", help="ask the sources for unresolved sizes, checksums and exact unpacked sizes")
 
-    p = sub.add_parser("up", parents=[common], help="preflight, install, cuda, data: everything, in order")
+    p = sub.add_parser("up", parents=[common], help="preflight, install, cuda, book, data: everything, in order")
     p.add_argument("--skip", action="append", default=[], choices=STEPS, help="leave out a step (repeatable)")
     p.add_argument("--only", action="append", default=[], choices=STEPS, help="run only these steps (repeatable)")
     p.add_argument("--dry-run", action="store_true", help="print the plan only (same as `provision plan`)")
@@ -61,7 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("verify", parents=[common], help="check staged files (sizes; --full re-checks contents)")
     p.add_argument("--full", action="store_true", help="re-read every unpacked member and compare its CRC")
 
-    sub.add_parser("status", parents=[common], help="where each file of the data set stands")
+    sub.add_parser("status", parents=[common], help="where each file of the data set stands, and the book's caches")
+
+    p = sub.add_parser("book", parents=[common], help="get the book's code ready: clone at the pinned commit, apply the fixes; --smoke runs Part 2")
+    p.add_argument("--undo", action="store_true", help="take the fixes back (the book's files as committed)")
+    p.add_argument("--smoke", action="store_true", help="then run each Part 2 entry point for a few batches on the staged data")
+    p.add_argument("--dry-run", action="store_true", help="show the book part of the plan only")
 
     p = sub.add_parser("vm", parents=[common], help="create a GCP GPU VM that provisions itself (gcloud)")
     p.add_argument("--dry-run", action="store_true", help="print the exact gcloud command and startup script")
@@ -174,6 +179,8 @@ def _dispatch(args: argparse.Namespace, environ: Mapping[str, str], out: TextIO)
         else:
             print(report.to_json(exported.task) if args.json else exported.yaml_text, file=out, end="" if not args.json else "\n")
         return EXIT_OK
+    if command == "book":
+        return _book(args, config, env, environ, out)
     if command == "vm":
         from .vm import create_vm
 
@@ -218,6 +225,28 @@ def _dispatch(args: argparse.Namespace, environ: Mapping[str, str], out: TextIO)
                 print(f"hint: {summary['error']['hint']}", file=sys.stderr)
         return summary["exit_code"]
     raise AssertionError(command)  # argparse restricts the choices
+
+
+def _book(args: argparse.Namespace, config: Any, env: Any, environ: Mapping[str, str], out: TextIO) -> int:
+    from . import report
+    from .plan import build_plan
+    from .steps import book, smoke
+
+    if args.undo and args.smoke:
+        raise ConfigError("--undo and --smoke do not go together", hint="run the smoke test on the fixed code: provision book --smoke")
+    plan = build_plan(config, environ, env)
+    assert plan.book is not None
+    if args.dry_run:
+        _show(report.asdict_of(plan.book), report.book_plan_text(plan.book), args.json, out)
+        return EXIT_OK
+    result = book(config, plan, undo=args.undo)
+    if not args.smoke:
+        _show(result, report.book_text(result), args.json, out)
+        return EXIT_OK
+    print(report.book_text(result), file=sys.stderr)
+    smoked = smoke(config, build_plan(config, environ, env), env)
+    _show({**result, "smoke": smoked.to_dict()}, report.smoke_text(smoked), args.json, out)
+    return EXIT_OK if smoked.ok else EXIT_FAILED
 
 
 def _show_plan(plan: Any, as_json: bool, out: TextIO) -> None:

@@ -17,6 +17,7 @@ from .schema import build, did_you_mean, set_by_tool
 from .staging.sources import Source, parse_source
 
 PROFILES = ("colab", "vm", "local", "ci")
+BOOK_COMMIT = "d6c0210143daa133bbdeddaffc8993b1e17b5174"  # dlwpt-code's last commit (2020-12-28)
 
 
 def _parse_sources(value: Any, path: str) -> tuple[Source, ...]:
@@ -99,7 +100,8 @@ class DataConfig:
     subsets: tuple[int, ...] | None = field(default=None, metadata={"parse": parse_subsets})
     sources: tuple[Source, ...] = field(default=(parse_source("zenodo"),), metadata={"parse": _parse_sources})
     keep_archives: bool = False
-    reserve_gb: float = field(default=80.0, metadata={"parse": _positive(float)})
+    reserve_gb: float = field(default=0.0, metadata={"parse": _positive(float)})  # kept free after staging, besides the cache
+    cache_gb_per_subset: float = field(default=16.5, metadata={"parse": _positive(float)})  # the book's cache: one chapter's, per subset
     margin_gb: float = field(default=1.0, metadata={"parse": _positive(float)})
     mode: str = field(default="auto", metadata={"parse": _parse_choice("auto", "archive", "stream")})
     connections: int = field(default=8, metadata={"parse": _positive(int)})
@@ -113,6 +115,29 @@ class DataConfig:
     extract_workers: int = field(default=0, metadata={"parse": _positive(int)})
     stream_ranges: int = field(default=1, metadata={"parse": _positive(int)})  # >1: parallel ranges per archive, no archive md5
     gcs: GcsConfig = GcsConfig()
+
+
+@dataclass(frozen=True)
+class SmokeConfig:
+    """`provision book --smoke`: each Part 2 entry point on a few staged scans, epochs capped."""
+
+    samples: int = field(default=64, metadata={"parse": _positive(int)})       # samples per epoch (the book's are up to 300,000)
+    series: int = field(default=6, metadata={"parse": _positive(int)})         # CT series in the smoke's view of the data
+    negatives_per_series: int = field(default=40, metadata={"parse": _positive(int)})  # non-nodule candidates kept per series
+    num_workers: int = field(default=2, metadata={"parse": _positive(int)})    # the book's --num-workers
+    timeout_s: float = field(default=900.0, metadata={"parse": _positive(float)})  # per entry point
+
+
+@dataclass(frozen=True)
+class BookConfig:
+    """The book's code: where it is checked out, at which commit, and the compatibility fixes applied to it."""
+
+    enabled: bool = False               # `provision up` runs the book step
+    repo: str = "https://github.com/deep-learning-with-pytorch/dlwpt-code"  # a URL, a local repository or a git bundle
+    ref: str = BOOK_COMMIT              # a commit, branch or tag
+    dir: str | None = None              # default: the folder that holds data.root (~/dlwpt-code for ~/dlwpt-code/data-unversioned)
+    fixes: str = "book/dlwpt-code.yaml"  # relative to configs/, or a path
+    smoke: SmokeConfig = SmokeConfig()
 
 
 @dataclass(frozen=True)
@@ -149,7 +174,6 @@ class ClusterConfig:
     system_gb: int = field(default=60, metadata={"parse": _positive(int)})  # image, CUDA, Python packages
     entry: str = "p2ch11.training"      # the book's module to run (python -m / torchrun -m)
     args: str = "--epochs 1"
-    book_repo: str = "https://github.com/deep-learning-with-pytorch/dlwpt-code"
     tool_repo: str = "https://github.com/dlwpt-provision/dlwpt-provision"
 
 
@@ -162,6 +186,7 @@ class Config:
     requirements: RequirementsConfig = RequirementsConfig()
     cuda: CudaConfig = CudaConfig()
     data: DataConfig = DataConfig()
+    book: BookConfig = BookConfig()
     vm: VmConfig = VmConfig()
     cluster: ClusterConfig = ClusterConfig()
     files: tuple[str, ...] = field(default=(), metadata={"parse": set_by_tool})
@@ -330,6 +355,13 @@ def _expand_paths(data: dict[str, Any], environ: Mapping[str, str], origins: _Or
                 expand_path(s, environ, f"{origins('data.sources')}: data.sources[{i}]") if isinstance(s, str) else s
                 for i, s in enumerate(sources)
             ]
+    book = data.get("book")
+    if isinstance(book, dict):
+        if isinstance(book.get("dir"), str):
+            book["dir"] = os.path.abspath(expand_path(book["dir"], environ, f"{origins('book.dir')}: book.dir"))
+        repo = book.get("repo")
+        if isinstance(repo, str) and "://" not in repo and not repo.startswith("git@"):
+            book["repo"] = os.path.abspath(expand_path(repo, environ, f"{origins('book.repo')}: book.repo"))  # a local repository or bundle
     reqs = data.get("requirements")
     if isinstance(reqs, dict):
         if isinstance(reqs.get("venv"), str):

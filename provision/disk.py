@@ -48,13 +48,15 @@ class DiskPlan:
     archives_in_flight_bytes: int
     peak_bytes: int
     final_bytes: int
-    reserve_bytes: int
+    reserve_bytes: int  # kept free after staging: the book's cache for these subsets plus data.reserve_gb
     margin_bytes: int
     needed_bytes: int
     estimated: bool
     unresolved: tuple[str, ...]
     fitting_subsets: tuple[int, ...] | None  # None when everything fits or no subsets apply
     fitting_without_reserve: tuple[int, ...] | None = None  # when nothing fits only because of the reserve
+    cache_bytes: int = 0  # the part of the reserve that is the book's cache (per subset staged)
+    subsets: int = 0      # subsets the cache reserve is counted for
 
     @property
     def fits(self) -> bool:
@@ -83,10 +85,22 @@ class DiskRules:
     keep_archives: bool
     files_in_flight: int
     stream: bool = False
+    cache_bytes_per_subset: int = 0  # the book keeps one chapter's cache at a time; it grows with the scans
 
     @property
     def mode(self) -> str:
         return "stream" if self.stream else "archive"
+
+    def cache_bytes(self, items: Sequence[DiskItem]) -> int:
+        """Room for the book's cache of the subsets among ``items`` (staged ones too: the cache covers them all)."""
+        return self.cache_bytes_per_subset * len(subsets_of(items))
+
+    def reserve_for(self, items: Sequence[DiskItem]) -> int:
+        return self.reserve_bytes + self.cache_bytes(items)
+
+
+def subsets_of(items: Sequence[DiskItem]) -> set[int]:
+    return {i.subset for i in items if i.subset is not None}
 
 
 def _needs(items: Sequence[DiskItem], rules: DiskRules) -> tuple[int, int, int, int]:
@@ -118,7 +132,7 @@ def _final(items: Sequence[DiskItem], rules: DiskRules) -> int:
 def needed_bytes(items: Sequence[DiskItem], rules: DiskRules) -> int:
     """max(peak, after staging + reserve) + margin."""
     _, _, _, peak = _needs(items, rules)
-    return max(peak, _final(items, rules) + rules.reserve_bytes) + rules.margin_bytes
+    return max(peak, _final(items, rules) + rules.reserve_for(items)) + rules.margin_bytes
 
 
 def plan_disk(items: Sequence[DiskItem], *, path: str, probe: str, free_bytes: int, rules: DiskRules) -> DiskPlan:
@@ -128,8 +142,8 @@ def plan_disk(items: Sequence[DiskItem], *, path: str, probe: str, free_bytes: i
     fitting = without_reserve = None
     if needed > free_bytes and any(i.subset is not None for i in items):
         fitting = largest_fitting_subsets(items, free_bytes, rules)
-        if not fitting and rules.reserve_bytes:
-            without_reserve = largest_fitting_subsets(items, free_bytes, replace(rules, reserve_bytes=0)) or None
+        if not fitting and (rules.reserve_bytes or rules.cache_bytes_per_subset):
+            without_reserve = largest_fitting_subsets(items, free_bytes, replace(rules, reserve_bytes=0, cache_bytes_per_subset=0)) or None
     return DiskPlan(
         mode=rules.mode,
         path=path,
@@ -140,20 +154,22 @@ def plan_disk(items: Sequence[DiskItem], *, path: str, probe: str, free_bytes: i
         archives_in_flight_bytes=in_flight,
         peak_bytes=peak,
         final_bytes=_final(items, rules),
-        reserve_bytes=rules.reserve_bytes,
+        reserve_bytes=rules.reserve_for(items),
         margin_bytes=rules.margin_bytes,
         needed_bytes=needed,
         estimated=any(i.unpacked_estimated for i in items),
         unresolved=tuple(i.key for i in items if not i.size_known),
         fitting_subsets=fitting,
         fitting_without_reserve=without_reserve,
+        cache_bytes=rules.cache_bytes(items),
+        subsets=len(subsets_of(items)),
     )
 
 
 def largest_fitting_subsets(items: Sequence[DiskItem], free_bytes: int, rules: DiskRules) -> tuple[int, ...]:
     """The longest run of subsets, in order, that fits together with the files every selection needs."""
     always = [i for i in items if i.subset is None]
-    subsets = sorted({i.subset for i in items if i.subset is not None})
+    subsets = sorted(subsets_of(items))
     best: tuple[int, ...] = ()
     for n in range(1, len(subsets) + 1):
         chosen = set(subsets[:n])

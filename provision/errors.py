@@ -91,3 +91,7 @@ class CommandError(ProvisionError):
 
 class LockError(ProvisionError):
     """Another run holds the lock on a data root."""
+
+
+class BookError(ProvisionError):
+    """The book's code cannot be made ready: a clone failed, a fix does not match, a file has the reader's edits."""

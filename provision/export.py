@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from .book.checkout import book_dir
 from .config import Config, configs_dir
 from .disk import GB
 from .errors import ConfigError, DiskSpaceError
@@ -63,6 +64,15 @@ def _profile_ref(config: Config) -> tuple[str, dict[str, str]]:
     return remote, {remote: str(source)}
 
 
+def _home_relative(path: Path) -> str:
+    """~/x for a path under this machine's home (the nodes have their own home), else the path."""
+    home = Path.home()
+    try:
+        return "~/" + str(path.relative_to(home))
+    except ValueError:
+        return shlex.quote(str(path))
+
+
 def export_skypilot(config: Config, overrides: ClusterOverrides, sets: tuple[str, ...] = ()) -> Export:
     """Build the task; refuse a disk smaller than the data plan needs."""
     cluster = dataclasses.replace(config.cluster, **{k: v for k, v in dataclasses.asdict(overrides).items() if v is not None})
@@ -77,8 +87,8 @@ def export_skypilot(config: Config, overrides: ClusterOverrides, sets: tuple[str
     if disk < smallest:
         raise DiskSpaceError(
             f"a {disk} GB disk per node is too small: staging {config.data.dataset} needs {needed / GB:.0f} GB "
-            f"(data, reserve {config.data.reserve_gb:g} GB and margin) plus {cluster.system_gb} GB for the system",
-            hint=f"ask for at least {smallest} GB (--disk-size {smallest}), or stage fewer subsets (--subsets) or lower data.reserve_gb",
+            f"(data, the book's cache and margin) plus {cluster.system_gb} GB for the system",
+            hint=f"ask for at least {smallest} GB (--disk-size {smallest}), or stage fewer subsets (--subsets) or lower data.cache_gb_per_subset",
             needed_gb=smallest, requested_gb=disk,
         )
     warnings = []
@@ -88,6 +98,9 @@ def export_skypilot(config: Config, overrides: ClusterOverrides, sets: tuple[str
             f"{cluster.nodes} nodes would each download the data set from {first.location if first else 'nowhere'}; "
             "mirror it once to a bucket (provision mirror --to gs://BUCKET/luna16/) and put that first in data.sources"
         )
+    if not config.book.enabled:
+        warnings.append("the profile's book step is off (book.enabled: false): the nodes will not have the book's code; "
+                        "set book.enabled: true or clone it in setup yourself")
     profile, mounts = _profile_ref(config)
     flags = " ".join(["-c", shlex.quote(profile), *(f"--set {shlex.quote(s)}" for s in sets)])
     resources: dict[str, Any] = {"accelerators": cluster.accelerators, "disk_size": disk}
@@ -100,8 +113,7 @@ def export_skypilot(config: Config, overrides: ClusterOverrides, sets: tuple[str
     setup = "\n".join([
         "set -e",
         f"[ -d ~/dlwpt-provision/.git ] || git clone --depth 1 {shlex.quote(cluster.tool_repo)} ~/dlwpt-provision",
-        f"[ -d ~/dlwpt-code/.git ] || git clone --depth 1 {shlex.quote(cluster.book_repo)} ~/dlwpt-code",
-        "# setup does not see the GPUs: install and stage here, check the GPU in run",
+        "# setup does not see the GPUs: install, get the book's code (book step) and stage here; check the GPU in run",
         f"bash ~/dlwpt-provision/scripts/provision.sh {flags} --skip cuda",
         "",
     ])
@@ -123,7 +135,7 @@ def export_skypilot(config: Config, overrides: ClusterOverrides, sets: tuple[str
         "set -e",
         "source ~/dlwpt-provision/.venv/bin/activate",
         f"provision check {flags}",
-        "cd ~/dlwpt-code",
+        f"cd {_home_relative(book_dir(config.book.dir, config.data.root))}",
         *train,
         "",
     ])

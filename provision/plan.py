@@ -12,6 +12,9 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from .book.checkout import CheckoutFacts, book_dir, read_committed, read_current
+from .book.checkout import facts as checkout_facts
+from .book.fixes import BookManifest, FileState, judge, load_book_manifest
 from .config import Config, configs_dir
 from .disk import GB, DiskItem, DiskPlan, DiskRules, gb, plan_disk
 from .environment import Environment, FsFacts, fs_facts
@@ -44,6 +47,16 @@ class Facts:
     statuses: Mapping[str, FileStatus]
     environ: Mapping[str, str]
     remote: Mapping[str, RemoteFacts] = field(default_factory=dict)
+    book: BookFacts | None = None
+
+
+@dataclass(frozen=True)
+class BookFacts:
+    """The book's checkout and where each file its fixes touch stands (empty until it is cloned)."""
+
+    manifest: BookManifest
+    checkout: CheckoutFacts
+    states: tuple[FileState, ...]
 
 
 @dataclass(frozen=True)
@@ -89,6 +102,34 @@ class DataPlan:
 
 
 @dataclass(frozen=True)
+class FixPlan:
+    id: str
+    file: str
+    state: str  # to apply | applied | edited | mismatch | missing | after clone
+    why: str
+    problem: str = ""
+
+
+@dataclass(frozen=True)
+class BookPlan:
+    """The book step: get the book's code at ``dir`` (clone when ``head`` is None) and apply its fixes."""
+
+    enabled: bool
+    dir: str
+    repo: str
+    ref: str
+    head: str | None
+    data_link: str  # inside | link | linked | conflict
+    fixes: tuple[FixPlan, ...]
+    manifest: str
+    foreign: tuple[str, ...] = ()  # files that stop a clone into a folder that is not a checkout
+
+    @property
+    def clone(self) -> bool:
+        return self.head is None
+
+
+@dataclass(frozen=True)
 class GpuExpectations:
     required: bool
     min_memory_gb: float
@@ -120,6 +161,7 @@ class Plan:
     data: DataPlan
     disk: tuple[DiskPlan, ...]
     problems: tuple[Problem, ...]
+    book: BookPlan | None = None
 
     @property
     def feasible(self) -> bool:
@@ -154,7 +196,19 @@ def gather_facts(config: Config, environ: Mapping[str, str], environment: Enviro
         data_fs=fs_facts(root),
         statuses=file_statuses(root, keys) if root.is_dir() else {},
         environ=dict(environ),
+        book=gather_book_facts(config),
     )
+
+
+def gather_book_facts(config: Config) -> BookFacts:
+    """The book's checkout (read-only): its commit, and each fixed file as committed and as it is now."""
+    manifest = load_book_manifest(config.book.fixes, configs_dir())
+    checkout = book_dir(config.book.dir, config.data.root)
+    found = checkout_facts(checkout, Path(config.data.root))
+    states: tuple[FileState, ...] = ()
+    if found.head is not None:
+        states = tuple(judge(manifest, lambda f: read_committed(checkout, f), lambda f: read_current(checkout, f)))
+    return BookFacts(manifest, found, states)
 
 
 def make_plan(config: Config, manifest: Manifest, facts: Facts) -> Plan:
@@ -193,6 +247,9 @@ def make_plan(config: Config, manifest: Manifest, facts: Facts) -> Plan:
         ))
     if not disk.fits:
         problems.append(disk_problem(disk, by_mode["stream"] if mode == "archive" else None))
+    book = plan_book(config, facts.book) if facts.book is not None else None
+    if book is not None and book.enabled:
+        problems += book_problems(book)
     return Plan(
         profile=config.name,
         config_files=config.files,
@@ -204,7 +261,39 @@ def make_plan(config: Config, manifest: Manifest, facts: Facts) -> Plan:
         data=data,
         disk=(disk,),
         problems=tuple(problems),
+        book=book,
     )
+
+
+def plan_book(config: Config, found: BookFacts) -> BookPlan:
+    """The book step's decisions: clone or not, how the data is reached, each fix's state."""
+    by_id = {f.id: f for f in found.manifest.fixes}
+    if found.checkout.head is None:
+        fixes = tuple(FixPlan(f.id, f.file, "after clone", f.why) for f in found.manifest.fixes)
+    else:
+        fixes = tuple(FixPlan(fix_id, s.file, s.state, by_id[fix_id].why, s.problem) for s in found.states for fix_id in s.fixes)
+    return BookPlan(config.book.enabled, found.checkout.dir, config.book.repo, config.book.ref, found.checkout.head,
+                    found.checkout.data_link, fixes, found.manifest.path, found.checkout.foreign)
+
+
+def book_problems(book: BookPlan) -> list[Problem]:
+    """What would stop the book step, found before anything is written."""
+    problems = []
+    if book.foreign:
+        problems.append(Problem("book", f"{book.dir} is not a checkout of the book's code but holds other files: {', '.join(book.foreign[:5])}",
+                                "move them away, or set book.dir to an empty folder (data.root is then linked into it)"))
+    if book.data_link == "conflict":
+        problems.append(Problem("book", f"{book.dir}/data-unversioned exists and is not data.root: the book's code would not find the staged data",
+                                "set data.root to that folder, or move it away so that a link to data.root can take its place"))
+    broken = [f for f in book.fixes if f.state in ("mismatch", "missing")]
+    if broken:
+        problems.append(Problem("book", "the book's fixes do not match its code: " + "; ".join(dict.fromkeys(f.problem for f in broken)),
+                                "check book.ref (the checkout is at another commit) or the fixes file (book.fixes)"))
+    edited = sorted({f.file for f in book.fixes if f.state == "edited"})
+    if edited:
+        problems.append(Problem("book", f"files the fixes would change have your own edits: {', '.join(edited)}",
+                                f"they are never overwritten; to start over from the book's version: git -C {book.dir} checkout -- {' '.join(edited)}"))
+    return problems
 
 
 def plan_data(config: Config, manifest: Manifest, facts: Facts) -> DataPlan:
@@ -270,6 +359,7 @@ def disk_item(f: FilePlan) -> DiskItem:
 def disk_rules(config: Config, stream: bool) -> DiskRules:
     return DiskRules(
         reserve_bytes=int(config.data.reserve_gb * GB),
+        cache_bytes_per_subset=int(config.data.cache_gb_per_subset * GB),
         margin_bytes=int(config.data.margin_gb * GB),
         keep_archives=config.data.keep_archives,
         files_in_flight=config.data.files_in_flight,
@@ -314,10 +404,17 @@ def disk_problem(disk: DiskPlan, stream: DiskPlan | None = None) -> Problem:
     if disk.fitting_without_reserve:
         ways.append(f"without the reserve, subsets {format_subsets(disk.fitting_without_reserve)} would fit "
                     "(but the book's cache then has no room: it grows with the subsets staged)")
-    if disk.reserve_bytes:
-        lower = int((disk.reserve_bytes - disk.shortfall_bytes) // GB)
-        example = f", e.g. --set data.reserve_gb={lower}" if lower > 0 else ""
-        ways.append(f"lower data.reserve_gb (now {disk.reserve_bytes / GB:g} GB kept free for the book's cache){example}")
+    if disk.cache_bytes:
+        per_subset = disk.cache_bytes / disk.subsets
+        lower = (disk.cache_bytes - disk.shortfall_bytes) / disk.subsets / GB
+        example = f", e.g. --set data.cache_gb_per_subset={lower:.1f}" if lower > 0.05 else ""
+        ways.append(f"keep less room for the book's cache (now {gb(disk.cache_bytes)}: data.cache_gb_per_subset {per_subset / GB:g} GB "
+                    f"for each of {disk.subsets} subsets; one chapter's cache needs about that){example}")
+    extra = disk.reserve_bytes - disk.cache_bytes
+    if extra:
+        lower_extra = int((extra - disk.shortfall_bytes) // GB)
+        example = f", e.g. --set data.reserve_gb={lower_extra}" if lower_extra > 0 else ""
+        ways.append(f"lower data.reserve_gb (now {extra / GB:g} GB kept free besides the cache){example}")
     if disk.estimated:
         ways.append("the unpacked size is an estimate; `provision plan --probe` reads the exact figure")
     return Problem("data", message, "; ".join(ways))

@@ -63,12 +63,15 @@ def plan_text(plan: Plan) -> str:
             f"  archives {gb(disk.archive_bytes)}, unpacked {'~' if disk.estimated else ''}{gb(disk.unpacked_bytes)}, "
             f"archives on disk at once {gb(disk.archives_in_flight_bytes)}",
             f"  peak {gb(disk.peak_bytes)}, after staging {gb(disk.final_bytes)} + reserve {gb(disk.reserve_bytes)}, margin {gb(disk.margin_bytes)}",
+            *_reserve_lines(disk),
             f"  needed {gb(disk.needed_bytes)}, free {gb(disk.free_bytes)}: {'fits' if disk.fits else 'DOES NOT FIT'}",
         ]
         if disk.estimated:
             lines.append("  (unpacked sizes marked ~ are estimates; `provision plan --probe` reads the exact figures)")
         if disk.unresolved:
             lines.append(f"  (sizes of {', '.join(disk.unresolved)} are unresolved until --probe or staging)")
+    if plan.book is not None:
+        lines += ["", book_plan_text(plan.book, full=False)]
     lines.append("")
     if plan.feasible:
         lines.append("feasible     yes")
@@ -78,6 +81,66 @@ def plan_text(plan: Plan) -> str:
             lines.append(f"  {p.message}")
             lines.append(f"  hint: {p.hint}")
     return "\n".join(lines)
+
+
+def asdict_of(value: Any) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    return asdict(value)
+
+
+def book_plan_text(book: Any, full: bool = True) -> str:
+    """The book step of the plan: the checkout, how it reaches the data, and each fix (``full``: with its reason)."""
+    from .book.checkout import describe
+
+    step = "`provision up` runs it" if book.enabled else "not part of `provision up` in this profile: run `provision book`"
+    lines = [f"book         {book.dir}: {describe(book.head, book.ref)} ({step})"]
+    if book.clone:
+        lines.append(f"  clone      {book.repo} at {book.ref[:10]}" + (" (staged data already there is kept)" if book.data_link == "inside" else ""))
+    link = {"inside": "data.root is its data-unversioned/", "linked": "data-unversioned/ links to data.root",
+            "link": "data-unversioned/ will link to data.root", "conflict": "data-unversioned/ is something else: the book would not find the data"}
+    lines.append(f"  data       {link[book.data_link]}")
+    lines.append(f"  fixes      {len(book.fixes)} from {book.manifest} (`git diff` in the checkout shows them; `provision book --undo` takes them back)")
+    for f in book.fixes:
+        lines.append(f"    {f.state:<12} {f.file:<28} {f.id}" + (f": {f.why}" if full else ""))
+        if f.problem:
+            lines.append(f"    {'':<12} {f.problem}")
+    return "\n".join(lines)
+
+
+def book_text(result: dict[str, Any]) -> str:
+    head = f"{'cloned' if result['cloned'] else 'checkout'} {result['dir']} at {(result['commit'] or '?')[:10]}"
+    lines = [f"book         {head}" + (f" from {result['repo']}" if result["cloned"] else "")]
+    for row in result["fixes"]:
+        lines.append(f"  {row['result']:<16} {row['file']:<28} {row['id']}")
+    changed = result["changed_files"]
+    verb = "restored" if result["undo"] else "changed"
+    lines.append(f"{verb} {len(changed)} file(s)" + (f": {', '.join(changed)}" if changed else "; nothing to do") +
+                 ("" if result["undo"] else f"; run Part 2 from {result['dir']} (its data: {result['data']})"))
+    return "\n".join(lines)
+
+
+def smoke_text(result: Any) -> str:
+    """The smoke table: entry point, result, seconds, and the error's last line."""
+    width = max(len(r.name) for r in result.rows) if result.rows else 10
+    lines = [f"{'entry point':<{width}}  result   seconds  error"]
+    for r in result.rows:
+        lines.append(f"{r.name:<{width}}  {r.outcome.upper() if r.outcome != 'ok' else 'ok':<7} {r.seconds:8.1f}  {r.last_line}")
+    device = {"cuda": "on the GPU", "cpu": "on the CPU (no GPU visible to torch)"}.get(result.device, "device unknown")
+    lines.append(f"{'all entry points ran' if result.ok else 'SOME ENTRY POINTS FAILED'} {device} in {result.elapsed_s:.0f} s; "
+                 f"python {result.python}; {'; '.join(result.notes)}")
+    lines.append(f"logs: {result.view}/logs/")
+    return "\n".join(lines)
+
+
+def _reserve_lines(disk: Any) -> list[str]:
+    """What the reserve is made of: the book's cache, which grows with the subsets staged, and any extra."""
+    if not disk.cache_bytes:
+        return []
+    extra = disk.reserve_bytes - disk.cache_bytes
+    line = (f"  reserve: {gb(disk.cache_bytes)} for the book's cache ({gb(disk.cache_bytes // disk.subsets)} for each of "
+            f"{disk.subsets} subsets: one chapter's cache at a time)")
+    return [line + (f" + {gb(extra)} data.reserve_gb" if extra else "")]
 
 
 class Progress:
@@ -145,12 +208,16 @@ def _in_notebook() -> bool:
 
 
 
-def status_text(rows: list[dict[str, Any]]) -> str:
+def status_text(status: dict[str, Any]) -> str:
     lines = []
-    for r in rows:
+    for r in status["files"]:
         stage = r["stage"] + (f" ({r['percent']}%)" if "percent" in r else "")
         source = f"  from {r['source']}" if r.get("source") else ""
         lines.append(f"{r['key']:<24} {stage}{source}")
+    caches = status["caches"]
+    if caches:
+        lines.append(f"the book's caches ({gb(sum(c['bytes'] for c in caches))} in all; a chapter's can go once you have moved on: rm -r PATH):")
+        lines += [f"  {c['name']:<22} {gb(c['bytes']):>9}  {c['path']}" for c in caches]
     return "\n".join(lines)
 
 
@@ -244,6 +311,8 @@ def up_text(summary: dict[str, Any]) -> str:
     for step, info in summary["steps"].items():
         if step == "data":
             lines.append(stage_text_from_dict(info))
+        elif step == "book":
+            lines.append(f"book       ok: {info['dir']} at {(info['commit'] or '?')[:10]}, {len(info['changed_files'])} file(s) fixed now")
         else:
             lines.append(f"{step:<10} {'ok' if info.get('ok') else 'FAILED'}")
     return "\n".join(lines)

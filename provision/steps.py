@@ -13,7 +13,7 @@ from typing import Any
 
 from .config import Config
 from .environment import Environment
-from .errors import DiskSpaceError, GpuError, PreflightError, ProvisionError
+from .errors import BookError, DiskSpaceError, GpuError, PreflightError, ProvisionError
 from .gpu import GpuReport
 from .manifest import load_manifest
 from .plan import Plan
@@ -60,6 +60,57 @@ def stage(config: Config, plan: Plan) -> StageResult:
         progress.close()
 
 
+def book(config: Config, plan: Plan, *, undo: bool = False) -> dict[str, Any]:
+    """Get the book's code ready: clone it at the pinned commit if needed, link the data, apply the fixes
+    (or, with ``undo``, take them back). All or nothing: a fix that does not match, or a file with the
+    reader's own edits, stops it before anything is written."""
+    from .book import checkout as co
+    from .book.fixes import judge, load_book_manifest, write_states
+    from .config import configs_dir
+    from .plan import book_problems
+
+    assert plan.book is not None  # build_plan always plans the book
+    for problem in book_problems(plan.book):
+        raise PreflightError(problem.message, hint=problem.hint)
+    where = Path(plan.book.dir)
+    cloned = None
+    if plan.book.clone:
+        if undo:
+            raise BookError(f"{where} holds no checkout of the book's code: there are no fixes to take back", hint="run `provision book` first")
+        cloned = co.clone(plan.book.repo, plan.book.ref, where)
+    if not undo:
+        co.link_data(where, Path(config.data.root))
+        co.exclude_local(where)
+    manifest = load_book_manifest(config.book.fixes, configs_dir())
+    states = judge(manifest, lambda f: co.read_committed(where, f), lambda f: co.read_current(where, f))
+    changed = write_states(where, states, undo=undo)
+    by_id = {f.id: f for f in manifest.fixes}
+    rows = []
+    for s in states:
+        done = "undone" if undo and s.file in changed else "applied" if s.file in changed else "already applied" if s.state == "applied" else "not applied"
+        rows += [{"id": fix_id, "file": s.file, "result": done, "why": by_id[fix_id].why} for fix_id in s.fixes]
+    return {"ok": True, "dir": str(where), "commit": cloned or co.head_commit(where), "cloned": cloned is not None, "undo": undo,
+            "repo": plan.book.repo, "data": str(where / co.DATA_FOLDER), "changed_files": changed, "fixes": rows}
+
+
+def smoke(config: Config, plan: Plan, env: Environment) -> Any:
+    """Run each of the book's Part 2 entry points for a few batches on the staged scans (see :mod:`provision.book.smoke`)."""
+    import sys
+
+    from .book.fixes import load_book_manifest
+    from .book.smoke import run_smoke
+    from .config import configs_dir
+    from .install import target_python
+    from .staging.state import work_dir
+
+    assert plan.book is not None
+    manifest = load_book_manifest(config.book.fixes, configs_dir())
+    python = target_python(config.requirements.venv, env.python_executable)
+    root = Path(config.data.root)
+    return run_smoke(Path(plan.book.dir), Path(plan.data.target_dir), manifest.smoke, config.book.smoke, python,
+                     work_dir(root) / "smoke", emit=lambda line: print(line, file=sys.stderr, flush=True))
+
+
 def up(config: Config, plan: Plan, env: Environment, environ: Mapping[str, str], steps: Sequence[str]) -> dict[str, Any]:
     """Run the chosen steps in order; stop at the first that fails. Returns a summary with the exit code."""
     from .report import gpu_dict
@@ -78,6 +129,8 @@ def up(config: Config, plan: Plan, env: Environment, environ: Mapping[str, str],
             if not report.ok:
                 first = next(f for f in report.findings if f.fatal)
                 raise GpuError(first.problem, hint=first.fix)
+        if "book" in steps and config.book.enabled:
+            summary["steps"]["book"] = book(config, plan)
         if "data" in steps:
             result = stage(config, plan)
             summary["steps"]["data"] = result.to_dict()
@@ -104,8 +157,9 @@ def mirror(config: Config, plan: Plan, destination: str, *, dry_run: bool) -> An
         progress.close()
 
 
-def status(config: Config) -> list[dict[str, Any]]:
-    """One row per selected file: missing, partial (percent), verified or extracted. Writes nothing."""
+def status(config: Config) -> dict[str, Any]:
+    """One row per selected file (missing, partial with percent, verified or extracted) and the book's
+    chapter caches with their size on disk, so an old chapter's can be deleted. Writes nothing."""
     from .config import configs_dir
 
     manifest = load_manifest(config.data.dataset, configs_dir())
@@ -120,7 +174,22 @@ def status(config: Config) -> list[dict[str, Any]]:
         if stage == "partial" and f.size:
             row["percent"] = round(100 * partial_bytes(root, f.key) / f.size, 1)
         rows.append(row)
-    return rows
+    return {"files": rows, "caches": cache_sizes(root / "cache")}
+
+
+def cache_sizes(cache_root: Path) -> list[dict[str, Any]]:
+    """The book's caches (data-unversioned/cache/part2chNN_raw, one per chapter) and their bytes on disk."""
+    caches = []
+    for folder in sorted(p for p in cache_root.glob("*") if p.is_dir()) if cache_root.is_dir() else []:
+        used = 0
+        for dirpath, _dirs, names in os.walk(folder):
+            for name in names:
+                try:
+                    used += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
+                except OSError:
+                    continue
+        caches.append({"name": folder.name, "path": str(folder), "bytes": used})
+    return caches
 
 
 def verify(config: Config, *, full: bool) -> dict[str, Any]:

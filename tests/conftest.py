@@ -7,11 +7,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import yaml
 
+from tests.support.book_data import Series, choose_series, write_subset_zips
 from tests.support.dataset import Built, build_luna_like, records_of
 from tests.support.server import Faults, FileServer
 
@@ -44,7 +46,7 @@ def write_profile(tmp_path: Path) -> Callable[..., Path]:
     """Write a profile extending the shipped local.yaml; ``data`` keys are merged over test defaults."""
 
     def write(data: dict, name: str = "profile.yaml", extends: str = "local.yaml", **top: object) -> Path:
-        defaults = {"root": str(tmp_path / "root"), "reserve_gb": 0, "margin_gb": 0, "backoff_s": 0.05, "segment_mb": 1}
+        defaults = {"root": str(tmp_path / "root"), "cache_gb_per_subset": 0, "margin_gb": 0, "backoff_s": 0.05, "segment_mb": 1}
         body = {"extends": str(REPO / "configs" / extends), "requirements": {"files": []}, "data": {**defaults, **data}, **top}
         path = tmp_path / name
         path.write_text(yaml.safe_dump(body, sort_keys=False))
@@ -150,3 +152,104 @@ def bucket(emulator: str, monkeypatch: pytest.MonkeyPatch, request: pytest.Fixtu
     bucket = client.create_bucket(name)
     yield bucket
     gcs._clients.clear()
+
+
+# ---------------------------------------------------------------- the book's code and an interpreter that runs it
+
+SHARED = REPO.parent / "shared"
+
+
+def skip_or_fail(reason: str) -> None:
+    """Skip a test whose parts are missing here; in CI (PROVISION_TEST_REQUIRE_BOOK) that is a failure."""
+    if os.environ.get("PROVISION_TEST_REQUIRE_BOOK"):
+        pytest.fail(f"{reason} (PROVISION_TEST_REQUIRE_BOOK is set: these tests must run)")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def book_bundle() -> tuple[Path, str]:
+    """The book's Part 2 code as a git bundle (PROVISION_TEST_BOOK_BUNDLE or ../shared/book/), and its commit."""
+    path = Path(os.environ.get("PROVISION_TEST_BOOK_BUNDLE") or SHARED / "book" / "dlwpt-code.bundle")
+    if not path.is_file():
+        skip_or_fail(f"the book's code bundle is not here ({path}); set PROVISION_TEST_BOOK_BUNDLE to a clone-able copy of dlwpt-code")
+    heads = subprocess.run(["git", "bundle", "list-heads", str(path)], capture_output=True, text=True, check=True).stdout
+    return path, heads.split()[0]
+
+
+@pytest.fixture
+def book_profile(tmp_path: Path, book_bundle: tuple[Path, str]) -> Callable[..., Path]:
+    """A profile whose book comes from the bundle; data.root is <tmp>/dlwpt-code/data-unversioned unless given."""
+
+    def write(book: dict | None = None, data: dict | None = None, name: str = "book.yaml", **top: object) -> Path:
+        bundle, commit = book_bundle
+        body = {
+            "extends": str(REPO / "configs" / "local.yaml"),
+            "requirements": {"files": []},
+            "data": {"root": str(tmp_path / "dlwpt-code" / "data-unversioned"), "subsets": "0", "cache_gb_per_subset": 0, "margin_gb": 0,
+                     **(data or {})},
+            "book": {"repo": str(bundle), "ref": commit, **(book or {})},
+            **top,
+        }
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump(body, sort_keys=False))
+        return path
+
+    return write
+
+
+@pytest.fixture(scope="session")
+def book_python(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """An interpreter with the book's requirements, installed by a real `provision install` from a local wheel folder.
+
+    The folder (PROVISION_TEST_WHEELS) is filled by scripts/test.sh with `pip download`; torch comes from
+    PROVISION_TEST_TORCH (a CPU build) as it would already be there on Colab. PROVISION_TEST_BOOK_VENV keeps the
+    virtual environment between runs.
+    """
+    wheels = os.environ.get("PROVISION_TEST_WHEELS")
+    torch_spec = os.environ.get("PROVISION_TEST_TORCH")
+    if not wheels or not Path(wheels).is_dir():
+        skip_or_fail("PROVISION_TEST_WHEELS names no wheel folder: run the tests with scripts/test.sh, which fills one")
+    venv = Path(os.environ.get("PROVISION_TEST_BOOK_VENV") or tmp_path_factory.mktemp("book-venv") / "venv")
+    python = venv / "bin" / "python"
+    if not python.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    has_torch = subprocess.run([str(python), "-c", "import torch"], capture_output=True).returncode == 0
+    if not has_torch:
+        if not torch_spec:
+            skip_or_fail("PROVISION_TEST_TORCH is not set, so the book's interpreter has no torch (CI sets torch==2.13.0)")
+        subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", *torch_spec.split()], check=True)
+    profile = tmp_path_factory.mktemp("book-install") / "install.yaml"
+    profile.write_text(yaml.safe_dump({
+        "extends": str(REPO / "configs" / "local.yaml"),
+        "requirements": {"files": [str(REPO / "configs" / "requirements" / "dlwpt.txt")], "venv": str(venv),
+                         "find_links": [wheels], "no_index": True},
+        "data": {"root": str(profile.parent / "root")},
+    }))
+    proc = run_cli("install", "-c", str(profile), timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return str(python)
+
+
+@dataclass(frozen=True)
+class Scans:
+    folder: Path             # subset0.zip, subset1.zip
+    manifest: Path
+    subsets: list[list[Series]]
+    absent: list[Series]     # in the CSVs, never staged
+
+
+@pytest.fixture(scope="session")
+def scans(tmp_path_factory: pytest.TempPathFactory, book_bundle: tuple[Path, str]) -> Scans:
+    """Seven series from the book's CSVs: subsets 0 and 1 of three scans each (about 15 MB zipped each), and one only in the CSVs."""
+    where = tmp_path_factory.mktemp("book-scans")
+    reference = where / "book"
+    subprocess.run(["git", "clone", "-q", str(book_bundle[0]), str(reference)], check=True)
+    chosen = choose_series(reference, 7)
+    subsets = [chosen[:3], chosen[3:6]]
+    paths = write_subset_zips(where / "zips", subsets)
+    import hashlib
+
+    files = [{"key": p.name, "size": p.stat().st_size, "md5": hashlib.md5(p.read_bytes()).hexdigest(), "unpack": True} for p in paths]
+    manifest = where / "luna-synthetic.yaml"
+    manifest.write_text(yaml.safe_dump({"name": "luna-synthetic", "dir": "part2/luna", "unpack_ratio": 4.0, "files": files}))
+    return Scans(where / "zips", manifest, subsets, chosen[6:])

@@ -71,7 +71,7 @@ def test_extends_merges_deeply_and_replaces_lists(tmp_path: Path) -> None:
     child.write_text(f"extends: {REPO / 'configs' / 'vm.yaml'}\ndata:\n  sources: [https://mirror.example.org/luna/]\n  connections: 4\n")
     config = load_config(str(child), environ={"HOME": "/h"})
     assert config.data.connections == 4
-    assert config.data.reserve_gb == 80  # from base, through vm
+    assert config.data.cache_gb_per_subset == 16.5 and config.book.enabled  # from base and vm
     assert [s.location for s in config.data.sources] == ["https://mirror.example.org/luna/"]
     assert config.cuda.min_memory_gb == 8
 

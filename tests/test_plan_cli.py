@@ -47,10 +47,22 @@ def test_colab_with_torch_preinstalled_keeps_it() -> None:
     config = load_config("colab", environ={})
     plan = make_plan(config, load_manifest("luna16", configs_dir()), colab_facts(70 * GB))
     actions = {r.name: r.action for r in plan.install.requirements}
-    assert actions["torch"] == actions["torchvision"] == actions["numpy"] == "satisfied"
+    assert actions["torch"] == actions["numpy"] == "satisfied"
     assert actions["simpleitk"] == actions["diskcache"] == "install"
+    assert "jupyter" not in actions, "Colab is the notebook: no jupyter meta-package"
     planned = [p for cmd in plan.install.commands for p in cmd.packages]
     assert not any(p.startswith(("torch", "numpy")) for p in planned)
+
+
+def test_numpy_before_2_and_torch_before_2_3_are_replaced() -> None:
+    """p2ch13 uses np.bool (gone in numpy 1.24-1.26, back in 2.0); torch before 2.3 was not built for numpy 2."""
+    config = load_config("colab", environ={})
+    plan = make_plan(config, load_manifest("luna16", configs_dir()), colab_facts(70 * GB, {"torch": "2.2.2", "numpy": "1.26.4", "scipy": "1.17.1"}))
+    actions = {r.name: (r.action, r.reason) for r in plan.install.requirements}
+    assert actions["numpy"] == ("install", "1.26.4 does not satisfy >=2.0")
+    assert actions["torch"][0] == "install" and actions["scipy"][0] == "satisfied"
+    vm = load_config("vm", environ={"HOME": "/h"})
+    assert "jupyter" in {r.name for r in make_plan(vm, load_manifest("luna16", configs_dir()), colab_facts(500 * GB)).install.requirements}
 
 
 def test_plan_refuses_when_disk_is_short_and_names_what_fits() -> None:
@@ -61,8 +73,9 @@ def test_plan_refuses_when_disk_is_short_and_names_what_fits() -> None:
     assert problem.exit_code == 3
     assert "/home/u/dlwpt-code/data-unversioned" in problem.message
     assert "78.1 GB is free" in problem.message and "needs" in problem.message
-    assert "subsets 0-3 fit in 78.1 GB free" in problem.hint and "--subsets 0-3" in problem.hint
-    assert "reserve_gb" in problem.hint and "--root" in problem.hint
+    # each subset: about 6.6 GB of archive, ~13 GB unpacked and 16.5 GB for the book's cache
+    assert "subsets 0-1 fit in 78.1 GB free" in problem.hint and "--subsets 0-1" in problem.hint
+    assert "data.cache_gb_per_subset 16.5 GB for each of 10 subsets" in problem.hint and "--root" in problem.hint
 
 
 def test_plan_counts_only_what_is_left_to_fetch(tmp_path: Path) -> None:
@@ -86,7 +99,7 @@ def test_cli_exits_3_on_a_small_disk_and_0_with_room(tmp_path: Path, small_tmpfs
     assert "only 21.0 MB is free" in captured.out
     assert not (small / "data").exists()  # plan writes nothing
     code = main(["plan", "-c", "colab", "--root", str(small / "data"), "--set", "data.dataset=" + str(tiny_manifest(tmp_path)),
-                 "--set", "data.reserve_gb=0", "--set", "data.margin_gb=0"])
+                 "--set", "data.cache_gb_per_subset=0", "--set", "data.margin_gb=0"])
     assert code == 0, capsys.readouterr().out
 
 
@@ -108,14 +121,14 @@ def test_cli_exit_3_when_reserve_exceeds_free_space(tmp_path: Path, capsys: pyte
 def test_plan_writes_nothing(tmp_path: Path) -> None:
     before = sorted(tmp_path.rglob("*"))
     assert main(["plan", "-c", "local", "--root", str(tmp_path / "r"), "--set", f"data.dataset={tiny_manifest(tmp_path)}",
-                 "--set", "data.reserve_gb=0"], stdout=io.StringIO()) == 0
+                 "--set", "data.cache_gb_per_subset=0"], stdout=io.StringIO()) == 0
     assert sorted(tmp_path.rglob("*")) == sorted([*before, tmp_path / "tiny.yaml"])
 
 
 def test_unresolved_sizes_are_reported(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     m = tmp_path / "m.yaml"
     m.write_text("name: m\nfiles:\n  - {key: candidates.csv, record: '3723295'}\n")
-    assert main(["plan", "-c", "local", "--root", str(tmp_path / "r"), "--set", f"data.dataset={m}", "--set", "data.reserve_gb=0"]) == 0
+    assert main(["plan", "-c", "local", "--root", str(tmp_path / "r"), "--set", f"data.dataset={m}", "--set", "data.cache_gb_per_subset=0"]) == 0
     assert "size unresolved" in capsys.readouterr().out
 
 

@@ -213,11 +213,28 @@ def test_status_lists_each_file(built: Built, serve, write_profile, capsys, tmp_
     srv = serve()
     profile = write_profile({"dataset": str(built.manifest), "sources": [srv.url + "/mirror/"], "subsets": "0-1"})
     assert main(["status", "-c", str(profile), "--json"]) == 0
-    assert {r["stage"] for r in json.loads(capsys.readouterr().out)} == {"missing"}
+    assert {r["stage"] for r in json.loads(capsys.readouterr().out)["files"]} == {"missing"}
     assert stage_json(profile, capsys)[0] == 0
     assert main(["status", "-c", str(profile), "--json"]) == 0
-    rows = {r["key"]: r["stage"] for r in json.loads(capsys.readouterr().out)}
+    status = json.loads(capsys.readouterr().out)
+    rows = {r["key"]: r["stage"] for r in status["files"]}
     assert rows == {"subset0.zip": "extracted", "subset1.zip": "extracted", "annotations.csv": "verified"}
+    assert status["caches"] == []
+
+
+def test_status_shows_each_chapter_cache_on_disk(built: Built, write_profile, capsys, tmp_path: Path) -> None:
+    profile = write_profile({"dataset": str(built.manifest), "sources": [str(built.folder)], "subsets": "0"})
+    cache = tmp_path / "root" / "cache"
+    for chapter, size in (("part2ch11_raw", 3_000_000), ("part2ch13_raw", 1_000_000)):
+        (cache / chapter / "00").mkdir(parents=True)
+        (cache / chapter / "00" / "a.val").write_bytes(os.urandom(size))
+    assert main(["status", "-c", str(profile), "--json"]) == 0
+    caches = {c["name"]: c["bytes"] for c in json.loads(capsys.readouterr().out)["caches"]}
+    assert set(caches) == {"part2ch11_raw", "part2ch13_raw"}
+    assert 3_000_000 <= caches["part2ch11_raw"] < 3_100_000 and 1_000_000 <= caches["part2ch13_raw"] < 1_100_000
+    assert main(["status", "-c", str(profile)]) == 0
+    text = capsys.readouterr().out
+    assert "part2ch11_raw" in text and "3.0 MB" in text and "rm -r" in text
 
 
 def test_lock_held_by_a_live_process(built: Built, serve, write_profile, capsys, tmp_path: Path) -> None:
