@@ -12,8 +12,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
-from tests.conftest import REPO
+from tests.conftest import REPO, Scans
+from tests.support.book_data import candidates_csv
 from tests.support.dataset import Built, tree_md5s
 from tests.test_install import make_wheel
 
@@ -69,7 +71,8 @@ def test_setup_notebook_end_to_end(built: Built, serve, tmp_path: Path, colab_ke
     try:
         outputs = execute("setup.ipynb", {
             "SUBSETS": "0-1", "DATA_ROOT": str(root), "SOURCES": [srv.url + "/mirror/"], "CUDA_REQUIRED": False, "TOOL_SOURCE": "",
-            "EXTRA_SETS": [f"data.dataset={built.manifest}", "data.reserve_gb=0", "data.margin_gb=0", f"requirements.files=[{reqs}]",
+            "BOOK": False, "SMOKE": False,
+            "EXTRA_SETS": [f"data.dataset={built.manifest}", "data.cache_gb_per_subset=0", "data.margin_gb=0", f"requirements.files=[{reqs}]",
                            f"requirements.find_links=[{wheels}]", "requirements.no_index=true", "requirements.installer=pip"],
         }, tmp_path)
         text = "\n".join(outputs)
@@ -84,6 +87,7 @@ def test_setup_notebook_end_to_end(built: Built, serve, tmp_path: Path, colab_ke
         assert "installed:  dlwptstandinpkg==1.0" in summary
         assert "staged:     subset0.zip, subset1.zip, annotations.csv" in summary
         assert "GPU:        none (CPU only)" in summary and "free disk:" in summary
+        assert "book code:" not in summary and not (root.parent / ".git").exists(), "BOOK = False: no clone"
         expected = {rel: md5 for key in ("subset0.zip", "subset1.zip") for rel, md5 in built.files[key]["members"].items()}
         tree = tree_md5s(root / "part2" / "luna")
         assert {k: v for k, v in tree.items() if k != "annotations.csv"} == expected
@@ -92,30 +96,37 @@ def test_setup_notebook_end_to_end(built: Built, serve, tmp_path: Path, colab_ke
         subprocess.run([sys.executable, "-m", "pip", "uninstall", "-y", "-q", "dlwptstandinpkg"], capture_output=True)
 
 
-def fake_book_repo(where: Path) -> Path:
-    """A local git repository standing in for deep-learning-with-pytorch/dlwpt-code."""
-    (where / "p2ch11").mkdir(parents=True)
-    (where / "p2ch11" / "training.py").write_text("print('stand-in for the book's training app')\n")
-    (where / ".gitignore").write_text("data-unversioned/\n")
-    for args in (["init", "-q"], ["add", "."], ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "book"]):
-        subprocess.run(["git", *args], cwd=where, check=True)
-    return where
+@pytest.mark.slow
+def test_quickstart_notebook_stages_gets_the_book_smokes_and_trains(scans: Scans, book_bundle, book_python: str, tmp_path: Path,
+                                                                    colab_kernel_env: Path, capsys) -> None:
+    from provision.cli import main
 
-
-def test_quickstart_notebook_clones_the_book_and_stages_beside_it(built: Built, serve, tmp_path: Path, colab_kernel_env: Path) -> None:
-    srv = serve()
-    book_repo = fake_book_repo(tmp_path / "upstream")
+    bundle, commit = book_bundle
     book = tmp_path / "content" / "dlwpt-code"
+    # the bundle lacks the book's 37 MB candidates.csv: check the book out first and write one for the synthetic scans
+    pre = tmp_path / "pre.yaml"
+    pre.write_text(yaml.safe_dump({"extends": str(REPO / "configs" / "local.yaml"), "requirements": {"files": []},
+                                   "data": {"root": str(book / "data-unversioned")}, "book": {"repo": str(bundle), "ref": commit}}))
+    assert main(["book", "-c", str(pre)]) == 0
+    capsys.readouterr()
+    candidates_csv(book / "data" / "part2" / "luna" / "candidates.csv", scans.subsets[0], scans.absent)
+    quick = yaml.safe_load((REPO / "configs" / "book" / "dlwpt-code.yaml").read_text())
+    quick["smoke"] = [e for e in quick["smoke"] if e["name"] in ("p2ch10 dataset", "p2ch11 training")]
+    fixes = tmp_path / "quick-fixes.yaml"
+    fixes.write_text(yaml.safe_dump(quick))
     outputs = execute("part2_quickstart.ipynb", {
-        "SUBSETS": "0", "BOOK_DIR": str(book), "BOOK_REPO": str(book_repo), "SOURCES": [srv.url + "/mirror/"], "TOOL_SOURCE": "",
-        "EXTRA_SETS": [f"data.dataset={built.manifest}", "data.reserve_gb=0", "data.margin_gb=0"],
+        "SUBSETS": "0", "BOOK_DIR": str(book), "BOOK_REPO": str(bundle), "BOOK_REF": commit, "SOURCES": [str(scans.folder)], "TOOL_SOURCE": "",
+        "PYTHON": book_python, "WORKERS": 1,
+        "EXTRA_SETS": [f"data.dataset={scans.manifest}", "data.cache_gb_per_subset=0", "data.margin_gb=0", f"book.fixes={fixes}",
+                       f"requirements.venv={Path(book_python).parent.parent}"],
     }, tmp_path)
     text = "\n".join(outputs)
     assert "ERROR" not in text, text
-    assert (book / "p2ch11" / "training.py").is_file() and (book / ".git").is_dir()
-    scans = sorted((book / "data-unversioned" / "part2" / "luna" / "subset0").glob("*.mhd"))
-    assert len(scans) == 2
-    assert "2 CT scans ready" in outputs[-1] and "python -m p2ch11.training --epochs 1" in outputs[-1]
+    assert "p2ch11 training" in text and "all entry points ran" in text
+    assert "3 CT scans ready" in outputs[-1] and "chapter 11 trained for one epoch" in outputs[-1]
+    runs = list((book / "runs" / "p2ch11").glob("*-trn_cls-*"))
+    assert runs, "the real epoch wrote its tensorboard logs in the book's folder"
+    assert (book / "data-unversioned" / "cache" / "part2ch11_raw").is_dir(), "and filled chapter 11's cache"
 
 
 def test_notebooks_are_stored_without_outputs() -> None:
@@ -126,16 +137,17 @@ def test_notebooks_are_stored_without_outputs() -> None:
                 assert cell.get("outputs") == [] and cell.get("execution_count") is None, f"{path.name} has saved outputs: clear them"
 
 
-def test_setup_notebook_stages_from_a_bucket_after_signing_in(built: Built, serve, tmp_path: Path, colab_kernel_env: Path, bucket) -> None:
+def test_setup_notebook_stages_from_a_bucket_after_signing_in(built: Built, serve, tmp_path: Path, colab_kernel_env: Path, bucket,
+                                                               book_bundle) -> None:
     for key in built.files:
         bucket.blob(f"luna16/{key}").upload_from_string((built.folder / key).read_bytes())
     fallback = serve()
     root = tmp_path / "content" / "dlwpt-code" / "data-unversioned"
-    book_repo = fake_book_repo(tmp_path / "upstream")
+    bundle, commit = book_bundle
     outputs = execute("setup.ipynb", {
         "SUBSETS": "0", "DATA_ROOT": str(root), "BUCKET": f"gs://{bucket.name}/luna16/", "CUDA_REQUIRED": False, "TOOL_SOURCE": "",
-        "CLONE_BOOK": True, "BOOK_REPO": str(book_repo),
-        "EXTRA_SETS": [f"data.dataset={built.manifest}", "data.reserve_gb=0", "data.margin_gb=0", "requirements.files=[]",
+        "BOOK": True, "BOOK_REPO": str(bundle), "BOOK_REF": commit, "SMOKE": False,
+        "EXTRA_SETS": [f"data.dataset={built.manifest}", "data.cache_gb_per_subset=0", "data.margin_gb=0", "requirements.files=[]",
                        f"data.zenodo_url={fallback.url}"],
     }, tmp_path)
     text = "\n".join(outputs)
@@ -148,3 +160,6 @@ def test_setup_notebook_stages_from_a_bucket_after_signing_in(built: Built, serv
     assert fallback.stats.bytes_sent == 0
     assert (root.parent / "p2ch11" / "training.py").is_file(), "the book's code is cloned around the staged data"
     assert (root / "part2" / "luna" / "subset0").is_dir()
+    diff = subprocess.run(["git", "diff", "--name-only"], cwd=root.parent, capture_output=True, text=True, check=True).stdout.split()
+    assert "p2ch14/training.py" in diff, "with its fixes"
+    assert f"book code:  {root.parent} at {commit[:10]}" in outputs[-1]
