@@ -66,6 +66,20 @@ def _positive(kind: type) -> Any:
     return parse
 
 
+def _parse_host_caps(value: Any, path: str) -> dict[str, int]:
+    """``{zenodo.org: 4}``: the most connections to open to each named host at once."""
+    if not isinstance(value, Mapping):
+        raise ValueError("expected a mapping of host name to connections, e.g. {zenodo.org: 4}")
+    caps = {}
+    for host, count in value.items():
+        if not isinstance(host, str) or "/" in host or not host:
+            raise ValueError(f"{host!r} is not a host name (write zenodo.org, not a URL)")
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ValueError(f"{host}: expected a whole number of connections of at least 1, got {count!r}")
+        caps[host.lower()] = count
+    return caps
+
+
 @dataclass(frozen=True)
 class RequirementsConfig:
     files: tuple[str, ...] = ()
@@ -105,6 +119,9 @@ class DataConfig:
     margin_gb: float = field(default=1.0, metadata={"parse": _positive(float)})
     mode: str = field(default="auto", metadata={"parse": _parse_choice("auto", "archive", "stream")})
     connections: int = field(default=8, metadata={"parse": _positive(int)})
+    # Zenodo blocks bursts of parallel downloads from one address (8 blocked, 4 mostly worked, 2 always did)
+    host_connections: dict[str, int] = field(default_factory=lambda: {"zenodo.org": 4}, metadata={"parse": _parse_host_caps})
+    blocked_patience_min: float = field(default=20.0, metadata={"parse": _positive(float)})  # retry a throttling host this long per file
     files_in_flight: int = field(default=3, metadata={"parse": _positive(int)})
     segment_mb: int = field(default=4, metadata={"parse": _positive(int)})
     retries: int = field(default=6, metadata={"parse": _positive(int)})

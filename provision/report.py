@@ -302,8 +302,25 @@ def stage_text(result: Any) -> str:
             lines.append(f"  error: {f.error}")
             if f.hint:
                 lines.append(f"  hint: {f.hint}")
+    lines += source_lines(result.sources)
     lines.append(f"{'done' if result.ok else 'FAILED'} in {result.elapsed_s:.1f} s; data in {result.target_dir}")
     return "\n".join(lines)
+
+
+def source_lines(sources: list[dict[str, Any]]) -> list[str]:
+    """Per host: the connections used, and when it throttled us, how often, why, and the time spent waiting."""
+    lines = []
+    for src in sources:
+        line = f"source {src['host']}: {src['requests']} requests, at most {src['connections_used']} at once (cap {src['connections_cap']})"
+        if src["throttle_events"]:
+            why = ", ".join(f"{reason} x{n}" for reason, n in src["throttle_reasons"].items())
+            line += (f"; throttled {src['throttle_events']} time(s) ({why}), down to {src['connections_now']} connection(s); "
+                     f"{src['waited_s']:.0f} s spent waiting")
+        lines.append(line)
+        if src["throttle_events"]:
+            lines.append("  hint: this host limits or blocks downloads; mirror the data once (provision mirror --to gs://BUCKET/luna16/) "
+                         "and put that first in data.sources")
+    return lines
 
 
 def up_text(summary: dict[str, Any]) -> str:

@@ -26,7 +26,8 @@ from . import extract as extracting
 from .local import LocalTransfer, try_hardlink
 from .segments import SegmentedDownload
 from .state import StateStore, partial_dir, run_lock, size_of
-from .transfer import BUFFER_BYTES, NoRangeSupport, PermanentError, Transfer, TransientError, backoff_s
+from .throttle import Throttle
+from .transfer import BUFFER_BYTES, NoRangeSupport, NotTheFile, PermanentError, Retrier, Transfer, TransientError
 from .zenodo import ZenodoRecords
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,7 @@ class StageResult:
     elapsed_s: float
     root: str
     target_dir: str
+    sources: list[dict[str, Any]] = field(default_factory=list)  # per host: connections used, throttling, waiting
 
     @property
     def ok(self) -> bool:
@@ -64,7 +66,7 @@ class StageResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, "elapsed_s": round(self.elapsed_s, 3), "bytes_fetched": self.bytes_fetched,
-                "root": self.root, "target_dir": self.target_dir, "files": [asdict(f) for f in self.files]}
+                "root": self.root, "target_dir": self.target_dir, "sources": self.sources, "files": [asdict(f) for f in self.files]}
 
 
 class ChecksumMismatch(Exception):
@@ -121,7 +123,8 @@ class Stager:
         self._emit = emit or (lambda event, **info: None)
         self.abort = threading.Event()
         self.mode = plan.mode
-        self._zenodo = ZenodoRecords(data.zenodo_url, data.timeout_s)
+        self.throttle = Throttle(data.host_connections, data.connections, stop=self.abort)
+        self._zenodo = ZenodoRecords(data.zenodo_url, data.timeout_s, self.throttle)
 
     def emit(self, event: str, **info: Any) -> None:
         with self._emit_lock:
@@ -165,7 +168,8 @@ class Stager:
                         fatal.append(exc)
             if fatal:
                 raise fatal[0]
-        return StageResult([results[f.key] for f in self.plan.files], time.monotonic() - start, str(self.root), str(self.target))
+        return StageResult([results[f.key] for f in self.plan.files], time.monotonic() - start, str(self.root), str(self.target),
+                           [r.to_dict() for r in self.throttle.records()])
 
     def _drivers(self) -> int:
         """Files handled at once: in stream mode each archive is one ordered stream, so one per connection."""
@@ -208,14 +212,14 @@ class Stager:
     # ------------------------------------------------------------ fetching
 
     @staticmethod
-    def transfer_for(loc: FileLocation, cfg: DataConfig) -> Transfer:
+    def transfer_for(loc: FileLocation, cfg: DataConfig, throttle: Throttle | None = None) -> Transfer:
         """The transfer that reads ``loc`` (imports for the source kind happen only here)."""
         if loc.kind == "local":
             return LocalTransfer(loc.url)
         if loc.kind in ("http", "zenodo"):
             from .http import HttpTransfer
 
-            return HttpTransfer(loc.url, cfg.timeout_s)
+            return HttpTransfer(loc.url, cfg.timeout_s, throttle.gate(loc.url) if throttle else None)
         if loc.kind == "gs":
             from .gcs import GcsTransfer
 
@@ -249,8 +253,7 @@ class Stager:
             if need.only is None:
                 state.update(f.key, unpack=True, streaming=True, md5=md5, size=size, source=loc.url, verified=False, extracted=False)
             return stream_archive(
-                transfer, layout, only=need.only, expected_md5=md5, retries=self.cfg.retries, sleep=self._sleep,
-                backoff=lambda attempt, after: backoff_s(attempt, after, self.cfg.backoff_s),
+                transfer, layout, only=need.only, expected_md5=md5, retrier=self.retrier, sleep=self._sleep,
                 on_bytes=lambda n: self._count(result, f.key, n), note_retry=result.retries.append,
                 stop=self.abort, free_bytes=self._free_bytes, parallel=self.cfg.stream_ranges,
             )
@@ -298,6 +301,7 @@ class Stager:
         if not f.locations:
             raise DownloadError(f"{f.key}: no configured source can serve it", hint="add a source to data.sources (zenodo needs a record in the manifest)", key=f.key)
         failures: list[str] = []
+        refused = False  # a host blocked or throttled us, or answered with a web page
         for loc in f.locations:
             for _ in range(MD5_MISMATCH_TRIES_PER_SOURCE):
                 try:
@@ -307,6 +311,7 @@ class Stager:
                     self.emit("retry", key=f.key, message=f"{f.key}: {exc}; fetching it again")
                     failures.append(f"{loc.url}: {exc}")
                 except (PermanentError, TransientError) as exc:
+                    refused = refused or isinstance(exc, NotTheFile) or getattr(exc, "throttle", False)
                     result.retries.append(f"{loc.url}: gave up: {exc.reason}")
                     self.emit("retry", key=f.key, message=f"{f.key}: source {loc.url} failed ({exc.reason}); trying the next source")
                     failures.append(f"{loc.url}: {exc.reason}")
@@ -320,7 +325,13 @@ class Stager:
                 hint="the manifest's md5 or the sources are wrong; check the data set's record",
                 key=f.key, expected=expected_md5,
             )
-        raise DownloadError(f"{f.key} could not be fetched: " + "; ".join(failures), hint="check the network and data.sources, then run again: what was fetched is kept", key=f.key)
+        hint = "check the network and data.sources, then run again: what was fetched is kept"
+        if refused:
+            hint = ("the server refused this network (blocked, rate-limited, or a web page instead of the file): run again later "
+                    "(what was fetched is kept), with fewer connections (data.host_connections) or more patience "
+                    "(data.blocked_patience_min); or mirror the data once to a bucket (provision mirror --to gs://BUCKET/luna16/) "
+                    "or copy it to a folder, and put that first in data.sources")
+        raise DownloadError(f"{f.key} could not be fetched: " + "; ".join(failures), hint=hint, key=f.key)
 
     def _download(self, f: FilePlan, loc: FileLocation, final: Path, size: int | None, md5: str | None,
                   result: FileResult, conns: ThreadPoolExecutor) -> str:
@@ -344,7 +355,7 @@ class Stager:
     def _open(self, f: FilePlan, loc: FileLocation, size: int | None, md5: str | None,
               result: FileResult) -> tuple[Transfer, int | None, str | None, bool]:
         """The transfer for ``loc``, with size, md5 and range support; a copy that differs from the manifest is refused."""
-        transfer = self.transfer_for(loc, self.cfg)
+        transfer = self.transfer_for(loc, self.cfg, self.throttle)
         ranges = True  # with a known size, the first ranged answer tells whether the source honours ranges
         if size is None or loc.kind == "gs":  # a bucket's metadata is one cheap call and carries the md5
             info = self._with_retries(transfer.info, f"{f.key}: asking {loc.url} for the size", result)
@@ -372,10 +383,10 @@ class Stager:
                         size: int | None, md5: str | None, result: FileResult) -> str:
         """For sources without ranges: one stream from byte 0, hashed as it arrives; a retry starts over."""
         progress_path.unlink(missing_ok=True)
-        digest = self._with_retries(lambda: self._stream_once(f, transfer, part, result), f"{transfer.label} (whole file, from its start)", result)
+        digest = self._with_retries(lambda: self._stream_once(f, transfer, part, size, result), f"{transfer.label} (whole file, from its start)", result)
         return self._finish(part, final, size, md5, digest, transfer.label)
 
-    def _stream_once(self, f: FilePlan, transfer: Transfer, part: Path, result: FileResult) -> str:
+    def _stream_once(self, f: FilePlan, transfer: Transfer, part: Path, size: int | None, result: FileResult) -> str:
         """One whole-file pass, hashed as it arrives; on failure the bytes it counted are taken back."""
         hasher = hashlib.md5()
         written = 0
@@ -392,7 +403,7 @@ class Stager:
 
         try:
             with open(part, "wb") as out:
-                transfer.read_all(sink)
+                transfer.read_all(sink, size)
         except TransientError:
             self.emit("bytes", n=-written, key=f.key)
             raise
@@ -409,17 +420,19 @@ class Stager:
         os.replace(part, final)
         return got_md5
 
+    def retrier(self) -> Retrier:
+        """The retry policy for one transfer: tries for ordinary errors, minutes of patience for a throttling host."""
+        return Retrier(self.cfg.retries, self.cfg.backoff_s, self.cfg.blocked_patience_min * 60)
+
     def _with_retries(self, call: Callable[[], T], what: str, result: FileResult) -> T:
-        attempts = 0
+        retrier = self.retrier()
         while True:
             try:
                 return call()
             except TransientError as exc:
-                attempts += 1
-                if attempts > self.cfg.retries:
-                    raise
+                delay = retrier.after(exc)
                 result.retries.append(f"{what}: {exc.reason}")
-                self._sleep(backoff_s(attempts, exc.retry_after_s, self.cfg.backoff_s))
+                self._sleep(delay)
 
     def _sleep(self, seconds: float) -> None:
         if self.abort.wait(seconds):

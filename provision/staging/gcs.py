@@ -148,7 +148,7 @@ class GcsTransfer:
             raise PermanentError(f"{self.url}: no such object")
         return RemoteInfo(size=blob.size, ranges=True, md5=md5_hex(blob))
 
-    def read_range(self, start: int, end: int, sink: Sink, on_open: Callable[[bool], None] | None = None, whole_ok: bool = False) -> None:
+    def read_range(self, start: int, end: int, sink: Sink, on_open: Callable[[bool], None] | None = None, whole_size: int | None = None) -> None:
         if on_open is not None:
             on_open(True)
         got = 0
@@ -163,6 +163,6 @@ class GcsTransfer:
         if got != end - start:
             raise TransientError(f"{self.url} sent {got} of {end - start} bytes")
 
-    def read_all(self, sink: Sink) -> None:
+    def read_all(self, sink: Sink, size: int | None = None) -> None:
         with gcs_errors(self.url, self.bucket_name, self.client):
             self.bucket.blob(self.name).download_to_file(_SinkFile(sink), checksum=None, timeout=self.timeout_s)

@@ -1,4 +1,10 @@
-"""HTTP(S) transfers: ranged GETs on keep-alive sessions (one per thread), with errors sorted for retry."""
+"""HTTP(S) transfers: ranged GETs on keep-alive sessions (one per thread), with errors sorted for retry.
+
+Every request goes through its host's gate (:mod:`.throttle`). An answer is only taken as the file
+when it is what was asked for: a 206 for the range, or a 200 whose length is the file's size and
+whose type is not a web page. Anything else (a login page, Zenodo's "unusual traffic" page) fails
+that source at once, saying what came back.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +15,14 @@ from collections.abc import Callable
 from typing import Any
 
 from .. import __version__
-from .transfer import BUFFER_BYTES, NoRangeSupport, PermanentError, RemoteInfo, Sink, TransientError
+from .throttle import HostGate
+from .transfer import BUFFER_BYTES, NoRangeSupport, NotTheFile, PermanentError, RemoteInfo, Sink, TransientError
 
 USER_AGENT = f"dlwpt-provision/{__version__} (+https://github.com/dlwpt-provision/dlwpt-provision; data staging for Deep Learning with PyTorch)"
 RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
-THROTTLE_STATUS = frozenset({403, 429})  # Zenodo answers 403 when it throttles a client
+THROTTLE_STATUS = frozenset({403, 429})  # Zenodo answers 403 (with an HTML page) when it blocks a client
+BLOCK_WORDS = ("unusual traffic", "has been blocked", "too many requests", "rate limit")
+PEEK_BYTES = 4096
 
 _local = threading.local()
 
@@ -49,57 +58,105 @@ def retry_after_seconds(value: str | None, now: float | None = None) -> float | 
     return max(0.0, when - (now if now is not None else time.time()))
 
 
-def _raise_for(response: Any, url: str, throttle_retries: bool = True) -> None:
-    status = response.status_code
-    if status in RETRYABLE_STATUS or (status == 403 and throttle_retries):
-        raise TransientError(f"HTTP {status} from {url}", retry_after_seconds(response.headers.get("Retry-After")))
-    raise PermanentError(f"HTTP {status} from {url}")
+def _size_text(n: int | None) -> str:
+    if n is None:
+        return "of unknown length"
+    return f"of {n / 1e3:.1f} kB" if n < 1_000_000 else f"of {n / 1e6:.1f} MB"
+
+
+def _peek(response: Any) -> str:
+    """The start of a body we will not keep (to say what it was)."""
+    try:
+        return response.raw.read(PEEK_BYTES, decode_content=True).decode("utf-8", "replace")
+    except Exception:  # noqa: BLE001 - only for the message
+        return ""
+
+
+def _is_page(response: Any, head: str) -> bool:
+    kind = response.headers.get("Content-Type", "").lower()
+    return kind.startswith(("text/html", "application/xhtml")) or head.lstrip()[:15].lower().startswith(("<!doctype html", "<html"))
+
+
+def describe_answer(response: Any, head: str) -> str:
+    """'an HTML page of 5.0 kB, status 200' and, for a block page, what it says."""
+    length = response.headers.get("Content-Length")
+    size = _size_text(int(length) if length and length.isdigit() else None)
+    what = f"an HTML page {size}" if _is_page(response, head) else f"a body {size} ({response.headers.get('Content-Type', 'no type')})"
+    said = next((w for w in BLOCK_WORDS if w in head.lower()), None)
+    return f"{what}, status {response.status_code}" + (f" saying '{said}'" if said else "")
 
 
 class HttpTransfer:
-    """One URL. ``timeout_s`` bounds connecting and each read."""
+    """One URL. ``timeout_s`` bounds connecting and each read; ``gate`` admits requests to its host."""
 
-    def __init__(self, url: str, timeout_s: float = 60.0) -> None:
+    def __init__(self, url: str, timeout_s: float = 60.0, gate: HostGate | None = None, deadline: Callable[[], float | None] | None = None) -> None:
         self.url = url
         self.label = url
         self.timeout_s = timeout_s
+        self.gate = gate or HostGate(url, 64)
+        self.deadline = deadline or (lambda: None)
 
     def _get(self, headers: dict[str, str]) -> Any:
         import requests
 
         try:
-            return session().get(self.url, headers=headers, stream=True, timeout=(min(self.timeout_s, 30.0), self.timeout_s))
+            response = session().get(self.url, headers=headers, stream=True, timeout=(min(self.timeout_s, 30.0), self.timeout_s))
         except (requests.ConnectionError, requests.Timeout) as exc:
             raise TransientError(f"cannot connect to {self.url}: {type(exc).__name__}") from None
         except requests.RequestException as exc:
             raise PermanentError(f"bad request for {self.url}: {exc}") from None
+        self.gate.rate_headers(response.headers)
+        return response
+
+    def _refused(self, response: Any) -> None:
+        """Raise for an error status: a throttle (403/429, told to the gate), a retryable one, or a final one."""
+        status = response.status_code
+        retry_after = retry_after_seconds(response.headers.get("Retry-After"))
+        if status in THROTTLE_STATUS:
+            what = describe_answer(response, _peek(response)) if status == 403 else f"HTTP {status}"
+            self.gate.throttled(f"HTTP {status}" + (" block page" if "page" in what else ""), retry_after)
+            raise TransientError(f"{self.url} refused us: {what}", retry_after, throttle=True)
+        if status in RETRYABLE_STATUS:
+            raise TransientError(f"HTTP {status} from {self.url}", retry_after)
+        raise PermanentError(f"HTTP {status} from {self.url}")
+
+    def _not_the_file(self, response: Any, expected: str) -> NotTheFile:
+        head = _peek(response)
+        what = describe_answer(response, head)
+        if _is_page(response, head):
+            self.gate.throttled(f"HTTP {response.status_code} web page instead of the file")
+            return NotTheFile(f"{self.url} answered with {what} instead of {expected}: the server may be blocking this network "
+                              "(mirror the data once to a bucket or a folder and stage from there)")
+        return NotTheFile(f"{self.url} answered with {what} instead of {expected}")
 
     def info(self) -> RemoteInfo:
-        response = self._get({"Range": "bytes=0-0"})
-        with response:
+        with self.gate.slot(self.deadline()), self._get({"Range": "bytes=0-0"}) as response:
             if response.status_code == 206:
                 total = response.headers.get("Content-Range", "").rpartition("/")[2]
                 return RemoteInfo(size=int(total) if total.isdigit() else None, ranges=True)
             if response.status_code == 200:
+                if _is_page(response, ""):
+                    raise self._not_the_file(response, "the file")
                 length = response.headers.get("Content-Length")
                 return RemoteInfo(size=int(length) if length and length.isdigit() else None, ranges=False)
-            _raise_for(response, self.url)
+            self._refused(response)
         raise AssertionError("unreachable")
 
-    def read_range(self, start: int, end: int, sink: Sink, on_open: Callable[[bool], None] | None = None, whole_ok: bool = False) -> None:
-        response = self._get({"Range": f"bytes={start}-{end - 1}"})
-        with response:
+    def read_range(self, start: int, end: int, sink: Sink, on_open: Callable[[bool], None] | None = None, whole_size: int | None = None) -> None:
+        with self.gate.slot(self.deadline()), self._get({"Range": f"bytes={start}-{end - 1}"}) as response:
             if response.status_code == 200:
                 length = response.headers.get("Content-Length")
-                if start == 0 and (whole_ok or length == str(end)):
+                if start == 0 and whole_size is not None and length == str(whole_size) and not _is_page(response, ""):
                     # the source ignores ranges: this answer is the whole file, take it rather than ask again
                     if on_open is not None:
                         on_open(False)
-                    self._pump(response, int(length) if length and length.isdigit() else None, sink)
+                    self._pump(response, whole_size, sink)
                     return
+                if _is_page(response, "") or (start == 0 and whole_size is not None and length is not None):
+                    raise self._not_the_file(response, f"bytes {start}-{end - 1}" + (f" of a {_size_text(whole_size)[3:]} file" if whole_size else ""))
                 raise NoRangeSupport(self.url)
             if response.status_code != 206:
-                _raise_for(response, self.url)
+                self._refused(response)
             got = response.headers.get("Content-Range", "")
             if not got.startswith(f"bytes {start}-"):
                 raise TransientError(f"{self.url} answered range {got!r} for bytes {start}-{end - 1}")
@@ -107,13 +164,14 @@ class HttpTransfer:
                 on_open(True)
             self._pump(response, end - start, sink)
 
-    def read_all(self, sink: Sink) -> None:
-        response = self._get({})
-        with response:
+    def read_all(self, sink: Sink, size: int | None = None) -> None:
+        with self.gate.slot(self.deadline()), self._get({}) as response:
             if response.status_code != 200:
-                _raise_for(response, self.url)
+                self._refused(response)
             length = response.headers.get("Content-Length")
-            self._pump(response, int(length) if length and length.isdigit() else None, sink)
+            if _is_page(response, "") or (size is not None and length is not None and length != str(size)):
+                raise self._not_the_file(response, "the file" + (f" ({_size_text(size)[3:]})" if size else ""))
+            self._pump(response, int(length) if length and length.isdigit() else size, sink)
 
     def _pump(self, response: Any, expected: int | None, sink: Sink) -> None:
         """Hand the body to ``sink`` as it arrives: a dropped connection loses nothing already received."""
@@ -141,17 +199,12 @@ class HttpTransfer:
             raise TransientError(f"{self.url} sent {got} of {expected} bytes")
 
 
-def get_json(url: str, timeout_s: float = 30.0) -> Any:
+def get_json(url: str, timeout_s: float = 30.0, gate: HostGate | None = None) -> Any:
     """GET a JSON document (the Zenodo API), raising Transient/PermanentError."""
-    import requests
-
-    try:
-        response = session().get(url, timeout=timeout_s, headers={"Accept": "application/json"})
-    except (requests.ConnectionError, requests.Timeout) as exc:
-        raise TransientError(f"cannot connect to {url}: {type(exc).__name__}") from None
-    with response:
+    transfer = HttpTransfer(url, timeout_s, gate)
+    with transfer.gate.slot(), transfer._get({"Accept": "application/json"}) as response:
         if response.status_code != 200:
-            _raise_for(response, url)
+            transfer._refused(response)
         try:
             return response.json()
         except ValueError:

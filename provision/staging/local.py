@@ -19,7 +19,7 @@ class LocalTransfer:
         except OSError as exc:
             raise PermanentError(f"{self.path}: {exc.strerror}") from None
 
-    def read_range(self, start: int, end: int, sink: Sink, on_open: Callable[[bool], None] | None = None, whole_ok: bool = False) -> None:
+    def read_range(self, start: int, end: int, sink: Sink, on_open: Callable[[bool], None] | None = None, whole_size: int | None = None) -> None:
         try:
             fd = os.open(self.path, os.O_RDONLY)
         except OSError as exc:
@@ -37,7 +37,7 @@ class LocalTransfer:
         finally:
             os.close(fd)
 
-    def read_all(self, sink: Sink) -> None:
+    def read_all(self, sink: Sink, size: int | None = None) -> None:
         self.read_range(0, os.stat(self.path).st_size, sink)
 
 

@@ -50,6 +50,8 @@ class RangeReader(io.RawIOBase):
             buf = bytearray()
             self.transfer.read_range(start, end, buf.extend)
             self.requests += 1
+            if len(buf) != end - start:
+                raise TransientError(f"{self.transfer.label} sent {len(buf)} of bytes {start}-{end - 1}")
             self.blocks[index] = bytes(buf)
         return self.blocks[index]
 
@@ -80,10 +82,15 @@ def probe_remote(config: Config, manifest: Manifest) -> dict[str, RemoteFacts]:
     unpacked sizes, and for a bucket source whether it holds the file (present / missing / differs)."""
     from ..plan import FileLocation
     from .engine import Stager
+    from .throttle import Throttle
     from .zenodo import ZenodoRecords
 
-    opener = Stager.transfer_for
-    zenodo = ZenodoRecords(config.data.zenodo_url, config.data.timeout_s)
+    throttle = Throttle(config.data.host_connections, config.data.connections)
+
+    def opener(loc: FileLocation, cfg: Any) -> Transfer:
+        return Stager.transfer_for(loc, cfg, throttle)
+
+    zenodo = ZenodoRecords(config.data.zenodo_url, config.data.timeout_s, throttle)
     facts: dict[str, RemoteFacts] = {}
     for f in manifest.select(config.data.subsets):
         bucket_status = None

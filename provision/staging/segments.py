@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from ..errors import OutOfSpaceError
 from ..plan import FilePlan
 from .state import atomic_write_json, read_json, size_of
-from .transfer import BUFFER_BYTES, Transfer, TransientError, backoff_s
+from .transfer import BUFFER_BYTES, Transfer, TransientError
 
 if TYPE_CHECKING:
     from .engine import FileResult, Stager
@@ -57,6 +57,7 @@ class SegmentedDownload:
         self.gate = threading.Event()
         self.whole = False
         self.errors: list[BaseException] = []
+        self.workers_left = 0  # the md5 follower stops waiting once no worker is left to deliver bytes
         self._saved_at = 0.0
         self.done = self._resume()
 
@@ -96,6 +97,7 @@ class SegmentedDownload:
         fd = os.open(self.part, os.O_WRONLY)
         try:
             pending = [s for s in sorted(self.done) if self.done[s] < self._length(s)]
+            self.workers_left = len(pending)
             futures = [self.conns.submit(self._segment_worker, fd, s, i == 0) for i, s in enumerate(pending)]
             try:
                 digest = self._hash_following()
@@ -121,11 +123,14 @@ class SegmentedDownload:
         with open(self.part, "rb", buffering=0) as reader:
             while hashed < self.size:
                 with self.cond:
-                    while not self.errors and not self.s.abort.is_set() and _contiguous(self.done, self.segment, self.size) <= hashed:
+                    while (not self.errors and not self.s.abort.is_set() and self.workers_left > 0
+                           and _contiguous(self.done, self.segment, self.size) <= hashed):
                         self.cond.wait(0.5)
                     if self.errors or self.s.abort.is_set():
                         raise self.errors[0] if self.errors else OutOfSpaceError.disk_full(self.part)
                     upto = _contiguous(self.done, self.segment, self.size)
+                    if upto <= hashed:  # every worker has returned, yet bytes are missing: never wait for them
+                        raise TransientError(f"{self.transfer.label} delivered {upto} of {self.size} bytes in order")
                 while hashed < upto:
                     chunk = os.pread(reader.fileno(), min(BUFFER_BYTES * 8, upto - hashed), hashed)
                     hasher.update(chunk)
@@ -146,6 +151,14 @@ class SegmentedDownload:
             n -= take
 
     def _segment_worker(self, fd: int, start: int, lead: bool) -> None:
+        try:
+            self._fetch_segment(fd, start, lead)
+        finally:
+            with self.cond:
+                self.workers_left -= 1
+                self.cond.notify_all()
+
+    def _fetch_segment(self, fd: int, start: int, lead: bool) -> None:
         if not lead:
             while not self.gate.wait(0.2):
                 if self.cancel.is_set() or self.s.abort.is_set():
@@ -153,9 +166,7 @@ class SegmentedDownload:
             if self.whole:
                 return
         end = start + self._length(start)
-        idle_attempts = 0
-        total_attempts = 0
-        retries = self.s.cfg.retries
+        retrier = self.s.retrier()
         try:
             while not self.cancel.is_set() and not self.s.abort.is_set():
                 pos = start + self.done[start]
@@ -182,15 +193,15 @@ class SegmentedDownload:
                     self.s.emit("bytes", n=len(chunk), key=self.f.key)
 
                 try:
-                    self.transfer.read_range(pos, end, sink, on_open=self._opened if lead else None, whole_ok=lead and pos == 0)
+                    self.transfer.read_range(pos, end, sink, on_open=self._opened if lead else None,
+                                             whole_size=self.size if lead and pos == 0 else None)
+                    if pos == before and not self.whole:
+                        raise TransientError(f"{self.transfer.label} ended bytes {pos}-{end - 1} without sending any")
                 except TransientError as exc:
-                    total_attempts += 1
-                    idle_attempts = 0 if pos > before else idle_attempts + 1
-                    if idle_attempts > retries or total_attempts > retries * 4:
-                        raise
+                    delay = retrier.after(exc, progressed=pos > before)
                     with self.cond:
                         self.result.retries.append(f"{self.transfer.label} bytes {pos}-{end - 1}: {exc.reason}")
-                    if self.cancel.wait(backoff_s(idle_attempts or 1, exc.retry_after_s, self.s.cfg.backoff_s)):
+                    if self.cancel.wait(delay):
                         return
                 if self.whole:
                     return

@@ -29,7 +29,7 @@ from typing import Any
 from ..errors import ExtractError, OutOfSpaceError
 from .extract import TMP_SUFFIX, Member, list_members, member_done
 from .probe import BLOCK_BYTES, RangeReader
-from .transfer import BUFFER_BYTES, Transfer, TransientError
+from .transfer import BUFFER_BYTES, Retrier, Transfer, TransientError
 
 LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")
 LOCAL_SIGNATURE = b"PK\x03\x04"
@@ -305,9 +305,8 @@ def stream_archive(
     *,
     only: frozenset[str] | None,
     expected_md5: str | None,
-    retries: int,
+    retrier: Callable[[], Retrier],
     sleep: Callable[[float], None],
-    backoff: Callable[[int, float | None], float],
     on_bytes: Callable[[int], None],
     note_retry: Callable[[str], None],
     stop: threading.Event,
@@ -335,7 +334,7 @@ def stream_archive(
 
     def pump(parser: StreamUnpacker) -> None:
         try:
-            _pump(transfer, parser, retries, sleep, backoff, on_bytes, note_retry, stop)
+            _pump(transfer, parser, retrier(), sleep, on_bytes, note_retry, stop)
         except BaseException:
             parser.abandon()  # completed members are CRC-checked and stay: the next run continues after them
             raise
@@ -366,28 +365,26 @@ def stream_archive(
     return StreamOutcome(members, len(written), digest)
 
 
-def _pump(transfer: Transfer, parser: StreamUnpacker, retries: int, sleep: Callable[[float], None],
-          backoff: Callable[[int, float | None], float], on_bytes: Callable[[int], None], note_retry: Callable[[str], None],
-          stop: threading.Event) -> None:
+def _pump(transfer: Transfer, parser: StreamUnpacker, retrier: Retrier, sleep: Callable[[float], None],
+          on_bytes: Callable[[int], None], note_retry: Callable[[str], None], stop: threading.Event) -> None:
     """Feed the parser from ``parser.pos`` to ``parser.end``; a dropped connection continues at the exact byte."""
 
     def sink(chunk: bytes) -> None:
         parser.feed(chunk)
         on_bytes(len(chunk))
 
-    attempts = 0
     while parser.pos < parser.end:
         if stop.is_set():
             raise OutOfSpaceError.stopped()
         before = parser.pos
         try:
             transfer.read_range(parser.pos, parser.end, sink)
+            if parser.pos == before:
+                raise TransientError(f"{transfer.label} ended bytes {parser.pos}-{parser.end - 1} without sending any")
         except TransientError as exc:
-            attempts = 0 if parser.pos > before else attempts + 1
-            if attempts > retries:
-                raise
+            delay = retrier.after(exc, progressed=parser.pos > before)
             note_retry(f"{transfer.label} bytes {parser.pos}-{parser.end - 1}: {exc.reason} (continuing at byte {parser.pos})")
-            sleep(backoff(attempts or 1, exc.retry_after_s))
+            sleep(delay)
 
 
 def _remove(members: list[Member]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -13,12 +14,17 @@ Sink = Callable[[bytes], None]
 
 
 class TransientError(Exception):
-    """Worth retrying (dropped connection, timeout, 5xx, 429); ``retry_after_s`` when the server said."""
+    """Worth retrying (dropped connection, timeout, 5xx, 429); ``retry_after_s`` when the server said.
 
-    def __init__(self, reason: str, retry_after_s: float | None = None) -> None:
+    ``throttle``: the host refused us on purpose (403, 429, a block page). Such a source is retried
+    patiently, for a time budget rather than a number of tries.
+    """
+
+    def __init__(self, reason: str, retry_after_s: float | None = None, throttle: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
         self.retry_after_s = retry_after_s
+        self.throttle = throttle
 
 
 class PermanentError(Exception):
@@ -31,6 +37,10 @@ class PermanentError(Exception):
 
 class NoRangeSupport(Exception):
     """The source ignores byte ranges: fetch the file whole."""
+
+
+class NotTheFile(PermanentError):
+    """The source answered with something else than the file (an HTML page, a body of the wrong length)."""
 
 
 @dataclass(frozen=True)
@@ -51,17 +61,59 @@ class Transfer(Protocol):
         """Size, range support and checksum where known (one cheap request at most)."""
         ...
 
-    def read_range(self, start: int, end: int, sink: Sink, on_open: Callable[[bool], None] | None = None, whole_ok: bool = False) -> None:
+    def read_range(self, start: int, end: int, sink: Sink, on_open: Callable[[bool], None] | None = None, whole_size: int | None = None) -> None:
         """Deliver bytes [start, end) to ``sink`` in order; raise TransientError/PermanentError/NoRangeSupport.
 
-        ``on_open(ranged)`` is called once the source has answered. With ``whole_ok`` (and ``start`` 0), a
-        source that ignores ranges delivers the whole file instead of raising NoRangeSupport.
+        ``on_open(ranged)`` is called once the source has answered. With ``whole_size`` (and ``start`` 0), a
+        source that ignores ranges may deliver the whole file instead, taken only when it is that long.
         """
         ...
 
-    def read_all(self, sink: Sink) -> None:
-        """Deliver the whole file from its first byte (for sources without range support)."""
+    def read_all(self, sink: Sink, size: int | None = None) -> None:
+        """Deliver the whole file from its first byte (for sources without range support); ``size``: what it should be."""
         ...
+
+
+class Retrier:
+    """After each failed try of one transfer: try again, and after how long, or give up (re-raise).
+
+    Ordinary transient errors get ``retries`` tries in a row without progress (a try that delivered
+    bytes starts the count again; ``retries * 4`` in all). A host that throttles or blocks us gets a
+    time budget instead, ``patience_s`` from the first refusal in a row.
+    """
+
+    def __init__(self, retries: int, base_s: float, patience_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.retries = retries
+        self.base_s = base_s
+        self.patience_s = patience_s
+        self.clock = clock
+        self.idle = 0
+        self.total = 0
+        self.throttled_since: float | None = None
+        self.throttled_tries = 0
+
+    def deadline(self) -> float | None:
+        """When the patience with a throttling host runs out (None while it is not throttling us)."""
+        return None if self.throttled_since is None else self.throttled_since + self.patience_s
+
+    def after(self, exc: TransientError, progressed: bool = False) -> float:
+        """The delay before the next try; raises ``exc`` when it is time to give up on this source."""
+        if exc.throttle:
+            now = self.clock()
+            if self.throttled_since is None:
+                self.throttled_since = now
+            self.throttled_tries += 1
+            if now - self.throttled_since >= self.patience_s:
+                exc.reason = f"{exc.reason}; still refused after {(now - self.throttled_since) / 60:.1f} min (data.blocked_patience_min: {self.patience_s / 60:g})"
+                raise exc
+            return 0.2 + random.random() * 0.8  # the host's gate holds every request back for the pause it asked for
+        self.throttled_since = None
+        self.throttled_tries = 0
+        self.total += 1
+        self.idle = 0 if progressed else self.idle + 1
+        if self.idle > self.retries or self.total > self.retries * 4:
+            raise exc
+        return backoff_s(self.idle or 1, exc.retry_after_s, self.base_s)
 
 
 def backoff_s(attempt: int, retry_after_s: float | None, base_s: float) -> float:

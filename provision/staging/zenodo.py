@@ -7,19 +7,30 @@ from typing import Any
 
 from .http import get_json
 from .sources import zenodo_api_url
+from .throttle import Throttle
+
+
+def _entries(data: Any) -> list[Any]:
+    """The file entries of any answer shape: ``files: [...]``, ``files: {entries: {...} or [...]}``
+    (InvenioRDM), or a ``/files`` listing with ``entries`` at the top; anything else has none."""
+    if not isinstance(data, dict):
+        return data if isinstance(data, list) else []
+    files = data.get("files", data)
+    if isinstance(files, dict):
+        files = files.get("entries", [])
+    if isinstance(files, dict):
+        files = [{"key": k, **v} if isinstance(v, dict) else v for k, v in files.items()]
+    return files if isinstance(files, list) else []
 
 
 def parse_record_files(data: Any) -> dict[str, tuple[int | None, str | None]]:
     """key -> (size, md5) from a records API answer; accepts key/size/'md5:..' and filename/filesize/bare hex."""
-    files = data.get("files") if isinstance(data, dict) else None
-    if isinstance(files, dict):
-        files = list((files.get("entries") or {}).values())
     result: dict[str, tuple[int | None, str | None]] = {}
-    for entry in files or []:
+    for entry in _entries(data):
         if not isinstance(entry, dict):
             continue
         key = entry.get("key") or entry.get("filename")
-        if not key:
+        if not isinstance(key, str) or not key:
             continue
         size = entry.get("size", entry.get("filesize"))
         checksum = entry.get("checksum")
@@ -27,21 +38,25 @@ def parse_record_files(data: Any) -> dict[str, tuple[int | None, str | None]]:
         if isinstance(checksum, str):
             algo, sep, digest = checksum.partition(":")
             md5 = (digest if sep else algo).lower() if (not sep or algo.lower() == "md5") else None
-        result[str(key)] = (int(size) if isinstance(size, (int, float)) or (isinstance(size, str) and size.isdigit()) else None, md5)
+        if isinstance(size, bool) or not (isinstance(size, int) or (isinstance(size, str) and size.isdigit())):
+            size = None
+        result[key] = (int(size) if size is not None else None, md5)
     return result
 
 
 class ZenodoRecords:
-    """Fetches each record's file list once per run (Zenodo allows guests about 60 API calls a minute)."""
+    """Fetches each record's file list once per run (Zenodo limits guests' requests per minute)."""
 
-    def __init__(self, zenodo_url: str, timeout_s: float = 30.0) -> None:
+    def __init__(self, zenodo_url: str, timeout_s: float = 30.0, throttle: Throttle | None = None) -> None:
         self.zenodo_url = zenodo_url
         self.timeout_s = timeout_s
+        self.throttle = throttle
         self._cache: dict[str, dict[str, tuple[int | None, str | None]]] = {}
         self._lock = threading.Lock()
 
     def lookup(self, record: str, key: str) -> tuple[int | None, str | None]:
         with self._lock:
             if record not in self._cache:
-                self._cache[record] = parse_record_files(get_json(zenodo_api_url(self.zenodo_url, record), self.timeout_s))
+                url = zenodo_api_url(self.zenodo_url, record)
+                self._cache[record] = parse_record_files(get_json(url, self.timeout_s, self.throttle.gate(url) if self.throttle else None))
             return self._cache[record].get(key, (None, None))

@@ -1,5 +1,10 @@
 """A loopback HTTP file server for tests and benchmarks: Range support, throttling, injected faults,
-and a fake Zenodo (``/records/<rec>/files/<key>`` and ``/api/records/<rec>``)."""
+and a fake Zenodo (``/records/<rec>/files/<key>`` and ``/api/records/<rec>``).
+
+It models what the real Zenodo does (../shared/REAL_WORLD.md): an HTML page with status 200 where a
+file was asked for, 403 with an "unusual traffic" page above a number of parallel downloads from one
+client, and a request budget per window with X-RateLimit-* headers and 429 + Retry-After.
+"""
 
 from __future__ import annotations
 
@@ -29,6 +34,15 @@ class Faults:
     rate_per_conn: float | None = None  # bytes/s cap per connection
     seed: int = 1234
     max_faults: int | None = None   # stop injecting after this many
+    html_200: bool = False          # answer every file request with 200 and an HTML block page
+    max_conns: int | None = None    # more file requests than this at once: 403 with the block page (Zenodo)
+    rate_limit: int | None = None   # requests per window; every answer carries X-RateLimit-*, over it 429 + Retry-After
+    rate_window_s: float = 60.0
+
+
+BLOCK_PAGE = (b"<!DOCTYPE html><html><head><title>Access blocked</title></head><body><h1>Access denied</h1>"
+              b"<p>Access to this resource has been blocked due to unusual traffic from your network.</p>"
+              + b"<!-- padding -->" * 300 + b"</body></html>")
 
 
 @dataclass
@@ -37,6 +51,16 @@ class Stats:
     requests: list[dict] = field(default_factory=list)
     faults: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
+    in_flight: int = 0
+    max_in_flight: int = 0          # file requests being answered at once (blocked ones included)
+    served_per_window: dict[int, int] = field(default_factory=dict)  # rate window -> requests counted in it
+
+    def statuses(self) -> dict[int, int]:
+        with self.lock:
+            counts: dict[int, int] = {}
+            for r in self.requests:
+                counts[r["status"]] = counts.get(r["status"], 0) + 1
+            return counts
 
     def bytes_for(self, key: str) -> int:
         with self.lock:
@@ -55,6 +79,7 @@ class FileServer:
         self.stats = Stats()
         self._rng = random.Random(self.faults.seed)
         self._corrupted: set[str] = set()
+        self._window_start = time.time()
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -102,14 +127,34 @@ class FileServer:
 
     def _simple(self, h: BaseHTTPRequestHandler, status: int, body: bytes, headers: dict[str, str] | None = None, key: str = "") -> None:
         h.send_response(status)
-        for k, v in (headers or {}).items():
+        for k, v in {**getattr(h, "rate_headers", {}), **(headers or {})}.items():
             h.send_header(k, v)
         h.send_header("Content-Length", str(len(body)))
         h.end_headers()
         h.wfile.write(body)
         self._record(h, key, status, 0)
 
+    def _rate(self) -> tuple[dict[str, str], int | None]:
+        """Count this request in the current window: the X-RateLimit-* headers, and Retry-After seconds when over."""
+        if self.faults.rate_limit is None:
+            return {}, None
+        with self.stats.lock:
+            now = time.time()
+            window = int((now - self._window_start) // self.faults.rate_window_s)
+            reset = self._window_start + (window + 1) * self.faults.rate_window_s
+            used = self.stats.served_per_window.get(window, 0)
+            over = used >= self.faults.rate_limit
+            if not over:
+                self.stats.served_per_window[window] = used + 1
+            remaining = max(0, self.faults.rate_limit - used - (0 if over else 1))
+        headers = {"X-RateLimit-Limit": str(self.faults.rate_limit), "X-RateLimit-Remaining": str(remaining), "X-RateLimit-Reset": str(int(reset + 0.999))}
+        return headers, (max(1, int(reset - now + 0.999)) if over else None)
+
     def _handle(self, h: BaseHTTPRequestHandler, head: bool = False) -> None:
+        rate_headers, retry_after = self._rate()
+        if retry_after is not None:
+            return self._simple(h, 429, b"too many requests", {**rate_headers, "Retry-After": str(retry_after)}, key="rate")
+        h.rate_headers = rate_headers  # type: ignore[attr-defined]
         path = unquote(urlsplit(h.path).path)
         api = re.fullmatch(r"/api/records/(\w+)", path)
         if api:
@@ -121,6 +166,21 @@ class FileServer:
         file = self.folder / key
         if key in self.faults.missing or not file.is_file():
             return self._simple(h, 404, b"no such file", key=key)
+        with self.stats.lock:
+            self.stats.in_flight += 1
+            self.stats.max_in_flight = max(self.stats.max_in_flight, self.stats.in_flight)
+            crowded = self.faults.max_conns is not None and self.stats.in_flight > self.faults.max_conns
+        try:
+            if crowded:
+                return self._simple(h, 403, BLOCK_PAGE, {"Content-Type": "text/html; charset=utf-8"}, key=key)
+            if self.faults.html_200:
+                return self._simple(h, 200, BLOCK_PAGE, {"Content-Type": "text/html; charset=utf-8"}, key=key)
+            return self._serve_file(h, key, file, head)
+        finally:
+            with self.stats.lock:
+                self.stats.in_flight -= 1
+
+    def _serve_file(self, h: BaseHTTPRequestHandler, key: str, file: Path, head: bool) -> None:
         if self._fault(self.faults.error_rate):
             status = self._rng.choice([503, 429])
             return self._simple(h, status, b"busy", {"Retry-After": str(self.faults.retry_after_s)}, key=key)
@@ -138,6 +198,8 @@ class FileServer:
                 status = 206
         length = end - start + 1
         h.send_response(status)
+        for k, v in getattr(h, "rate_headers", {}).items():
+            h.send_header(k, v)
         h.send_header("Content-Length", str(length))
         h.send_header("Accept-Ranges", "none" if self.faults.no_ranges else "bytes")
         if status == 206:
@@ -197,12 +259,15 @@ class FileServer:
         for key in self.records[record]:
             data = (self.folder / key).read_bytes()
             md5 = hashlib.md5(data).hexdigest()
-            if self.api_shape == "new":
+            if self.api_shape in ("new", "rdm"):
                 entries.append({"key": key, "size": len(data), "checksum": f"md5:{md5}",
                                 "links": {"self": f"{self.url}/records/{record}/files/{key}/content"}})
             else:
                 entries.append({"filename": key, "filesize": len(data), "checksum": md5})
-        self._simple(h, 200, json.dumps({"id": record, "files": entries}).encode(), {"Content-Type": "application/json"}, key="api")
+        files: object = entries
+        if self.api_shape == "rdm":  # InvenioRDM's own form: files.entries, keyed by file name
+            files = {"enabled": True, "entries": {e["key"]: {k: v for k, v in e.items() if k != "key"} for e in entries}}
+        self._simple(h, 200, json.dumps({"id": record, "files": files}).encode(), {"Content-Type": "application/json"}, key="api")
 
 
 def serve(folder: Path, **kwargs: object) -> FileServer:
