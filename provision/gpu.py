@@ -39,19 +39,20 @@ class GpuReport:
 
 
 def read_nvidia_smi(timeout_s: float = 20.0) -> dict[str, Any] | None:
-    """Driver version, CUDA version the driver supports, and GPUs, or None without nvidia-smi."""
+    """Driver version, CUDA version the driver supports, and GPUs (with compute capability), or None without nvidia-smi."""
     exe = shutil.which("nvidia-smi")
     if exe is None:
         return None
     try:
         header = subprocess.run([exe], capture_output=True, text=True, timeout=timeout_s).stdout
-        rows = subprocess.run(
-            [exe, "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader,nounits"],
-            capture_output=True, text=True, timeout=timeout_s,
-        ).stdout
+        query = [exe, "--query-gpu=name,driver_version,memory.total,compute_cap", "--format=csv,noheader,nounits"]
+        rows = subprocess.run(query, capture_output=True, text=True, timeout=timeout_s)
+        if rows.returncode != 0:  # drivers before 510 do not know compute_cap
+            query[1] = "--query-gpu=name,driver_version,memory.total"
+            rows = subprocess.run(query, capture_output=True, text=True, timeout=timeout_s)
     except (OSError, subprocess.SubprocessError) as exc:
         return {"error": str(exc)}
-    return parse_nvidia_smi(header, rows)
+    return parse_nvidia_smi(header, rows.stdout)
 
 
 def parse_nvidia_smi(header: str, rows: str) -> dict[str, Any]:
@@ -62,7 +63,10 @@ def parse_nvidia_smi(header: str, rows: str) -> dict[str, Any]:
         parts = [p.strip() for p in line.split(",")]
         if len(parts) >= 3:
             driver = parts[1]
-            gpus.append({"name": parts[0], "memory_mib": int(float(parts[2])) if parts[2].replace(".", "").isdigit() else None})
+            gpu: dict[str, Any] = {"name": parts[0], "memory_mib": int(float(parts[2])) if parts[2].replace(".", "").isdigit() else None}
+            if len(parts) >= 4 and re.fullmatch(r"\d+\.\d+", parts[3]):
+                gpu["compute_capability"] = float(parts[3])
+            gpus.append(gpu)
     return {"driver_version": driver, "cuda_version": cuda.group(1) if cuda else None, "gpus": gpus}
 
 
@@ -108,6 +112,12 @@ def judge(probe: dict[str, Any], smi: dict[str, Any] | None, cuda: CudaConfig, *
             fix = "no NVIDIA GPU or driver was found; use a GPU machine, or install the NVIDIA driver (nvidia-smi must work)"
         findings.append(Finding("no GPU is visible to torch", fix, required))
         return tuple(findings)
+    kernels = _kernel_finding(probe, smi, required)
+    if kernels is not None:
+        return (*findings, kernels)
+    if probe.get("smoke_error"):
+        findings.append(Finding(f"the GPU failed a matrix product: {probe['smoke_error']}",
+                                "run `nvidia-smi` to see whether the GPU is healthy; try another machine if it is not", required))
     smoke = probe.get("smoke") or {}
     if smoke and not smoke.get("matches_cpu", False):
         findings.append(Finding(f"the GPU's matrix product differs from the CPU's (relative error {smoke.get('relative_error')})", "the GPU or driver is faulty; try another machine", required))
@@ -128,15 +138,64 @@ def judge(probe: dict[str, Any], smi: dict[str, Any] | None, cuda: CudaConfig, *
     return tuple(findings)
 
 
+def _fitting_index(smi: dict[str, Any] | None, probe: dict[str, Any]) -> Any:
+    """The wheel index that fits this machine's GPUs and driver (configs/torch/wheels.yaml)."""
+    from .config import configs_dir
+    from .torch_wheels import choose, gpus_from_smi, load_table
+
+    gpus, driver, cuda = gpus_from_smi(smi)
+    if not gpus:
+        from .torch_wheels import Gpu
+
+        gpus = [Gpu(d["name"], float(d["compute_capability"])) for d in probe.get("devices", [])]
+    python = ".".join(str(probe.get("python", "3.12")).split(".")[:2])
+    return choose(load_table(configs_dir()), gpus, driver, cuda or probe.get("cuda_build"), python, ">=2.3")
+
+
+def has_kernels(arch_list: list[str], compute_capability: str) -> bool:
+    """Can a torch built for ``arch_list`` (sm_75, compute_90, ...) run on a device of this capability?
+    A cubin for sm_XY runs on the same major with a minor at least Y; PTX (compute_XY) on any newer device."""
+    major, minor = (int(x) for x in compute_capability.split(".")[:2])
+    for arch in arch_list:
+        kind, _, number = arch.partition("_")
+        digits = re.match(r"\d+", number)
+        if not digits:
+            continue
+        arch_major, arch_minor = divmod(int(digits.group()), 10)
+        if kind == "sm" and arch_major == major and arch_minor <= minor:
+            return True
+        if kind == "compute" and (arch_major, arch_minor) <= (major, minor):
+            return True
+    return False
+
+
+def _kernel_finding(probe: dict[str, Any], smi: dict[str, Any] | None, required: bool) -> Finding | None:
+    """torch runs, sees the GPU, but has no kernels for it (a Pascal card with a cu128 build, say)."""
+    arch = probe.get("arch_list") or []
+    devices = probe.get("devices") or []
+    lacking = [d for d in devices if arch and not has_kernels(arch, d["compute_capability"])]
+    failed = "no kernel image is available" in str(probe.get("smoke_error", ""))
+    if not lacking and not failed:
+        return None
+    device = (lacking or devices)[0]
+    choice = _fitting_index(smi, probe)
+    built = f" (built for {', '.join(arch)})" if arch else ""
+    return Finding(
+        f"torch {probe.get('torch')}{built} has no kernels for {device['name']} (compute capability {device['compute_capability']}): "
+        "CUDA reports 'no kernel image is available for execution on the device'",
+        f"reinstall torch from {choice.url} ({choice.reason}): set requirements.torch_index: auto and run `provision install`, "
+        f"or by hand: pip install --force-reinstall 'torch{choice.torch_bound}' --index-url {choice.url}",
+        required,
+    )
+
+
 def _driver_fix(probe: dict[str, Any], smi: dict[str, Any]) -> str:
     driver_cuda = smi.get("cuda_version")
     build = probe.get("cuda_build")
     if driver_cuda and build and tuple(map(int, driver_cuda.split(".")[:2])) < tuple(map(int, build.split(".")[:2])):
-        from .install import torch_index_for
-
-        index, _ = torch_index_for("auto", driver_cuda)
+        choice = _fitting_index(smi, probe)
         return (f"the driver supports CUDA {driver_cuda} but torch was built for CUDA {build}: "
-                f"reinstall torch from {index} (set requirements.torch_index: auto and run `provision install`) or update the driver")
+                f"reinstall torch from {choice.url} ({choice.reason}; requirements.torch_index: auto and `provision install`) or update the driver")
     return "nvidia-smi sees a GPU but torch does not: reinstall torch with `provision install` (requirements.torch_index: auto)"
 
 

@@ -33,12 +33,16 @@ def probe(smoke_size: int = 4096) -> dict:
             "free_memory_bytes": int(free),
         })
     out["devices"] = devices
+    out["arch_list"] = list(torch.cuda.get_arch_list()) if out["cuda_available"] else []
     if out["device_count"] > 1:
         import torch.distributed as dist
 
         out["nccl_available"] = bool(dist.is_available() and dist.is_nccl_available())
     if devices:
-        out["smoke"] = smoke_test(torch, smoke_size)
+        try:
+            out["smoke"] = smoke_test(torch, smoke_size)
+        except RuntimeError as exc:  # e.g. "no kernel image is available for execution on the device"
+            out["smoke_error"] = f"{type(exc).__name__}: {str(exc).strip()[:500]}"
     return out
 
 

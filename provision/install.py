@@ -14,9 +14,6 @@ from pathlib import Path
 from .errors import CommandError, ConfigError
 
 TORCH_PACKAGES = frozenset({"torch", "torchvision", "torchaudio"})
-TORCH_INDEX_BASE = "https://download.pytorch.org/whl/"
-# CUDA builds PyTorch publishes wheels for, newest last; a driver runs builds up to its CUDA version
-TORCH_CUDA_TAGS = ((11, 8), (12, 1), (12, 4), (12, 6), (12, 8), (12, 9), (13, 0))
 
 
 @dataclass(frozen=True)
@@ -41,6 +38,7 @@ class RequirementStatus:
 class InstallCommand:
     argv: tuple[str, ...]
     packages: tuple[str, ...]
+    fallback: tuple[str, ...] = ()  # the same install with pip, for when uv cannot start
 
 
 @dataclass(frozen=True)
@@ -140,25 +138,37 @@ def judge(requirements: Sequence[Requirement], installed: Mapping[str, str], ski
     return tuple(statuses)
 
 
-def torch_index_for(setting: str, driver_cuda: str | None) -> tuple[str | None, str]:
-    """(index URL or None for the default index, why)."""
+@dataclass(frozen=True)
+class TorchIndex:
+    """Where torch comes from: an index URL (None: the default index), a bound for the torch requirement, and why."""
+
+    url: str | None
+    bound: str
+    reason: str
+
+
+def torch_index(setting: str, auto: Callable[[], TorchIndex]) -> TorchIndex:
+    """requirements.torch_index: pypi/default/none, a URL, a tag (cu126, cpu), or auto (``auto()`` decides)."""
     if setting in ("pypi", "default", "none"):
-        return None, "requirements.torch_index says to use the default index"
+        return TorchIndex(None, "", "requirements.torch_index says to use the default index")
     if setting.startswith(("http://", "https://")):
-        return setting, "requirements.torch_index names it"
+        return TorchIndex(setting, "", "requirements.torch_index names it")
     if setting != "auto":
-        return TORCH_INDEX_BASE + setting, f"requirements.torch_index is {setting}"
-    if driver_cuda is None:
-        return TORCH_INDEX_BASE + "cpu", "no NVIDIA driver found (nvidia-smi): CPU build"
-    try:
-        major, minor = (int(x) for x in driver_cuda.split(".")[:2])
-    except ValueError:
-        return TORCH_INDEX_BASE + "cpu", f"could not read the driver's CUDA version {driver_cuda!r}: CPU build"
-    fitting = [t for t in TORCH_CUDA_TAGS if t <= (major, minor)]
-    if not fitting:
-        return TORCH_INDEX_BASE + "cpu", f"the driver supports CUDA {driver_cuda}, older than any PyTorch CUDA build: CPU build (update the driver)"
-    tag = "cu{}{}".format(*fitting[-1])
-    return TORCH_INDEX_BASE + tag, f"the driver supports CUDA {driver_cuda}: {tag} build"
+        from .torch_wheels import INDEX_BASE
+
+        return TorchIndex(INDEX_BASE + setting, "", f"requirements.torch_index is {setting}")
+    return auto()
+
+
+def bounded(requirement: str, name: str, bound: str) -> str:
+    """``torch>=2.3`` with the bound ``<2.15`` -> ``torch<2.15,>=2.3`` (torch only: torchvision has its own numbers)."""
+    if not bound or name != "torch":
+        return requirement
+    from packaging.requirements import Requirement as Parsed
+
+    parsed = Parsed(requirement)
+    parsed.specifier &= bound
+    return str(parsed)
 
 
 def find_uv(which: Callable[[str], str | None] = shutil.which) -> str | None:
@@ -178,15 +188,25 @@ def choose_installer(setting: str, which: Callable[[str], str | None] = shutil.w
     return uv or "pip"
 
 
+UV_PRERELEASE_VALUES = frozenset({"disallow", "allow", "if-necessary", "explicit", "if-necessary-or-explicit"})
+UV_CONFIG_ERROR = 2  # uv's exit status when it cannot start (a bad setting); 1 is a failed resolution or install
+
+
 def broken_uv_env(environ: Mapping[str, str]) -> tuple[str, ...]:
-    """uv settings pointing to files that do not exist (a known Colab bug): unset them for the call."""
-    return tuple(name for name in ("UV_CONSTRAINT", "UV_BUILD_CONSTRAINT") if environ.get(name) and not os.path.exists(environ[name]))
+    """uv settings that stop uv from starting, unset for the call. Colab has set UV_CONSTRAINT and
+    UV_BUILD_CONSTRAINT to files that are missing (colabtools#5237), and UV_PRERELEASE to an empty value."""
+    broken = [name for name in ("UV_CONSTRAINT", "UV_BUILD_CONSTRAINT") if name in environ and not os.path.exists(environ[name])]
+    if "UV_PRERELEASE" in environ and environ["UV_PRERELEASE"].strip().lower() not in UV_PRERELEASE_VALUES:
+        broken.append("UV_PRERELEASE")
+    return tuple(broken)
 
 
 def install_command(installer: str, python: str, packages: Sequence[str], index: str | None, options: Sequence[str] = ()) -> InstallCommand:
-    base = (installer, "pip", "install", "--python", python) if installer != "pip" else (python, "-m", "pip", "install")
     index_args = ("--index-url", index) if index else ()
-    return InstallCommand(argv=(*base, *options, *index_args, *packages), packages=tuple(packages))
+    pip = (python, "-m", "pip", "install", *options, *index_args, *packages)
+    if installer == "pip":
+        return InstallCommand(argv=pip, packages=tuple(packages))
+    return InstallCommand(argv=(installer, "pip", "install", "--python", python, *options, *index_args, *packages), packages=tuple(packages), fallback=pip)
 
 
 def index_options(find_links: Sequence[str], no_index: bool) -> tuple[str, ...]:
@@ -204,17 +224,21 @@ def plan_install(
     skip_satisfied: bool,
     installer: str,
     target_python: str,
-    torch_index_setting: str,
-    driver_cuda: str | None,
+    torch_from: Callable[[str], TorchIndex],
     environ: Mapping[str, str],
     options: Sequence[str] = (),
 ) -> InstallPlan:
-    """Decide what to install and the exact commands (torch from its own index, the rest from the default)."""
+    """Decide what to install and the exact commands (torch from its own index, the rest from the default).
+
+    ``torch_from(torch requirement)`` says where torch comes from, when it is to be installed.
+    """
     statuses = judge(requirements, installed, skip_satisfied)
     todo = [s for s in statuses if s.action == "install"]
-    torch_todo = [s.requirement for s in todo if s.name in TORCH_PACKAGES]
+    torch_req = next((s.requirement for s in todo if s.name == "torch"), "torch")
+    choice = torch_from(torch_req) if any(s.name in TORCH_PACKAGES for s in todo) else TorchIndex(None, "", "torch is already installed")
+    index, why = choice.url, choice.reason
+    torch_todo = [bounded(s.requirement, s.name, choice.bound) for s in todo if s.name in TORCH_PACKAGES]
     rest = [s.requirement for s in todo if s.name not in TORCH_PACKAGES]
-    index, why = torch_index_for(torch_index_setting, driver_cuda) if torch_todo else (None, "torch is already installed")
     commands = []
     if torch_todo:
         commands.append(install_command(installer, target_python, torch_todo, None if "--no-index" in options else index, options))
@@ -276,6 +300,11 @@ def run_install(plan: InstallPlan, environ: Mapping[str, str], log: Callable[[st
     for command in plan.commands:
         log("running: " + " ".join(command.argv))
         proc = subprocess.run(list(command.argv), env=env, capture_output=True, text=True)
+        if proc.returncode == UV_CONFIG_ERROR and command.fallback:
+            said = (proc.stderr.strip().splitlines() or ["no message"])[0]
+            log(f"uv could not start ({said}); installing with pip instead: {' '.join(command.fallback)}")
+            command = InstallCommand(command.fallback, command.packages)
+            proc = subprocess.run(list(command.argv), env=env, capture_output=True, text=True)
         if proc.returncode != 0:
             tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
             raise CommandError(

@@ -18,10 +18,11 @@ from .book.fixes import BookManifest, FileState, judge, load_book_manifest
 from .config import Config, configs_dir
 from .disk import GB, DiskItem, DiskPlan, DiskRules, gb, plan_disk
 from .environment import Environment, FsFacts, fs_facts
-from .install import InstallPlan, index_options, installed_distributions, plan_install, read_requirements, target_python
+from .install import InstallPlan, TorchIndex, index_options, installed_distributions, plan_install, read_requirements, target_python, torch_index
 from .manifest import Manifest, format_subsets, load_manifest
 from .staging.sources import file_url
 from .staging.state import FileStatus, file_statuses
+from .torch_wheels import INDEX_BASE, WheelTable, choose, gpus_from_smi, load_table
 
 
 @dataclass(frozen=True)
@@ -42,12 +43,13 @@ class Facts:
 
     environment: Environment
     installed: Mapping[str, str]
-    driver_cuda: str | None
+    nvidia_smi: Mapping[str, Any] | None  # read when torch is to be installed from the index that fits the GPUs
     data_fs: FsFacts
     statuses: Mapping[str, FileStatus]
     environ: Mapping[str, str]
     remote: Mapping[str, RemoteFacts] = field(default_factory=dict)
     book: BookFacts | None = None
+    wheels: WheelTable | None = None  # configs/torch/wheels.yaml, loaded with nvidia_smi
 
 
 @dataclass(frozen=True)
@@ -181,18 +183,19 @@ class Plan:
 def gather_facts(config: Config, environ: Mapping[str, str], environment: Environment, manifest: Manifest) -> Facts:
     """Look at the machine (read-only): installed packages, driver, free disk, staged files."""
     installed = installed_distributions(target_python(config.requirements.venv, environment.python_executable))
-    driver_cuda = None
+    smi = wheels = None
     if "torch" not in installed and config.requirements.torch_index == "auto":
         from .gpu import read_nvidia_smi
 
         smi = read_nvidia_smi(timeout_s=10)
-        driver_cuda = smi.get("cuda_version") if smi else None
+        wheels = load_table(configs_dir())
     root = Path(config.data.root)
     keys = [f.key for f in manifest.files]
     return Facts(
         environment=environment,
         installed=installed,
-        driver_cuda=driver_cuda,
+        nvidia_smi=smi,
+        wheels=wheels,
         data_fs=fs_facts(root),
         statuses=file_statuses(root, keys) if root.is_dir() else {},
         environ=dict(environ),
@@ -227,8 +230,7 @@ def make_plan(config: Config, manifest: Manifest, facts: Facts) -> Plan:
         skip_satisfied=config.requirements.skip_satisfied,
         installer=choose_installer(config.requirements.installer),
         target_python=python,
-        torch_index_setting=config.requirements.torch_index,
-        driver_cuda=facts.driver_cuda,
+        torch_from=lambda requirement: torch_index(config.requirements.torch_index, lambda: auto_torch_index(facts, requirement)),
         environ=facts.environ,
         options=index_options(config.requirements.find_links, config.requirements.no_index),
     )
@@ -294,6 +296,19 @@ def book_problems(book: BookPlan) -> list[Problem]:
         problems.append(Problem("book", f"files the fixes would change have your own edits: {', '.join(edited)}",
                                 f"they are never overwritten; to start over from the book's version: git -C {book.dir} checkout -- {' '.join(edited)}"))
     return problems
+
+
+def auto_torch_index(facts: Facts, requirement: str) -> TorchIndex:
+    """The wheel index that fits the GPUs, the driver and Python (see :mod:`provision.torch_wheels`)."""
+    from packaging.requirements import Requirement as Parsed
+
+    gpus, driver, cuda = gpus_from_smi(dict(facts.nvidia_smi) if facts.nvidia_smi else None)
+    table = facts.wheels
+    if table is None or (driver is None and cuda is None):
+        return TorchIndex(INDEX_BASE + "cpu", "", "no NVIDIA driver found (nvidia-smi): CPU build")
+    python = ".".join(facts.environment.python_version.split(".")[:2])
+    choice = choose(table, gpus, driver, cuda, python, str(Parsed(requirement).specifier))
+    return TorchIndex(choice.url, choice.torch_bound, choice.reason)
 
 
 def plan_data(config: Config, manifest: Manifest, facts: Facts) -> DataPlan:

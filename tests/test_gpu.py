@@ -100,7 +100,7 @@ def test_driver_too_old_for_torch_build_names_the_right_build() -> None:
     assert smi == {"driver_version": "550.54", "cuda_version": "12.4", "gpus": [{"name": "Tesla T4", "memory_mib": 15360}]}
     finding = judge(probe, smi, CudaConfig(required=True), colab=False)[0]
     assert "supports CUDA 12.4 but torch was built for CUDA 12.8" in finding.fix
-    assert "https://download.pytorch.org/whl/cu124" in finding.fix
+    assert "https://download.pytorch.org/whl/cu126" in finding.fix, "any CUDA 12 build runs on a 12.4 driver; cu124 is a dead index"
 
 
 @pytest.mark.gpu

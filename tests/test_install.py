@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import subprocess
 import sys
 import zipfile
@@ -14,7 +15,7 @@ import pytest
 
 from provision.cli import main
 from provision.errors import ConfigError
-from provision.install import Requirement, judge, read_requirements, torch_index_for
+from provision.install import Requirement, judge, read_requirements, torch_index
 
 
 def make_wheel(folder: Path, name: str, version: str) -> Path:
@@ -140,20 +141,19 @@ def test_judge_versions_and_markers() -> None:
 
 
 @pytest.mark.parametrize(
-    ("setting", "driver", "expected"),
+    ("setting", "expected"),
     [
-        ("auto", None, "https://download.pytorch.org/whl/cpu"),
-        ("auto", "12.4", "https://download.pytorch.org/whl/cu124"),
-        ("auto", "12.5", "https://download.pytorch.org/whl/cu124"),
-        ("auto", "13.1", "https://download.pytorch.org/whl/cu130"),
-        ("auto", "10.2", "https://download.pytorch.org/whl/cpu"),
-        ("cu126", "12.8", "https://download.pytorch.org/whl/cu126"),
-        ("https://mirror.example/torch/", None, "https://mirror.example/torch/"),
-        ("pypi", "12.8", None),
+        ("cu126", "https://download.pytorch.org/whl/cu126"),
+        ("cpu", "https://download.pytorch.org/whl/cpu"),
+        ("https://mirror.example/torch/", "https://mirror.example/torch/"),
+        ("pypi", None),
     ],
 )
-def test_torch_index_follows_the_driver(setting: str, driver: str | None, expected: str | None) -> None:
-    assert torch_index_for(setting, driver)[0] == expected
+def test_a_torch_index_set_by_hand_is_used_as_it_is(setting: str, expected: str | None) -> None:
+    from provision.install import TorchIndex
+
+    chosen = torch_index(setting, lambda: TorchIndex("unused", "", "auto"))
+    assert chosen.url == expected and chosen.bound == ""
 
 
 def test_uv_constraint_bug_is_worked_around(tmp_path: Path) -> None:
@@ -162,6 +162,41 @@ def test_uv_constraint_bug_is_worked_around(tmp_path: Path) -> None:
     real = tmp_path / "c.txt"
     real.write_text("")
     assert broken_uv_env({"UV_CONSTRAINT": "/nonexistent/c.txt", "UV_BUILD_CONSTRAINT": str(real)}) == ("UV_CONSTRAINT",)
+    assert broken_uv_env({"UV_PRERELEASE": ""}) == ("UV_PRERELEASE",)
+    assert broken_uv_env({"UV_PRERELEASE": "sometimes"}) == ("UV_PRERELEASE",)
+    assert broken_uv_env({"UV_PRERELEASE": "if-necessary-or-explicit", "UV_CONSTRAINT": str(real)}) == ()
+
+
+def test_real_uv_installs_under_colabs_broken_uv_settings(tmp_path: Path, wheels: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Colab sets UV_CONSTRAINT to a missing file and UV_PRERELEASE to an empty value; both stop uv (exit 2)."""
+    from provision.install import find_uv
+
+    uv = find_uv()
+    if uv is None:
+        pytest.skip("uv is not installed in this environment")
+    venv = fresh_venv(tmp_path / "venv", wheels, [])
+    colab = {**os.environ, "UV_CONSTRAINT": "/usr/lib/python3/dist-packages/missing-constraints.txt", "UV_PRERELEASE": ""}
+    raw = subprocess.run([uv, "pip", "install", "--python", str(venv / "bin" / "python"), "--no-index", "--find-links", str(wheels), "beta"],
+                         env=colab, capture_output=True, text=True)
+    assert raw.returncode == 2, "the stand-in environment breaks uv as Colab's does"
+    cfg = profile(tmp_path, venv, wheels, "beta\n", "uv")
+    assert main(["install", "-c", str(cfg)], environ=colab) == 0
+    assert installed(venv)["beta"] == "2.0"
+    assert "uv could not start" not in caplog.text and "uv pip install" in caplog.text, "uv itself did the install"
+
+
+def test_uv_that_cannot_start_falls_back_to_pip_with_a_note(tmp_path: Path, wheels: Path, monkeypatch, caplog: pytest.LogCaptureFixture) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "uv"  # a STAND-IN uv that fails as uv does on a setting it cannot parse
+    fake.write_text("#!/bin/sh\necho \"error: invalid value 'x' for '--index-strategy <INDEX_STRATEGY>'\" >&2\nexit 2\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    venv = fresh_venv(tmp_path / "venv", wheels, [])
+    cfg = profile(tmp_path, venv, wheels, "beta\n", "uv")
+    assert main(["install", "-c", str(cfg)]) == 0
+    assert "uv could not start (error: invalid value 'x'" in caplog.text and "installing with pip instead" in caplog.text
+    assert installed(venv)["beta"] == "2.0"
 
 
 def test_colab_dry_run_keeps_installed_torch(capsys: pytest.CaptureFixture[str]) -> None:

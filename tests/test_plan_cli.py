@@ -12,6 +12,7 @@ from provision.disk import GB
 from provision.environment import FsFacts, detect
 from provision.manifest import load_manifest
 from provision.plan import Facts, make_plan
+from provision.torch_wheels import load_table
 from tests.conftest import run_cli
 
 
@@ -20,7 +21,8 @@ def colab_facts(free_bytes: int, installed: dict[str, str] | None = None) -> Fac
     return Facts(
         environment=env,
         installed=installed if installed is not None else {"torch": "2.11.0", "torchvision": "0.26.0", "numpy": "2.1.0"},
-        driver_cuda="12.8",
+        nvidia_smi={"driver_version": "570.172.08", "cuda_version": "12.8", "gpus": [{"name": "Tesla T4", "memory_mib": 15360, "compute_capability": 7.5}]},
+        wheels=load_table(configs_dir()),
         data_fs=FsFacts(path="/content/dlwpt-code/data-unversioned", probe="/", device=1, free_bytes=free_bytes, total_bytes=110 * GB),
         statuses={},
         environ={},
