@@ -171,7 +171,7 @@ class VmConfig:
     boot_disk_gb: int = field(default=0, metadata={"parse": _positive(int)})  # 0: derived from the data plan
     boot_disk_type: str = "pd-balanced"
     system_gb: int = field(default=60, metadata={"parse": _positive(int)})    # the image, CUDA and Python packages
-    image_family: str = "common-cu128-ubuntu-2204-nvidia-570"
+    image_family: str = "common-cu129-ubuntu-2204-nvidia-580"
     image_project: str = "deeplearning-platform-release"
     spot: bool = False
     profile: str = "vm"                          # the profile the VM provisions itself with

@@ -40,7 +40,7 @@ def data_needed_bytes(profile: Config) -> int:
     manifest = load_manifest(profile.data.dataset, configs_dir())
     empty = FsFacts(path=profile.data.root, probe="/", device=0, free_bytes=0, total_bytes=0)
     env = detect({}, colab_importable=False, dmi={"product_name": "Google Compute Engine"})
-    facts = Facts(environment=env, installed={}, driver_cuda=None, statuses={}, environ={}, data_fs=empty)
+    facts = Facts(environment=env, installed={}, nvidia_smi=None, statuses={}, environ={}, data_fs=empty)
     files = plan_data(profile, manifest, facts).files
     return disk_for(profile, files, empty, stream=profile.data.mode == "stream").needed_bytes
 
@@ -59,6 +59,30 @@ def startup_script(tool_repo: str, profile: str) -> str:
         f"bash /opt/dlwpt-provision/scripts/provision.sh -c {shlex.quote(profile)}",
         "",
     ])
+
+
+def has_driver(image_family: str) -> bool:
+    """Deep Learning VM families named ...-nvidia-580 carry the driver; others install it at first boot when asked."""
+    return "-nvidia-" in image_family
+
+
+def check_image_family(gcloud: str, family: str, project: str) -> None:
+    """Refuse before creating anything when the image family no longer resolves; list the current ones."""
+    found = subprocess.run([gcloud, "compute", "images", "describe-from-family", family, f"--project={project}", "--format=value(name)"],
+                           capture_output=True, text=True)
+    if found.returncode == 0 and found.stdout.strip():
+        return
+    listing = subprocess.run([gcloud, "compute", "images", "list", f"--project={project}", "--no-standard-images", "--format=value(family)"],
+                             capture_output=True, text=True)
+    families = sorted({line.strip() for line in listing.stdout.splitlines() if line.strip()}) if listing.returncode == 0 else []
+    gpu = [f for f in families if f.startswith("common-cu")] or families
+    said = (found.stderr.strip().splitlines() or ["no image"])[-1]
+    raise ConfigError(
+        f"the image family {family} of {project} does not resolve ({said}): it may have been retired",
+        hint=(f"set vm.image_family to a current one, e.g. {gpu[-1]}; the GPU families of {project} now: {', '.join(gpu[:12])}"
+              if gpu else f"list the current families with: gcloud compute images list --project={project} --no-standard-images"),
+        key="vm.image_family",
+    )
 
 
 def plan_vm(config: Config, script_path: str) -> VmPlan:
@@ -86,7 +110,7 @@ def plan_vm(config: Config, script_path: str) -> VmPlan:
         f"--image-project={vm.image_project}",
         f"--boot-disk-size={size}GB",
         f"--boot-disk-type={vm.boot_disk_type}",
-        "--metadata=install-nvidia-driver=True",
+        *([] if has_driver(vm.image_family) else ["--metadata=install-nvidia-driver=True"]),
         f"--metadata-from-file=startup-script={script_path}",
     ]
     if vm.spot:
@@ -101,6 +125,7 @@ def create_vm(config: Config, dry_run: bool) -> VmPlan:
     gcloud = shutil.which("gcloud")
     if gcloud is None:
         raise PreflightError("the gcloud CLI is not installed", hint=f"install it from {GCLOUD_INSTALL}, run `gcloud init`, then run this again")
+    check_image_family(gcloud, config.vm.image_family, config.vm.image_project)
     with tempfile.TemporaryDirectory() as tmp:
         script = Path(tmp) / "startup-script.sh"
         plan = plan_vm(config, str(script))

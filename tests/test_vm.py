@@ -51,16 +51,53 @@ def test_missing_gcloud_is_refused_with_the_install_link(monkeypatch: pytest.Mon
     assert "https://cloud.google.com/sdk/docs/install" in capsys.readouterr().err
 
 
-def test_runs_gcloud_with_the_startup_script(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """A STAND-IN gcloud (a shell script) records its arguments and the startup script it was given."""
+def fake_gcloud(tmp_path: Path, families: list[str]) -> Path:
+    """A STAND-IN gcloud (a shell script): images resolve only for ``families`` (others answer as gcloud does for a
+    retired family), `images list` lists them, and `instances create` records its arguments and startup script."""
     record = tmp_path / "gcloud-args"
     gcloud = tmp_path / "bin" / "gcloud"
-    gcloud.parent.mkdir()
-    gcloud.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > {record}\nfor a in "$@"; do case "$a" in --metadata-from-file=startup-script=*) cat "${{a#*=startup-script=}}" > {record}.script;; esac; done\n')
+    gcloud.parent.mkdir(exist_ok=True)
+    known = " ".join(families)
+    gcloud.write_text(
+        "#!/bin/sh\n"
+        'if [ "$1 $2 $3" = "compute images describe-from-family" ]; then\n'
+        f'  for f in {known}; do [ "$f" = "$4" ] && {{ echo "$f-v20261101"; exit 0; }}; done\n'
+        '  echo "ERROR: (gcloud.compute.images.describe-from-family) Could not fetch resource:" >&2\n'
+        '  echo " - The resource \'projects/deeplearning-platform-release/global/images/family/$4\' was not found" >&2; exit 1\n'
+        "fi\n"
+        f'if [ "$1 $2 $3" = "compute images list" ]; then for f in {known} tf-latest-cpu; do echo "$f"; done; exit 0; fi\n'
+        f'printf "%s\\n" "$@" > {record}\n'
+        f'for a in "$@"; do case "$a" in --metadata-from-file=startup-script=*) cat "${{a#*=startup-script=}}" > {record}.script;; esac; done\n'
+    )
     gcloud.chmod(gcloud.stat().st_mode | stat.S_IEXEC)
-    monkeypatch.setenv("PATH", f"{gcloud.parent}{os.pathsep}{os.environ['PATH']}")
+    return record
+
+
+def test_runs_gcloud_with_the_startup_script(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    record = fake_gcloud(tmp_path, ["common-cu129-ubuntu-2204-nvidia-580", "common-cu129-ubuntu-2404-nvidia-580"])
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
     assert main(["vm", "-c", "vm-gcp"]) == 0
     capsys.readouterr()
     args = record.read_text().splitlines()
     assert args[:4] == ["compute", "instances", "create", "dlwpt-part2"]
+    assert "--image-family=common-cu129-ubuntu-2204-nvidia-580" in args
+    assert "--metadata=install-nvidia-driver=True" not in args, "the image has the driver"
     assert "bash /opt/dlwpt-provision/scripts/provision.sh -c vm" in Path(f"{record}.script").read_text()
+
+
+def test_a_retired_image_family_is_refused_with_the_current_ones(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    record = fake_gcloud(tmp_path, ["common-cu129-ubuntu-2204-nvidia-580", "common-cu129-ubuntu-2404-nvidia-580"])
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    assert main(["vm", "-c", "vm-gcp", "--set", "vm.image_family=common-cu128-ubuntu-2204-nvidia-570"]) == 2
+    err = capsys.readouterr().err
+    assert "common-cu128-ubuntu-2204-nvidia-570" in err and "was not found" in err and "retired" in err
+    assert "common-cu129-ubuntu-2204-nvidia-580, common-cu129-ubuntu-2404-nvidia-580" in err and "tf-latest-cpu" not in err
+    assert not record.exists(), "nothing was created"
+
+
+def test_the_driver_is_installed_at_boot_only_for_images_without_one(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["vm", "-c", "vm-gcp", "--dry-run", "--json", "--set", "vm.image_family=common-cu129-ubuntu-2204"]) == 0
+    assert "--metadata=install-nvidia-driver=True" in json.loads(capsys.readouterr().out)["argv"]
+    assert main(["vm", "-c", "vm-gcp", "--dry-run", "--json"]) == 0
+    assert "--metadata=install-nvidia-driver=True" not in json.loads(capsys.readouterr().out)["argv"]
