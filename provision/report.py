@@ -5,9 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import sys
-import time
-from typing import Any, TextIO
+from typing import Any
 
 from .disk import gb
 from .plan import Plan
@@ -141,71 +139,6 @@ def _reserve_lines(disk: Any) -> list[str]:
     line = (f"  reserve: {gb(disk.cache_bytes)} for the book's cache ({gb(disk.cache_bytes // disk.subsets)} for each of "
             f"{disk.subsets} subsets: one chapter's cache at a time)")
     return [line + (f" + {gb(extra)} data.reserve_gb" if extra else "")]
-
-
-class Progress:
-    """Receives engine events; draws a bar on a terminal or notebook, prints plain lines otherwise."""
-
-    def __init__(self, total_bytes: int, *, stream: TextIO | None = None, bar: bool | None = None, interval_s: float = 10.0) -> None:
-        self.stream = stream or sys.stderr
-        self.total = total_bytes
-        self.done = 0
-        self.files_done = 0
-        self.interval_s = interval_s
-        self._last = 0.0
-        self._start = time.monotonic()
-        use_bar = self.stream.isatty() or _in_notebook() if bar is None else bar
-        self._bar = None
-        if use_bar:
-            from tqdm.auto import tqdm
-
-            self._bar = tqdm(total=total_bytes, unit="B", unit_scale=True, unit_divisor=1024, file=self.stream, desc="staging")
-
-    def __call__(self, event: str, **info: Any) -> None:
-        if event == "bytes":
-            self.done += info["n"]
-            if self._bar is not None:
-                self._bar.update(info["n"])
-            else:
-                self._maybe_line()
-        elif event in ("file_done", "file_failed", "retry", "extracted"):
-            if event == "file_done":
-                self.files_done += 1
-                if self._bar is not None:
-                    self._bar.set_postfix_str(f"{self.files_done} files done", refresh=False)
-            message = info.get("message")
-            if message:
-                if self._bar is not None:
-                    self._bar.write(message, file=self.stream)
-                else:
-                    print(message, file=self.stream, flush=True)
-
-    def _maybe_line(self) -> None:
-        now = time.monotonic()
-        if now - self._last < self.interval_s:
-            return
-        self._last = now
-        rate = self.done / max(now - self._start, 1e-6)
-        pct = 100 * self.done / self.total if self.total else 100.0
-        eta = (self.total - self.done) / rate if rate > 0 else 0
-        print(f"staging: {gb(self.done)} of {gb(self.total)} ({pct:.0f}%), {rate / 1e6:.1f} MB/s, ETA {eta:.0f} s, {self.files_done} files done",
-              file=self.stream, flush=True)
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-
-
-def _in_notebook() -> bool:
-    shell = sys.modules.get("IPython")
-    if shell is None:
-        return False
-    try:
-        ip = shell.get_ipython()  # type: ignore[attr-defined]
-    except Exception:  # noqa: BLE001
-        return False
-    return ip is not None and type(ip).__name__ == "ZMQInteractiveShell"
-
 
 
 def status_text(status: dict[str, Any]) -> str:

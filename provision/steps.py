@@ -50,7 +50,7 @@ def check_gpu(config: Config, env: Environment) -> GpuReport:
 
 
 def stage(config: Config, plan: Plan) -> StageResult:
-    from .report import Progress
+    from .progress import Progress
 
     remaining = sum(max(0, (f.size or 0) - f.partial_bytes) for f in plan.data.files if f.stage in ("missing", "partial"))
     progress = Progress(remaining)
@@ -145,7 +145,7 @@ def up(config: Config, plan: Plan, env: Environment, environ: Mapping[str, str],
 def mirror(config: Config, plan: Plan, destination: str, *, dry_run: bool) -> Any:
     """Fill a bucket with the selected files (see :mod:`provision.staging.mirror`)."""
     from .errors import ConfigError
-    from .report import Progress
+    from .progress import Progress
     from .staging.mirror import Mirror
 
     if not destination.startswith("gs://") or len(destination) <= len("gs://"):

@@ -163,6 +163,11 @@ class Stager:
                     except ProvisionError as exc:
                         _fail(results[f.key], exc)
                         self.emit("file_failed", key=f.key, message=f"{f.key}: FAILED: {exc.message}")
+                    except OSError as exc:  # a disk or permission problem of this file's: its failure, not a traceback
+                        where = f" ({exc.filename})" if exc.filename else ""
+                        _fail(results[f.key], ProvisionError(f"{f.key}: {exc.strerror or exc}{where}",
+                                                             hint="check that data.root is writable and its disk healthy; run again to continue"))
+                        self.emit("file_failed", key=f.key, message=f"{f.key}: FAILED: {exc.strerror or exc}{where}")
                     except BaseException as exc:
                         self.abort.set()
                         fatal.append(exc)
@@ -189,6 +194,8 @@ class Stager:
                 self.emit("file_done", key=f.key, message=f"{f.key}: {result.outcome} from {result.source} ({result.members} members unpacked while downloading)")
                 return
         if need.fetch:
+            if repairing:  # the whole archive again: bytes the plan did not count
+                self.emit("expect", key=f.key, n=f.size or 0)
             source, md5 = self._fetch(f, final, result, conns)
             fields: dict[str, Any] = {"verified": True, "md5": md5, "size": os.stat(final).st_size, "source": source,
                                       "unpack": f.unpack, "stamp": stat_stamp(final)}
@@ -252,10 +259,16 @@ class Stager:
                 check_streamable_size(layout, f.unpacked_bytes, f.key)
             if need.only is None:
                 state.update(f.key, unpack=True, streaming=True, md5=md5, size=size, source=loc.url, verified=False, extracted=False)
+            def starting(members: int, to_write: int, to_fetch: int) -> None:
+                if need.only is not None:  # a repair: bytes the plan did not count
+                    self.emit("expect", key=f.key, n=to_fetch)
+                self.emit("unpack", key=f.key, members=members, bytes=to_write)
+
             return stream_archive(
                 transfer, layout, only=need.only, expected_md5=md5, retrier=self.retrier, sleep=self._sleep,
                 on_bytes=lambda n: self._count(result, f.key, n), note_retry=result.retries.append,
                 stop=self.abort, free_bytes=self._free_bytes, parallel=self.cfg.stream_ranges,
+                on_start=starting, on_member=lambda m: self.emit("unpacked", key=f.key, n=m.size),
             )
 
         try:
@@ -446,6 +459,7 @@ class Stager:
         def done(member: extracting.Member) -> None:
             nonlocal count
             count += 1
+            self.emit("unpacked", key=f.key, n=member.size)
 
         try:
             members = extracting.extract(
@@ -455,6 +469,7 @@ class Stager:
                 workers=self.cfg.extract_workers or (os.cpu_count() or 1),
                 on_member=done,
                 stop=self.abort,
+                on_start=lambda members, size: self.emit("unpack", key=f.key, members=members, bytes=size),
             )
         except ExtractError:
             final.unlink(missing_ok=True)  # a damaged archive must be fetched again

@@ -50,8 +50,10 @@ def safe_dest(target: Path, name: str, archive: str) -> Path | None:
 
 
 def list_members(zf: zipfile.ZipFile, target: Path, archive: str) -> list[Member]:
-    """Every file member, validated before anything is written."""
+    """Every file member, validated before anything is written: no symlinks, no escapes, no two members
+    for one file (which would race for one temporary name and leave it unclear which is meant)."""
     members = []
+    seen: dict[Path, str] = {}
     for info in zf.infolist():
         mode = info.external_attr >> 16
         if stat.S_ISLNK(mode):
@@ -59,6 +61,13 @@ def list_members(zf: zipfile.ZipFile, target: Path, archive: str) -> list[Member
         dest = safe_dest(target, info.filename, archive)
         if dest is None or info.is_dir():
             continue
+        if dest in seen:
+            raise ExtractError(
+                f"{archive} holds two members for {dest.relative_to(target)}: {seen[dest]!r} and {info.filename!r}",
+                hint="the archive is damaged or not the data set's; nothing was written; check the source (or the manifest's md5)",
+                archive=archive, member=info.filename,
+            )
+        seen[dest] = info.filename
         members.append(Member(info.filename, dest, info.file_size, info.CRC))
     return members
 
@@ -81,11 +90,13 @@ def extract(
     workers: int = 1,
     on_member: Callable[[Member], None] | None = None,
     stop: threading.Event | None = None,
+    on_start: Callable[[int, int], None] | None = None,
 ) -> list[Member]:
     """Extract ``archive_path`` into ``target``, skipping members already complete; return all members.
 
     ``only`` limits writing to those member names (repairs). Members are written in parallel by
-    ``workers`` threads, each with its own handle on the archive.
+    ``workers`` threads, each with its own handle on the archive. ``on_start(members, bytes)`` says how
+    much is about to be written, ``on_member`` each member done.
     """
     archive = archive_path.name
     try:
@@ -109,6 +120,8 @@ def extract(
             hint="free some space or stage fewer subsets; the archive is kept so the next run continues",
             needed=remaining, free=free_bytes(), path=str(target),
         )
+    if on_start is not None:
+        on_start(len(todo), remaining)
     _run_parallel(archive_path, sorted(todo, key=lambda m: -m.size), max(1, workers), on_member, stop)
     return members
 
@@ -159,16 +172,25 @@ def write_member(zf: zipfile.ZipFile, member: Member, archive: str) -> None:
         raise ExtractError(f"{archive}: member {member.name} is damaged ({exc})", hint="the archive will be refetched on the next stage", archive=archive, member=member.name) from None
     except OSError as exc:
         _discard(tmp)
-        if exc.errno == 28:  # ENOSPC
-            raise OutOfSpaceError(
-                f"the disk filled up while unpacking {member.name} into {member.dest.parent}",
-                hint="free some space or stage fewer subsets (--subsets); what is staged so far is kept and the next run continues",
-                path=str(member.dest.parent),
-            ) from None
-        raise
+        raise write_error(exc, member, archive) from None
     except BaseException:
         _discard(tmp)
         raise
+
+
+def write_error(exc: OSError, member: Member, archive: str) -> ExtractError | OutOfSpaceError:
+    """An OSError while writing a member, as the error to show (never a traceback)."""
+    if exc.errno == 28:  # ENOSPC
+        return OutOfSpaceError(
+            f"the disk filled up while unpacking {member.name} into {member.dest.parent}",
+            hint="free some space or stage fewer subsets (--subsets); what is staged so far is kept and the next run continues",
+            path=str(member.dest.parent),
+        )
+    return ExtractError(
+        f"{archive}: cannot write {member.dest}: {exc.strerror or exc}",
+        hint=f"check that {member.dest.parent} is writable and on a working disk; what is staged so far is kept",
+        archive=archive, member=member.name, path=str(member.dest),
+    )
 
 
 def _discard(path: Path) -> None:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ExtractError, OutOfSpaceError
-from .extract import TMP_SUFFIX, Member, list_members, member_done
+from .extract import TMP_SUFFIX, Member, list_members, member_done, write_error
 from .probe import BLOCK_BYTES, RangeReader
 from .transfer import BUFFER_BYTES, Retrier, Transfer, TransientError
 
@@ -59,6 +59,7 @@ class Layout:
     members: tuple[StreamMember, ...]
     directory_offset: int
     size: int
+    archive: str = ""
 
 
 def read_layout(transfer: Transfer, size: int, target: Path, archive: str) -> Layout:
@@ -78,7 +79,7 @@ def read_layout(transfer: Transfer, size: int, target: Path, archive: str) -> La
         if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA):
             raise CannotStream(f"{archive}: member {info.filename} uses compression method {info.compress_type}")
         stream.append(StreamMember(members[info.filename], info.header_offset, info.compress_size, info.compress_type))
-    return Layout(tuple(stream), directory_offset, size)
+    return Layout(tuple(stream), directory_offset, size, archive)
 
 
 def _decompressor(method: int) -> Any:
@@ -118,12 +119,16 @@ class _LzmaZip:
 class MemberWriter:
     """Inflates one member's compressed bytes into its temporary file; ``finish`` checks and renames."""
 
-    def __init__(self, sm: StreamMember) -> None:
+    def __init__(self, sm: StreamMember, archive: str) -> None:
         self.sm = sm
         self.member = sm.member
-        self.member.dest.parent.mkdir(parents=True, exist_ok=True)
+        self.archive = archive
         self.tmp = self.member.dest.with_name(f".{self.member.dest.name}{TMP_SUFFIX}")
-        self.out = open(self.tmp, "wb")  # noqa: SIM115 - closed in finish/discard
+        try:
+            self.member.dest.parent.mkdir(parents=True, exist_ok=True)
+            self.out = open(self.tmp, "wb")  # noqa: SIM115 - closed in finish/discard
+        except OSError as exc:
+            raise write_error(exc, self.member, archive) from None
         self.crc = 0
         self.written = 0
         self.inflater = _decompressor(sm.compress_type)
@@ -149,25 +154,27 @@ class MemberWriter:
             self.out.write(data)
         except OSError as exc:
             self.discard()
-            if exc.errno == 28:
-                raise OutOfSpaceError(
-                    f"the disk filled up while unpacking {self.member.name} into {self.member.dest.parent}",
-                    hint="free some space or stage fewer subsets (--subsets); what is staged so far is kept and the next run continues",
-                    path=str(self.member.dest.parent),
-                ) from None
-            raise
+            raise write_error(exc, self.member, self.archive) from None
         self.crc = zlib.crc32(data, self.crc)
         self.written += len(data)
 
     def finish(self) -> None:
         if self.inflater is not None and hasattr(self.inflater, "flush"):
             self._emit(self.inflater.flush())
-        self.out.close()
+        try:
+            self.out.close()
+        except OSError as exc:
+            self.discard()
+            raise write_error(exc, self.member, self.archive) from None
         if self.written != self.member.size or self.crc != self.member.crc:
             self.discard()
             raise StreamCorrupt(f"member {self.member.name}: got {self.written} bytes with CRC {self.crc:08x}, "
                                 f"the directory says {self.member.size} bytes with CRC {self.member.crc:08x}")
-        os.replace(self.tmp, self.member.dest)
+        try:
+            os.replace(self.tmp, self.member.dest)
+        except OSError as exc:
+            self.discard()
+            raise write_error(exc, self.member, self.archive) from None
 
     def discard(self) -> None:
         if not self.out.closed:
@@ -182,8 +189,9 @@ class StreamUnpacker:
     so a dropped connection continues with a request from ``pos``.
     """
 
-    def __init__(self, layout: Layout, first: int, last: int, md5: Any | None) -> None:
+    def __init__(self, layout: Layout, first: int, last: int, md5: Any | None, on_member: Callable[[Member], None] | None = None) -> None:
         self.layout = layout
+        self.on_member = on_member
         self.index = first
         self.last = last  # exclusive index of members to write
         self.pos = layout.members[first].header_offset if first < len(layout.members) else layout.directory_offset
@@ -242,7 +250,7 @@ class StreamUnpacker:
         view, self.pos = view[skip:], self.pos + skip
         if self.pos == header_end:
             self.data_start = header_end
-            self.writer = MemberWriter(sm)
+            self.writer = MemberWriter(sm, self.layout.archive)
             if sm.compress_size == 0:
                 self._member_done()
         return view
@@ -251,6 +259,8 @@ class StreamUnpacker:
         assert self.writer is not None
         self.writer.finish()
         self.written.append(self.writer.member)
+        if self.on_member is not None:
+            self.on_member(self.writer.member)
         self.writer = None
         self.header = b""
         self.data_start = None
@@ -312,11 +322,14 @@ def stream_archive(
     stop: threading.Event,
     free_bytes: Callable[[], int],
     parallel: int = 1,
+    on_start: Callable[[int, int, int], None] | None = None,
+    on_member: Callable[[Member], None] | None = None,
 ) -> StreamOutcome:
     """Fetch and unpack the members still missing; verify the archive md5 when it is read whole.
 
     With ``parallel`` > 1 the archive is read as that many member-aligned ranges at once (faster
     under a per-connection cap); each member is still CRC-checked, but no whole-archive md5 exists.
+    ``on_start(members, bytes to write, bytes to fetch)`` says what is coming, ``on_member`` each member written.
     """
     runs = runs_to_fetch(layout, only)
     members = [sm.member for sm in layout.members]
@@ -328,9 +341,12 @@ def stream_archive(
                               hint="free some space or stage fewer subsets (--subsets)", needed=to_write, free=free_bytes())
     whole = parallel <= 1 and only is None and runs == [(0, len(layout.members))]
     md5 = hashlib.md5() if whole else None
-    parsers = [StreamUnpacker(layout, first, last, md5) for first, last in split_runs(layout, runs, parallel)]
+    parsers = [StreamUnpacker(layout, first, last, md5, on_member) for first, last in split_runs(layout, runs, parallel)]
     if whole and layout.members and layout.members[0].header_offset > 0:
         parsers[0].pos = 0  # bytes before the first member still count for the md5
+    if on_start is not None:
+        members_to_write = sum(last - first for first, last in runs)
+        on_start(members_to_write, to_write, sum(p.end - p.pos for p in parsers))
 
     def pump(parser: StreamUnpacker) -> None:
         try:
