@@ -16,7 +16,7 @@ from .manifest import parse_subsets
 from .schema import build, did_you_mean, set_by_tool
 from .staging.sources import Source, parse_source
 
-PROFILES = ("colab", "vm", "local", "ci")
+PROFILES = ("kaggle", "colab", "vm", "local", "ci")
 BOOK_COMMIT = "d6c0210143daa133bbdeddaffc8993b1e17b5174"  # dlwpt-code's last commit (2020-12-28)
 
 
@@ -368,10 +368,7 @@ def _expand_paths(data: dict[str, Any], environ: Mapping[str, str], origins: _Or
             section["root"] = os.path.abspath(expand_path(section["root"], environ, f"{origins('data.root')}: data.root"))
         sources = section.get("sources")
         if isinstance(sources, list):
-            section["sources"] = [
-                expand_path(s, environ, f"{origins('data.sources')}: data.sources[{i}]") if isinstance(s, str) else s
-                for i, s in enumerate(sources)
-            ]
+            section["sources"] = [_expand_source(s, environ, f"{origins('data.sources')}: data.sources[{i}]") for i, s in enumerate(sources)]
     book = data.get("book")
     if isinstance(book, dict):
         if isinstance(book.get("dir"), str):
@@ -389,6 +386,16 @@ def _expand_paths(data: dict[str, Any], environ: Mapping[str, str], origins: _Or
         if isinstance(files, list):
             reqs["files"] = [_requirement_file(f, environ, origins(f"requirements.files[{i}]"), i) for i, f in enumerate(files)]
     return data
+
+
+def _expand_source(text: Any, environ: Mapping[str, str], where: str) -> Any:
+    """~ and ${VAR} in a folder source, also after the unpacked: and kaggle: prefixes."""
+    if not isinstance(text, str):
+        return text
+    for prefix in ("unpacked:", "kaggle:"):
+        if text.startswith(prefix) and len(text) > len(prefix):
+            return prefix + expand_path(text[len(prefix):], environ, where)
+    return expand_path(text, environ, where)
 
 
 def _requirement_file(text: Any, environ: Mapping[str, str], declared_in: str, index: int) -> Any:

@@ -1,4 +1,4 @@
-"""Where are we running? Colab, a cloud VM, or a workstation; and filesystem facts.
+"""Where are we running? Kaggle, Colab, a cloud VM, or a workstation; and filesystem facts.
 
 Everything here takes its inputs (environment variables, a /sys folder, a path) as
 arguments, so tests can describe a Colab or GCP machine without patching anything.
@@ -13,6 +13,8 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+
+KINDS = ("kaggle", "colab", "vm", "local")
 
 # DMI strings that cloud hypervisors write into /sys/class/dmi/id
 CLOUD_DMI = {
@@ -29,7 +31,7 @@ CLOUD_DMI = {
 
 @dataclass(frozen=True)
 class Environment:
-    """The detected kind of machine (colab, vm, local), whether CI runs us, and Python/OS facts."""
+    """The detected kind of machine (kaggle, colab, vm, local), whether CI runs us, and Python/OS facts."""
 
     kind: str
     ci: bool
@@ -81,21 +83,25 @@ def detect(
     """Decide the environment from facts passed in (see :func:`current`)."""
     reasons: list[str] = []
     cloud = cloud_from_dmi(dmi)
-    if colab_importable:
+    if environ.get("KAGGLE_KERNEL_RUN_TYPE"):
+        # first: Kaggle's image is built on Colab's, so google.colab imports there too (and COLAB_RELEASE_TAG may be set)
+        kind = "kaggle"
+        reasons.append(f"KAGGLE_KERNEL_RUN_TYPE is {environ['KAGGLE_KERNEL_RUN_TYPE']}")
+    elif colab_importable:
         kind = "colab"
         reasons.append("google.colab is importable")
-    elif environ.get("COLAB_RELEASE_TAG") and not environ.get("KAGGLE_KERNEL_RUN_TYPE"):
+    elif environ.get("COLAB_RELEASE_TAG"):
         kind = "colab"
         reasons.append("COLAB_RELEASE_TAG is set")
     elif cloud:
         kind = "vm"
         reasons.append(f"DMI says this is a {cloud} virtual machine")
-    elif environ.get("PROVISION_ENVIRONMENT") in ("colab", "vm", "local"):
+    elif environ.get("PROVISION_ENVIRONMENT") in KINDS:
         kind = environ["PROVISION_ENVIRONMENT"]
         reasons.append("PROVISION_ENVIRONMENT is set")
     else:
         kind = "local"
-        reasons.append("no sign of Colab or a cloud VM")
+        reasons.append("no sign of Kaggle, Colab or a cloud VM")
     ci = environ.get("CI", "").lower() not in ("", "0", "false", "no")
     if ci:
         reasons.append("CI is set")

@@ -19,10 +19,13 @@ from .config import Config, configs_dir
 from .disk import GB, DiskItem, DiskPlan, DiskRules, gb, plan_disk
 from .environment import Environment, FsFacts, fs_facts
 from .install import InstallPlan, TorchIndex, index_options, installed_distributions, plan_install, read_requirements, target_python, torch_index
-from .manifest import Manifest, format_subsets, load_manifest
-from .staging.sources import file_url
+from .manifest import Manifest, PinnedMember, format_subsets, load_manifest
+from .staging.sources import Source, file_url
 from .staging.state import FileStatus, file_statuses
 from .torch_wheels import INDEX_BASE, WheelTable, choose, gpus_from_smi, load_table
+
+KAGGLE_WORKING = "/kaggle/working"  # what a saved Kaggle notebook keeps: at most 20 GB
+KAGGLE_WORKING_BYTES = 20 * GB
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,7 @@ class Facts:
     remote: Mapping[str, RemoteFacts] = field(default_factory=dict)
     book: BookFacts | None = None
     wheels: WheelTable | None = None  # configs/torch/wheels.yaml, loaded with nvidia_smi
+    copies: Mapping[str, CopyFacts] = field(default_factory=dict)  # unpacked-copy source location -> what it holds
 
 
 @dataclass(frozen=True)
@@ -84,6 +88,21 @@ class FilePlan:
     stage: str
     partial_bytes: int
     bucket_status: str | None = None
+    pinned: tuple[PinnedMember, ...] = ()  # the archive's members as the data set has them (checked when present)
+    not_in_copies: bool = False  # an unpacked copy is configured but lacks this file
+
+    @property
+    def from_copy(self) -> bool:
+        """Linked from an unpacked copy (its first source): no bytes to download or write."""
+        return bool(self.locations) and self.locations[0].kind == "unpacked"
+
+
+@dataclass(frozen=True)
+class CopyFacts:
+    """What an unpacked copy holds: each subset's folder, and plain files of the data set (annotations.csv)."""
+
+    subsets: Mapping[int, str]
+    plain: Mapping[str, str]
 
 
 @dataclass(frozen=True)
@@ -200,7 +219,24 @@ def gather_facts(config: Config, environ: Mapping[str, str], environment: Enviro
         statuses=file_statuses(root, keys) if root.is_dir() else {},
         environ=dict(environ),
         book=gather_book_facts(config),
+        copies={s.location: look_into_copy(s, manifest) for s in config.data.sources if s.is_copy},
     )
+
+
+def look_into_copy(source: Source, manifest: Manifest) -> CopyFacts:
+    """Which subsets (and plain files) an unpacked copy holds; it is only listed, not read."""
+    from .staging.copies import find_plain, find_subsets, kaggle_copies
+
+    root = Path(source.location)
+    subsets = kaggle_copies(root) if source.kaggle else find_subsets(root)
+    bases = sorted(p for p in root.iterdir() if p.is_dir()) if source.kaggle and root.is_dir() else [root]
+    plain = {}
+    for f in manifest.files:
+        if not f.unpack:
+            found = next((hit for base in bases if (hit := find_plain(base, f.key))), None)
+            if found:
+                plain[f.key] = found
+    return CopyFacts(subsets, plain)
 
 
 def gather_book_facts(config: Config) -> BookFacts:
@@ -249,6 +285,12 @@ def make_plan(config: Config, manifest: Manifest, facts: Facts) -> Plan:
         ))
     if not disk.fits:
         problems.append(disk_problem(disk, by_mode["stream"] if mode == "archive" else None))
+    elif env.kind == "kaggle" and Path(config.data.root).is_relative_to(KAGGLE_WORKING) and disk.needed_bytes > KAGGLE_WORKING_BYTES:
+        problems.append(Problem(
+            "data", f"{KAGGLE_WORKING} keeps at most {KAGGLE_WORKING_BYTES // GB} GB (Kaggle's output limit; the disk does not show it): "
+                    f"staging into {config.data.root} needs {gb(disk.needed_bytes)}",
+            "stage on the scratch disk instead: --root /kaggle/tmp/dlwpt-code/data-unversioned (the kaggle profile's default)",
+        ))
     book = plan_book(config, facts.book) if facts.book is not None else None
     if book is not None and book.enabled:
         problems += book_problems(book)
@@ -325,10 +367,17 @@ def plan_data(config: Config, manifest: Manifest, facts: Facts) -> DataPlan:
         status = facts.statuses.get(f.key, FileStatus(f.key, "missing"))
         locations = []
         for source in config.data.sources:
+            if source.is_copy:
+                copy = facts.copies.get(source.location, CopyFacts({}, {}))
+                found = copy.subsets.get(f.subset) if f.unpack and f.subset is not None else copy.plain.get(f.key)
+                if found:
+                    locations.append(FileLocation("unpacked", found))
+                continue
             try:
                 locations.append(FileLocation(source.kind, file_url(source, f, config.data.zenodo_url)))
             except ValueError:
                 continue  # e.g. zenodo for a file without a record
+        lacking = any(s.is_copy for s in config.data.sources) and not any(loc.kind == "unpacked" for loc in locations)
         files.append(FilePlan(
             key=f.key,
             record=f.record,
@@ -343,6 +392,8 @@ def plan_data(config: Config, manifest: Manifest, facts: Facts) -> DataPlan:
             stage=status.stage,
             partial_bytes=status.partial_bytes,
             bucket_status=remote.bucket_status,
+            pinned=f.pinned,
+            not_in_copies=lacking,
         ))
     return DataPlan(
         dataset=manifest.name,
@@ -362,7 +413,7 @@ def plan_data(config: Config, manifest: Manifest, facts: Facts) -> DataPlan:
 def disk_item(f: FilePlan) -> DiskItem:
     """Bytes still to be written for one file, given how far it already got."""
     size = f.size or 0
-    if f.stage == "extracted" or (f.stage == "verified" and not f.unpack):
+    if f.stage in ("extracted", "linked") or (f.stage == "verified" and not f.unpack) or f.from_copy:
         return DiskItem(f.key, f.subset, 0, 0, unpack=f.unpack)
     remaining = 0 if f.stage == "verified" else max(0, size - f.partial_bytes)
     return DiskItem(

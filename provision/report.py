@@ -52,8 +52,12 @@ def plan_text(plan: Plan) -> str:
         if f.unpack and f.unpacked_bytes is not None:
             unpacked = f" -> {'~' if f.unpacked_estimated else ''}{gb(f.unpacked_bytes)} unpacked"
         stage = f.stage if f.stage != "partial" else f"partial ({gb(f.partial_bytes)})"
-        bucket = f"  (bucket: {f.bucket_status})" if f.bucket_status else ""
-        lines.append(f"  {f.key:<22} {size:>10}{unpacked:<26} {stage}{bucket}")
+        note = f"  (bucket: {f.bucket_status})" if f.bucket_status else ""
+        if f.from_copy and f.stage not in ("linked", "extracted", "verified"):
+            note += f"  <- unpacked copy {f.locations[0].url}: linked, no download, ~0 disk"
+        elif f.not_in_copies and f.stage not in ("linked", "extracted", "verified"):
+            note += "  (not in the unpacked copy: " + (f"from {f.locations[0].kind}" if f.locations else "no other source") + ")"
+        lines.append(f"  {f.key:<22} {size:>10}{unpacked:<26} {stage}{note}")
     for disk in plan.disk:
         lines += [
             "",
@@ -273,6 +277,15 @@ def stage_text_from_dict(info: dict[str, Any]) -> str:
     return f"data       {'ok' if info['ok'] else 'FAILED'}: {done} of {len(info['files'])} files staged in {info['target_dir']}"
 
 
+def pin_text(result: dict[str, Any]) -> str:
+    lines = [f"{key:<24} {info['members']} members, {gb(info['unpacked_bytes'])} unpacked" for key, info in result["archives"].items()]
+    if result["dry_run"]:
+        lines.append(f"would write {result['path']}" if result["changed"] else f"{result['path']} already has these")
+    else:
+        lines.append(f"wrote {result['path']} ({len(result['changed'])} archive(s) changed)" if result["changed"] else f"{result['path']} already has these")
+    return "\n".join(lines)
+
+
 def mirror_text(result: Any) -> str:
     lines = []
     for item in result.items:
@@ -282,7 +295,7 @@ def mirror_text(result: Any) -> str:
         lines.append(line)
         if item.error:
             lines.append(f"  error: {item.error}")
-    verb = "would upload" if result.dry_run else "uploaded"
+    verb = "would copy" if result.dry_run else "copied"
     lines.append(f"{verb} {gb(result.bytes_to_upload)} to {result.destination}" + ("" if result.ok else "; some files FAILED"))
     return "\n".join(lines)
 

@@ -143,18 +143,40 @@ def up(config: Config, plan: Plan, env: Environment, environ: Mapping[str, str],
 
 
 def mirror(config: Config, plan: Plan, destination: str, *, dry_run: bool) -> Any:
-    """Fill a bucket with the selected files (see :mod:`provision.staging.mirror`)."""
+    """Fill a bucket (gs://BUCKET/PREFIX/) or a folder (Google Drive, a share) with the selected files, verified."""
     from .errors import ConfigError
     from .progress import Progress
-    from .staging.mirror import Mirror
+    from .staging.mirror import mirror_for
 
-    if not destination.startswith("gs://") or len(destination) <= len("gs://"):
-        raise ConfigError(f"--to {destination!r} is not a bucket URL", hint="write it as gs://BUCKET/PREFIX/")
+    if destination.startswith("gs://") and len(destination.rstrip("/")) <= len("gs://"):
+        raise ConfigError(f"--to {destination!r} names no bucket", hint="write it as gs://BUCKET/PREFIX/")
+    if "://" in destination and not destination.startswith("gs://"):
+        raise ConfigError(f"--to {destination!r} is neither a bucket nor a folder", hint="write gs://BUCKET/PREFIX/ or a folder such as /content/drive/MyDrive/luna16/")
     progress = Progress(0, bar=False)
     try:
-        return Mirror(config.data, plan.data, destination, emit=progress).run(dry_run)
+        return mirror_for(config.data, plan.data, destination, emit=progress).run(dry_run)
     finally:
         progress.close()
+
+
+def pin(config: Config, *, dry_run: bool) -> dict[str, Any]:
+    """Read each selected archive's members from the sources and write them to ``<manifest>.members.yaml``
+    (merged with what it pinned before), so staging can check members against the data set itself."""
+    from .config import configs_dir
+    from .manifest import dump_pins, load_pins, manifest_path, pins_path
+    from .staging.probe import pin_members
+    from .staging.state import atomic_write_text
+
+    manifest = load_manifest(config.data.dataset, configs_dir())
+    path = pins_path(manifest_path(config.data.dataset, configs_dir()))
+    found = pin_members(config, manifest)
+    merged = {key: members for key, (_size, members) in load_pins(path, {f.key for f in manifest.files}).items()}
+    changed = sorted(key for key, members in found.items() if merged.get(key) != members)
+    merged.update(found)
+    if not dry_run and changed:
+        atomic_write_text(path, dump_pins(merged))
+    return {"path": str(path), "dry_run": dry_run, "changed": changed,
+            "archives": {key: {"members": len(m), "unpacked_bytes": sum(x.size for x in m)} for key, m in sorted(found.items())}}
 
 
 def status(config: Config) -> dict[str, Any]:
@@ -217,17 +239,18 @@ def verify(config: Config, *, full: bool) -> dict[str, Any]:
                 for name, (size, crc) in sorted(rec.get("members", {}).items()):
                     path = target / name
                     try:
-                        actual = os.stat(path).st_size
+                        actual = os.stat(path).st_size  # through the link, for a subset linked from a copy
                     except OSError:
                         missing.append(name)
                         continue
-                    if actual != size or (full and crc_of(path) != crc):
+                    # a copy's scans without pinned members have no CRC to compare: their size was checked against the header
+                    if actual != size or (full and crc is not None and crc_of(path) != crc):
                         damaged.append(name)
                 state.update(f.key, damaged=damaged)
-                stage = "extracted"
+                stage = "linked" if rec.get("linked") else "extracted"
             elif rec.get("verified"):
                 path = target / f.key
-                stage = "verified"
+                stage = "linked" if rec.get("linked") else "verified"
                 if not path.exists():
                     missing.append(f.key)
                 elif os.stat(path).st_size != rec.get("size") or (full and md5_of(path) != rec.get("md5")):

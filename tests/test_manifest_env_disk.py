@@ -64,7 +64,7 @@ def test_detect_colab_by_module() -> None:
 
 def test_detect_kaggle_is_not_colab() -> None:
     env = detect({"COLAB_RELEASE_TAG": "x", "KAGGLE_KERNEL_RUN_TYPE": "Interactive"}, colab_importable=False, dmi={})
-    assert env.kind == "local"
+    assert env.kind == "kaggle" and env.profile == "kaggle"
 
 
 def test_detect_gcp_vm_from_dmi_and_ci_flag() -> None:

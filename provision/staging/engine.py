@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -39,7 +39,7 @@ MD5_MISMATCH_TRIES_PER_SOURCE = 2
 @dataclass
 class FileResult:
     key: str
-    outcome: str = "pending"  # already staged | staged | repaired | failed
+    outcome: str = "pending"  # already staged | staged | linked | repaired | failed
     source: str | None = None
     bytes_fetched: int = 0
     retries: list[str] = field(default_factory=list)
@@ -96,6 +96,9 @@ def decide(f: FilePlan, rec: dict[str, Any] | None, target: Path) -> Need | None
     final = target / f.key
     if not rec or (f.md5 and rec.get("md5") and rec["md5"] != f.md5):
         return Need(fetch=True, extract=f.unpack, reason="not staged yet")
+    if rec.get("linked"):  # from an unpacked copy: linking again is cheap, so any broken link means all of it
+        broken = [name for name, (size, _crc) in rec.get("members", {}).items() if size_of(target / name) != size]
+        return Need(fetch=True, extract=f.unpack, reason=f"{len(broken)} link(s) to the copy broken") if broken or rec.get("damaged") else None
     archive_ok = rec.get("verified") and rec.get("stamp") is not None and stat_stamp(final) == rec.get("stamp")
     if not f.unpack:
         return None if archive_ok else Need(fetch=True, extract=False, reason="missing or changed since it was verified")
@@ -185,6 +188,13 @@ class Stager:
     def _stage_file(self, f: FilePlan, need: Need, state: StateStore, result: FileResult, conns: ThreadPoolExecutor) -> None:
         if self.abort.is_set():
             raise OutOfSpaceError.stopped()
+        if need.fetch and f.locations and f.locations[0].kind == "unpacked":
+            rest = self._link_from_copies(f, state, result)
+            if not rest:
+                noun = "file" if result.members == 1 else "files"
+                self.emit("file_done", key=f.key, message=f"{f.key}: linked from the unpacked copy {result.source} ({result.members} {noun})")
+                return
+            f = replace(f, locations=rest)
         final = self.target / f.key
         repairing = need.only is not None
         # stream mode; and any repair whose archive is gone fetches just the damaged members' bytes
@@ -215,6 +225,39 @@ class Stager:
         result.outcome = "repaired" if repairing else "staged"
         what = f"{result.members} members unpacked" if need.extract else "verified"
         self.emit("file_done", key=f.key, message=f"{f.key}: {result.outcome} from {result.source} ({what})")
+
+    # ------------------------------------------------------------ unpacked copies
+
+    def _link_from_copies(self, f: FilePlan, state: StateStore, result: FileResult) -> tuple[FileLocation, ...]:
+        """Link ``f`` from the unpacked copies that lead its sources; returns the sources left to try (none: linked)."""
+        from .copies import CopyDamaged, CopyFile, check_against_pins, link_files, scan_files
+
+        for i, loc in enumerate(f.locations):
+            if loc.kind != "unpacked":
+                return f.locations[i:]
+            try:
+                if f.unpack:
+                    files = scan_files(Path(loc.url), f.subset or 0)
+                    pins = {m.name: (m.size, m.crc) for m in f.pinned}
+                    crcs = check_against_pins(files, pins, f.subset or 0, loc.url) if pins else {}
+                else:
+                    got = md5_of(Path(loc.url))
+                    if f.md5 and got != f.md5:
+                        raise CopyDamaged(f"the copy's {loc.url} has md5 {got}, the data set's {f.key} has {f.md5}")
+                    files, crcs = [CopyFile(f.key, Path(loc.url), os.stat(loc.url).st_size)], {}
+            except (CopyDamaged, OSError) as exc:
+                reason = getattr(exc, "reason", None) or f"{loc.url}: {exc}"
+                result.retries.append(f"{reason}; trying the next source")
+                self.emit("retry", key=f.key, message=f"{f.key}: {reason}; trying the next source")
+                continue
+            link_files(files, self.target)
+            members = {c.name: [c.size, crcs.get(c.name)] for c in files}
+            state.update(f.key, linked=True, extracted=f.unpack, verified=True, unpack=f.unpack, source=loc.url, members=members,
+                         damaged=[], stamp=None, md5=f.md5, size=f.size)
+            result.source, result.members, result.outcome = loc.url, len(files), "linked"
+            return ()
+        raise DownloadError(f"{f.key}: no unpacked copy holds it intact and no other source is configured: " + "; ".join(result.retries),
+                            hint="add a download source after the copy (data.sources: [kaggle, zenodo])", key=f.key)
 
     # ------------------------------------------------------------ fetching
 

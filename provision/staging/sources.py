@@ -9,13 +9,17 @@ from urllib.parse import quote, urlsplit
 
 from ..manifest import ManifestFile
 
+KAGGLE_INPUT = "/kaggle/input"  # where Kaggle mounts the data sets attached to a notebook, read-only
+
 
 @dataclass(frozen=True)
 class Source:
-    """One place files can come from. ``kind`` is zenodo, http, gs or local."""
+    """One place files can come from. ``kind`` is zenodo, http, gs, local (archives in a folder), or
+    unpacked (an unpacked copy; ``kaggle`` is the one mounted under /kaggle/input)."""
 
     kind: str
     location: str  # base URL, gs:// prefix, or directory ("zenodo" for zenodo)
+    kaggle: bool = False  # an unpacked copy: search every data set mounted under this folder
 
     @property
     def insecure(self) -> bool:
@@ -33,7 +37,11 @@ class Source:
 
     @property
     def label(self) -> str:
-        return self.location
+        return f"unpacked copy {self.location}" if self.kind == "unpacked" else self.location
+
+    @property
+    def is_copy(self) -> bool:
+        return self.kind == "unpacked"
 
 
 def parse_source(text: str) -> Source:
@@ -41,6 +49,12 @@ def parse_source(text: str) -> Source:
     text = text.strip()
     if text == "zenodo":
         return Source("zenodo", "zenodo")
+    if text == "kaggle" or text.startswith("kaggle:"):
+        return Source("unpacked", os.path.abspath(text[len("kaggle:"):] or KAGGLE_INPUT), kaggle=True)
+    if text.startswith("unpacked:"):
+        if not text[len("unpacked:"):]:
+            raise ValueError("unpacked: names no folder; write unpacked:/path/to/the/copy")
+        return Source("unpacked", os.path.abspath(text[len("unpacked:"):]))
     if text.startswith(("http://", "https://")):
         if not text.endswith("/"):
             raise ValueError(f"a base URL must end with '/', so that file names can be appended: {text}/")
@@ -55,7 +69,7 @@ def parse_source(text: str) -> Source:
             text += "/"
         return Source("gs", text)
     if "://" in text:
-        raise ValueError(f"{text}: unsupported scheme; use zenodo, https://host/dir/, gs://bucket/prefix/ or a directory")
+        raise ValueError(f"{text}: unsupported scheme; use zenodo, https://host/dir/, gs://bucket/prefix/, a directory, unpacked:DIR or kaggle")
     if not text:
         raise ValueError("an empty source")
     return Source("local", os.path.abspath(text))
@@ -69,6 +83,8 @@ def file_url(source: Source, file: ManifestFile, zenodo_url: str) -> str:
         return f"{zenodo_url.rstrip('/')}/records/{file.record}/files/{quote(file.key)}?download=1"
     if source.kind == "local":
         return os.path.join(source.location, file.key)
+    if source.kind == "unpacked":
+        raise ValueError("an unpacked copy's files are found by looking into it (see staging.copies)")
     return source.location + quote(file.key)
 
 

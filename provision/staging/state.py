@@ -88,7 +88,7 @@ def read_json(path: Path) -> Any:
 
 @dataclass(frozen=True)
 class FileStatus:
-    """A file's stage for the plan and ``status``: missing, partial, verified (downloaded) or extracted."""
+    """A file's stage for the plan and ``status``: missing, partial, verified (downloaded), extracted, or linked (from an unpacked copy)."""
 
     key: str
     stage: str
@@ -145,7 +145,9 @@ def file_statuses(root: Path, keys: list[str]) -> dict[str, FileStatus]:
     statuses = {}
     for key in keys:
         rec = files.get(key) or {}
-        if rec.get("extracted") or (rec.get("verified") and not rec.get("unpack")):
+        if rec.get("linked"):
+            statuses[key] = FileStatus(key, "linked", source=rec.get("source"))
+        elif rec.get("extracted") or (rec.get("verified") and not rec.get("unpack")):
             statuses[key] = FileStatus(key, "extracted" if rec.get("unpack") else "verified", source=rec.get("source"))
         elif rec.get("verified"):
             statuses[key] = FileStatus(key, "verified", source=rec.get("source"))

@@ -43,8 +43,9 @@ def build_luna_like(folder: Path, *, subsets: int = 3, scans: int = 2, raw_bytes
         with zipfile.ZipFile(folder / key, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
             for i in range(scans):
                 uid = f"1.3.6.1.4.1.14519.5.2.1.6279.6001.{s:02d}{i:04d}{rng.randrange(10**6):06d}"
-                raw = ct_like_bytes(raw_bytes + rng.randrange(1000), rng)
-                mhd = (f"ObjectType = Image\nNDims = 3\nDimSize = 64 64 {len(raw) // 8192}\n"
+                slices = max(1, (raw_bytes + rng.randrange(1000)) // 8192)  # 64 x 64 x 2 bytes a slice: the header tells the size
+                raw = ct_like_bytes(slices * 8192, rng)
+                mhd = (f"ObjectType = Image\nNDims = 3\nDimSize = 64 64 {slices}\n"
                        f"ElementType = MET_SHORT\nElementDataFile = {uid}.raw\n").encode()
                 for member, data in ((f"subset{s}/{uid}.mhd", mhd), (f"subset{s}/{uid}.raw", raw)):
                     zf.writestr(member, data)

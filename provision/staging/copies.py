@@ -1,0 +1,165 @@
+"""An unpacked copy as a source: a read-only mount (Kaggle's /kaggle/input/<dataset>/, an NFS share).
+
+Nothing is downloaded or copied, and nothing is written into the copy: each selected subset's scans
+are found in it (also one nesting level deeper, as published copies have them: subset0/subset0/),
+checked, and linked into the layout the book's code expects (<root>/part2/luna/subsetN/, symlinks).
+A scan is checked against its MetaImage header (the .raw must hold DimSize x ElementType bytes) or,
+where the manifest pins its members, against their sizes and CRC-32s. A subset that fails a check
+falls back to the next source like any failed download.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from .transfer import BUFFER_BYTES, PermanentError
+
+SUBSET_DIR = re.compile(r"subset(\d+)$")
+SEARCH_DEPTH = 4  # <input>/<dataset>/<folder>/subsetN/subsetN
+KAGGLE_INPUT = "/kaggle/input"
+ELEMENT_BYTES = {"MET_UCHAR": 1, "MET_CHAR": 1, "MET_USHORT": 2, "MET_SHORT": 2, "MET_UINT": 4, "MET_INT": 4, "MET_FLOAT": 4,
+                 "MET_ULONG": 8, "MET_LONG": 8, "MET_DOUBLE": 8}
+
+
+class CopyDamaged(PermanentError):
+    """The copy lacks scans or holds damaged ones: that subset comes from the next source."""
+
+
+@dataclass(frozen=True)
+class CopyFile:
+    """One file of a subset in the copy, and the name it takes under the data set's folder."""
+
+    name: str   # subsetN/<uid>.mhd
+    path: Path
+    size: int
+
+
+def find_subsets(root: Path, depth: int = SEARCH_DEPTH) -> dict[int, str]:
+    """subset number -> the folder in ``root`` that holds its .mhd files (the deepest one, for nested copies)."""
+    found: dict[int, str] = {}
+    if not root.is_dir():
+        return found
+    base = len(root.parts)
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        here = Path(dirpath)
+        if len(here.parts) - base >= depth:
+            dirnames[:] = []
+        match = SUBSET_DIR.match(here.name)
+        if match and any(name.endswith(".mhd") for name in filenames):
+            found[int(match.group(1))] = dirpath  # os.walk goes top-down: a nested subsetN/subsetN wins
+        dirnames.sort()
+    return found
+
+
+def find_plain(root: Path, key: str, depth: int = 2) -> str | None:
+    """A plain file of the data set (annotations.csv) near the top of the copy, or None."""
+    for level in range(depth + 1):
+        for candidate in sorted(root.glob("/".join(["*"] * level + [key]))):
+            if candidate.is_file():
+                return str(candidate)
+    return None
+
+
+def kaggle_copies(input_dir: Path = Path(KAGGLE_INPUT)) -> dict[int, str]:
+    """Subsets found in any data set mounted under Kaggle's input folder (the first data set that has one wins)."""
+    found: dict[int, str] = {}
+    if input_dir.is_dir():
+        for dataset in sorted(p for p in input_dir.iterdir() if p.is_dir()):
+            for number, folder in find_subsets(dataset).items():
+                found.setdefault(number, folder)
+    return found
+
+
+def read_header(mhd: Path) -> dict[str, str]:
+    fields = {}
+    with open(mhd, encoding="latin-1") as fh:
+        for line in fh:
+            key, sep, value = line.partition("=")
+            if sep:
+                fields[key.strip()] = value.strip()
+    return fields
+
+
+def raw_size_from_header(header: dict[str, str]) -> int | None:
+    """The bytes a .raw must hold: the product of DimSize times the element size (None when it cannot tell)."""
+    try:
+        dims = [int(x) for x in header["DimSize"].split()]
+        element = ELEMENT_BYTES[header["ElementType"]] * int(header.get("ElementNumberOfChannels", "1"))
+    except (KeyError, ValueError):
+        return None
+    if header.get("CompressedData", "False").lower() == "true":
+        return None
+    total = element
+    for d in dims:
+        total *= d
+    return total + int(header.get("HeaderSize", "0") or 0)
+
+
+def scan_files(folder: Path, subset: int) -> list[CopyFile]:
+    """The subset's .mhd files and the .raw each names, checked against its header; CopyDamaged names what is wrong."""
+    files: list[CopyFile] = []
+    problems: list[str] = []
+    for mhd in sorted(folder.glob("*.mhd")):
+        header = read_header(mhd)
+        raw_name = header.get("ElementDataFile", mhd.with_suffix(".raw").name)
+        raw = mhd.parent / raw_name
+        try:
+            raw_size = raw.stat().st_size
+        except OSError:
+            problems.append(f"{mhd.name} names {raw_name}, which is missing")
+            continue
+        expected = raw_size_from_header(header)
+        if expected is not None and raw_size != expected:
+            problems.append(f"{raw} holds {raw_size} bytes, its header ({mhd.name}: DimSize {header.get('DimSize')}, "
+                            f"{header.get('ElementType')}) says {expected}")
+            continue
+        files.append(CopyFile(f"subset{subset}/{mhd.name}", mhd, mhd.stat().st_size))
+        files.append(CopyFile(f"subset{subset}/{raw.name}", raw, raw_size))
+    if problems:
+        raise CopyDamaged(f"the copy's subset{subset} ({folder}) is damaged: " + "; ".join(problems[:5]) +
+                          (f"; and {len(problems) - 5} more" if len(problems) > 5 else ""))
+    if not files:
+        raise CopyDamaged(f"the copy's subset{subset} ({folder}) holds no scans")
+    return files
+
+
+def check_against_pins(files: list[CopyFile], pins: dict[str, tuple[int, int]], subset: int, folder: str) -> dict[str, int]:
+    """Sizes and CRC-32s of the copy's files against the manifest's pinned members; returns name -> CRC."""
+    have = {f.name: f for f in files}
+    missing = sorted(set(pins) - set(have))
+    wrong = [f"{name} holds {have[name].size} bytes, not {size}" for name, (size, _) in sorted(pins.items()) if name in have and have[name].size != size]
+    if missing or wrong:
+        raise CopyDamaged(f"the copy's subset{subset} ({folder}) differs from the data set: "
+                          + "; ".join([f"{len(missing)} file(s) missing, e.g. {missing[0]}"] if missing else []) + "; ".join(wrong[:3]))
+    crcs = {}
+    for name, (_size, crc) in sorted(pins.items()):
+        got = crc32_of(have[name].path)
+        if got != crc:
+            raise CopyDamaged(f"the copy's {have[name].path} has CRC-32 {got:08x}, the data set's {name} has {crc:08x}")
+        crcs[name] = got
+    return crcs
+
+
+def crc32_of(path: Path) -> int:
+    crc = 0
+    with open(path, "rb") as fh:
+        while chunk := fh.read(BUFFER_BYTES * 4):
+            crc = zlib.crc32(chunk, crc)
+    return crc
+
+
+def link_files(files: list[CopyFile], target: Path) -> None:
+    """A symlink per file under ``target`` (each made under a temporary name, then renamed into place)."""
+    for f in files:
+        dest = target / f.name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if dest.is_symlink() and os.readlink(dest) == str(f.path):
+            continue
+        tmp = Path(tempfile.mktemp(prefix=f".{dest.name}.", suffix=".link", dir=dest.parent))
+        os.symlink(f.path, tmp)
+        os.replace(tmp, dest)
