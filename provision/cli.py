@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--smoke", action="store_true", help="then run each Part 2 entry point for a few batches on the staged data")
     p.add_argument("--dry-run", action="store_true", help="show the book part of the plan only")
 
+    p = sub.add_parser("pin", parents=[common], help="write each archive's members (name, size, CRC-32) beside the manifest, from the sources")
+    p.add_argument("--dry-run", action="store_true", help="read and show them; write nothing")
+
     p = sub.add_parser("vm", parents=[common], help="create a GCP GPU VM that provisions itself (gcloud)")
     p.add_argument("--dry-run", action="store_true", help="print the exact gcloud command and startup script")
 
@@ -82,8 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spot", action="store_true", default=None, help="use spot/preemptible instances")
     p.add_argument("--disk-size", type=int, help="disk per node in GB (refused when smaller than the data plan)")
 
-    p = sub.add_parser("mirror", parents=[common], help="copy the selected files into a bucket once (gs://bucket/prefix/)")
-    p.add_argument("--to", required=True, metavar="GS_URL", help="destination, e.g. gs://my-bucket/luna16/")
+    p = sub.add_parser("mirror", parents=[common], help="copy the selected files once into a bucket or a folder (Google Drive)")
+    p.add_argument("--to", required=True, metavar="GS_URL_OR_DIR", help="destination: gs://my-bucket/luna16/ or /content/drive/MyDrive/luna16/")
     p.add_argument("--dry-run", action="store_true", help="show what would be copied and how many bytes")
     return parser
 
@@ -181,6 +184,12 @@ def _dispatch(args: argparse.Namespace, environ: Mapping[str, str], out: TextIO)
         return EXIT_OK
     if command == "book":
         return _book(args, config, env, environ, out)
+    if command == "pin":
+        from .steps import pin
+
+        pinned = pin(config, dry_run=args.dry_run)
+        _show(pinned, report.pin_text(pinned), args.json, out)
+        return EXIT_OK
     if command == "vm":
         from .vm import create_vm
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -101,8 +102,20 @@ def _parse_size(value: Any, path: str) -> int | None:
 
 
 @dataclass(frozen=True)
+class PinnedMember:
+    """One member of an archive as the data set has it: its path inside the archive, size and CRC-32."""
+
+    name: str
+    size: int
+    crc: int
+
+
+@dataclass(frozen=True)
 class ManifestFile:
-    """One file of a data set. ``size``/``md5`` may be None until resolved from a source."""
+    """One file of a data set. ``size``/``md5`` may be None until resolved from a source.
+
+    ``pinned``: the archive's members, from ``<manifest>.members.yaml`` (written by `provision pin`).
+    """
 
     key: str = field(metadata={"parse": _parse_key})
     record: str | None = None
@@ -111,6 +124,7 @@ class ManifestFile:
     unpack: bool = False
     unpacked_size: int | None = field(default=None, metadata={"parse": _parse_size})
     members: int | None = field(default=None, metadata={"parse": _parse_size})
+    pinned: tuple[PinnedMember, ...] = field(default=(), metadata={"parse": set_by_tool})
 
     @property
     def subset(self) -> int | None:
@@ -174,4 +188,46 @@ def load_manifest(dataset: str, configs_dir: Path) -> Manifest:
     if not keys or repeated:
         problem = f"repeated file keys: {', '.join(repeated)}" if repeated else "'files' is empty"
         raise ConfigError(f"{path}: {problem}", hint="list each file of the data set once under 'files:'", file=str(path), key="files")
-    return dataclasses.replace(manifest, path=str(path))
+    pins = load_pins(pins_path(path), set(keys))
+    files = tuple(dataclasses.replace(f, pinned=pins[f.key][1], unpacked_size=f.unpacked_size or pins[f.key][0], members=f.members or len(pins[f.key][1]))
+                  if f.key in pins else f for f in manifest.files)
+    return dataclasses.replace(manifest, files=files, path=str(path))
+
+
+def pins_path(manifest: Path) -> Path:
+    """luna16.yaml -> luna16.members.yaml beside it."""
+    return manifest.with_name(manifest.stem + ".members.yaml")
+
+
+def load_pins(path: Path, keys: set[str]) -> dict[str, tuple[int, tuple[PinnedMember, ...]]]:
+    """key -> (unpacked size, members) from a pins file; {} when there is none."""
+    if not path.is_file():
+        return {}
+    from .config import read_yaml
+
+    raw = read_yaml(path).get("files")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected 'files:' mapping each archive to its members", hint="regenerate it with `provision pin`", file=str(path))
+    pins = {}
+    for key, entry in raw.items():
+        if key not in keys:
+            raise ConfigError(f"{path}: {key} is not a file of the data set", hint="regenerate it with `provision pin`", file=str(path))
+        try:
+            members = tuple(PinnedMember(str(name), int(size), int(str(crc), 16)) for name, size, crc in entry["members"])
+            pins[key] = (sum(m.size for m in members), members)
+        except (KeyError, TypeError, ValueError):
+            raise ConfigError(f"{path}: {key}: each member must be [name, size, crc32 in hex]", hint="regenerate it with `provision pin`",
+                              file=str(path)) from None
+    return pins
+
+
+def dump_pins(pins: dict[str, tuple[PinnedMember, ...]]) -> str:
+    """The text of a pins file (members as compact [name, size, crc] rows)."""
+    lines = ["# Written by `provision pin` from each archive's central directory: every member's name, size and CRC-32.",
+             "# Staging checks members against these (also from an unpacked copy, and in stream mode with parallel ranges).",
+             "files:"]
+    for key in sorted(pins):
+        lines.append(f"  {key}:")
+        lines.append("    members:")
+        lines += [f"      - [{json.dumps(m.name)}, {m.size}, \"{m.crc:08x}\"]" for m in pins[key]]
+    return "\n".join(lines) + "\n"

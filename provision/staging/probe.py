@@ -10,7 +10,8 @@ from collections.abc import Callable
 from typing import Any
 
 from ..config import Config
-from ..manifest import Manifest
+from ..errors import DownloadError
+from ..manifest import Manifest, PinnedMember
 from ..plan import RemoteFacts
 from .sources import file_url
 from .transfer import PermanentError, Transfer, TransientError
@@ -71,10 +72,43 @@ class RangeReader(io.RawIOBase):
 
 def central_directory(transfer: Transfer, size: int) -> tuple[int, int]:
     """(unpacked bytes, file members) from the archive's central directory, via ranged reads of its tail."""
+    members = archive_members(transfer, size)
+    return sum(m.size for m in members), len(members)
+
+
+def archive_members(transfer: Transfer, size: int) -> tuple[PinnedMember, ...]:
+    """Every file member's name, size and CRC-32, from the central directory (ranged reads of the tail)."""
     reader = RangeReader(transfer, size)
     with zipfile.ZipFile(io.BufferedReader(reader, BLOCK_BYTES)) as zf:
-        infos = [i for i in zf.infolist() if not i.is_dir()]
-    return sum(i.file_size for i in infos), len(infos)
+        return tuple(PinnedMember(i.filename, i.file_size, i.CRC) for i in zf.infolist() if not i.is_dir())
+
+
+def pin_members(config: Config, manifest: Manifest) -> dict[str, tuple[PinnedMember, ...]]:
+    """The members of each selected archive, read from the first source that serves byte ranges."""
+    from ..plan import FileLocation
+    from .engine import Stager
+    from .throttle import Throttle
+
+    throttle = Throttle(config.data.host_connections, config.data.connections)
+    pins: dict[str, tuple[PinnedMember, ...]] = {}
+    failures: list[str] = []
+    for f in manifest.select(config.data.subsets):
+        if not f.unpack:
+            continue
+        for source in config.data.sources:
+            try:
+                url = file_url(source, f, config.data.zenodo_url)
+                transfer = Stager.transfer_for(FileLocation(source.kind, url), config.data, throttle)
+                size = f.size if f.size is not None else transfer.info().size
+                if size:
+                    pins[f.key] = archive_members(transfer, size)
+                    break
+            except (ValueError, TransientError, PermanentError, zipfile.BadZipFile, OSError) as exc:
+                failures.append(f"{f.key} at {source.label}: {getattr(exc, 'reason', exc)}")
+        else:
+            raise DownloadError(f"no source could show the members of {f.key}: " + "; ".join(failures[-3:]),
+                                hint="a source that serves byte ranges is needed (zenodo, https://, gs://, a folder of archives)", key=f.key)
+    return pins
 
 
 def probe_remote(config: Config, manifest: Manifest) -> dict[str, RemoteFacts]:
