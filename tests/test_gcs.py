@@ -106,13 +106,13 @@ def test_large_files_upload_as_parts_and_resume(built: Built, serve, write_profi
     leftover = bucket.blob("luna16/.provision-parts/subset0.zip.000")
     leftover.upload_from_string((built.folder / "subset0.zip").read_bytes()[start:end])
     seen: list[str] = []
-    original = mirror.Mirror._upload_range
+    original = mirror.BucketMirror._upload_range
 
     def spy(self, local, blob, s, e, metadata):
         seen.append(blob.name)
         return original(self, local, blob, s, e, metadata)
 
-    monkeypatch.setattr(mirror.Mirror, "_upload_range", spy)
+    monkeypatch.setattr(mirror.BucketMirror, "_upload_range", spy)
     profile = write_profile({"dataset": str(built.manifest), "sources": [http.url + "/mirror/"], "subsets": "0"})
     code, done = run_json(capsys, "mirror", "-c", str(profile), "--to", f"gs://{bucket.name}/luna16/")
     assert code == 0, done

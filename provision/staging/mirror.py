@@ -1,15 +1,19 @@
-"""``provision mirror --to gs://bucket/prefix/``: copy the selected files into a bucket once, verified.
+"""``provision mirror --to gs://bucket/prefix/`` or ``--to DIR/``: copy the selected files there once, verified.
 
 Each file is fetched from the configured sources with the staging engine (so it is verified
-against the manifest first), then uploaded as parts in parallel (resumable uploads), composed
-into the final object with the manifest md5 in its metadata, and the parts removed. Objects
-already present with the right md5 and size are skipped, so a second mirror uploads nothing.
+against the manifest first), then put at the destination; what is already there with the right
+md5 and size is skipped, so a second mirror copies nothing. A bucket gets parts uploaded in
+parallel (resumable uploads), composed into the final object with the manifest md5 in its
+metadata. A folder (Google Drive mounted in Colab, say) gets the file under a temporary name,
+continued where an interrupted copy stopped, read back and checked, then renamed; a stamp file
+there records what was verified, so the next survey need not read 60 GB back.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -17,12 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from ..config import DataConfig
-from ..errors import ProvisionError
+from ..errors import ChecksumError, DiskSpaceError, ProvisionError
 from ..plan import DataPlan, FilePlan
-from .engine import Emit, FileResult, Stager
+from .engine import Emit, FileResult, Stager, md5_of, stat_stamp
 from .gcs import client, gcs_errors, md5_hex, split_gs
-from .state import run_lock, work_dir
-from .transfer import PermanentError, TransientError
+from .state import atomic_write_json, read_json, run_lock, size_of, work_dir
+from .transfer import BUFFER_BYTES, PermanentError, TransientError
 
 log = logging.getLogger(__name__)
 MAX_COMPOSE = 32
@@ -70,24 +74,31 @@ def part_plan(size: int, connections: int) -> list[tuple[int, int]]:
 
 
 class Mirror:
+    """Fill a destination with the selected files, verified. Subclasses say what is there and how a file is put."""
+
     def __init__(self, data: DataConfig, plan: DataPlan, destination: str, emit: Emit | None = None) -> None:
         self.cfg = data
         self.plan = plan
         self.destination = destination if destination.endswith("/") else destination + "/"
-        self.bucket_name, self.prefix = split_gs(self.destination)
-        self.client = client(data.gcs.project, data.gcs.anonymous)
-        self.bucket = self.client.bucket(self.bucket_name, user_project=data.gcs.user_project)
         self.emit = emit or (lambda event, **info: None)
 
+    def present(self, f: FilePlan) -> tuple[str, bool]:
+        """(where ``f`` goes at the destination, whether it is there already with the right md5 and size)."""
+        raise NotImplementedError
+
+    def put(self, local: Path, f: FilePlan, md5: str, item: MirrorItem, conns: ThreadPoolExecutor) -> None:
+        """Put the verified file ``local`` at the destination."""
+        raise NotImplementedError
+
+    def preflight(self, todo: list[tuple[FilePlan, MirrorItem]]) -> None:
+        """Refuse before fetching anything when the destination cannot take it all (folders only)."""
+
     def survey(self) -> list[MirrorItem]:
-        """What is in the bucket already (present with the right md5 and size) and what must be uploaded."""
+        """What is at the destination already and what must be put there."""
         items = []
         for f in self.plan.files:
-            name = self.prefix + f.key
-            with gcs_errors(self.destination + f.key, self.bucket_name, self.client):
-                blob = self.bucket.get_blob(name)
-            present = blob is not None and f.md5 is not None and md5_hex(blob) == f.md5 and (f.size is None or blob.size == f.size)
-            items.append(MirrorItem(f.key, f"gs://{self.bucket_name}/{name}", f.size, "present" if present else "upload"))
+            where, there = self.present(f)
+            items.append(MirrorItem(f.key, where, f.size, "present" if there else "upload"))
         return items
 
     def run(self, dry_run: bool) -> MirrorResult:
@@ -95,6 +106,8 @@ class Mirror:
         items = self.survey()
         result = MirrorResult(self.destination, items, dry_run)
         todo = [(f, i) for f, i in zip(self.plan.files, items, strict=True) if i.action == "upload"]
+        if todo:
+            self.preflight(todo)
         if dry_run or not todo:
             result.elapsed_s = time.monotonic() - start
             return result
@@ -114,14 +127,14 @@ class Mirror:
         local = scratch / f.key
         fetched = FileResult(f.key)
         try:
-            # never read back from the bucket being filled
-            sources = tuple(loc for loc in f.locations if not loc.url.startswith(self.destination))
+            # never read back from the destination being filled; an unpacked copy holds no archives
+            sources = tuple(loc for loc in f.locations if not loc.url.startswith(self.destination) and loc.kind != "unpacked")
             source, md5 = stager._fetch(FilePlan(**{**f.__dict__, "locations": sources}), local, fetched, conns)
             item.source = source
             item.retries = fetched.retries
-            self._upload(local, f, md5, item, conns)
+            self.put(local, f, md5, item, conns)
             item.action = "uploaded"
-            self.emit("file_done", key=f.key, message=f"{f.key}: uploaded to {item.object} ({item.parts} part(s))")
+            self.emit("file_done", key=f.key, message=f"{f.key}: copied to {item.object}" + (f" ({item.parts} parts)" if item.parts > 1 else ""))
         except (ProvisionError, PermanentError, TransientError) as exc:
             item.action = "failed"
             item.error = getattr(exc, "message", None) or getattr(exc, "reason", str(exc))
@@ -129,7 +142,25 @@ class Mirror:
         finally:
             local.unlink(missing_ok=True)
 
-    def _upload(self, local: Path, f: FilePlan, md5: str, item: MirrorItem, conns: ThreadPoolExecutor) -> None:
+
+
+class BucketMirror(Mirror):
+    """``gs://bucket/prefix/``: parts uploaded in parallel and composed, the manifest md5 in the metadata."""
+
+    def __init__(self, data: DataConfig, plan: DataPlan, destination: str, emit: Emit | None = None) -> None:
+        super().__init__(data, plan, destination, emit)
+        self.bucket_name, self.prefix = split_gs(self.destination)
+        self.client = client(data.gcs.project, data.gcs.anonymous)
+        self.bucket = self.client.bucket(self.bucket_name, user_project=data.gcs.user_project)
+
+    def present(self, f: FilePlan) -> tuple[str, bool]:
+        name = self.prefix + f.key
+        with gcs_errors(self.destination + f.key, self.bucket_name, self.client):
+            blob = self.bucket.get_blob(name)
+        there = blob is not None and f.md5 is not None and md5_hex(blob) == f.md5 and (f.size is None or blob.size == f.size)
+        return f"gs://{self.bucket_name}/{name}", there
+
+    def put(self, local: Path, f: FilePlan, md5: str, item: MirrorItem, conns: ThreadPoolExecutor) -> None:
         size = os.stat(local).st_size
         parts = part_plan(size, self.cfg.connections)
         item.parts = len(parts)
@@ -178,3 +209,79 @@ class Mirror:
         with open(local, "rb") as fh, gcs_errors(f"gs://{self.bucket_name}/{blob.name}", self.bucket_name, self.client):
             fh.seek(start)
             blob.upload_from_file(fh, size=end - start, checksum="crc32c", timeout=self.cfg.timeout_s)
+
+
+DRIVE_TIERS = ("Google Drive's free 15 GB holds two LUNA16 subsets (6.0-7.3 GB each); Google One's 100 GB plan holds all ten "
+               "(66.3 GB); 200 GB and 2 TB plans hold them with room to spare")
+
+
+class FolderMirror(Mirror):
+    """A folder, typically Google Drive mounted in Colab: survives the runtime, so later sessions stage from it."""
+
+    STAMPS = ".provision-mirror.json"
+
+    def __init__(self, data: DataConfig, plan: DataPlan, destination: str, emit: Emit | None = None) -> None:
+        super().__init__(data, plan, destination, emit)
+        self.folder = Path(self.destination)
+        loaded = read_json(self.folder / self.STAMPS)
+        self.stamps: dict[str, Any] = loaded if isinstance(loaded, dict) else {}
+        self._lock = threading.Lock()
+
+    def present(self, f: FilePlan) -> tuple[str, bool]:
+        path = self.folder / f.key
+        stamp = self.stamps.get(f.key) or {}
+        now = stat_stamp(path)
+        there = (now is not None and f.md5 is not None and stamp.get("md5") == f.md5 and stamp.get("stat") == now
+                 and (f.size is None or now["size"] == f.size))
+        return str(path), there
+
+    def _part(self, key: str) -> Path:
+        return self.folder / f".{key}.provision-part"
+
+    def preflight(self, todo: list[tuple[FilePlan, MirrorItem]]) -> None:
+        from ..disk import gb
+        from ..environment import fs_facts
+
+        needed = sum(max(0, (f.size or 0) - (size_of(self._part(f.key)) or 0)) for f, _ in todo)
+        free = fs_facts(self.folder).free_bytes
+        if needed > free:
+            drive = "/drive/" in str(self.folder.resolve()) or str(self.folder).startswith("/content/drive")
+            raise DiskSpaceError(
+                f"{self.folder} has {gb(free)} free; mirroring {len(todo)} file(s) there needs {gb(needed)} ({gb(needed - free)} short)",
+                hint=(DRIVE_TIERS + "; mirror fewer subsets (--subsets) or free space in Drive" if drive
+                      else "mirror fewer subsets (--subsets) or choose a folder on a bigger disk"),
+                path=str(self.folder), needed=needed, free=free,
+            )
+
+    def put(self, local: Path, f: FilePlan, md5: str, item: MirrorItem, conns: ThreadPoolExecutor) -> None:
+        """Copy under a temporary name (continuing an interrupted copy), read it back, check it, rename it."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        part = self._part(f.key)
+        size = os.stat(local).st_size
+        done = size_of(part) or 0
+        if done > size:
+            part.unlink()
+            done = 0
+        with open(local, "rb") as src, open(part, "ab") as out:
+            src.seek(done)
+            while chunk := src.read(BUFFER_BYTES * 8):
+                out.write(chunk)
+            out.flush()
+            os.fsync(out.fileno())
+        got = md5_of(part)  # read back: what the folder holds is what counts
+        if got != md5:
+            part.unlink(missing_ok=True)
+            raise ChecksumError(f"the copy of {f.key} in {self.folder} reads back with md5 {got}, expected {md5}",
+                                hint="run the mirror again; if it recurs, the folder's storage is unreliable", key=f.key)
+        final = self.folder / f.key
+        os.replace(part, final)
+        with self._lock:
+            self.stamps[f.key] = {"md5": md5, "stat": stat_stamp(final), "source": item.source}
+            atomic_write_json(self.folder / self.STAMPS, self.stamps)
+
+
+def mirror_for(data: DataConfig, plan: DataPlan, destination: str, emit: Emit | None = None) -> Mirror:
+    """A bucket mirror for gs:// destinations, a folder mirror for anything else."""
+    if destination.startswith("gs://"):
+        return BucketMirror(data, plan, destination, emit)
+    return FolderMirror(data, plan, os.path.abspath(os.path.expanduser(destination)), emit)
