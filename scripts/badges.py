@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Regenerate every "Open in Colab" badge (README and notebooks) from the repository URL in setup.cfg.
+"""Regenerate every "Open in Colab" and "Open in Kaggle" badge (README and notebooks) from the repository URL in setup.cfg.
 
     python scripts/badges.py           # rewrite badges and install URLs that disagree
     python scripts/badges.py --check   # exit 1 and list them instead (used by the tests)
@@ -19,6 +19,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 BRANCH = "main"
 BADGE = re.compile(r"\[!\[Open In Colab\]\(https://colab\.research\.google\.com/assets/colab-badge\.svg\)\]\(([^)]*)\)")
+KAGGLE_BADGE = re.compile(r"\[!\[Open In Kaggle\]\(https://kaggle\.com/static/images/open-in-kaggle\.svg\)\]\(([^)]*)\)")
+KAGGLE_NOTEBOOK = "colab/kaggle_setup.ipynb"  # what the README's Kaggle badge opens
 TOOL_SOURCE = re.compile(r'TOOL_SOURCE = "git\+([^"]*)"')
 
 
@@ -41,8 +43,18 @@ def badge(repo_url: str, notebook: str) -> str:
     return f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]({colab_url(repo_url, notebook)})"
 
 
-def fix_text(text: str, repo_url: str, notebook: str) -> str:
+def kaggle_url(repo_url: str, notebook: str) -> str:
+    """Kaggle opens a notebook from its GitHub address."""
+    return f"https://kaggle.com/kernels/welcome?src={repo_url}/blob/{BRANCH}/{notebook}"
+
+
+def kaggle_badge(repo_url: str, notebook: str) -> str:
+    return f"[![Open In Kaggle](https://kaggle.com/static/images/open-in-kaggle.svg)]({kaggle_url(repo_url, notebook)})"
+
+
+def fix_text(text: str, repo_url: str, notebook: str, kaggle_notebook: str | None = None) -> str:
     text = BADGE.sub(lambda m: badge(repo_url, notebook), text)
+    text = KAGGLE_BADGE.sub(lambda m: kaggle_badge(repo_url, kaggle_notebook or notebook), text)
     return TOOL_SOURCE.sub(f'TOOL_SOURCE = "git+{repo_url}"', text)
 
 
@@ -62,7 +74,7 @@ def disagreements(root: Path = REPO, write: bool = False) -> list[str]:
             changed = False
             for cell in nb["cells"]:
                 source = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
-                fixed = fix_text(source, repo_url, notebook)
+                fixed = fix_text(source, repo_url, notebook, notebook)
                 if fixed != source:
                     cell["source"] = fixed
                     changed = True
@@ -72,10 +84,10 @@ def disagreements(root: Path = REPO, write: bool = False) -> list[str]:
                     path.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
         else:
             text = path.read_text()
-            if not BADGE.search(text):
-                wrong.append(f"{path.relative_to(root)} (no badge)")
+            if not BADGE.search(text) or not KAGGLE_BADGE.search(text):
+                wrong.append(f"{path.relative_to(root)} (a badge is missing)")
                 continue
-            fixed = fix_text(text, repo_url, notebook)
+            fixed = fix_text(text, repo_url, notebook, KAGGLE_NOTEBOOK)
             if fixed != text:
                 wrong.append(str(path.relative_to(root)))
                 if write:

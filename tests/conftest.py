@@ -107,6 +107,25 @@ def small_tmpfs(tmp_path: Path) -> Iterator[Callable[[int], Path]]:
         subprocess.run(["umount", "-l", str(where)], capture_output=True)
 
 
+@pytest.fixture
+def read_only() -> Iterator[Callable[[Path], Path]]:
+    """Make a folder read-only as Kaggle's /kaggle/input is: a read-only bind mount (as root), else no write bits."""
+    mounted: list[Path] = []
+
+    def make(folder: Path) -> Path:
+        if can_mount_tmpfs():
+            ok = subprocess.run(["mount", "--bind", str(folder), str(folder)], capture_output=True).returncode == 0
+            if ok and subprocess.run(["mount", "-o", "remount,ro,bind", str(folder)], capture_output=True).returncode == 0:
+                mounted.append(folder)
+                return folder
+        subprocess.run(["chmod", "-R", "a-w", str(folder)], check=True)
+        return folder
+
+    yield make
+    for folder in mounted:
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+
+
 # ---------------------------------------------------------------- a real GCS endpoint: gcp-storage-emulator
 
 

@@ -13,7 +13,8 @@ import badges  # noqa: E402
 def test_every_badge_matches_the_repository_url() -> None:
     assert badges.disagreements(REPO) == []
     url = badges.repository_url(REPO)
-    assert badges.badge(url, "colab/setup.ipynb") in (REPO / "README.md").read_text().splitlines()[0]
+    top = (REPO / "README.md").read_text().splitlines()[:2]
+    assert badges.badge(url, "colab/setup.ipynb") in top[0] and badges.kaggle_badge(url, "colab/kaggle_setup.ipynb") in top[1]
 
 
 def copy_of_repo(tmp_path: Path) -> Path:
@@ -42,7 +43,9 @@ def test_moving_the_repository_changes_every_badge(tmp_path: Path) -> None:
     root = copy_of_repo(tmp_path)
     cfg = root / "setup.cfg"
     cfg.write_text(cfg.read_text().replace("Repository = https://github.com/dlwpt-provision/dlwpt-provision", "Repository = https://github.com/newowner/newrepo"))
-    assert len(badges.disagreements(root)) == 3
+    assert len(badges.disagreements(root)) == 4
     badges.disagreements(root, write=True)
     assert "github/newowner/newrepo/blob/main/colab/part2_quickstart.ipynb" in (root / "colab" / "part2_quickstart.ipynb").read_text()
+    kaggle = "kaggle.com/kernels/welcome?src=https://github.com/newowner/newrepo/blob/main/colab/kaggle_setup.ipynb"
+    assert kaggle in (root / "colab" / "kaggle_setup.ipynb").read_text() and kaggle in (root / "README.md").read_text()
     assert 'TOOL_SOURCE = \\"git+https://github.com/newowner/newrepo\\"' in (root / "colab" / "setup.ipynb").read_text()

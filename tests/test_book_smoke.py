@@ -99,3 +99,28 @@ def test_requirements_installed_for_the_book(book_python: str) -> None:
     numpy_version, scipy_version, diskcache_version = out.stdout.split()
     assert int(numpy_version.split(".")[0]) >= 2 and int(scipy_version.split(".")[0]) < 2 and diskcache_version == "4.1.0"
     assert subprocess.run([book_python, "-c", "from diskcache.core import BytesType"]).returncode == 0, "util/disk.py's import works"
+
+
+def test_the_book_reads_scans_linked_from_an_unpacked_copy(book_profile, scans: Scans, book_python: str, tmp_path: Path, read_only,
+                                                           capsys) -> None:
+    import zipfile
+
+    copy = tmp_path / "kaggle" / "input" / "luna16"
+    with zipfile.ZipFile(scans.folder / "subset0.zip") as zf:
+        zf.extractall(copy / "subset0")  # subset0/subset0/*.mhd, as the published Kaggle copy nests it
+    read_only(copy)
+    manifest = yaml.safe_load((REPO / "configs" / "book" / "dlwpt-code.yaml").read_text())
+    manifest["smoke"] = [e for e in manifest["smoke"] if e["name"] in ("p2ch10 dataset", "p2ch11 prepcache", "p2ch11 training")]
+    fixes = tmp_path / "fixes.yaml"
+    fixes.write_text(yaml.safe_dump(manifest))
+    profile = book_profile(book={"fixes": str(fixes)}, data={"dataset": str(scans.manifest), "sources": [f"kaggle:{tmp_path / 'kaggle' / 'input'}"],
+                                                            "subsets": "0"},
+                           requirements={"files": [], "venv": str(Path(book_python).parent.parent)})
+    assert main(["stage", "-c", str(profile)]) == 0
+    assert main(["book", "-c", str(profile)]) == 0
+    candidates_csv(tmp_path / "dlwpt-code" / "data" / "part2" / "luna" / "candidates.csv", scans.subsets[0], scans.absent)
+    capsys.readouterr()
+    code, smoke = smoke_json(capsys, profile)
+    assert code == 0 and [r["outcome"] for r in smoke["rows"]] == ["ok"] * 3, smoke["rows"]
+    linked = tmp_path / "dlwpt-code" / "data-unversioned" / "part2" / "luna" / "subset0"
+    assert linked.is_dir() and all(p.is_symlink() for p in linked.iterdir())

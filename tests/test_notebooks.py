@@ -7,6 +7,7 @@ The one part that cannot run here is Colab itself: a STAND-IN ``google.colab`` p
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -163,3 +164,54 @@ def test_setup_notebook_stages_from_a_bucket_after_signing_in(built: Built, serv
     diff = subprocess.run(["git", "diff", "--name-only"], cwd=root.parent, capture_output=True, text=True, check=True).stdout.split()
     assert "p2ch14/training.py" in diff, "with its fixes"
     assert f"book code:  {root.parent} at {commit[:10]}" in outputs[-1]
+
+
+def test_kaggle_notebook_links_the_mounted_data_set_and_downloads_nothing(built: Built, serve, tmp_path: Path, colab_kernel_env: Path,
+                                                                           monkeypatch, book_bundle, read_only) -> None:
+    """A fake Kaggle: KAGGLE_KERNEL_RUN_TYPE set AND google.colab importable (Kaggle's image is Colab's), LUNA16 read-only."""
+    from tests.test_kaggle_and_copies import tree_digest, unpack_like_kaggle
+
+    monkeypatch.setenv("KAGGLE_KERNEL_RUN_TYPE", "Interactive")
+    data_sets = tmp_path / "kaggle" / "input"
+    copy = read_only(unpack_like_kaggle(built, data_sets / "luna16-dataset", [0, 1]))
+    before = tree_digest(copy)
+    zenodo = serve()
+    root = tmp_path / "kaggle" / "tmp" / "dlwpt-code" / "data-unversioned"
+    bundle, commit = book_bundle
+    outputs = execute("kaggle_setup.ipynb", {
+        "SUBSETS": "0-1", "INPUT": str(data_sets), "DATA_ROOT": str(root), "TOOL_SOURCE": "", "CUDA_REQUIRED": False,
+        "BOOK": True, "BOOK_REPO": str(bundle), "BOOK_REF": commit, "SMOKE": False,
+        "EXTRA_SETS": [f"data.dataset={built.manifest}", "data.cache_gb_per_subset=0", "data.margin_gb=0", "requirements.files=[]",
+                       f"data.zenodo_url={zenodo.url}"],
+    }, tmp_path)
+    text = "\n".join(outputs)
+    assert "ERROR" not in text, text
+    assert "environment  kaggle" in text and "KAGGLE_KERNEL_RUN_TYPE is Interactive" in text
+    assert "linked from " + str(data_sets) + ": subset0.zip, subset1.zip, annotations.csv" in outputs[-1]
+    assert "downloaded:  nothing" in outputs[-1]
+    assert zenodo.stats.requests == [] and tree_digest(copy) == before
+    assert (root.parent / "p2ch14" / "training.py").is_file(), "the book's code around the links"
+    assert all(p.is_symlink() for p in (root / "part2" / "luna" / "subset0").iterdir())
+
+
+def test_setup_notebook_mirrors_to_drive_once_and_stages_from_there(built: Built, serve, tmp_path: Path, colab_kernel_env: Path) -> None:
+    srv = serve()
+    drive = tmp_path / "content" / "drive" / "MyDrive" / "luna16"
+    root = tmp_path / "content" / "dlwpt-code" / "data-unversioned"
+    params = {"SUBSETS": "0-1", "DATA_ROOT": str(root), "SOURCES": [srv.url + "/mirror/"], "DRIVE_MIRROR": str(drive) + "/",
+              "CUDA_REQUIRED": False, "TOOL_SOURCE": "", "BOOK": False, "SMOKE": False,
+              "EXTRA_SETS": [f"data.dataset={built.manifest}", "data.cache_gb_per_subset=0", "data.margin_gb=0", "requirements.files=[]"]}
+    outputs = execute("setup.ipynb", params, tmp_path)
+    text = "\n".join(outputs)
+    assert "ERROR" not in text, text
+    assert colab_kernel_env.read_text().splitlines() == ["drive.mount /content/drive"]
+    for key in ("subset0.zip", "subset1.zip", "annotations.csv"):
+        assert (drive / key).read_bytes() == (built.folder / key).read_bytes()
+    state = json.loads((root / ".provision" / "state.json").read_text())
+    assert all(rec["source"].startswith(str(drive)) for rec in state["files"].values()), "staged from the Drive copy"
+    sent = srv.stats.bytes_sent
+    shutil.rmtree(root)  # a new Colab session: the runtime's disk is empty, Drive is not
+    outputs = execute("setup.ipynb", params, tmp_path)
+    assert "ERROR" not in "\n".join(outputs)
+    assert srv.stats.bytes_sent == sent, "the second session fetched nothing from the server"
+    assert "staged:     subset0.zip, subset1.zip, annotations.csv" in outputs[-1]
