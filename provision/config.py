@@ -98,6 +98,7 @@ class CudaConfig:
     min_memory_gb: float = field(default=0.0, metadata={"parse": _positive(float)})
     min_compute_capability: str | None = None
     probe_timeout_s: float = field(default=180.0, metadata={"parse": _positive(float)})
+    expected_devices: int = field(default=0, metadata={"parse": _positive(int)})  # e.g. 2 on Kaggle's T4 x2; fewer is a note
 
 
 @dataclass(frozen=True)

@@ -90,7 +90,7 @@ def run_probe(python: str | None = None, timeout_s: float = 180.0, smoke_size: i
     return result
 
 
-def judge(probe: dict[str, Any], smi: dict[str, Any] | None, cuda: CudaConfig, *, colab: bool) -> tuple[Finding, ...]:
+def judge(probe: dict[str, Any], smi: dict[str, Any] | None, cuda: CudaConfig, *, colab: bool, kaggle: bool = False) -> tuple[Finding, ...]:
     """Each failed expectation of the profile, with its fix; fatal ones only when a GPU is required."""
     required = cuda.required
     findings: list[Finding] = []
@@ -112,6 +112,11 @@ def judge(probe: dict[str, Any], smi: dict[str, Any] | None, cuda: CudaConfig, *
             fix = "no NVIDIA GPU or driver was found; use a GPU machine, or install the NVIDIA driver (nvidia-smi must work)"
         findings.append(Finding("no GPU is visible to torch", fix, required))
         return tuple(findings)
+    if cuda.expected_devices and len(devices) < cuda.expected_devices:
+        names = ", ".join(d["name"] for d in devices)
+        where = "in Settings choose Accelerator: GPU T4 x2" if kaggle else "check the machine type"
+        findings.append(Finding(f"{len(devices)} GPU(s) visible ({names}), the profile expects {cuda.expected_devices}",
+                                f"{where}; the book's training uses every GPU it sees (DataParallel)", False))
     kernels = _kernel_finding(probe, smi, required)
     if kernels is not None:
         return (*findings, kernels)
@@ -199,10 +204,10 @@ def _driver_fix(probe: dict[str, Any], smi: dict[str, Any]) -> str:
     return "nvidia-smi sees a GPU but torch does not: reinstall torch with `provision install` (requirements.torch_index: auto)"
 
 
-def check(cuda: CudaConfig, *, colab: bool, python: str | None = None) -> GpuReport:
+def check(cuda: CudaConfig, *, colab: bool, kaggle: bool = False, python: str | None = None) -> GpuReport:
     """Probe, read nvidia-smi, judge."""
     probe = run_probe(python, cuda.probe_timeout_s)
     smi = read_nvidia_smi()
     if probe.get("torch") is None and smi and smi.get("gpus") and "probe_error" not in probe:
         probe = {**probe, "devices_from_nvidia_smi": smi["gpus"]}
-    return GpuReport(probe=probe, nvidia_smi=smi, findings=judge(probe, smi, cuda, colab=colab))
+    return GpuReport(probe=probe, nvidia_smi=smi, findings=judge(probe, smi, cuda, colab=colab, kaggle=kaggle))

@@ -46,7 +46,7 @@ def check_gpu(config: Config, env: Environment) -> GpuReport:
     from .gpu import check
     from .install import target_python
 
-    return check(config.cuda, colab=env.kind == "colab", python=target_python(config.requirements.venv, env.python_executable))
+    return check(config.cuda, colab=env.kind == "colab", kaggle=env.kind == "kaggle", python=target_python(config.requirements.venv, env.python_executable))
 
 
 def stage(config: Config, plan: Plan) -> StageResult:

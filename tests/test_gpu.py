@@ -116,3 +116,17 @@ def test_real_gpu_probe_reports_devices_and_smoke_numbers(capsys: pytest.Capture
     assert smoke["fp32_tflops"] > 1 and smoke["fp16_tflops"] > smoke["fp32_tflops"]
     assert smoke["h2d_gb_per_s"] > 1
     assert report["nvidia_smi"]["driver_version"]
+
+
+def test_several_devices_are_listed_and_too_few_is_a_note_on_kaggle() -> None:
+    two = {**probe_with_gpu(15.8), "device_count": 2, "arch_list": ["sm_75", "sm_80", "sm_90"]}
+    two["devices"] = [dict(two["devices"][0], index=i) for i in range(2)]
+    kaggle = CudaConfig(required=True, min_memory_gb=8, expected_devices=2)
+    assert judge(two, None, kaggle, colab=False, kaggle=True) == ()
+    one = {**two, "device_count": 1, "devices": two["devices"][:1]}
+    findings = judge(one, None, kaggle, colab=False, kaggle=True)
+    assert len(findings) == 1 and not findings[0].fatal
+    assert "1 GPU(s) visible (Tesla T4), the profile expects 2" in findings[0].problem and "GPU T4 x2" in findings[0].fix
+    p100 = {**one, "devices": [dict(one["devices"][0], name="Tesla P100-PCIE-16GB", compute_capability="6.0")]}
+    kernels = judge(p100, None, kaggle, colab=False, kaggle=True)[-1]
+    assert kernels.fatal and "has no kernels for Tesla P100-PCIE-16GB" in kernels.problem and "cu126" in kernels.fix
