@@ -23,6 +23,8 @@ from .manifest import Manifest, PinnedMember, format_subsets, load_manifest
 from .staging.sources import Source, file_url
 from .staging.state import FileStatus, file_statuses
 from .torch_wheels import INDEX_BASE, WheelTable, choose, gpus_from_smi, load_table
+from .ways import choose as choose_way
+from .ways import plan_ways
 
 KAGGLE_WORKING = "/kaggle/working"  # what a saved Kaggle notebook keeps: at most 20 GB
 KAGGLE_WORKING_BYTES = 20 * GB
@@ -54,6 +56,7 @@ class Facts:
     book: BookFacts | None = None
     wheels: WheelTable | None = None  # configs/torch/wheels.yaml, loaded with nvidia_smi
     copies: Mapping[str, CopyFacts] = field(default_factory=dict)  # unpacked-copy source location -> what it holds
+    cores: int = field(default_factory=lambda: os.cpu_count() or 1)
 
 
 @dataclass(frozen=True)
@@ -119,7 +122,20 @@ class DataPlan:
     files_in_flight: int
     keep_archives: bool
     mode_reason: str = ""
-    needed_bytes_by_mode: dict[str, int] = field(default_factory=dict)
+    stream_ranges: int = 1
+    ways: tuple[WayPlan, ...] = ()  # every way the setting allows: its disk need and time relative to the fastest
+
+
+@dataclass(frozen=True)
+class WayPlan:
+    label: str
+    mode: str
+    files_in_flight: int
+    stream_ranges: int
+    needed_bytes: int
+    fits: bool
+    relative_time: float
+    chosen: bool
 
 
 @dataclass(frozen=True)
@@ -271,11 +287,16 @@ def make_plan(config: Config, manifest: Manifest, facts: Facts) -> Plan:
         options=index_options(config.requirements.find_links, config.requirements.no_index),
     )
     data = plan_data(config, manifest, facts)
-    by_mode = {mode: disk_for(config, data.files, facts.data_fs, stream=mode == "stream") for mode in ("archive", "stream")}
-    mode, reason = choose_mode(config.data.mode, by_mode["archive"], by_mode["stream"], any(f.unpack for f in data.files))
-    data = replace(data, mode=mode, mode_reason=reason,
-                   needed_bytes_by_mode={m: d.needed_bytes for m, d in by_mode.items()})
-    disk = by_mode[mode]
+    items = [disk_item(f) for f in data.files]
+    ways = plan_ways(items, disk_rules(config, stream=False), config.data.mode, config.data.stream_ranges, path=config.data.root,
+                     probe=facts.data_fs.probe, free_bytes=facts.data_fs.free_bytes, connections=connections_to(config, data), cores=facts.cores)
+    pinned = all(f.pinned for f in data.files if f.unpack) and any(f.unpack for f in data.files)
+    way, reason = choose_way(config.data.mode, ways, any(f.unpack for f in data.files), pinned)
+    fastest = min(w.seconds for w in ways) or 1.0
+    data = replace(data, mode=way.mode, mode_reason=reason, files_in_flight=way.files_in_flight, stream_ranges=way.stream_ranges,
+                   ways=tuple(WayPlan(w.label, w.mode, w.files_in_flight, w.stream_ranges, w.disk.needed_bytes, w.fits,
+                                      round(w.seconds / fastest, 2), w is way) for w in ways))
+    disk = way.disk
     problems = []
     if not python_ok:
         problems.append(Problem(
@@ -284,7 +305,8 @@ def make_plan(config: Config, manifest: Manifest, facts: Facts) -> Plan:
             "use a newer Python (e.g. python3.11 -m venv .venv) and run again from it",
         ))
     if not disk.fits:
-        problems.append(disk_problem(disk, by_mode["stream"] if mode == "archive" else None))
+        streaming = disk_for(config, data.files, facts.data_fs, stream=True) if way.mode == "archive" else None
+        problems.append(disk_problem(disk, streaming))
     elif env.kind == "kaggle" and Path(config.data.root).is_relative_to(KAGGLE_WORKING) and disk.needed_bytes > KAGGLE_WORKING_BYTES:
         problems.append(Problem(
             "data", f"{KAGGLE_WORKING} keeps at most {KAGGLE_WORKING_BYTES // GB} GB (Kaggle's output limit; the disk does not show it): "
@@ -439,18 +461,15 @@ def disk_for(config: Config, files: tuple[FilePlan, ...], fs: FsFacts, stream: b
                      rules=disk_rules(config, stream))
 
 
-def choose_mode(setting: str, archive: DiskPlan, stream: DiskPlan, has_archives: bool) -> tuple[str, str]:
-    """archive or stream, and why. ``auto`` streams only when that is what makes the data fit."""
-    if setting != "auto":
-        return setting, f"data.mode is {setting}"
-    if not has_archives:
-        return "archive", "no archives to unpack"
-    if archive.fits:
-        return "archive", f"archives and unpacked data fit ({gb(archive.needed_bytes)} needed, {gb(archive.free_bytes)} free)"
-    if stream.fits:
-        return "stream", (f"archive mode would need {gb(archive.needed_bytes)} but only {gb(archive.free_bytes)} is free; "
-                          f"unpacking while downloading needs {gb(stream.needed_bytes)}")
-    return "archive", "neither mode fits"
+def connections_to(config: Config, data: DataPlan) -> int:
+    """Connections staging will really use: data.connections, or less where the first source's host is capped (Zenodo: 4)."""
+    from urllib.parse import urlsplit
+
+    first = next((loc for f in data.files for loc in f.locations[:1]), None)
+    if first is None or first.kind not in ("http", "zenodo"):
+        return config.data.connections
+    host = (urlsplit(first.url).hostname or "").lower()
+    return min(config.data.connections, config.data.host_connections.get(host, config.data.connections))
 
 
 def disk_problem(disk: DiskPlan, stream: DiskPlan | None = None) -> Problem:

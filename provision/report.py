@@ -42,8 +42,11 @@ def plan_text(plan: Plan) -> str:
     data = plan.data
     lines.append(f"data         {data.dataset} ({data.manifest}), {data.connections} connections")
     lines.append(f"  mode       {data.mode}: {data.mode_reason}")
-    if data.needed_bytes_by_mode:
-        lines.append("  needs      " + ", ".join(f"{m} mode {gb(n)}" for m, n in data.needed_bytes_by_mode.items()))
+    if len(data.ways) > 1:
+        lines.append("  ways       the first that fits is used; time relative to the fastest, at nominal rates")
+        for w in data.ways:
+            mark = "  <- chosen" if w.chosen else ""
+            lines.append(f"    {w.label:<30} needs {gb(w.needed_bytes):>9}  x{w.relative_time:<4.1f} {'fits' if w.fits else 'does not fit'}{mark}")
     lines.append(f"  into       {data.target_dir}")
     lines.append(f"  sources    {', '.join(data.sources)}")
     for f in data.files:
@@ -233,6 +236,8 @@ def stage_text(result: Any) -> str:
         if f.bytes_fetched:
             line += f", {gb(f.bytes_fetched)} fetched"
         lines.append(line)
+        if f.checked != "md5" and f.outcome in ("staged", "repaired"):
+            lines.append(f"  checked: {f.checked}" + ("" if "pins" in f.checked else "; `provision pin` records the data set's members"))
         for r in f.retries:
             lines.append(f"  retried: {r}")
         if f.error:

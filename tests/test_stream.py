@@ -47,8 +47,10 @@ def test_stream_stages_what_archive_mode_cannot_fit(tmp_path: Path, serve, write
     auto = write_profile({**base, "mode": "auto"}, name="auto.yaml")
     assert main(["plan", "-c", str(auto), "--json"]) == 0
     plan = json.loads(capsys.readouterr().out)
-    assert plan["data"]["mode"] == "stream" and "unpacking while downloading" in plan["data"]["mode_reason"]
-    assert plan["data"]["needed_bytes_by_mode"]["archive"] > plan["disk"][0]["free_bytes"] >= plan["data"]["needed_bytes_by_mode"]["stream"]
+    assert plan["data"]["mode"] == "stream" and "would need" in plan["data"]["mode_reason"]
+    needs = {w["label"]: w["needed_bytes"] for w in plan["data"]["ways"]}
+    assert needs["archive, 1 in flight"] > plan["disk"][0]["free_bytes"] >= needs["stream, 2 ranges per archive"], needs
+    assert plan["data"]["stream_ranges"] == 2, "three archives on eight connections: two ranges each"
 
     code, report = stage_json(auto, capsys)
     assert code == 0, report

@@ -46,6 +46,7 @@ class FileResult:
     members: int = 0
     error: str | None = None
     hint: str | None = None
+    checked: str = "md5"  # what vouches for the bytes: the archive's md5, or (parallel ranges) its members' CRCs against ...
 
 
 @dataclass
@@ -182,8 +183,8 @@ class Stager:
     def _drivers(self) -> int:
         """Files handled at once: in stream mode each archive is one ordered stream, so one per connection."""
         if self.mode == "stream":
-            return max(1, self.cfg.connections // self.cfg.stream_ranges)
-        return max(1, self.cfg.files_in_flight)
+            return max(1, self.cfg.connections // self.plan.stream_ranges)
+        return max(1, self.plan.files_in_flight)
 
     def _stage_file(self, f: FilePlan, need: Need, state: StateStore, result: FileResult, conns: ThreadPoolExecutor) -> None:
         if self.abort.is_set():
@@ -255,6 +256,7 @@ class Stager:
             state.update(f.key, linked=True, extracted=f.unpack, verified=True, unpack=f.unpack, source=loc.url, members=members,
                          damaged=[], stamp=None, md5=f.md5, size=f.size)
             result.source, result.members, result.outcome = loc.url, len(files), "linked"
+            result.checked = "members against the data set's pins" if crcs else ("each scan against its header" if f.unpack else "md5")
             return ()
         raise DownloadError(f"{f.key}: no unpacked copy holds it intact and no other source is configured: " + "; ".join(result.retries),
                             hint="add a download source after the copy (data.sources: [kaggle, zenodo])", key=f.key)
@@ -289,7 +291,7 @@ class Stager:
 
     def _stream(self, f: FilePlan, need: Need, state: StateStore, result: FileResult) -> bool:
         """Stage an archive in stream mode; False when it cannot be streamed (then archive mode takes over)."""
-        from .stream import CannotStream, StreamCorrupt, StreamOutcome, check_streamable_size, read_layout, stream_archive
+        from .stream import CannotStream, StreamCorrupt, StreamOutcome, check_layout_against_pins, check_streamable_size, read_layout, stream_archive
 
         def attempt(loc: FileLocation) -> StreamOutcome:
             size, md5 = self._expected(f, loc)
@@ -300,6 +302,8 @@ class Stager:
                                         f"{f.key}: reading the directory at {loc.url}", result)
             if not f.unpacked_estimated:
                 check_streamable_size(layout, f.unpacked_bytes, f.key)
+            if f.pinned:
+                check_layout_against_pins(layout, f.pinned, loc.url)
             if need.only is None:
                 state.update(f.key, unpack=True, streaming=True, md5=md5, size=size, source=loc.url, verified=False, extracted=False)
             def starting(members: int, to_write: int, to_fetch: int) -> None:
@@ -310,7 +314,7 @@ class Stager:
             return stream_archive(
                 transfer, layout, only=need.only, expected_md5=md5, retrier=self.retrier, sleep=self._sleep,
                 on_bytes=lambda n: self._count(result, f.key, n), note_retry=result.retries.append,
-                stop=self.abort, free_bytes=self._free_bytes, parallel=self.cfg.stream_ranges,
+                stop=self.abort, free_bytes=self._free_bytes, parallel=self.plan.stream_ranges,
                 on_start=starting, on_member=lambda m: self.emit("unpacked", key=f.key, n=m.size),
             )
 
@@ -321,6 +325,8 @@ class Stager:
             return False
         state.update(f.key, verified=True, extracted=True, streaming=False, members=self._members(state, f.key, outcome.members, need),
                      damaged=[], stamp=None, md5_checked=outcome.md5 is not None, unpacked_bytes=sum(m.size for m in outcome.members))
+        if outcome.md5 is None and need.only is None:
+            result.checked = "members against the data set's pins" if f.pinned else "members against the archive's own directory (archive md5 not checked)"
         result.source = source
         result.members = outcome.written
         result.outcome = "repaired" if need.only is not None else "staged"

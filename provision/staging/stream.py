@@ -27,9 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ExtractError, OutOfSpaceError
+from ..manifest import PinnedMember
 from .extract import TMP_SUFFIX, Member, list_members, member_done, write_error
 from .probe import BLOCK_BYTES, RangeReader
-from .transfer import BUFFER_BYTES, Retrier, Transfer, TransientError
+from .transfer import BUFFER_BYTES, PermanentError, Retrier, Transfer, TransientError
 
 LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")
 LOCAL_SIGNATURE = b"PK\x03\x04"
@@ -406,6 +407,22 @@ def _pump(transfer: Transfer, parser: StreamUnpacker, retrier: Retrier, sleep: C
 def _remove(members: list[Member]) -> None:
     for m in members:
         m.dest.unlink(missing_ok=True)
+
+
+def check_layout_against_pins(layout: Layout, pins: tuple[PinnedMember, ...], url: str) -> None:
+    """The archive's directory must list the data set's members (names, sizes, CRC-32s): then each member's CRC,
+    checked as it streams, ties the bytes to the data set itself, with or without the archive's md5."""
+    have = {sm.member.name: (sm.member.size, sm.member.crc) for sm in layout.members}
+    want = {p.name: (p.size, p.crc) for p in pins}
+    if have == want:
+        return
+    missing = sorted(set(want) - set(have))
+    extra = sorted(set(have) - set(want))
+    differ = sorted(n for n in set(have) & set(want) if have[n] != want[n])
+    detail = (f"member {differ[0]} is {have[differ[0]][0]} bytes with CRC {have[differ[0]][1]:08x}, the data set's is "
+              f"{want[differ[0]][0]} bytes with CRC {want[differ[0]][1]:08x}" if differ
+              else f"{len(missing)} member(s) missing (e.g. {missing[0]})" if missing else f"{len(extra)} member(s) not in the data set (e.g. {extra[0]})")
+    raise PermanentError(f"{url} serves a different archive than the data set's {layout.archive}: {detail}")
 
 
 def check_streamable_size(layout: Layout, expected_unpacked: int | None, archive: str) -> None:

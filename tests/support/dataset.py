@@ -33,14 +33,14 @@ def ct_like_bytes(n: int, rng: random.Random) -> bytes:
 
 
 def build_luna_like(folder: Path, *, subsets: int = 3, scans: int = 2, raw_bytes: int = 200_000, seed: int = 7,
-                    name: str = "luna-like", records: bool = True, extra_plain: bool = True) -> Built:
+                    name: str = "luna-like", records: bool = True, extra_plain: bool = True, compression: int = zipfile.ZIP_DEFLATED) -> Built:
     folder.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
     files: dict[str, dict] = {}
     for s in range(subsets):
         key = f"subset{s}.zip"
         members: dict[str, str] = {}
-        with zipfile.ZipFile(folder / key, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+        with zipfile.ZipFile(folder / key, "w", compression=compression, compresslevel=1 if compression == zipfile.ZIP_DEFLATED else None) as zf:
             for i in range(scans):
                 uid = f"1.3.6.1.4.1.14519.5.2.1.6279.6001.{s:02d}{i:04d}{rng.randrange(10**6):06d}"
                 slices = max(1, (raw_bytes + rng.randrange(1000)) // 8192)  # 64 x 64 x 2 bytes a slice: the header tells the size

@@ -1,0 +1,127 @@
+"""How to stage: the ways there are, what disk each needs, how long each would take, and the choice.
+
+In order of preference (and, on a capped connection, of speed): archive mode with ``files_in_flight``
+archives on disk at once; archive mode with fewer in flight, down to one (the peak is then the unpacked
+data plus the largest archive, but unpacking no longer overlaps the next download); stream mode reading
+each archive as several member-aligned ranges at once (every connection busy; members CRC-checked, the
+whole-archive md5 only where members are pinned); stream mode with one range per archive (the md5 is
+checked, but only one connection per archive). ``data.mode: auto`` takes the first that fits; a mode the
+user set is used as set. Pure functions: the disk figures come from :mod:`provision.disk`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+from .disk import DiskItem, DiskPlan, DiskRules, gb, plan_disk
+
+# nominal rates for the time estimate: Zenodo-like connections, zlib inflate on one core (output bytes)
+CONNECTION_BYTES_S = 10e6
+INFLATE_BYTES_S = 300e6
+
+
+@dataclass(frozen=True)
+class Way:
+    mode: str             # archive | stream
+    files_in_flight: int  # archives on disk at once (archive mode)
+    stream_ranges: int    # member-aligned ranges read at once per archive (stream mode)
+    disk: DiskPlan
+    seconds: float        # estimated, at nominal rates: only the ratios between ways mean something
+
+    @property
+    def label(self) -> str:
+        if self.mode == "archive":
+            return f"archive, {self.files_in_flight} in flight"
+        return f"stream, {self.stream_ranges} range{'s' if self.stream_ranges > 1 else ''} per archive"
+
+    @property
+    def fits(self) -> bool:
+        return self.disk.fits
+
+
+@dataclass(frozen=True)
+class Load:
+    """What the ways are weighed on: archives to fetch, their bytes and unpacked bytes, connections and cores."""
+
+    archives: int
+    download_bytes: int
+    unpacked_bytes: int
+    connections: int
+    cores: int
+
+
+def load_of(items: Sequence[DiskItem], connections: int, cores: int) -> Load:
+    archives = [i for i in items if i.unpack and i.archive_bytes > 0]
+    return Load(len(archives), sum(i.archive_bytes for i in items), sum(i.unpacked_bytes for i in items), max(1, connections), max(1, cores))
+
+
+def estimate_s(mode: str, files_in_flight: int, ranges: int, load: Load) -> float:
+    """Seconds at nominal rates. Archive mode downloads on every connection and unpacks on every core, the two
+    overlapping once two archives are in flight; stream mode inflates as it reads, one thread per range."""
+    if mode == "archive":
+        download = load.download_bytes / (CONNECTION_BYTES_S * load.connections)
+        unpack = load.unpacked_bytes / (INFLATE_BYTES_S * load.cores)
+        if files_in_flight <= 1:
+            return download + unpack
+        return max(download, unpack) + unpack / max(1, load.archives)
+    streams = max(1, min(load.connections, load.archives * ranges))
+    return max(load.download_bytes / (CONNECTION_BYTES_S * streams), load.unpacked_bytes / (INFLATE_BYTES_S * min(load.cores, streams)))
+
+
+def auto_ranges(load: Load) -> int:
+    """Ranges per archive that keep every connection busy when streaming: connections / archives at once."""
+    return max(1, load.connections // max(1, min(load.connections, load.archives)))
+
+
+def candidates(setting: str, files_in_flight: int, stream_ranges: int, load: Load) -> list[tuple[str, int, int]]:
+    """(mode, files in flight, ranges) in order of preference; only ``auto`` offers more than the setting."""
+    if setting == "archive":
+        return [("archive", files_in_flight, 1)]
+    if setting == "stream":
+        return [("stream", 1, stream_ranges)]
+    ways = [("archive", k, 1) for k in range(max(1, min(files_in_flight, max(1, load.archives))), 0, -1)]
+    ranges = auto_ranges(load)
+    ways.append(("stream", 1, ranges))
+    if ranges > 1:
+        ways.append(("stream", 1, 1))
+    return ways
+
+
+def plan_ways(items: Sequence[DiskItem], rules: DiskRules, setting: str, stream_ranges: int, *, path: str, probe: str, free_bytes: int,
+              connections: int, cores: int) -> list[Way]:
+    """Every way the setting allows, with its disk plan and time estimate, in order of preference."""
+    load = load_of(items, connections, cores)
+    ways = []
+    for mode, in_flight, ranges in candidates(setting, rules.files_in_flight, stream_ranges, load):
+        disk = plan_disk(items, path=path, probe=probe, free_bytes=free_bytes,
+                         rules=replace(rules, files_in_flight=in_flight, stream=mode == "stream"))
+        ways.append(Way(mode, in_flight, ranges, disk, estimate_s(mode, in_flight, ranges, load)))
+    return ways
+
+
+def choose(setting: str, ways: Sequence[Way], has_archives: bool, pinned: bool) -> tuple[Way, str]:
+    """The first way that fits (the only one, for a mode set by hand), and why, in one line."""
+    first = ways[0]
+    if setting != "auto":
+        return first, f"data.mode is {setting}" + _integrity(first, pinned)
+    if not has_archives:
+        return first, "no archives to unpack"
+    fastest = min(w.seconds for w in ways)
+    for way in ways:
+        if way.fits:
+            if way is first:
+                return way, f"{way.label}: archives and unpacked data fit ({gb(way.disk.needed_bytes)} needed, {gb(way.disk.free_bytes)} free)"
+            slower = f", about {way.seconds / fastest:.1f}x the time of {first.label}" if way.seconds > fastest * 1.05 else ""
+            return way, (f"{way.label}: {first.label} would need {gb(first.disk.needed_bytes)} but {gb(first.disk.free_bytes)} is free; "
+                         f"this needs {gb(way.disk.needed_bytes)}{slower}" + _integrity(way, pinned))
+    return first, "no way fits"
+
+
+def _integrity(way: Way, pinned: bool) -> str:
+    if way.mode != "stream" or way.stream_ranges <= 1:
+        return ""
+    if pinned:
+        return "; every member checked against the data set's pinned sizes and CRC-32s"
+    return ("; every member is CRC-checked against the archive's own directory, but the archive's md5 is not checked "
+            "(pin the members with `provision pin` to check them against the data set)")

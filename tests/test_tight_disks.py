@@ -1,0 +1,124 @@
+"""Tight disks at full speed: the plan picks the fastest way that fits (fewer archives in flight, then stream
+mode with parallel ranges), explains it, and checks members against pinned ones where there is no md5."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import yaml
+
+from provision.cli import main
+from provision.disk import GB
+from provision.ways import Load, auto_ranges, candidates, estimate_s
+from tests.support.dataset import build_luna_like, tree_md5s
+from tests.support.server import Faults
+from tests.test_stage import expected_tree, stage_json, total_bytes
+
+
+def pin_unpacked_sizes(data) -> None:  # type: ignore[no-untyped-def]
+    manifest = yaml.safe_load(data.manifest.read_text())
+    for f in manifest["files"]:
+        f["unpacked_size"] = data.files[f["key"]]["unpacked_size"]
+    data.manifest.write_text(yaml.safe_dump(manifest))
+
+
+def plan_json(capsys, profile: Path) -> dict:  # type: ignore[no-untyped-def]
+    code = main(["plan", "-c", str(profile), "--json"])
+    plan = json.loads(capsys.readouterr().out)
+    assert code == (0 if plan["feasible"] else 3)
+    return plan
+
+
+def test_a_disk_for_one_archive_in_flight_gets_archive_mode_with_one(tmp_path: Path, serve, write_profile, small_tmpfs, capsys) -> None:
+    data = build_luna_like(tmp_path / "d", subsets=3, scans=2, raw_bytes=1_000_000, extra_plain=False)
+    pin_unpacked_sizes(data)
+    unpacked = sum(i["unpacked_size"] for i in data.files.values())
+    sizes = sorted((i["size"] for i in data.files.values()), reverse=True)
+    disk = small_tmpfs(unpacked + sizes[0] + sizes[1] // 2 + 256 * 1024)  # room for one archive beside the data, not two
+    srv = serve(folder=data.folder)
+    profile = write_profile({"dataset": str(data.manifest), "sources": [srv.url + "/mirror/"], "root": str(disk / "root")})
+    plan = plan_json(capsys, profile)
+    ways = {w["label"]: w for w in plan["data"]["ways"]}
+    assert not ways["archive, 3 in flight"]["fits"] and not ways["archive, 2 in flight"]["fits"] and ways["archive, 1 in flight"]["fits"]
+    assert plan["data"]["mode"] == "archive" and plan["data"]["files_in_flight"] == 1 and ways["archive, 1 in flight"]["chosen"]
+    assert "archive, 1 in flight: archive, 3 in flight would need" in plan["data"]["mode_reason"]
+    assert ways["stream, 2 ranges per archive"]["fits"], "stream fits too, but archive mode checks whole-archive md5s and comes first"
+    code, report = stage_json(profile, capsys)
+    assert code == 0, report
+    assert tree_md5s(disk / "root" / "part2" / "luna") == expected_tree(data)
+    assert {f["checked"] for f in report["files"]} == {"md5"}
+    assert main(["plan", "-c", str(profile)]) == 0
+    assert "<- chosen" in capsys.readouterr().out
+
+
+def test_where_only_streaming_fits_the_ranges_use_every_connection(tmp_path: Path, serve, write_profile, small_tmpfs, capsys) -> None:
+    data = build_luna_like(tmp_path / "d", subsets=2, scans=4, raw_bytes=600_000, extra_plain=False)
+    pin_unpacked_sizes(data)
+    unpacked = sum(i["unpacked_size"] for i in data.files.values())
+    disk = small_tmpfs(unpacked + 200 * 1024)
+    srv = serve(Faults(rate_per_conn=3_000_000), folder=data.folder)
+    profile = write_profile({"dataset": str(data.manifest), "sources": [srv.url + "/mirror/"], "root": str(disk / "root"), "connections": 8})
+    plan = plan_json(capsys, profile)
+    assert plan["data"]["mode"] == "stream" and plan["data"]["stream_ranges"] == 4, "two archives on eight connections"
+    assert "archive's md5 is not checked" in plan["data"]["mode_reason"] and "provision pin" in plan["data"]["mode_reason"]
+    code, report = stage_json(profile, capsys)
+    assert code == 0, report
+    assert tree_md5s(disk / "root" / "part2" / "luna") == expected_tree(data)
+    assert srv.stats.max_in_flight >= 6, "the ranges kept the connections busy"
+    assert {f["checked"] for f in report["files"]} == {"members against the archive's own directory (archive md5 not checked)"}
+
+
+def test_with_pinned_members_a_source_serving_another_archive_is_refused(tmp_path: Path, serve, write_profile, small_tmpfs, capsys) -> None:
+    data = build_luna_like(tmp_path / "d", subsets=2, scans=2, raw_bytes=500_000, extra_plain=False, compression=zipfile.ZIP_STORED)
+    pin_unpacked_sizes(data)
+    good = serve(folder=data.folder)
+    base = {"dataset": str(data.manifest), "mode": "stream", "stream_ranges": 2}
+    assert main(["pin", "-c", str(write_profile({**base, "sources": [good.url + "/mirror/"]}, name="pin.yaml"))]) == 0
+    capsys.readouterr()
+    # another archive of the same size under the same name: one member's bytes differ, so its CRC in the directory differs
+    other = tmp_path / "other"
+    other.mkdir()
+    with zipfile.ZipFile(data.folder / "subset0.zip") as src, zipfile.ZipFile(other / "subset0.zip", "w", zipfile.ZIP_STORED) as dst:
+        for info in src.infolist():
+            body = bytearray(src.read(info))
+            if info.filename.endswith(".raw"):
+                body[0] ^= 0xFF
+            dst.writestr(info.filename, bytes(body))
+    (other / "subset1.zip").write_bytes((data.folder / "subset1.zip").read_bytes())
+    impostor = serve(folder=other)
+    profile = write_profile({**base, "sources": [impostor.url + "/mirror/", good.url + "/mirror/"]})
+    code, report = stage_json(profile, capsys)
+    assert code == 0, report
+    by_key = {f["key"]: f for f in report["files"]}
+    assert by_key["subset0.zip"]["source"] == good.url + "/mirror/subset0.zip"
+    assert any("serves a different archive than the data set's subset0.zip" in r and "CRC" in r for r in by_key["subset0.zip"]["retries"])
+    assert by_key["subset1.zip"]["source"] == impostor.url + "/mirror/subset1.zip", "the same archive is welcome from anywhere"
+    assert by_key["subset1.zip"]["checked"] == "members against the data set's pins"
+    assert tree_md5s(tmp_path / "root" / "part2" / "luna") == expected_tree(data)
+
+
+def test_an_explicit_stream_with_one_range_is_honoured(tmp_path: Path, serve, write_profile, capsys) -> None:
+    data = build_luna_like(tmp_path / "d", subsets=2, scans=2, raw_bytes=400_000, extra_plain=False)
+    srv = serve(folder=data.folder)
+    profile = write_profile({"dataset": str(data.manifest), "sources": [srv.url + "/mirror/"], "mode": "stream", "stream_ranges": 1})
+    plan = plan_json(capsys, profile)
+    assert plan["data"]["mode"] == "stream" and plan["data"]["stream_ranges"] == 1 and len(plan["data"]["ways"]) == 1
+    assert plan["data"]["mode_reason"] == "data.mode is stream"
+    code, report = stage_json(profile, capsys)
+    assert code == 0 and {f["checked"] for f in report["files"]} == {"md5"}, "one range from the first byte: the md5 is checked"
+    ranged = [r for r in srv.stats.requests if r["status"] == 206 and r["sent"] > 100_000]
+    assert len(ranged) == 2, "one stream per archive"
+    assert srv.stats.bytes_sent <= total_bytes(data) + 2 * 2 * 64 * 1024
+
+
+def test_the_ways_and_their_estimates() -> None:
+    load = Load(archives=2, download_bytes=13 * GB, unpacked_bytes=24 * GB, connections=8, cores=2)
+    assert auto_ranges(load) == 4
+    assert candidates("auto", 3, 1, load) == [("archive", 2, 1), ("archive", 1, 1), ("stream", 1, 4), ("stream", 1, 1)]
+    assert candidates("archive", 3, 1, load) == [("archive", 3, 1)] and candidates("stream", 3, 1, load) == [("stream", 1, 1)]
+    full = estimate_s("archive", 2, 1, load)
+    assert estimate_s("archive", 1, 1, load) > full, "one archive in flight: unpacking no longer overlaps the download"
+    assert estimate_s("stream", 1, 4, load) <= 1.3 * full, "ranges on every connection: close to archive mode"
+    assert estimate_s("stream", 1, 1, load) >= 3 * full, "one connection per archive, two archives: a quarter of the connections"
