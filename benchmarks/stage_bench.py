@@ -11,6 +11,10 @@ times on the same data and server:
   stream    `provision stage` in stream mode (unpack while downloading; archives never stored)
   stream4   stream mode reading each archive as 4 member-aligned ranges at once (data.stream_ranges: 4)
 
+and a tight-disk scenario (two archives, capped, as a Colab session stages): `provision stage` with data.mode
+auto on a size-limited tmpfs where only stream mode fits, against archive mode on a large tmpfs, in one run
+(needs root to mount the tmpfs folders; skipped otherwise).
+
 plus the machine's limits measured in the same run: loopback read rate, extraction alone
 (unzip of the same archives from local disk), and disk write rate. Prints wall time,
 throughput, peak RSS, bytes written to disk and each tool's time as a ratio to provision's.
@@ -171,7 +175,7 @@ def write_profile(work: Path, manifest: Path, url: str, root: Path, connections:
         "extends": str(REPO / "configs" / "local.yaml"),
         "requirements": {"files": []},
         "data": {"dataset": str(manifest), "root": str(root), "sources": [url + "/mirror/"], "reserve_gb": 0, "margin_gb": 0,
-                 "connections": connections},
+                 "cache_gb_per_subset": 0, "connections": connections},
     }))
     return profile
 
@@ -299,9 +303,62 @@ def main(argv: list[str] | None = None) -> int:
             aria = rows["aria2c"].seconds if rows["aria2c"].runs else float("nan")
             print(f"{'target':<11}naive / provision = {naive / base:.2f} (want >= 3); aria2c / provision = {aria / base:.2f} (want >= 1); "
                   f"naive / stream = {naive / rows['stream'].seconds:.2f}")
+    tight_disk(built, work, args)
     if args.work is None:
         shutil.rmtree(work, ignore_errors=True)
     return 0
+
+
+def tmpfs(where: Path, size: int) -> bool:
+    where.mkdir(parents=True, exist_ok=True)
+    return os.geteuid() == 0 and subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+                                                  capture_output=True).returncode == 0
+
+
+def tight_disk(built, work: Path, args: argparse.Namespace) -> None:  # type: ignore[no-untyped-def]
+    """Two archives, capped: auto on a disk where only stream mode fits vs archive mode on a large disk (both tmpfs)."""
+    import json
+
+    keys = ["subset0.zip", "subset1.zip"]
+    unpacked = sum(built.files[k]["unpacked_size"] for k in keys)
+    zipped = sum(built.files[k]["size"] for k in keys)
+    expected = {rel: md5 for k in keys for rel, md5 in built.files[k]["members"].items()}
+    print(f"\ntight disk (two archives, {args.cap_mb:.0f} MB/s per connection, {args.connections} connections; "
+          f"{zipped / 1e6:.0f} MB compressed, {unpacked / 1e6:.0f} MB unpacked)")
+    big, small = work / "tmpfs-big", work / "tmpfs-tight"
+    if not (tmpfs(big, 3 * (unpacked + zipped)) and tmpfs(small, unpacked + unpacked // 50 + 2 * 2**20)):
+        print("skipped: mounting size-limited tmpfs folders needs root")
+        return
+    manifest = yaml.safe_load(built.manifest.read_text())
+    for f in manifest["files"]:
+        f["unpacked_size"] = built.files[f["key"]]["unpacked_size"]  # exact sizes, as `provision pin` would give
+    exact = work / "bench-exact.yaml"
+    exact.write_text(yaml.safe_dump(manifest))
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    results = {}
+    try:
+        with FileServer(built.folder, Faults(rate_per_conn=args.cap_mb * 1e6)) as srv:
+            for name, disk in (("archive, large disk", big), ("auto, tight disk", small)):
+                runs = []
+                for rep in range(args.reps):
+                    root = disk / f"root-{rep}"
+                    profile = write_profile(work, exact, srv.url, root, args.connections)
+                    plan = json.loads(subprocess.run([sys.executable, "-m", "provision", "plan", "-c", str(profile), "--subsets", "0-1", "--json",
+                                                      "--set", f"data.mode={'archive' if disk is big else 'auto'}"],
+                                                     capture_output=True, text=True, cwd=REPO, env=env).stdout)
+                    run = measured([sys.executable, "-m", "provision", "stage", "-c", str(profile), "--subsets", "0-1",
+                                    "--set", f"data.mode={'archive' if disk is big else 'auto'}"], REPO, env=env)
+                    run.ok = run.ok and check_tree(root / "part2" / "luna", expected)
+                    runs.append(run)
+                    shutil.rmtree(root, ignore_errors=True)
+                chosen = next((w["label"] for w in plan["data"]["ways"] if w["chosen"]), plan["data"]["mode"])
+                results[name] = (statistics.median(r.seconds for r in runs), chosen, all(r.ok for r in runs))
+                print(f"  {name:<20} {results[name][0]:7.2f} s  way: {chosen}  ok: {'yes' if results[name][2] else 'NO'}", flush=True)
+    finally:
+        for disk in (big, small):
+            subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+    ratio = results["auto, tight disk"][0] / results["archive, large disk"][0]
+    print(f"{'target':<11}tight / large = {ratio:.2f} (want <= 1.3)")
 
 
 if __name__ == "__main__":

@@ -30,3 +30,7 @@ def test_quick_benchmark_prints_the_table(tmp_path) -> None:
             assert "aria2c not installed" in rows["aria2c"]
         assert rows["limit"] and rows["target"]
     assert "re-run on the staged set" in out
+    tight = out.split("tight disk (two archives", 1)[1]
+    if "skipped" not in tight.splitlines()[1]:
+        assert "auto, tight disk" in tight and "way: stream," in tight and "ranges per archive" in tight
+        assert "ok: NO" not in tight and "tight / large = " in tight
