@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = ["__version__", "load_config", "make_plan", "run"]
 
@@ -20,8 +20,8 @@ def load_config(*args: Any, **kwargs: Any) -> Any:
 
 
 def make_plan(config: Any, **kwargs: Any) -> Any:
-    """Gather facts and compute the plan (the dry run). See :func:`provision.plan.build_plan`."""
-    from .plan import build_plan
+    """Gather facts and compute the plan (the dry run). See :func:`provision.facts.build_plan`."""
+    from .facts import build_plan
 
     return build_plan(config, **kwargs)
 

@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("-v", "--verbose", action="count", default=0, help="more log lines (repeat for debug)")
 
     parser = _Parser(prog="provision", description="Get a machine ready for Deep Learning with PyTorch, Part 2: requirements, CUDA, LUNA16 data.")
-    from . import __version__
+    from .version import __version__
 
     parser.add_argument("--version", action="version", version=f"dlwpt-provision {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -141,7 +141,7 @@ def _sets(args: argparse.Namespace) -> list[str]:
 
 def _dispatch(args: argparse.Namespace, environ: Mapping[str, str], out: TextIO) -> int:
     from . import report
-    from .plan import build_plan
+    from .facts import build_plan
 
     config, env = _load(args, environ)
     command = args.command
@@ -238,7 +238,7 @@ def _dispatch(args: argparse.Namespace, environ: Mapping[str, str], out: TextIO)
 
 def _book(args: argparse.Namespace, config: Any, env: Any, environ: Mapping[str, str], out: TextIO) -> int:
     from . import report
-    from .plan import build_plan
+    from .facts import build_plan
     from .steps import book, smoke
 
     if args.undo and args.smoke:

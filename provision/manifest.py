@@ -11,6 +11,7 @@ from typing import Any
 
 from .errors import ConfigError
 from .schema import build, did_you_mean, set_by_tool
+from .yamlfile import read_yaml
 
 SUBSET_KEY = re.compile(r"subset(\d+)")
 
@@ -172,8 +173,6 @@ def manifest_path(dataset: str, configs_dir: Path) -> Path:
 
 def load_manifest(dataset: str, configs_dir: Path) -> Manifest:
     """Read and validate a manifest by name or path."""
-    from .config import read_yaml  # late: config imports this module
-
     path = manifest_path(dataset, configs_dir)
     if not path.is_file():
         known = sorted(p.stem for p in (configs_dir / "datasets").glob("*.yaml"))
@@ -203,8 +202,6 @@ def load_pins(path: Path, keys: set[str]) -> dict[str, tuple[int, tuple[PinnedMe
     """key -> (unpacked size, members) from a pins file; {} when there is none."""
     if not path.is_file():
         return {}
-    from .config import read_yaml
-
     raw = read_yaml(path).get("files")
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected 'files:' mapping each archive to its members", hint="regenerate it with `provision pin`", file=str(path))

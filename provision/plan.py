@@ -1,6 +1,6 @@
 """The Plan: every decision of a run, computed from the config, the manifest and facts, without side effects.
 
-``gather_facts`` does the (read-only) looking around; ``make_plan`` is a pure function of
+:mod:`provision.facts` does the (read-only) looking around; ``make_plan`` is a pure function of
 its arguments. ``provision plan`` prints the result; ``provision up`` carries it out.
 """
 
@@ -11,20 +11,30 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
-from .book.checkout import CheckoutFacts, book_dir, read_committed, read_current
-from .book.checkout import facts as checkout_facts
-from .book.fixes import BookManifest, FileState, judge, load_book_manifest
-from .config import Config, configs_dir
+from .book.checkout import CheckoutFacts
+from .book.fixes import BookManifest, FileState
+from .config import Config
 from .disk import GB, DiskItem, DiskPlan, DiskRules, gb, plan_disk
-from .environment import Environment, FsFacts, fs_facts
-from .install import InstallPlan, TorchIndex, index_options, installed_distributions, plan_install, read_requirements, target_python, torch_index
-from .manifest import Manifest, PinnedMember, format_subsets, load_manifest
-from .staging.sources import Source, file_url
-from .staging.state import FileStatus, file_statuses
-from .torch_wheels import INDEX_BASE, WheelTable, choose, gpus_from_smi, load_table
+from .environment import Environment, FsFacts
+from .install import InstallPlan, TorchIndex, index_options, plan_install, read_requirements, target_python, torch_index
+from .manifest import Manifest, ManifestFile, PinnedMember, format_subsets
+from .sources import Source
+from .torch_wheels import INDEX_BASE, WheelTable, choose, gpus_from_smi
 from .ways import choose as choose_way
 from .ways import plan_ways
+
+
+@dataclass(frozen=True)
+class FileStatus:
+    """A file's stage for the plan and ``status``: missing, partial, verified (downloaded), extracted, or linked (from an unpacked copy)."""
+
+    key: str
+    stage: str
+    partial_bytes: int = 0
+    source: str | None = None
+
 
 KAGGLE_WORKING = "/kaggle/working"  # what a saved Kaggle notebook keeps: at most 20 GB
 KAGGLE_WORKING_BYTES = 20 * GB
@@ -215,57 +225,6 @@ class Plan:
         return out
 
 
-def gather_facts(config: Config, environ: Mapping[str, str], environment: Environment, manifest: Manifest) -> Facts:
-    """Look at the machine (read-only): installed packages, driver, free disk, staged files."""
-    installed = installed_distributions(target_python(config.requirements.venv, environment.python_executable))
-    smi = wheels = None
-    if "torch" not in installed and config.requirements.torch_index == "auto":
-        from .gpu import read_nvidia_smi
-
-        smi = read_nvidia_smi(timeout_s=10)
-        wheels = load_table(configs_dir())
-    root = Path(config.data.root)
-    keys = [f.key for f in manifest.files]
-    return Facts(
-        environment=environment,
-        installed=installed,
-        nvidia_smi=smi,
-        wheels=wheels,
-        data_fs=fs_facts(root),
-        statuses=file_statuses(root, keys) if root.is_dir() else {},
-        environ=dict(environ),
-        book=gather_book_facts(config),
-        copies={s.location: look_into_copy(s, manifest) for s in config.data.sources if s.is_copy},
-    )
-
-
-def look_into_copy(source: Source, manifest: Manifest) -> CopyFacts:
-    """Which subsets (and plain files) an unpacked copy holds; it is only listed, not read."""
-    from .staging.copies import find_plain, find_subsets, kaggle_copies
-
-    root = Path(source.location)
-    subsets = kaggle_copies(root) if source.kaggle else find_subsets(root)
-    bases = sorted(p for p in root.iterdir() if p.is_dir()) if source.kaggle and root.is_dir() else [root]
-    plain = {}
-    for f in manifest.files:
-        if not f.unpack:
-            found = next((hit for base in bases if (hit := find_plain(base, f.key))), None)
-            if found:
-                plain[f.key] = found
-    return CopyFacts(subsets, plain)
-
-
-def gather_book_facts(config: Config) -> BookFacts:
-    """The book's checkout (read-only): its commit, and each fixed file as committed and as it is now."""
-    manifest = load_book_manifest(config.book.fixes, configs_dir())
-    checkout = book_dir(config.book.dir, config.data.root)
-    found = checkout_facts(checkout, Path(config.data.root))
-    states: tuple[FileState, ...] = ()
-    if found.head is not None:
-        states = tuple(judge(manifest, lambda f: read_committed(checkout, f), lambda f: read_current(checkout, f)))
-    return BookFacts(manifest, found, states)
-
-
 def make_plan(config: Config, manifest: Manifest, facts: Facts) -> Plan:
     """Compute the whole plan from its inputs. Pure: reads and writes nothing."""
     from packaging.specifiers import SpecifierSet
@@ -373,6 +332,19 @@ def auto_torch_index(facts: Facts, requirement: str) -> TorchIndex:
     python = ".".join(facts.environment.python_version.split(".")[:2])
     choice = choose(table, gpus, driver, cuda, python, str(Parsed(requirement).specifier))
     return TorchIndex(choice.url, choice.torch_bound, choice.reason)
+
+
+def file_url(source: Source, file: ManifestFile, zenodo_url: str) -> str:
+    """The URL (or path) of ``file`` at ``source``."""
+    if source.kind == "zenodo":
+        if not file.record:
+            raise ValueError(f"{file.key} has no Zenodo record in the manifest")
+        return f"{zenodo_url.rstrip('/')}/records/{file.record}/files/{quote(file.key)}?download=1"
+    if source.kind == "local":
+        return os.path.join(source.location, file.key)
+    if source.kind == "unpacked":
+        raise ValueError("an unpacked copy's files are found by looking into it (see staging.copies)")
+    return source.location + quote(file.key)
 
 
 def plan_data(config: Config, manifest: Manifest, facts: Facts) -> DataPlan:
@@ -503,18 +475,3 @@ def disk_problem(disk: DiskPlan, stream: DiskPlan | None = None) -> Problem:
     if disk.estimated:
         ways.append("the unpacked size is an estimate; `provision plan --probe` reads the exact figure")
     return Problem("data", message, "; ".join(ways))
-
-
-def build_plan(config: Config, environ: Mapping[str, str] | None = None, environment: Environment | None = None, probe: bool = False) -> Plan:
-    """Gather facts and make the plan: the whole dry run, as the CLI and the notebooks use it."""
-    from . import environment as envmod
-
-    environ = os.environ if environ is None else environ
-    environment = environment or envmod.current(environ)
-    manifest = load_manifest(config.data.dataset, configs_dir())
-    facts = gather_facts(config, environ, environment, manifest)
-    if probe:
-        from .staging.probe import probe_remote
-
-        facts = Facts(**{**facts.__dict__, "remote": probe_remote(config, manifest)})
-    return make_plan(config, manifest, facts)

@@ -81,7 +81,7 @@ class Choice:
 
 
 def load_table(configs_dir: Path) -> WheelTable:
-    from .config import read_yaml
+    from .yamlfile import read_yaml
 
     path = configs_dir / "torch" / "wheels.yaml"
     table = build(WheelTable, read_yaml(path), path="", origin=lambda p: str(path))

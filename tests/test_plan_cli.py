@@ -81,7 +81,7 @@ def test_plan_refuses_when_disk_is_short_and_names_what_fits() -> None:
 
 
 def test_plan_counts_only_what_is_left_to_fetch(tmp_path: Path) -> None:
-    from provision.staging.state import FileStatus
+    from provision.plan import FileStatus
 
     config = load_config("colab", environ={})
     facts = colab_facts(100 * GB)

@@ -56,7 +56,7 @@ def test_a_repair_counts_in_the_total() -> None:
 
 def collect(profile: Path) -> list[tuple[str, dict]]:
     from provision.config import load_config
-    from provision.plan import build_plan
+    from provision.facts import build_plan
     from provision.staging.engine import Stager
 
     config = load_config(profile)
@@ -129,3 +129,56 @@ def test_a_member_that_cannot_be_written_is_an_error_not_a_traceback(built: Buil
     assert by_key["subset1.zip"]["outcome"] == "staged", "the other files are staged regardless"
     assert (target / "subset0").read_text() == "a file where the subset's folder goes"
     assert json.dumps(report).count("Traceback") == 0
+
+
+def test_isal_inflates_where_installed_and_zlib_gives_the_same_bytes(built: Built, write_profile, tmp_path: Path, capsys) -> None:
+    import subprocess
+    import sys
+
+    from provision.staging import codec
+    from tests.conftest import REPO
+
+    try:
+        import isal  # noqa: F401
+
+        assert codec.LIBRARY == "isal"
+    except ImportError:
+        assert codec.LIBRARY == "zlib"
+    forced = subprocess.run([sys.executable, "-c", "from provision.staging import codec; print(codec.LIBRARY)"], capture_output=True,
+                            text=True, cwd=REPO, env={**__import__("os").environ, "PROVISION_INFLATE": "zlib", "PYTHONPATH": str(REPO)})
+    assert forced.stdout.strip() == "zlib"
+    from tests.test_stage import expected_tree
+
+    for mode in ("archive", "stream"):
+        root = tmp_path / f"root-{mode}"
+        profile = write_profile({"dataset": str(built.manifest), "sources": [str(built.folder)], "mode": mode, "root": str(root)},
+                                name=f"{mode}.yaml")
+        proc = subprocess.run([sys.executable, "-m", "provision", "stage", "-c", str(profile)], capture_output=True, text=True, cwd=REPO,
+                              env={**__import__("os").environ, "PROVISION_INFLATE": "zlib", "PYTHONPATH": str(REPO)})
+        assert proc.returncode == 0, proc.stderr
+        from tests.support.dataset import tree_md5s
+
+        assert tree_md5s(root / "part2" / "luna") == expected_tree(built)
+
+
+def test_an_unsupported_compression_method_is_refused_by_name(tmp_path: Path, write_profile, capsys) -> None:
+    import hashlib
+
+    import yaml
+
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    path = folder / "subset0.zip"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
+        zf.writestr("subset0/scan.raw", b"x" * 1000)
+    data = bytearray(path.read_bytes())
+    for signature, offset in ((b"PK\x03\x04", 8), (b"PK\x01\x02", 10)):  # compression method: 9 (deflate64)
+        at = data.index(signature) + offset
+        data[at:at + 2] = (9).to_bytes(2, "little")
+    path.write_bytes(bytes(data))
+    manifest = tmp_path / "odd.yaml"
+    manifest.write_text(yaml.safe_dump({"name": "odd", "dir": "part2/luna", "files": [
+        {"key": "subset0.zip", "size": len(data), "md5": hashlib.md5(bytes(data)).hexdigest(), "unpack": True}]}))
+    profile = write_profile({"dataset": str(manifest), "sources": [str(folder)], "mode": "archive"})
+    code, report = stage_json(profile, capsys)
+    assert code == 1 and "uses compression method 9, which is not supported" in report["files"][0]["error"]

@@ -151,7 +151,7 @@ def test_luna16_unpacks_to_about_1_8_times_its_archives(tmp_path: Path, capsys) 
 @pytest.mark.parametrize("mode", ["archive", "stream"])
 def test_a_source_that_stops_short_without_an_error_never_hangs(built: Built, serve, write_profile, capsys, monkeypatch, mode: str) -> None:
     """No real server should end a range early and call it done, but if one does, the run must end, not wait."""
-    from provision.staging import engine
+    from provision.staging import fetch
     from provision.staging.local import LocalTransfer
 
     class StopsShort(LocalTransfer):  # a stand-in for a broken server: half of every range, then a clean end
@@ -159,8 +159,7 @@ def test_a_source_that_stops_short_without_an_error_never_hangs(built: Built, se
             super().read_range(start, start + (end - start) // 2, sink, on_open)
 
     srv = serve()
-    monkeypatch.setattr(engine.Stager, "transfer_for",
-                        staticmethod(lambda loc, cfg, throttle=None: StopsShort(str(built.folder / loc.url.rsplit("/", 1)[1]))))
+    monkeypatch.setattr(fetch, "open_transfer", lambda loc, cfg, throttle=None: StopsShort(str(built.folder / loc.url.rsplit("/", 1)[1])))
     profile = write_profile({"dataset": str(built.manifest), "sources": [srv.url + "/mirror/"], "subsets": "0", "mode": mode, "retries": 2})
     start = time.monotonic()
     code, report = stage_json(profile, capsys)

@@ -73,7 +73,7 @@ class BookManifest:
 
 def load_book_manifest(spec: str, configs_dir: Path) -> BookManifest:
     """Read and validate the fixes file (``book.fixes``: relative to configs/, or a path)."""
-    from ..config import read_yaml
+    from ..yamlfile import read_yaml
 
     path = Path(spec) if os.path.isabs(spec) else configs_dir / spec
     if not path.is_file():

@@ -13,15 +13,14 @@ from __future__ import annotations
 import os
 import re
 import tempfile
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from .transfer import BUFFER_BYTES, PermanentError
+from ..sources import KAGGLE_INPUT
+from .transfer import PermanentError
 
 SUBSET_DIR = re.compile(r"subset(\d+)$")
 SEARCH_DEPTH = 4  # <input>/<dataset>/<folder>/subsetN/subsetN
-KAGGLE_INPUT = "/kaggle/input"
 ELEMENT_BYTES = {"MET_UCHAR": 1, "MET_CHAR": 1, "MET_USHORT": 2, "MET_SHORT": 2, "MET_UINT": 4, "MET_INT": 4, "MET_FLOAT": 4,
                  "MET_ULONG": 8, "MET_LONG": 8, "MET_DOUBLE": 8}
 
@@ -146,11 +145,9 @@ def check_against_pins(files: list[CopyFile], pins: dict[str, tuple[int, int]], 
 
 
 def crc32_of(path: Path) -> int:
-    crc = 0
-    with open(path, "rb") as fh:
-        while chunk := fh.read(BUFFER_BYTES * 4):
-            crc = zlib.crc32(chunk, crc)
-    return crc
+    from .extract import crc_of
+
+    return crc_of(path)
 
 
 def link_files(files: list[CopyFile], target: Path) -> None:

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .. import __version__
+from ..version import __version__
 from .throttle import HostGate
 from .transfer import BUFFER_BYTES, NoRangeSupport, NotTheFile, PermanentError, RemoteInfo, Sink, TransientError
 
@@ -164,6 +164,16 @@ class HttpTransfer:
                 on_open(True)
             self._pump(response, end - start, sink)
 
+    def json(self) -> Any:
+        """The URL's JSON document (the Zenodo API)."""
+        with self.gate.slot(self.deadline()), self._get({"Accept": "application/json"}) as response:
+            if response.status_code != 200:
+                self._refused(response)
+            try:
+                return response.json()
+            except ValueError:
+                raise PermanentError(f"{self.url} did not return JSON") from None
+
     def read_all(self, sink: Sink, size: int | None = None) -> None:
         with self.gate.slot(self.deadline()), self._get({}) as response:
             if response.status_code != 200:
@@ -201,11 +211,4 @@ class HttpTransfer:
 
 def get_json(url: str, timeout_s: float = 30.0, gate: HostGate | None = None) -> Any:
     """GET a JSON document (the Zenodo API), raising Transient/PermanentError."""
-    transfer = HttpTransfer(url, timeout_s, gate)
-    with transfer.gate.slot(), transfer._get({"Accept": "application/json"}) as response:
-        if response.status_code != 200:
-            transfer._refused(response)
-        try:
-            return response.json()
-        except ValueError:
-            raise PermanentError(f"{url} did not return JSON") from None
+    return HttpTransfer(url, timeout_s, gate).json()

@@ -23,9 +23,10 @@ from typing import Any
 from ..config import DataConfig
 from ..errors import ChecksumError, DiskSpaceError, ProvisionError
 from ..plan import DataPlan, FilePlan
-from .engine import Emit, FileResult, Stager, md5_of, stat_stamp
+from .context import Emit, FileResult, StageContext
+from .fetch import fetch, md5_of
 from .gcs import client, gcs_errors, md5_hex, split_gs
-from .state import atomic_write_json, read_json, run_lock, size_of, work_dir
+from .state import atomic_write_json, read_json, run_lock, size_of, stat_stamp, work_dir
 from .transfer import BUFFER_BYTES, PermanentError, TransientError
 
 log = logging.getLogger(__name__)
@@ -114,22 +115,22 @@ class Mirror:
         root = Path(self.plan.root)
         scratch = work_dir(root) / "mirror"
         scratch.mkdir(parents=True, exist_ok=True)
-        stager = Stager(self.cfg, self.plan, emit=self.emit)
+        ctx = StageContext(self.cfg, self.plan, emit=self.emit)
         with run_lock(root), ThreadPoolExecutor(max(1, self.cfg.connections), thread_name_prefix="conn") as conns, \
                 ThreadPoolExecutor(max(1, self.cfg.files_in_flight), thread_name_prefix="mirror") as files:
-            futures = [files.submit(self._one, f, item, stager, scratch, conns) for f, item in todo]
+            futures = [files.submit(self._one, f, item, ctx, scratch, conns) for f, item in todo]
             for fut in futures:
                 fut.result()
         result.elapsed_s = time.monotonic() - start
         return result
 
-    def _one(self, f: FilePlan, item: MirrorItem, stager: Stager, scratch: Path, conns: ThreadPoolExecutor) -> None:
+    def _one(self, f: FilePlan, item: MirrorItem, ctx: StageContext, scratch: Path, conns: ThreadPoolExecutor) -> None:
         local = scratch / f.key
         fetched = FileResult(f.key)
         try:
             # never read back from the destination being filled; an unpacked copy holds no archives
             sources = tuple(loc for loc in f.locations if not loc.url.startswith(self.destination) and loc.kind != "unpacked")
-            source, md5 = stager._fetch(FilePlan(**{**f.__dict__, "locations": sources}), local, fetched, conns)
+            source, md5 = fetch(ctx, FilePlan(**{**f.__dict__, "locations": sources}), local, fetched, conns)
             item.source = source
             item.retries = fetched.retries
             self.put(local, f, md5, item, conns)

@@ -12,62 +12,11 @@ from typing import Any
 from ..config import Config
 from ..errors import DownloadError
 from ..manifest import Manifest, PinnedMember
-from ..plan import RemoteFacts
-from .sources import file_url
+from ..plan import RemoteFacts, file_url
 from .transfer import PermanentError, Transfer, TransientError
+from .transfers import BLOCK_BYTES, RangeReader, open_transfer
 
 log = logging.getLogger(__name__)
-BLOCK_BYTES = 64 * 1024  # a LUNA16 central directory (178 entries) is about 20 KB
-
-
-class RangeReader(io.RawIOBase):
-    """A seekable read-only file over ranged reads of a source, fetched in cached blocks."""
-
-    def __init__(self, transfer: Transfer, size: int) -> None:
-        self.transfer = transfer
-        self.size = size
-        self.pos = 0
-        self.blocks: dict[int, bytes] = {}
-        self.requests = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self.pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.size}[whence]
-        self.pos = max(0, base + offset)
-        return self.pos
-
-    def _block(self, index: int) -> bytes:
-        if index not in self.blocks:
-            start = index * BLOCK_BYTES
-            end = min(self.size, start + BLOCK_BYTES)
-            buf = bytearray()
-            self.transfer.read_range(start, end, buf.extend)
-            self.requests += 1
-            if len(buf) != end - start:
-                raise TransientError(f"{self.transfer.label} sent {len(buf)} of bytes {start}-{end - 1}")
-            self.blocks[index] = bytes(buf)
-        return self.blocks[index]
-
-    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
-        view = memoryview(buffer).cast("B")
-        n = min(len(view), self.size - self.pos)
-        done = 0
-        while done < n:
-            index, offset = divmod(self.pos, BLOCK_BYTES)
-            block = self._block(index)
-            take = min(n - done, len(block) - offset)
-            view[done : done + take] = block[offset : offset + take]
-            done += take
-            self.pos += take
-        return done
 
 
 def central_directory(transfer: Transfer, size: int) -> tuple[int, int]:
@@ -86,7 +35,6 @@ def archive_members(transfer: Transfer, size: int) -> tuple[PinnedMember, ...]:
 def pin_members(config: Config, manifest: Manifest) -> dict[str, tuple[PinnedMember, ...]]:
     """The members of each selected archive, read from the first source that serves byte ranges."""
     from ..plan import FileLocation
-    from .engine import Stager
     from .throttle import Throttle
 
     throttle = Throttle(config.data.host_connections, config.data.connections)
@@ -98,7 +46,7 @@ def pin_members(config: Config, manifest: Manifest) -> dict[str, tuple[PinnedMem
         for source in config.data.sources:
             try:
                 url = file_url(source, f, config.data.zenodo_url)
-                transfer = Stager.transfer_for(FileLocation(source.kind, url), config.data, throttle)
+                transfer = open_transfer(FileLocation(source.kind, url), config.data, throttle)
                 size = f.size if f.size is not None else transfer.info().size
                 if size:
                     pins[f.key] = archive_members(transfer, size)
@@ -115,14 +63,13 @@ def probe_remote(config: Config, manifest: Manifest) -> dict[str, RemoteFacts]:
     """What the sources say about each selected file: sizes and md5s the manifest leaves open, exact
     unpacked sizes, and for a bucket source whether it holds the file (present / missing / differs)."""
     from ..plan import FileLocation
-    from .engine import Stager
     from .throttle import Throttle
     from .zenodo import ZenodoRecords
 
     throttle = Throttle(config.data.host_connections, config.data.connections)
 
     def opener(loc: FileLocation, cfg: Any) -> Transfer:
-        return Stager.transfer_for(loc, cfg, throttle)
+        return open_transfer(loc, cfg, throttle)
 
     zenodo = ZenodoRecords(config.data.zenodo_url, config.data.timeout_s, throttle)
     facts: dict[str, RemoteFacts] = {}

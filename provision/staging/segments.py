@@ -15,17 +15,29 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from ..errors import OutOfSpaceError
 from ..plan import FilePlan
+from .context import FileResult
 from .state import atomic_write_json, read_json, size_of
-from .transfer import BUFFER_BYTES, Transfer, TransientError
+from .transfer import BUFFER_BYTES, Retrier, Transfer, TransientError
 
-if TYPE_CHECKING:
-    from .engine import FileResult, Stager
+
+@dataclass(frozen=True)
+class SegmentContext:
+    """What a segmented download needs from the run: two settings, a retry policy, the stop event, where
+    to report bytes, and the step that verifies the finished file and gives it its name."""
+
+    segment_min_bytes: int
+    connections: int
+    retrier: Callable[[], Retrier]
+    stop: threading.Event
+    emit: Callable[..., None]
+    finish: Callable[[Path, Path, int | None, str | None, str, str], str]
 
 log = logging.getLogger(__name__)
 # how much a killed run may have to fetch again: a quarter second of download
@@ -35,9 +47,9 @@ PROGRESS_SAVE_INTERVAL_S = 0.25
 class SegmentedDownload:
     """One file fetched as byte-range segments in parallel, resumable from its progress file."""
 
-    def __init__(self, stager: Stager, f: FilePlan, transfer: Transfer, part: Path, progress_path: Path, final: Path,
+    def __init__(self, job: SegmentContext, f: FilePlan, transfer: Transfer, part: Path, progress_path: Path, final: Path,
                  size: int, md5: str | None, result: FileResult, conns: ThreadPoolExecutor) -> None:
-        self.s = stager
+        self.s = job
         self.f = f
         self.transfer = transfer
         self.part = part
@@ -47,9 +59,8 @@ class SegmentedDownload:
         self.md5 = md5
         self.result = result
         self.conns = conns
-        cfg = stager.cfg
         # big segments keep the request count low (Zenodo throttles); enough of them to use every connection
-        self.segment = max(cfg.segment_mb << 20, -(-size // max(1, cfg.connections * 2)))
+        self.segment = max(job.segment_min_bytes, -(-size // max(1, job.connections * 2)))
         self.cond = threading.Condition()
         self.cancel = threading.Event()
         # only the first request goes out until the source has shown it honours ranges; otherwise that
@@ -102,7 +113,7 @@ class SegmentedDownload:
             try:
                 digest = self._hash_following()
             finally:
-                if self.errors or self.s.abort.is_set():
+                if self.errors or self.s.stop.is_set():
                     self.cancel.set()
                 for fut in futures:
                     fut.exception()
@@ -113,7 +124,7 @@ class SegmentedDownload:
         if self.errors:
             raise self.errors[0]
         self.progress_path.unlink(missing_ok=True)
-        return self.s._finish(self.part, self.final, self.size, self.md5, digest, self.transfer.label)
+        return self.s.finish(self.part, self.final, self.size, self.md5, digest, self.transfer.label)
 
     def _hash_following(self) -> str:
         """md5 of the file, read as its contiguous prefix grows (from the page cache, not a second disk pass)."""
@@ -123,10 +134,10 @@ class SegmentedDownload:
         with open(self.part, "rb", buffering=0) as reader:
             while hashed < self.size:
                 with self.cond:
-                    while (not self.errors and not self.s.abort.is_set() and self.workers_left > 0
+                    while (not self.errors and not self.s.stop.is_set() and self.workers_left > 0
                            and _contiguous(self.done, self.segment, self.size) <= hashed):
                         self.cond.wait(0.5)
-                    if self.errors or self.s.abort.is_set():
+                    if self.errors or self.s.stop.is_set():
                         raise self.errors[0] if self.errors else OutOfSpaceError.disk_full(self.part)
                     upto = _contiguous(self.done, self.segment, self.size)
                     if upto <= hashed:  # every worker has returned, yet bytes are missing: never wait for them
@@ -161,14 +172,14 @@ class SegmentedDownload:
     def _fetch_segment(self, fd: int, start: int, lead: bool) -> None:
         if not lead:
             while not self.gate.wait(0.2):
-                if self.cancel.is_set() or self.s.abort.is_set():
+                if self.cancel.is_set() or self.s.stop.is_set():
                     return
             if self.whole:
                 return
         end = start + self._length(start)
         retrier = self.s.retrier()
         try:
-            while not self.cancel.is_set() and not self.s.abort.is_set():
+            while not self.cancel.is_set() and not self.s.stop.is_set():
                 pos = start + self.done[start]
                 if pos >= end:
                     return
@@ -176,7 +187,7 @@ class SegmentedDownload:
 
                 def sink(chunk: bytes) -> None:
                     nonlocal pos
-                    if self.cancel.is_set() or self.s.abort.is_set():
+                    if self.cancel.is_set() or self.s.stop.is_set():
                         raise _Cancelled()
                     try:
                         os.pwrite(fd, chunk, pos)
@@ -212,7 +223,7 @@ class SegmentedDownload:
                 self.errors.append(exc)
                 self.cond.notify_all()
             if isinstance(exc, OutOfSpaceError):
-                self.s.abort.set()
+                self.s.stop.set()
             self.cancel.set()
             self.gate.set()
 

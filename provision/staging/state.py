@@ -14,11 +14,11 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import LockError, OutOfSpaceError
+from ..plan import FileStatus
 
 STATE_VERSION = 1
 
@@ -69,6 +69,15 @@ def atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
+def stat_stamp(path: Path) -> dict[str, int] | None:
+    """Size and modification time: a verified file whose stamp still matches need not be hashed again."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
 def size_of(path: Path) -> int | None:
     """The file's size, or None when it does not exist."""
     try:
@@ -84,16 +93,6 @@ def read_json(path: Path) -> Any:
             return json.load(fh)
     except (OSError, ValueError):
         return None
-
-
-@dataclass(frozen=True)
-class FileStatus:
-    """A file's stage for the plan and ``status``: missing, partial, verified (downloaded), extracted, or linked (from an unpacked copy)."""
-
-    key: str
-    stage: str
-    partial_bytes: int = 0
-    source: str | None = None
 
 
 class StateStore:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from ..sources import zenodo_api_url
 from .http import get_json
-from .sources import zenodo_api_url
 from .throttle import Throttle
 
 

@@ -1,13 +1,12 @@
-"""Source specs (``zenodo``, ``https://host/dir/``, ``gs://bucket/prefix/``, ``/a/dir``) and where each file is."""
+"""Source specs (``zenodo``, ``https://host/dir/``, ``gs://bucket/prefix/``, ``/a/dir``, ``unpacked:/a/dir``, ``kaggle``):
+configuration. Where each file is at a source is the plan's business (:func:`provision.plan.file_url`)."""
 
 from __future__ import annotations
 
 import ipaddress
 import os
 from dataclasses import dataclass
-from urllib.parse import quote, urlsplit
-
-from ..manifest import ManifestFile
+from urllib.parse import urlsplit
 
 KAGGLE_INPUT = "/kaggle/input"  # where Kaggle mounts the data sets attached to a notebook, read-only
 
@@ -73,19 +72,6 @@ def parse_source(text: str) -> Source:
     if not text:
         raise ValueError("an empty source")
     return Source("local", os.path.abspath(text))
-
-
-def file_url(source: Source, file: ManifestFile, zenodo_url: str) -> str:
-    """The URL (or path) of ``file`` at ``source``."""
-    if source.kind == "zenodo":
-        if not file.record:
-            raise ValueError(f"{file.key} has no Zenodo record in the manifest")
-        return f"{zenodo_url.rstrip('/')}/records/{file.record}/files/{quote(file.key)}?download=1"
-    if source.kind == "local":
-        return os.path.join(source.location, file.key)
-    if source.kind == "unpacked":
-        raise ValueError("an unpacked copy's files are found by looking into it (see staging.copies)")
-    return source.location + quote(file.key)
 
 
 def zenodo_api_url(zenodo_url: str, record: str) -> str:

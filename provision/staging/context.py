@@ -1,0 +1,82 @@
+"""What every part of a staging run shares: its settings and plan, where data goes, the event sink, the
+stop event, the hosts' gates and the retry policy; and the record each file's work fills in."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from ..config import DataConfig
+from ..errors import OutOfSpaceError
+from ..plan import DataPlan
+from .throttle import Throttle
+from .transfer import Retrier, TransientError
+from .zenodo import ZenodoRecords
+
+T = TypeVar("T")
+Emit = Callable[..., None]
+
+
+@dataclass
+class FileResult:
+    """One file's outcome, filled in as its staging goes."""
+
+    key: str
+    outcome: str = "pending"  # already staged | staged | linked | repaired | failed
+    source: str | None = None
+    bytes_fetched: int = 0
+    retries: list[str] = field(default_factory=list)
+    members: int = 0
+    error: str | None = None
+    hint: str | None = None
+    checked: str = "md5"  # what vouches for the bytes: the archive's md5, or (parallel ranges) its members' CRCs against ...
+
+
+class StageContext:
+    """The run's shared parts. ``emit(event, **info)`` is thread-safe; ``stop`` ends every transfer and wait."""
+
+    def __init__(self, data: DataConfig, plan: DataPlan, emit: Emit | None = None) -> None:
+        self.cfg = data
+        self.plan = plan
+        self.root = Path(plan.root)
+        self.target = Path(plan.target_dir)
+        self.stop = threading.Event()
+        self.throttle = Throttle(data.host_connections, data.connections, stop=self.stop)
+        self.zenodo = ZenodoRecords(data.zenodo_url, data.timeout_s, self.throttle)
+        self._emit = emit or (lambda event, **info: None)
+        self._emit_lock = threading.Lock()
+
+    def emit(self, event: str, **info: Any) -> None:
+        with self._emit_lock:
+            self._emit(event, **info)
+
+    def count(self, result: FileResult, key: str, n: int) -> None:
+        """``n`` bytes of ``key`` arrived."""
+        result.bytes_fetched += n
+        self.emit("bytes", n=n, key=key)
+
+    def retrier(self) -> Retrier:
+        """The retry policy for one transfer: tries for ordinary errors, minutes of patience for a throttling host."""
+        return Retrier(self.cfg.retries, self.cfg.backoff_s, self.cfg.blocked_patience_min * 60)
+
+    def with_retries(self, call: Callable[[], T], what: str, result: FileResult) -> T:
+        retrier = self.retrier()
+        while True:
+            try:
+                return call()
+            except TransientError as exc:
+                delay = retrier.after(exc)
+                result.retries.append(f"{what}: {exc.reason}")
+                self.sleep(delay)
+
+    def sleep(self, seconds: float) -> None:
+        if self.stop.wait(seconds):
+            raise OutOfSpaceError.stopped()
+
+    def free_bytes(self) -> int:
+        st = os.statvfs(self.target)
+        return st.f_bavail * st.f_frsize

@@ -1,0 +1,160 @@
+"""Bringing one file to its final name, verified: from the first source that delivers it intact.
+
+A local file on the same filesystem is hard-linked; a source with byte ranges is fetched as parallel
+segments (:mod:`.segments`), one without as one stream from byte 0. Either way the file is written
+under a temporary name, its size and md5 are checked, and only then does it take its final name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from ..errors import OutOfSpaceError
+from ..plan import FileLocation, FilePlan
+from .context import FileResult, StageContext
+from .fallback import from_sources
+from .local import try_hardlink
+from .segments import SegmentContext, SegmentedDownload
+from .state import partial_dir, size_of
+from .transfer import BUFFER_BYTES, NoRangeSupport, PermanentError, Transfer, TransientError
+from .transfers import open_transfer
+
+
+class ChecksumMismatch(Exception):
+    """The bytes arrived, but their size or md5 is not the data set's: fetch them again (or elsewhere)."""
+
+
+def fetch(ctx: StageContext, f: FilePlan, final: Path, result: FileResult, conns: ThreadPoolExecutor) -> tuple[str, str]:
+    """Bring ``f`` to ``final``, verified; returns (the source that delivered it, its md5)."""
+
+    def attempt(loc: FileLocation) -> str:
+        size, md5 = expected(ctx, f, loc)
+        return download(ctx, f, loc, final, size, md5, result, conns)
+
+    return from_sources(ctx, f, result, attempt, damaged=ChecksumMismatch)
+
+
+def expected(ctx: StageContext, f: FilePlan, loc: FileLocation) -> tuple[int | None, str | None]:
+    """The size and md5 to check against: the manifest's, else the Zenodo records API's."""
+    size, md5 = f.size, f.md5
+    if (size is None or md5 is None) and loc.kind == "zenodo" and f.record:
+        api_size, api_md5 = ctx.zenodo.lookup(f.record, f.key)
+        size = size if size is not None else api_size
+        md5 = md5 or api_md5
+    return size, md5
+
+
+def download(ctx: StageContext, f: FilePlan, loc: FileLocation, final: Path, size: int | None, md5: str | None,
+             result: FileResult, conns: ThreadPoolExecutor) -> str:
+    pdir = partial_dir(ctx.root)
+    pdir.mkdir(parents=True, exist_ok=True)
+    part = pdir / f"{f.key}.part"
+    progress_path = pdir / f"{f.key}.progress.json"
+    if loc.kind == "local" and size is not None:
+        linked = hardlink_verified(loc.url, part, final, size, md5)
+        if linked is not None:
+            return linked
+    transfer, size, md5, ranges = open_source(ctx, f, loc, size, md5, result)
+    if size is None or not ranges:
+        return download_whole(ctx, f, transfer, part, progress_path, final, size, md5, result)
+    job = SegmentContext(segment_min_bytes=ctx.cfg.segment_mb << 20, connections=ctx.cfg.connections, retrier=ctx.retrier,
+                         stop=ctx.stop, emit=ctx.emit, finish=verify_and_rename)
+    try:
+        return SegmentedDownload(job, f, transfer, part, progress_path, final, size, md5, result, conns).run()
+    except NoRangeSupport:
+        result.retries.append(f"{loc.url} ignores byte ranges: fetching it whole")
+        return download_whole(ctx, f, transfer, part, progress_path, final, size, md5, result)
+
+
+def open_source(ctx: StageContext, f: FilePlan, loc: FileLocation, size: int | None, md5: str | None,
+                result: FileResult) -> tuple[Transfer, int | None, str | None, bool]:
+    """The transfer for ``loc``, with size, md5 and range support; a copy that differs from the manifest is refused."""
+    transfer = open_transfer(loc, ctx.cfg, ctx.throttle)
+    ranges = True  # with a known size, the first ranged answer tells whether the source honours ranges
+    if size is None or loc.kind == "gs":  # a bucket's metadata is one cheap call and carries the md5
+        info = ctx.with_retries(transfer.info, f"{f.key}: asking {loc.url} for the size", result)
+        if md5 and info.md5 and info.md5 != md5:
+            raise PermanentError(f"{loc.url} holds md5 {info.md5}, the manifest says {md5}: the copy there differs from the data set")
+        if size is not None and info.size is not None and info.size != size:
+            raise PermanentError(f"{loc.url} holds {info.size} bytes, the manifest says {size}")
+        size, ranges = info.size, info.ranges
+        md5 = md5 or info.md5
+    return transfer, size, md5, ranges
+
+
+def hardlink_verified(src: str, part: Path, final: Path, size: int, md5: str | None) -> str | None:
+    """Hard-link a local source file (same filesystem), verify it, and give it its final name; None when it cannot be linked."""
+    part.unlink(missing_ok=True)
+    if size_of(Path(src)) != size or not try_hardlink(src, str(part)):
+        return None
+    got = md5_of(part)
+    if md5 and got != md5:
+        part.unlink(missing_ok=True)
+        raise ChecksumMismatch(f"md5 of {src} is {got}, expected {md5}")
+    os.replace(part, final)
+    return got
+
+
+def download_whole(ctx: StageContext, f: FilePlan, transfer: Transfer, part: Path, progress_path: Path, final: Path,
+                   size: int | None, md5: str | None, result: FileResult) -> str:
+    """For sources without ranges: one stream from byte 0, hashed as it arrives; a retry starts over."""
+    progress_path.unlink(missing_ok=True)
+    digest = ctx.with_retries(lambda: _stream_once(ctx, f, transfer, part, size, result), f"{transfer.label} (whole file, from its start)", result)
+    return verify_and_rename(part, final, size, md5, digest, transfer.label)
+
+
+def _stream_once(ctx: StageContext, f: FilePlan, transfer: Transfer, part: Path, size: int | None, result: FileResult) -> str:
+    """One whole-file pass, hashed as it arrives; on failure the bytes it counted are taken back."""
+    hasher = hashlib.md5()
+    written = 0
+
+    def sink(chunk: bytes) -> None:
+        nonlocal written
+        if ctx.stop.is_set():
+            raise OutOfSpaceError.stopped()
+        write_chunk(out, chunk, part)
+        hasher.update(chunk)
+        written += len(chunk)
+        ctx.count(result, f.key, len(chunk))
+
+    try:
+        with open(part, "wb") as out:
+            transfer.read_all(sink, size)
+    except TransientError:
+        ctx.emit("bytes", n=-written, key=f.key)
+        raise
+    return hasher.hexdigest()
+
+
+def verify_and_rename(part: Path, final: Path, size: int | None, md5: str | None, got_md5: str, label: str) -> str:
+    """The file takes its final name only when its size and md5 are the data set's."""
+    got_size = os.stat(part).st_size
+    if (size is not None and got_size != size) or (md5 and got_md5 != md5):
+        part.unlink(missing_ok=True)
+        (part.parent / (part.name[: -len(".part")] + ".progress.json")).unlink(missing_ok=True)
+        raise ChecksumMismatch(f"md5 mismatch from {label}: got {got_md5} ({got_size} bytes), expected {md5} ({size} bytes)")
+    with open(part, "rb+") as fh:
+        os.fsync(fh.fileno())
+    os.replace(part, final)
+    return got_md5
+
+
+def write_chunk(out: Any, chunk: bytes, path: Path) -> None:
+    try:
+        out.write(chunk)
+    except OSError as exc:
+        if exc.errno == 28:
+            raise OutOfSpaceError.disk_full(path) from None
+        raise
+
+
+def md5_of(path: Path) -> str:
+    hasher = hashlib.md5()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(BUFFER_BYTES * 4):
+            hasher.update(chunk)
+    return hasher.hexdigest()

@@ -1,0 +1,137 @@
+"""Turning a file into the book's layout: unpacking a downloaded archive, streaming one (unpacked as it
+arrives, never stored), or linking the scans of an unpacked copy. Each records what it wrote.
+
+``only`` names the members to (re)write in a repair; None means all that are not yet complete.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..errors import DownloadError, ExtractError
+from ..plan import FileLocation, FilePlan
+from . import extract as extracting
+from .context import FileResult, StageContext
+from .fallback import from_sources
+from .fetch import expected, md5_of, open_source
+from .state import StateStore
+from .transfer import NoRangeSupport
+
+
+def member_record(state: StateStore, key: str, members: list[extracting.Member], only: frozenset[str] | None) -> dict[str, list[int]]:
+    """The member record after unpacking: a repair updates the recorded members, a full unpack replaces them."""
+    recorded = (state.record(key) or {}).get("members", {}) if only is not None else {}
+    recorded.update({m.name: [m.size, m.crc] for m in members})
+    return recorded
+
+
+def extract_file(ctx: StageContext, f: FilePlan, archive: Path, only: frozenset[str] | None, result: FileResult) -> list[extracting.Member]:
+    """Unpack a verified archive into the target; a damaged one is deleted so that it is fetched again."""
+    count = 0
+
+    def done(member: extracting.Member) -> None:
+        nonlocal count
+        count += 1
+        ctx.emit("unpacked", key=f.key, n=member.size)
+
+    try:
+        members = extracting.extract(
+            archive, ctx.target,
+            only=only,
+            free_bytes=ctx.free_bytes,
+            workers=ctx.cfg.extract_workers or (os.cpu_count() or 1),
+            on_member=done,
+            stop=ctx.stop,
+            on_start=lambda n, size: ctx.emit("unpack", key=f.key, members=n, bytes=size),
+        )
+    except ExtractError:
+        archive.unlink(missing_ok=True)
+        raise
+    result.members = count
+    return members
+
+
+def stream_file(ctx: StageContext, f: FilePlan, only: frozenset[str] | None, state: StateStore, result: FileResult) -> bool:
+    """Stage an archive in stream mode; False when it cannot be streamed (then archive mode takes over)."""
+    from .stream import (
+        CannotStream,
+        StreamCorrupt,
+        StreamOutcome,
+        check_layout_against_pins,
+        check_streamable_size,
+        read_layout,
+        stream_archive,
+    )
+
+    def attempt(loc: FileLocation) -> StreamOutcome:
+        size, md5 = expected(ctx, f, loc)
+        transfer, size, md5, ranges = open_source(ctx, f, loc, size, md5, result)
+        if size is None or not ranges:
+            raise CannotStream(f"{loc.url} does not serve byte ranges or a size")
+        layout = ctx.with_retries(lambda: read_layout(transfer, size, ctx.target, f.key), f"{f.key}: reading the directory at {loc.url}", result)
+        if not f.unpacked_estimated:
+            check_streamable_size(layout, f.unpacked_bytes, f.key)
+        if f.pinned:
+            check_layout_against_pins(layout, f.pinned, loc.url)
+        if only is None:
+            state.update(f.key, unpack=True, streaming=True, md5=md5, size=size, source=loc.url, verified=False, extracted=False)
+
+        def starting(members: int, to_write: int, to_fetch: int) -> None:
+            if only is not None:  # a repair: bytes the plan did not count
+                ctx.emit("expect", key=f.key, n=to_fetch)
+            ctx.emit("unpack", key=f.key, members=members, bytes=to_write)
+
+        return stream_archive(
+            transfer, layout, only=only, expected_md5=md5, retrier=ctx.retrier, sleep=ctx.sleep,
+            on_bytes=lambda n: ctx.count(result, f.key, n), note_retry=result.retries.append,
+            stop=ctx.stop, free_bytes=ctx.free_bytes, parallel=ctx.plan.stream_ranges,
+            on_start=starting, on_member=lambda m: ctx.emit("unpacked", key=f.key, n=m.size),
+        )
+
+    try:
+        source, outcome = from_sources(ctx, f, result, attempt, damaged=StreamCorrupt)
+    except (CannotStream, NoRangeSupport) as exc:
+        result.retries.append(f"{f.key} cannot be streamed ({exc}): staging it as an archive")
+        return False
+    state.update(f.key, verified=True, extracted=True, streaming=False, members=member_record(state, f.key, outcome.members, only),
+                 damaged=[], stamp=None, md5_checked=outcome.md5 is not None, unpacked_bytes=sum(m.size for m in outcome.members))
+    if outcome.md5 is None and only is None:
+        result.checked = "members against the data set's pins" if f.pinned else "members against the archive's own directory (archive md5 not checked)"
+    result.source = source
+    result.members = outcome.written
+    result.outcome = "repaired" if only is not None else "staged"
+    return True
+
+
+def link_from_copies(ctx: StageContext, f: FilePlan, state: StateStore, result: FileResult) -> tuple[FileLocation, ...]:
+    """Link ``f`` from the unpacked copies that lead its sources; returns the sources left to try (none: linked)."""
+    from .copies import CopyDamaged, CopyFile, check_against_pins, link_files, scan_files
+
+    for i, loc in enumerate(f.locations):
+        if loc.kind != "unpacked":
+            return f.locations[i:]
+        try:
+            if f.unpack:
+                files = scan_files(Path(loc.url), f.subset or 0)
+                pins = {m.name: (m.size, m.crc) for m in f.pinned}
+                crcs = check_against_pins(files, pins, f.subset or 0, loc.url) if pins else {}
+            else:
+                got = md5_of(Path(loc.url))
+                if f.md5 and got != f.md5:
+                    raise CopyDamaged(f"the copy's {loc.url} has md5 {got}, the data set's {f.key} has {f.md5}")
+                files, crcs = [CopyFile(f.key, Path(loc.url), os.stat(loc.url).st_size)], {}
+        except (CopyDamaged, OSError) as exc:
+            reason = getattr(exc, "reason", None) or f"{loc.url}: {exc}"
+            result.retries.append(f"{reason}; trying the next source")
+            ctx.emit("retry", key=f.key, message=f"{f.key}: {reason}; trying the next source")
+            continue
+        link_files(files, ctx.target)
+        members = {c.name: [c.size, crcs.get(c.name)] for c in files}
+        state.update(f.key, linked=True, extracted=f.unpack, verified=True, unpack=f.unpack, source=loc.url, members=members,
+                     damaged=[], stamp=None, md5=f.md5, size=f.size)
+        result.source, result.members, result.outcome = loc.url, len(files), "linked"
+        result.checked = "members against the data set's pins" if crcs else ("each scan against its header" if f.unpack else "md5")
+        return ()
+    raise DownloadError(f"{f.key}: no unpacked copy holds it intact and no other source is configured: " + "; ".join(result.retries),
+                        hint="add a download source after the copy (data.sources: [kaggle, zenodo])", key=f.key)
