@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run the checks: lint (ruff) and the test suite, in a virtual environment of their own.
+# Run the checks: lint (ruff), types (mypy) and the test suite, in a virtual environment of their own.
 # Arguments pass through to pytest (e.g. -k stage, -m gpu on a GPU machine).
 # PROVISION_TEST_TORCH names a torch requirement to install for the tests that need torch (`provision check`,
 # the book's smoke run); CI sets torch==2.13.0, a CPU build. Without it, those tests run only if torch is there.
@@ -35,4 +35,5 @@ export PROVISION_TEST_BOOK_VENV="${PROVISION_TEST_BOOK_VENV:-$here/.venv-book}" 
 
 cd "$here"
 "$venv/bin/ruff" check .
+"$venv/bin/mypy" --no-error-summary
 exec "$venv/bin/python" -m pytest "$@"

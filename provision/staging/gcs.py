@@ -65,7 +65,7 @@ def _make_client(project: str | None, anonymous: bool) -> Any:
 def _colab_auth() -> bool:
     """On Colab, ask the user to sign in (the notebook usually did this already)."""
     try:
-        from google.colab import auth  # type: ignore[import-not-found]
+        from google.colab import auth
     except ImportError:
         return False
     auth.authenticate_user()
