@@ -29,6 +29,7 @@ def test_quick_benchmark_prints_the_table(tmp_path) -> None:
         else:
             assert "aria2c not installed" in rows["aria2c"]
         assert rows["limit"] and rows["target"]
+    assert "the cores' limit for this data" in out and "x the cores' limit" in out and "the zlib path" in out
     assert "re-run on the staged set" in out
     tight = out.split("tight disk (two archives", 1)[1]
     if "skipped" not in tight.splitlines()[1]:

@@ -4,28 +4,17 @@ from __future__ import annotations
 
 import os
 import queue
-import shutil
 import stat
 import threading
 import zipfile
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
 from ..errors import ExtractError, OutOfSpaceError
+from . import codec
+from .members import LOCAL_HEADER, LOCAL_SIGNATURE, METHODS, Member, MemberWriter, StreamCorrupt, StreamMember
 from .transfer import BUFFER_BYTES
-
-TMP_SUFFIX = ".provision-tmp"
-
-
-@dataclass(frozen=True)
-class Member:
-    """A file member of an archive and where it will be written."""
-
-    name: str
-    dest: Path
-    size: int
-    crc: int
 
 
 def safe_dest(target: Path, name: str, archive: str) -> Path | None:
@@ -102,6 +91,7 @@ def extract(
     try:
         with zipfile.ZipFile(archive_path) as zf:
             members = list_members(zf, target, archive)
+            infos = {i.filename: i for i in zf.infolist()}
     except zipfile.BadZipFile as exc:
         raise ExtractError(f"{archive} is not a readable zip archive: {exc}", hint="delete it and stage again to refetch", archive=archive) from None
     declared = sum(m.size for m in members)
@@ -122,11 +112,12 @@ def extract(
         )
     if on_start is not None:
         on_start(len(todo), remaining)
-    _run_parallel(archive_path, sorted(todo, key=lambda m: -m.size), max(1, workers), on_member, stop)
+    _run_parallel(archive_path, sorted(todo, key=lambda m: -m.size), infos, max(1, workers), on_member, stop)
     return members
 
 
-def _run_parallel(archive_path: Path, todo: list[Member], workers: int, on_member: Callable[[Member], None] | None, stop: threading.Event | None) -> None:
+def _run_parallel(archive_path: Path, todo: list[Member], infos: dict[str, zipfile.ZipInfo], workers: int,
+                  on_member: Callable[[Member], None] | None, stop: threading.Event | None) -> None:
     jobs: queue.Queue[Member] = queue.Queue()
     for m in todo:
         jobs.put(m)
@@ -135,13 +126,13 @@ def _run_parallel(archive_path: Path, todo: list[Member], workers: int, on_membe
 
     def work() -> None:
         try:
-            with zipfile.ZipFile(archive_path) as zf:
+            with open(archive_path, "rb") as fh:
                 while not halt.is_set() and not errors:
                     try:
                         member = jobs.get_nowait()
                     except queue.Empty:
                         return
-                    write_member(zf, member, archive_path.name)
+                    write_member(fh, infos[member.name], member, archive_path.name)
                     if on_member:
                         on_member(member)
         except BaseException as exc:  # noqa: BLE001 - handed to the caller below
@@ -156,41 +147,36 @@ def _run_parallel(archive_path: Path, todo: list[Member], workers: int, on_membe
         raise errors[0]
 
 
-def write_member(zf: zipfile.ZipFile, member: Member, archive: str) -> None:
-    """Stream one member to a temp name beside its destination; rename once its CRC checks out."""
-    member.dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = member.dest.with_name(f".{member.dest.name}{TMP_SUFFIX}")
+def write_member(fh: BinaryIO, info: zipfile.ZipInfo, member: Member, archive: str) -> None:
+    """Inflate one member from the archive file into a temp name beside its destination; renamed once its CRC checks out."""
+    if info.flag_bits & 0x1 or info.compress_type not in METHODS:
+        what = "is encrypted" if info.flag_bits & 0x1 else f"uses compression method {info.compress_type}, which is not supported"
+        raise ExtractError(f"{archive}: member {member.name} {what}", hint="this is not an archive of the data set; nothing of it was written",
+                           archive=archive, member=member.name)
+    fh.seek(info.header_offset)
+    header = fh.read(LOCAL_HEADER.size)
+    if len(header) < LOCAL_HEADER.size or header[:4] != LOCAL_SIGNATURE:
+        raise ExtractError(f"{archive}: member {member.name} is damaged (no local header at byte {info.header_offset})",
+                           hint="the archive will be fetched again on the next stage", archive=archive, member=member.name)
+    name_len, extra_len = LOCAL_HEADER.unpack(header)[9:11]
+    fh.seek(info.header_offset + LOCAL_HEADER.size + name_len + extra_len)
+    writer = MemberWriter(StreamMember(member, info.header_offset, info.compress_size, info.compress_type), archive)
     try:
-        with zf.open(member.name) as src, open(tmp, "wb") as out:
-            shutil.copyfileobj(src, out, BUFFER_BYTES)
-        written = os.stat(tmp).st_size
-        if written != member.size:
-            raise ExtractError(f"{archive}: member {member.name} unpacked to {written} bytes, expected {member.size}", hint="delete the archive and stage again", archive=archive)
-        os.replace(tmp, member.dest)
-    except zipfile.BadZipFile as exc:
-        _discard(tmp)
-        raise ExtractError(f"{archive}: member {member.name} is damaged ({exc})", hint="the archive will be refetched on the next stage", archive=archive, member=member.name) from None
-    except OSError as exc:
-        _discard(tmp)
-        raise write_error(exc, member, archive) from None
+        left = info.compress_size
+        while left:
+            chunk = fh.read(min(BUFFER_BYTES, left))
+            if not chunk:
+                raise StreamCorrupt(f"the archive ends {left} bytes into member {member.name}")
+            writer.feed(chunk)
+            left -= len(chunk)
+        writer.finish()
+    except StreamCorrupt as exc:
+        writer.discard()
+        raise ExtractError(f"{archive}: member {member.name} is damaged ({exc})", hint="the archive will be fetched again on the next stage",
+                           archive=archive, member=member.name) from None
     except BaseException:
-        _discard(tmp)
+        writer.discard()
         raise
-
-
-def write_error(exc: OSError, member: Member, archive: str) -> ExtractError | OutOfSpaceError:
-    """An OSError while writing a member, as the error to show (never a traceback)."""
-    if exc.errno == 28:  # ENOSPC
-        return OutOfSpaceError(
-            f"the disk filled up while unpacking {member.name} into {member.dest.parent}",
-            hint="free some space or stage fewer subsets (--subsets); what is staged so far is kept and the next run continues",
-            path=str(member.dest.parent),
-        )
-    return ExtractError(
-        f"{archive}: cannot write {member.dest}: {exc.strerror or exc}",
-        hint=f"check that {member.dest.parent} is writable and on a working disk; what is staged so far is kept",
-        archive=archive, member=member.name, path=str(member.dest),
-    )
 
 
 def _discard(path: Path) -> None:
@@ -202,10 +188,8 @@ def _discard(path: Path) -> None:
 
 def crc_of(path: Path) -> int:
     """CRC-32 of a file, read in MiB-sized pieces."""
-    import zlib
-
     crc = 0
     with open(path, "rb") as fh:
         while chunk := fh.read(BUFFER_BYTES * 4):
-            crc = zlib.crc32(chunk, crc)
+            crc = codec.crc32(chunk, crc)
     return crc

@@ -11,15 +11,10 @@ progress. Peak disk is the unpacked data plus the members being written.
 
 from __future__ import annotations
 
-import bz2
 import hashlib
 import io
-import lzma
-import os
-import struct
 import threading
 import zipfile
-import zlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -28,29 +23,14 @@ from typing import Any
 
 from ..errors import ExtractError, OutOfSpaceError
 from ..manifest import PinnedMember
-from .extract import TMP_SUFFIX, Member, list_members, member_done, write_error
-from .probe import BLOCK_BYTES, RangeReader
+from .extract import list_members, member_done
+from .members import LOCAL_HEADER, LOCAL_SIGNATURE, METHODS, Member, MemberWriter, StreamCorrupt, StreamMember
 from .transfer import BUFFER_BYTES, PermanentError, Retrier, Transfer, TransientError
-
-LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")
-LOCAL_SIGNATURE = b"PK\x03\x04"
-OUTPUT_PIECE_BYTES = 4 << 20  # bound on inflated bytes held at once
+from .transfers import BLOCK_BYTES, RangeReader
 
 
 class CannotStream(Exception):
     """This archive cannot be unpacked as a stream (encrypted or unusual members): stage it whole."""
-
-
-class StreamCorrupt(Exception):
-    """The stream contradicts the central directory or a CRC: the bytes were damaged on the way."""
-
-
-@dataclass(frozen=True)
-class StreamMember:
-    member: Member
-    header_offset: int
-    compress_size: int
-    compress_type: int
 
 
 @dataclass(frozen=True)
@@ -77,110 +57,10 @@ def read_layout(transfer: Transfer, size: int, target: Path, archive: str) -> La
     for info in sorted(infos, key=lambda i: i.header_offset):
         if info.flag_bits & 0x1:
             raise CannotStream(f"{archive}: member {info.filename} is encrypted")
-        if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA):
+        if info.compress_type not in METHODS:
             raise CannotStream(f"{archive}: member {info.filename} uses compression method {info.compress_type}")
         stream.append(StreamMember(members[info.filename], info.header_offset, info.compress_size, info.compress_type))
     return Layout(tuple(stream), directory_offset, size, archive)
-
-
-def _decompressor(method: int) -> Any:
-    if method == zipfile.ZIP_DEFLATED:
-        return zlib.decompressobj(-15)
-    if method == zipfile.ZIP_BZIP2:
-        return bz2.BZ2Decompressor()
-    if method == zipfile.ZIP_LZMA:
-        return _LzmaZip()
-    return None  # stored
-
-
-class _LzmaZip:
-    """LZMA as zip stores it: a 4-byte version, a 2-byte properties size, the properties, then raw LZMA1."""
-
-    def __init__(self) -> None:
-        self.head = b""
-        self.inner: Any = None
-
-    def decompress(self, data: bytes, max_length: int = -1) -> bytes:
-        if self.inner is None:
-            self.head += data
-            if len(self.head) < 4 or len(self.head) < 4 + struct.unpack("<H", self.head[2:4])[0]:
-                return b""
-            psize = struct.unpack("<H", self.head[2:4])[0]
-            props = self.head[4 : 4 + psize]
-            filters = [lzma._decode_filter_properties(lzma.FILTER_LZMA1, props)]  # type: ignore[attr-defined]
-            self.inner = lzma.LZMADecompressor(lzma.FORMAT_RAW, filters=filters)
-            data, self.head = self.head[4 + psize :], b""
-        return self.inner.decompress(data, max_length)
-
-    @property
-    def unconsumed_tail(self) -> bytes:
-        return b""
-
-
-class MemberWriter:
-    """Inflates one member's compressed bytes into its temporary file; ``finish`` checks and renames."""
-
-    def __init__(self, sm: StreamMember, archive: str) -> None:
-        self.sm = sm
-        self.member = sm.member
-        self.archive = archive
-        self.tmp = self.member.dest.with_name(f".{self.member.dest.name}{TMP_SUFFIX}")
-        try:
-            self.member.dest.parent.mkdir(parents=True, exist_ok=True)
-            self.out = open(self.tmp, "wb")  # noqa: SIM115 - closed in finish/discard
-        except OSError as exc:
-            raise write_error(exc, self.member, archive) from None
-        self.crc = 0
-        self.written = 0
-        self.inflater = _decompressor(sm.compress_type)
-
-    def feed(self, data: bytes) -> None:
-        if self.inflater is None:
-            self._emit(data)
-            return
-        pending = data
-        while pending:
-            out = self.inflater.decompress(pending, OUTPUT_PIECE_BYTES)
-            self._emit(out)
-            pending = getattr(self.inflater, "unconsumed_tail", b"")
-            if not out and not pending:
-                break
-
-    def _emit(self, data: bytes) -> None:
-        if not data:
-            return
-        if self.written + len(data) > self.member.size:
-            raise StreamCorrupt(f"member {self.member.name} inflates past its declared {self.member.size} bytes")
-        try:
-            self.out.write(data)
-        except OSError as exc:
-            self.discard()
-            raise write_error(exc, self.member, self.archive) from None
-        self.crc = zlib.crc32(data, self.crc)
-        self.written += len(data)
-
-    def finish(self) -> None:
-        if self.inflater is not None and hasattr(self.inflater, "flush"):
-            self._emit(self.inflater.flush())
-        try:
-            self.out.close()
-        except OSError as exc:
-            self.discard()
-            raise write_error(exc, self.member, self.archive) from None
-        if self.written != self.member.size or self.crc != self.member.crc:
-            self.discard()
-            raise StreamCorrupt(f"member {self.member.name}: got {self.written} bytes with CRC {self.crc:08x}, "
-                                f"the directory says {self.member.size} bytes with CRC {self.member.crc:08x}")
-        try:
-            os.replace(self.tmp, self.member.dest)
-        except OSError as exc:
-            self.discard()
-            raise write_error(exc, self.member, self.archive) from None
-
-    def discard(self) -> None:
-        if not self.out.closed:
-            self.out.close()
-        self.tmp.unlink(missing_ok=True)
 
 
 class StreamUnpacker:

@@ -1,0 +1,169 @@
+"""Writing one zip member: its compressed bytes inflated into a temporary name beside its destination,
+then renamed once its size and CRC-32 check out. Shared by archive mode (bytes read from the downloaded
+archive) and stream mode (bytes as they arrive), so both inflate with the same codec (:mod:`.codec`)."""
+
+from __future__ import annotations
+
+import bz2
+import lzma
+import os
+import struct
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import ExtractError, OutOfSpaceError
+from . import codec
+
+OUTPUT_PIECE_BYTES = 4 << 20  # bound on inflated bytes held at once
+TMP_SUFFIX = ".provision-tmp"
+LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")
+LOCAL_SIGNATURE = b"PK\x03\x04"
+METHODS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA)
+
+
+@dataclass(frozen=True)
+class Member:
+    """A file member of an archive and where it will be written."""
+
+    name: str
+    dest: Path
+    size: int
+    crc: int
+
+
+def write_error(exc: OSError, member: Member, archive: str) -> ExtractError | OutOfSpaceError:
+    """An OSError while writing a member, as the error to show (never a traceback)."""
+    if exc.errno == 28:  # ENOSPC
+        return OutOfSpaceError(
+            f"the disk filled up while unpacking {member.name} into {member.dest.parent}",
+            hint="free some space or stage fewer subsets (--subsets); what is staged so far is kept and the next run continues",
+            path=str(member.dest.parent),
+        )
+    return ExtractError(
+        f"{archive}: cannot write {member.dest}: {exc.strerror or exc}",
+        hint=f"check that {member.dest.parent} is writable and on a working disk; what is staged so far is kept",
+        archive=archive, member=member.name, path=str(member.dest),
+    )
+
+
+class StreamCorrupt(Exception):
+    """The stream contradicts the central directory or a CRC: the bytes were damaged on the way."""
+
+
+@dataclass(frozen=True)
+class StreamMember:
+    member: Member
+    header_offset: int
+    compress_size: int
+    compress_type: int
+
+
+def _decompressor(method: int) -> Any:
+    if method == zipfile.ZIP_DEFLATED:
+        return codec.raw_inflater()
+    if method == zipfile.ZIP_BZIP2:
+        return bz2.BZ2Decompressor()
+    if method == zipfile.ZIP_LZMA:
+        return _LzmaZip()
+    return None  # stored
+
+
+def lzma1_filter(props: bytes) -> dict[str, int]:
+    """LZMA1's five property bytes (lc/lp/pb packed in one, then the dictionary size) as an lzma filter."""
+    if len(props) < 5:
+        raise StreamCorrupt(f"LZMA properties of {len(props)} bytes, expected 5")
+    packed, dict_size = props[0], int.from_bytes(props[1:5], "little")
+    lc, rest = packed % 9, packed // 9
+    return {"id": lzma.FILTER_LZMA1, "lc": lc, "lp": rest % 5, "pb": rest // 5, "dict_size": dict_size}
+
+
+class _LzmaZip:
+    """LZMA as zip stores it: a 4-byte version, a 2-byte properties size, the properties, then raw LZMA1."""
+
+    def __init__(self) -> None:
+        self.head = b""
+        self.inner: Any = None
+
+    def decompress(self, data: bytes, max_length: int = -1) -> bytes:
+        if self.inner is None:
+            self.head += data
+            if len(self.head) < 4 or len(self.head) < 4 + struct.unpack("<H", self.head[2:4])[0]:
+                return b""
+            psize = struct.unpack("<H", self.head[2:4])[0]
+            props = self.head[4 : 4 + psize]
+            filters = [lzma1_filter(props)]
+            self.inner = lzma.LZMADecompressor(lzma.FORMAT_RAW, filters=filters)
+            data, self.head = self.head[4 + psize :], b""
+        return self.inner.decompress(data, max_length)
+
+    @property
+    def unconsumed_tail(self) -> bytes:
+        return b""
+
+
+class MemberWriter:
+    """Inflates one member's compressed bytes into its temporary file; ``finish`` checks and renames."""
+
+    def __init__(self, sm: StreamMember, archive: str) -> None:
+        self.sm = sm
+        self.member = sm.member
+        self.archive = archive
+        self.tmp = self.member.dest.with_name(f".{self.member.dest.name}{TMP_SUFFIX}")
+        try:
+            self.member.dest.parent.mkdir(parents=True, exist_ok=True)
+            self.out = open(self.tmp, "wb")  # noqa: SIM115 - closed in finish/discard
+        except OSError as exc:
+            raise write_error(exc, self.member, archive) from None
+        self.crc = 0
+        self.written = 0
+        self.inflater = _decompressor(sm.compress_type)
+
+    def feed(self, data: bytes) -> None:
+        if self.inflater is None:
+            self._emit(data)
+            return
+        pending = data
+        while pending:
+            out = self.inflater.decompress(pending, OUTPUT_PIECE_BYTES)
+            self._emit(out)
+            pending = getattr(self.inflater, "unconsumed_tail", b"")
+            if not out and not pending:
+                break
+
+    def _emit(self, data: bytes) -> None:
+        if not data:
+            return
+        if self.written + len(data) > self.member.size:
+            raise StreamCorrupt(f"member {self.member.name} inflates past its declared {self.member.size} bytes")
+        try:
+            self.out.write(data)
+        except OSError as exc:
+            self.discard()
+            raise write_error(exc, self.member, self.archive) from None
+        self.crc = codec.crc32(data, self.crc)
+        self.written += len(data)
+
+    def finish(self) -> None:
+        if self.inflater is not None and hasattr(self.inflater, "flush"):
+            self._emit(self.inflater.flush())
+        try:
+            self.out.close()
+        except OSError as exc:
+            self.discard()
+            raise write_error(exc, self.member, self.archive) from None
+        if self.written != self.member.size or self.crc != self.member.crc:
+            self.discard()
+            raise StreamCorrupt(f"member {self.member.name}: got {self.written} bytes with CRC {self.crc:08x}, "
+                                f"the directory says {self.member.size} bytes with CRC {self.member.crc:08x}")
+        try:
+            os.replace(self.tmp, self.member.dest)
+        except OSError as exc:
+            self.discard()
+            raise write_error(exc, self.member, self.archive) from None
+
+    def discard(self) -> None:
+        if not self.out.closed:
+            self.out.close()
+        self.tmp.unlink(missing_ok=True)
