@@ -179,13 +179,6 @@ def write_member(fh: BinaryIO, info: zipfile.ZipInfo, member: Member, archive: s
         raise
 
 
-def _discard(path: Path) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
-
-
 def crc_of(path: Path) -> int:
     """CRC-32 of a file, read in MiB-sized pieces."""
     crc = 0
