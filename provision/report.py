@@ -46,7 +46,7 @@ def plan_text(plan: Plan) -> str:
         lines.append("  ways       the first that fits is used; time relative to the fastest, at nominal rates")
         for w in data.ways:
             mark = "  <- chosen" if w.chosen else ""
-            lines.append(f"    {w.label:<30} needs {gb(w.needed_bytes):>9}  x{w.relative_time:<4.1f} {'fits' if w.fits else 'does not fit'}{mark}")
+            lines.append(f"    {w.label:<30} needs {gb(w.needed_bytes):>9}  x{w.relative_time:<5.2f} {'fits' if w.fits else 'does not fit'}{mark}")
     lines.append(f"  into       {data.target_dir}")
     lines.append(f"  sources    {', '.join(data.sources)}")
     for f in data.files:
