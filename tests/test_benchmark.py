@@ -31,7 +31,7 @@ def test_quick_benchmark_prints_the_table(tmp_path) -> None:
         assert rows["limit"] and rows["target"]
     assert "the cores' limit for this data" in out and "x the cores' limit" in out and "the zlib path" in out
     assert "re-run on the staged set" in out
-    tight = out.split("tight disk (two archives", 1)[1]
+    tight = out.split("tight disk (two archives of 16 scans", 1)[1]
     if "skipped" not in tight.splitlines()[1]:
         assert "auto, tight disk" in tight and "way: stream," in tight and "ranges per archive" in tight
         assert "ok: NO" not in tight and "tight / large = " in tight
