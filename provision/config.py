@@ -135,6 +135,10 @@ class DataConfig:
     stream_ranges: int = field(default=1, metadata={"parse": _positive(int)})  # >1: parallel ranges per archive, no archive md5
     gcs: GcsConfig = GcsConfig()
 
+    def connections_to(self, host: str) -> int:
+        """At most this many connections to ``host`` at once: data.connections, or less where data.host_connections caps it."""
+        return max(1, min(self.connections, self.host_connections.get(host.lower(), self.connections)))
+
 
 @dataclass(frozen=True)
 class SmokeConfig:

@@ -440,8 +440,7 @@ def connections_to(config: Config, data: DataPlan) -> int:
     first = next((loc for f in data.files for loc in f.locations[:1]), None)
     if first is None or first.kind not in ("http", "zenodo"):
         return config.data.connections
-    host = (urlsplit(first.url).hostname or "").lower()
-    return min(config.data.connections, config.data.host_connections.get(host, config.data.connections))
+    return config.data.connections_to(urlsplit(first.url).hostname or "")
 
 
 def disk_problem(disk: DiskPlan, stream: DiskPlan | None = None) -> Problem:

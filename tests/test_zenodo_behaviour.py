@@ -103,7 +103,7 @@ def test_the_zenodo_host_starts_at_four_connections() -> None:
     assert config.data.host_connections == {"zenodo.org": 4} and config.data.connections == 8
     from provision.staging.throttle import Throttle
 
-    throttle = Throttle(config.data.host_connections, config.data.connections)
+    throttle = Throttle(config.data.connections_to)
     assert throttle.gate("https://zenodo.org/records/1/files/a.zip?download=1").record.cap == 4
     assert throttle.gate("https://storage.googleapis.com/b/x").record.cap == 8
 

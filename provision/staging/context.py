@@ -45,7 +45,7 @@ class StageContext:
         self.root = Path(plan.root)
         self.target = Path(plan.target_dir)
         self.stop = threading.Event()
-        self.throttle = Throttle(data.host_connections, data.connections, stop=self.stop)
+        self.throttle = Throttle(data.connections_to, stop=self.stop)
         self.zenodo = ZenodoRecords(data.zenodo_url, data.timeout_s, self.throttle)
         self._emit = emit or (lambda event, **info: None)
         self._emit_lock = threading.Lock()

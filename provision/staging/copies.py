@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..sources import KAGGLE_INPUT
+from .extract import crc_of
 from .transfer import PermanentError
 
 SUBSET_DIR = re.compile(r"subset(\d+)$")
@@ -137,17 +138,13 @@ def check_against_pins(files: list[CopyFile], pins: dict[str, tuple[int, int]], 
                           + "; ".join([f"{len(missing)} file(s) missing, e.g. {missing[0]}"] if missing else []) + "; ".join(wrong[:3]))
     crcs = {}
     for name, (_size, crc) in sorted(pins.items()):
-        got = crc32_of(have[name].path)
+        got = crc_of(have[name].path)
         if got != crc:
             raise CopyDamaged(f"the copy's {have[name].path} has CRC-32 {got:08x}, the data set's {name} has {crc:08x}")
         crcs[name] = got
     return crcs
 
 
-def crc32_of(path: Path) -> int:
-    from .extract import crc_of
-
-    return crc_of(path)
 
 
 def link_files(files: list[CopyFile], target: Path) -> None:

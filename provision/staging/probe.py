@@ -37,7 +37,7 @@ def pin_members(config: Config, manifest: Manifest) -> dict[str, tuple[PinnedMem
     from ..plan import FileLocation
     from .throttle import Throttle
 
-    throttle = Throttle(config.data.host_connections, config.data.connections)
+    throttle = Throttle(config.data.connections_to)
     pins: dict[str, tuple[PinnedMember, ...]] = {}
     failures: list[str] = []
     for f in manifest.select(config.data.subsets):
@@ -66,7 +66,7 @@ def probe_remote(config: Config, manifest: Manifest) -> dict[str, RemoteFacts]:
     from .throttle import Throttle
     from .zenodo import ZenodoRecords
 
-    throttle = Throttle(config.data.host_connections, config.data.connections)
+    throttle = Throttle(config.data.connections_to)
 
     def opener(loc: FileLocation, cfg: Any) -> Transfer:
         return open_transfer(loc, cfg, throttle)

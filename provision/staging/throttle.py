@@ -156,11 +156,10 @@ def _seconds_until(reset: str | None, wall_now: float) -> float | None:
 
 
 class Throttle:
-    """The gates of one run, one per host; a host's cap comes from ``caps``, else ``default_cap``."""
+    """The gates of one run, one per host, each starting at ``cap_for(host)`` connections."""
 
-    def __init__(self, caps: Mapping[str, int], default_cap: int, stop: threading.Event | None = None) -> None:
-        self.caps = dict(caps)
-        self.default_cap = max(1, default_cap)
+    def __init__(self, cap_for: Callable[[str], int], stop: threading.Event | None = None) -> None:
+        self.cap_for = cap_for
         self.stop = stop
         self._gates: dict[str, HostGate] = {}
         self._lock = threading.Lock()
@@ -169,8 +168,7 @@ class Throttle:
         host = (urlsplit(url).hostname or url).lower()
         with self._lock:
             if host not in self._gates:
-                cap = self.caps.get(host, self.default_cap)
-                self._gates[host] = HostGate(host, max(1, min(cap, self.default_cap)), self.stop)
+                self._gates[host] = HostGate(host, self.cap_for(host), self.stop)
             return self._gates[host]
 
     def records(self) -> list[HostRecord]:
