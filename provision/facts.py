@@ -7,9 +7,9 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from .book.checkout import book_dir, read_committed, read_current
+from .book.checkout import book_dir
 from .book.checkout import facts as checkout_facts
-from .book.fixes import FileState, judge, load_book_manifest
+from .book.fixes import FileState, judge_checkout, load_book_manifest
 from .config import Config, configs_dir
 from .environment import Environment, fs_facts
 from .install import installed_distributions, target_python
@@ -67,7 +67,7 @@ def gather_book_facts(config: Config) -> BookFacts:
     found = checkout_facts(checkout, Path(config.data.root))
     states: tuple[FileState, ...] = ()
     if found.head is not None:
-        states = tuple(judge(manifest, lambda f: read_committed(checkout, f), lambda f: read_current(checkout, f)))
+        states = tuple(judge_checkout(manifest, checkout))
     return BookFacts(manifest, found, states)
 
 

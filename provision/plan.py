@@ -292,11 +292,10 @@ def make_plan(config: Config, manifest: Manifest, facts: Facts) -> Plan:
 
 def plan_book(config: Config, found: BookFacts) -> BookPlan:
     """The book step's decisions: clone or not, how the data is reached, each fix's state."""
-    by_id = {f.id: f for f in found.manifest.fixes}
     if found.checkout.head is None:
         fixes = tuple(FixPlan(f.id, f.file, "after clone", f.why) for f in found.manifest.fixes)
     else:
-        fixes = tuple(FixPlan(fix_id, s.file, s.state, by_id[fix_id].why, s.problem) for s in found.states for fix_id in s.fixes)
+        fixes = tuple(FixPlan(f.id, s.file, s.state, f.why, s.problem) for s in found.states for f in s.fixes)
     return BookPlan(config.book.enabled, found.checkout.dir, config.book.repo, config.book.ref, found.checkout.head,
                     found.checkout.data_link, fixes, found.manifest.path, found.checkout.foreign)
 

@@ -65,7 +65,7 @@ def book(config: Config, plan: Plan, *, undo: bool = False) -> dict[str, Any]:
     (or, with ``undo``, take them back). All or nothing: a fix that does not match, or a file with the
     reader's own edits, stops it before anything is written."""
     from .book import checkout as co
-    from .book.fixes import judge, load_book_manifest, write_states
+    from .book.fixes import judge_checkout, load_book_manifest, write_states
     from .config import configs_dir
     from .plan import book_problems
 
@@ -82,13 +82,12 @@ def book(config: Config, plan: Plan, *, undo: bool = False) -> dict[str, Any]:
         co.link_data(where, Path(config.data.root))
         co.exclude_local(where)
     manifest = load_book_manifest(config.book.fixes, configs_dir())
-    states = judge(manifest, lambda f: co.read_committed(where, f), lambda f: co.read_current(where, f))
+    states = judge_checkout(manifest, where)
     changed = write_states(where, states, undo=undo)
-    by_id = {f.id: f for f in manifest.fixes}
     rows = []
     for s in states:
         done = "undone" if undo and s.file in changed else "applied" if s.file in changed else "already applied" if s.state == "applied" else "not applied"
-        rows += [{"id": fix_id, "file": s.file, "result": done, "why": by_id[fix_id].why} for fix_id in s.fixes]
+        rows += [{"id": fix.id, "file": s.file, "result": done, "why": fix.why} for fix in s.fixes]
     return {"ok": True, "dir": str(where), "commit": cloned or co.head_commit(where), "cloned": cloned is not None, "undo": undo,
             "repo": plan.book.repo, "data": str(where / co.DATA_FOLDER), "changed_files": changed, "fixes": rows}
 

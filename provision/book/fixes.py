@@ -10,13 +10,14 @@ from __future__ import annotations
 import dataclasses
 import os
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ..errors import BookError, ConfigError
 from ..schema import build, set_by_tool
+from .checkout import read_committed, read_current
 
 
 def _parse_relative(value: Any, path: str) -> str:
@@ -103,7 +104,7 @@ class FileState:
 
     file: str
     state: str
-    fixes: tuple[str, ...]
+    fixes: tuple[Fix, ...]
     original: bytes | None = None
     fixed: bytes | None = None
     problem: str = ""
@@ -124,23 +125,28 @@ def fixed_text(original: bytes, fixes: Sequence[Fix]) -> tuple[bytes | None, str
 
 def judge_file(file: str, fixes: Sequence[Fix], original: bytes | None, current: bytes | None) -> FileState:
     """Compare the working copy with the book's version and the fixed version of it."""
-    ids = tuple(f.id for f in fixes)
+    own = tuple(fixes)
     if original is None:
-        return FileState(file, "missing", ids, problem=f"{file} is not in the checkout's commit")
+        return FileState(file, "missing", own, problem=f"{file} is not in the checkout's commit")
     fixed, problem = fixed_text(original, fixes)
     if fixed is None:
-        return FileState(file, "mismatch", ids, original, problem=problem)
+        return FileState(file, "mismatch", own, original, problem=problem)
     if current == fixed:
-        return FileState(file, "applied", ids, original, fixed)
+        return FileState(file, "applied", own, original, fixed)
     if current == original:
-        return FileState(file, "to apply", ids, original, fixed)
+        return FileState(file, "to apply", own, original, fixed)
     what = "was deleted" if current is None else "differs from both the book's version and the fixed one"
-    return FileState(file, "edited", ids, original, fixed, problem=f"{file} {what} (your own edits?)")
+    return FileState(file, "edited", own, original, fixed, problem=f"{file} {what} (your own edits?)")
 
 
 def judge(manifest: BookManifest, read_original: Callable[[str], bytes | None], read_current: Callable[[str], bytes | None]) -> list[FileState]:
     """Every fixed file's state, from readers of the book's version and of the working copy."""
     return [judge_file(file, manifest.fixes_for(file), read_original(file), read_current(file)) for file in manifest.files()]
+
+
+def judge_checkout(manifest: BookManifest, checkout: Path) -> list[FileState]:
+    """Every fixed file's state in ``checkout``: its HEAD blob against the working copy."""
+    return judge(manifest, lambda f: read_committed(checkout, f), lambda f: read_current(checkout, f))
 
 
 # ---------------------------------------------------------------- applying
@@ -192,13 +198,3 @@ def _replace(path: Path, content: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-def summary(states: Sequence[FileState], fixes: Mapping[str, Fix]) -> list[dict[str, Any]]:
-    """One row per fix for plans and reports: its file, state and reason."""
-    rows = []
-    for s in states:
-        for fix_id in s.fixes:
-            fix = fixes[fix_id]
-            rows.append({"id": fix_id, "file": s.file, "state": s.state, "count": fix.count, "why": fix.why, "problem": s.problem})
-    return rows
