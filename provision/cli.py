@@ -175,7 +175,7 @@ def _dispatch(args: argparse.Namespace, environ: Mapping[str, str], out: TextIO)
         for warning in exported.warnings:
             print(f"warning: {warning}", file=sys.stderr)
         if args.output and not args.dry_run:
-            from .staging.state import atomic_write_text
+            from .atomicfile import atomic_write_text
 
             atomic_write_text(Path(args.output), exported.yaml_text)
             print(f"wrote {args.output} (disk {exported.disk_gb} GB per node); launch with: sky launch -c dlwpt {args.output}", file=sys.stderr)

@@ -161,10 +161,10 @@ def mirror(config: Config, plan: Plan, destination: str, *, dry_run: bool) -> An
 def pin(config: Config, *, dry_run: bool) -> dict[str, Any]:
     """Read each selected archive's members from the sources and write them to ``<manifest>.members.yaml``
     (merged with what it pinned before), so staging can check members against the data set itself."""
+    from .atomicfile import atomic_write_text
     from .config import configs_dir
     from .manifest import dump_pins, load_pins, manifest_path, pins_path
     from .staging.probe import pin_members
-    from .staging.state import atomic_write_text
 
     manifest = load_manifest(config.data.dataset, configs_dir())
     path = pins_path(manifest_path(config.data.dataset, configs_dir()))

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from ..atomicfile import atomic_write_bytes
 from ..errors import BookError, ConfigError
 from ..schema import build, set_by_tool
 from .checkout import read_committed, read_current
@@ -181,20 +181,7 @@ def write_states(checkout: Path, states: Sequence[FileState], undo: bool = False
         if (s.state == "to apply" and not undo) or (s.state == "applied" and undo):
             content = s.original if undo else s.fixed
             assert content is not None  # check_all let only judged files through
-            _replace(checkout / s.file, content)
+            path = checkout / s.file
+            atomic_write_bytes(path, content, mode=os.stat(path).st_mode & 0o7777 if path.exists() else 0o644)
             changed.append(s.file)
     return changed
-
-
-def _replace(path: Path, content: bytes) -> None:
-    """Write beside the file and rename over it, keeping its permissions."""
-    mode = os.stat(path).st_mode & 0o7777 if path.exists() else 0o644
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(content)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import tempfile
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -17,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from ..atomicfile import atomic_write_bytes
 from ..errors import LockError, OutOfSpaceError
 from ..plan import FileStatus
 
@@ -33,39 +33,15 @@ def partial_dir(root: Path) -> Path:
 
 def atomic_write_json(path: Path, data: Any, fsync: bool = True) -> None:
     """Write JSON to a temp file beside ``path`` (fsync'd unless told not to), then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=1, sort_keys=True)
-            fh.flush()
-            if fsync:
-                os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(exc, OSError) and exc.errno == 28:  # ENOSPC
+        atomic_write_bytes(path, json.dumps(data, indent=1, sort_keys=True).encode("utf-8"), fsync=fsync)
+    except OSError as exc:
+        if exc.errno == 28:  # ENOSPC
             raise OutOfSpaceError(
                 f"the disk holding {path.parent} is full (while saving {path.name})",
                 hint="free some space or stage fewer subsets (--subsets); what was fetched is kept and the next run resumes",
                 path=str(path.parent),
             ) from None
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write text to a temp file beside ``path``, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
         raise
 
 
