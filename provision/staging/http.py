@@ -89,12 +89,11 @@ def describe_answer(response: Any, head: str) -> str:
 class HttpTransfer:
     """One URL. ``timeout_s`` bounds connecting and each read; ``gate`` admits requests to its host."""
 
-    def __init__(self, url: str, timeout_s: float = 60.0, gate: HostGate | None = None, deadline: Callable[[], float | None] | None = None) -> None:
+    def __init__(self, url: str, timeout_s: float = 60.0, gate: HostGate | None = None) -> None:
         self.url = url
         self.label = url
         self.timeout_s = timeout_s
         self.gate = gate or HostGate(url, 64)
-        self.deadline = deadline or (lambda: None)
 
     def _get(self, headers: dict[str, str]) -> Any:
         import requests
@@ -130,7 +129,7 @@ class HttpTransfer:
         return NotTheFile(f"{self.url} answered with {what} instead of {expected}")
 
     def info(self) -> RemoteInfo:
-        with self.gate.slot(self.deadline()), self._get({"Range": "bytes=0-0"}) as response:
+        with self.gate.slot(), self._get({"Range": "bytes=0-0"}) as response:
             if response.status_code == 206:
                 total = response.headers.get("Content-Range", "").rpartition("/")[2]
                 return RemoteInfo(size=int(total) if total.isdigit() else None, ranges=True)
@@ -143,7 +142,7 @@ class HttpTransfer:
         raise AssertionError("unreachable")
 
     def read_range(self, start: int, end: int, sink: Sink, on_open: Callable[[bool], None] | None = None, whole_size: int | None = None) -> None:
-        with self.gate.slot(self.deadline()), self._get({"Range": f"bytes={start}-{end - 1}"}) as response:
+        with self.gate.slot(), self._get({"Range": f"bytes={start}-{end - 1}"}) as response:
             if response.status_code == 200:
                 length = response.headers.get("Content-Length")
                 if start == 0 and whole_size is not None and length == str(whole_size) and not _is_page(response, ""):
@@ -166,7 +165,7 @@ class HttpTransfer:
 
     def json(self) -> Any:
         """The URL's JSON document (the Zenodo API)."""
-        with self.gate.slot(self.deadline()), self._get({"Accept": "application/json"}) as response:
+        with self.gate.slot(), self._get({"Accept": "application/json"}) as response:
             if response.status_code != 200:
                 self._refused(response)
             try:
@@ -175,7 +174,7 @@ class HttpTransfer:
                 raise PermanentError(f"{self.url} did not return JSON") from None
 
     def read_all(self, sink: Sink, size: int | None = None) -> None:
-        with self.gate.slot(self.deadline()), self._get({}) as response:
+        with self.gate.slot(), self._get({}) as response:
             if response.status_code != 200:
                 self._refused(response)
             length = response.headers.get("Content-Length")

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -60,8 +61,8 @@ class HostGate:
         self._budget: int | None = None       # requests left in the host's rate-limit window, when it told us
         self._budget_reset: float | None = None
 
-    def acquire(self, deadline: float | None = None) -> None:
-        """Wait for a free slot (and the end of any pause); TransientError when ``deadline`` or a stop comes first."""
+    def acquire(self) -> None:
+        """Wait for a free slot (and the end of any pause); TransientError when the run stops first."""
         start = self._clock()
         with self._cond:
             while True:
@@ -72,12 +73,10 @@ class HostGate:
                     raise TransientError(f"{self.record.host}: stopping")
                 if now >= self._paused_until and self._in_flight < self.record.limit and (self._budget is None or self._budget > 0):
                     break
-                if deadline is not None and now >= deadline:
-                    raise TransientError(f"{self.record.host} kept us waiting for {now - start:.0f} s", throttle=True)
                 wake = self._paused_until if now < self._paused_until else now + 1.0
                 if self._budget is not None and self._budget <= 0 and self._budget_reset is not None:
                     wake = max(wake, self._budget_reset)
-                self._cond.wait(max(0.01, min(wake - now, 1.0, (deadline - now) if deadline is not None else 1.0)))
+                self._cond.wait(max(0.01, min(wake - now, 1.0)))
             self._in_flight += 1
             if self._budget is not None:
                 self._budget -= 1
@@ -127,21 +126,14 @@ class HostGate:
             self.record.limit += 1
             self._last_change = now
 
-    def slot(self, deadline: float | None = None) -> _Slot:
-        return _Slot(self, deadline)
-
-
-class _Slot:
-    def __init__(self, gate: HostGate, deadline: float | None) -> None:
-        self.gate = gate
-        self.deadline = deadline
-
-    def __enter__(self) -> HostGate:
-        self.gate.acquire(self.deadline)
-        return self.gate
-
-    def __exit__(self, *exc: object) -> None:
-        self.gate.release()
+    @contextmanager
+    def slot(self) -> Iterator[HostGate]:
+        """Hold one of the host's slots for the duration of a request."""
+        self.acquire()
+        try:
+            yield self
+        finally:
+            self.release()
 
 
 def _seconds_until(reset: str | None, wall_now: float) -> float | None:

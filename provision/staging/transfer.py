@@ -92,10 +92,6 @@ class Retrier:
         self.throttled_since: float | None = None
         self.throttled_tries = 0
 
-    def deadline(self) -> float | None:
-        """When the patience with a throttling host runs out (None while it is not throttling us)."""
-        return None if self.throttled_since is None else self.throttled_since + self.patience_s
-
     def after(self, exc: TransientError, progressed: bool = False) -> float:
         """The delay before the next try; raises ``exc`` when it is time to give up on this source."""
         if exc.throttle:
