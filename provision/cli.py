@@ -6,6 +6,7 @@ Exit codes: 0 ok; 1 a step failed; 2 usage or config error; 3 refused by a prefl
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
@@ -246,7 +247,7 @@ def _book(args: argparse.Namespace, config: Any, env: Any, environ: Mapping[str,
     plan = build_plan(config, environ, env)
     assert plan.book is not None
     if args.dry_run:
-        _show(report.asdict_of(plan.book), report.book_plan_text(plan.book), args.json, out)
+        _show(dataclasses.asdict(plan.book), report.book_plan_text(plan.book), args.json, out)
         return EXIT_OK
     result = book(config, plan, undo=args.undo)
     if not args.smoke:

@@ -88,12 +88,6 @@ def plan_text(plan: Plan) -> str:
     return "\n".join(lines)
 
 
-def asdict_of(value: Any) -> dict[str, Any]:
-    from dataclasses import asdict
-
-    return asdict(value)
-
-
 def book_plan_text(book: Any, full: bool = True) -> str:
     """The book step of the plan: the checkout, how it reaches the data, and each fix (``full``: with its reason)."""
     from .book.checkout import describe
@@ -284,10 +278,10 @@ def stage_text_from_dict(info: dict[str, Any]) -> str:
 
 def pin_text(result: dict[str, Any]) -> str:
     lines = [f"{key:<24} {info['members']} members, {gb(info['unpacked_bytes'])} unpacked" for key, info in result["archives"].items()]
-    if result["dry_run"]:
-        lines.append(f"would write {result['path']}" if result["changed"] else f"{result['path']} already has these")
+    if not result["changed"]:
+        lines.append(f"{result['path']} already has these")
     else:
-        lines.append(f"wrote {result['path']} ({len(result['changed'])} archive(s) changed)" if result["changed"] else f"{result['path']} already has these")
+        lines.append(f"would write {result['path']}" if result["dry_run"] else f"wrote {result['path']} ({len(result['changed'])} archive(s) changed)")
     return "\n".join(lines)
 
 

@@ -145,8 +145,6 @@ def check_against_pins(files: list[CopyFile], pins: dict[str, tuple[int, int]], 
     return crcs
 
 
-
-
 def link_files(files: list[CopyFile], target: Path) -> None:
     """A symlink per file under ``target`` (each made under a temporary name, then renamed into place)."""
     for f in files:

@@ -144,7 +144,6 @@ class Mirror:
             local.unlink(missing_ok=True)
 
 
-
 class BucketMirror(Mirror):
     """``gs://bucket/prefix/``: parts uploaded in parallel and composed, the manifest md5 in the metadata."""
 
