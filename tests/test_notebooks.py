@@ -46,6 +46,11 @@ def execute(name: str, params: dict, tmp_path: Path) -> list[str]:
     return texts
 
 
+def small_data_sets(manifest: Path, *more: str) -> list[str]:
+    """The notebooks' EXTRA_SETS for a small test data set: its manifest, no room kept for the book's cache, no margin."""
+    return [f"data.dataset={manifest}", "data.cache_gb_per_subset=0", "data.margin_gb=0", *more]
+
+
 @pytest.fixture
 def colab_kernel_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     log = tmp_path / "colab-standin.log"
@@ -73,8 +78,8 @@ def test_setup_notebook_end_to_end(built: Built, serve, tmp_path: Path, colab_ke
         outputs = execute("setup.ipynb", {
             "SUBSETS": "0-1", "DATA_ROOT": str(root), "SOURCES": [srv.url + "/mirror/"], "CUDA_REQUIRED": False, "TOOL_SOURCE": "",
             "BOOK": False, "SMOKE": False,
-            "EXTRA_SETS": [f"data.dataset={built.manifest}", "data.cache_gb_per_subset=0", "data.margin_gb=0", f"requirements.files=[{reqs}]",
-                           f"requirements.find_links=[{wheels}]", "requirements.no_index=true", "requirements.installer=pip"],
+            "EXTRA_SETS": small_data_sets(built.manifest, f"requirements.files=[{reqs}]", f"requirements.find_links=[{wheels}]",
+                                    "requirements.no_index=true", "requirements.installer=pip"),
         }, tmp_path)
         text = "\n".join(outputs)
         assert "ERROR" not in text, text
@@ -118,8 +123,7 @@ def test_quickstart_notebook_stages_gets_the_book_smokes_and_trains(scans: Scans
     outputs = execute("part2_quickstart.ipynb", {
         "SUBSETS": "0", "BOOK_DIR": str(book), "BOOK_REPO": str(bundle), "BOOK_REF": commit, "SOURCES": [str(scans.folder)], "TOOL_SOURCE": "",
         "PYTHON": book_python, "WORKERS": 1,
-        "EXTRA_SETS": [f"data.dataset={scans.manifest}", "data.cache_gb_per_subset=0", "data.margin_gb=0", f"book.fixes={fixes}",
-                       f"requirements.venv={Path(book_python).parent.parent}"],
+        "EXTRA_SETS": small_data_sets(scans.manifest, f"book.fixes={fixes}", f"requirements.venv={Path(book_python).parent.parent}"),
     }, tmp_path)
     text = "\n".join(outputs)
     assert "ERROR" not in text, text
@@ -148,8 +152,7 @@ def test_setup_notebook_stages_from_a_bucket_after_signing_in(built: Built, serv
     outputs = execute("setup.ipynb", {
         "SUBSETS": "0", "DATA_ROOT": str(root), "BUCKET": f"gs://{bucket.name}/luna16/", "CUDA_REQUIRED": False, "TOOL_SOURCE": "",
         "BOOK": True, "BOOK_REPO": str(bundle), "BOOK_REF": commit, "SMOKE": False,
-        "EXTRA_SETS": [f"data.dataset={built.manifest}", "data.cache_gb_per_subset=0", "data.margin_gb=0", "requirements.files=[]",
-                       f"data.zenodo_url={fallback.url}"],
+        "EXTRA_SETS": small_data_sets(built.manifest, "requirements.files=[]", f"data.zenodo_url={fallback.url}"),
     }, tmp_path)
     text = "\n".join(outputs)
     assert "ERROR" not in text, text
@@ -181,8 +184,7 @@ def test_kaggle_notebook_links_the_mounted_data_set_and_downloads_nothing(built:
     outputs = execute("kaggle_setup.ipynb", {
         "SUBSETS": "0-1", "INPUT": str(data_sets), "DATA_ROOT": str(root), "TOOL_SOURCE": "", "CUDA_REQUIRED": False,
         "BOOK": True, "BOOK_REPO": str(bundle), "BOOK_REF": commit, "SMOKE": False,
-        "EXTRA_SETS": [f"data.dataset={built.manifest}", "data.cache_gb_per_subset=0", "data.margin_gb=0", "requirements.files=[]",
-                       f"data.zenodo_url={zenodo.url}"],
+        "EXTRA_SETS": small_data_sets(built.manifest, "requirements.files=[]", f"data.zenodo_url={zenodo.url}"),
     }, tmp_path)
     text = "\n".join(outputs)
     assert "ERROR" not in text, text
@@ -200,7 +202,7 @@ def test_setup_notebook_mirrors_to_drive_once_and_stages_from_there(built: Built
     root = tmp_path / "content" / "dlwpt-code" / "data-unversioned"
     params = {"SUBSETS": "0-1", "DATA_ROOT": str(root), "SOURCES": [srv.url + "/mirror/"], "DRIVE_MIRROR": str(drive) + "/",
               "CUDA_REQUIRED": False, "TOOL_SOURCE": "", "BOOK": False, "SMOKE": False,
-              "EXTRA_SETS": [f"data.dataset={built.manifest}", "data.cache_gb_per_subset=0", "data.margin_gb=0", "requirements.files=[]"]}
+              "EXTRA_SETS": small_data_sets(built.manifest, "requirements.files=[]")}
     outputs = execute("setup.ipynb", params, tmp_path)
     text = "\n".join(outputs)
     assert "ERROR" not in text, text
