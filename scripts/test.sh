@@ -1,20 +1,32 @@
 #!/usr/bin/env bash
 # Run the checks: lint (ruff), types (mypy) and the test suite, in a virtual environment of their own.
-# Arguments pass through to pytest (e.g. -k stage, -m gpu on a GPU machine).
-# PROVISION_TEST_TORCH names a torch requirement to install for the tests that need torch (`provision check`,
-# the book's smoke run); CI sets torch==2.13.0, a CPU build. Without it, those tests run only if torch is there.
+# Arguments pass through to pytest (e.g. -k stage, -m gpu on a GPU machine). No variable needs setting:
+# this is the README's test command, and CI runs exactly it.
+#
+# Defaults (each can be overridden by its variable):
+# - PROVISION_TEST_TORCH: the torch the tests' interpreters get when they have none: a CPU build (never a
+#   multi-GB CUDA one), from PyTorch's CPU index or a local wheel folder pip is configured with.
+# - PROVISION_TEST_BOOK_BUNDLE: the book's code for the tests that run it: ../shared/book/dlwpt-code.bundle when
+#   there is one, else skipped (the end of the run says how many and how to run them); a clone URL works too.
+# - PROVISION_TEST_REQUIRE_BOOK: 1 when the book's bundle is there, so a missing part fails instead of skipping.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${PROVISION_TEST_VENV:-$here/.venv}"
+export PROVISION_TEST_TORCH="${PROVISION_TEST_TORCH:-torch==2.13.0+cpu --extra-index-url https://download.pytorch.org/whl/cpu}"
+bundle="${PROVISION_TEST_BOOK_BUNDLE:-$here/../shared/book/dlwpt-code.bundle}"
+if [ -z "${PROVISION_TEST_REQUIRE_BOOK:-}" ] && [ -f "$bundle" ]; then
+  export PROVISION_TEST_REQUIRE_BOOK=1
+fi
 
 if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
 fi
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e "${here}[test]"
-if [ -n "${PROVISION_TEST_TORCH:-}" ]; then
-  read -r -a torch_args <<< "$PROVISION_TEST_TORCH"   # a requirement, optionally with pip options
-  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "${torch_args[@]}"
+read -r -a torch_args <<< "$PROVISION_TEST_TORCH"   # a requirement, optionally with pip options
+if ! "$venv/bin/python" -c 'import torch' >/dev/null 2>&1; then
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --retries 1 --timeout 30 "${torch_args[@]}" ||
+    echo "test.sh: could not install ${PROVISION_TEST_TORCH}: the tests that need torch are skipped" >&2
 fi
 
 # The book's requirements (all but torch) as a local wheel folder: the tests install them with `provision install`

@@ -178,25 +178,45 @@ def bucket(emulator: str, monkeypatch: pytest.MonkeyPatch, request: pytest.Fixtu
 SHARED = REPO.parent / "shared"
 
 
+BOOK_SKIP = "the book's tests need"  # every skip of a test that runs the book starts so: the run's end counts them
+BOOK_URL = "https://github.com/deep-learning-with-pytorch/dlwpt-code"
+
+
 def skip_or_fail(reason: str) -> None:
-    """Skip a test whose parts are missing here; in CI (PROVISION_TEST_REQUIRE_BOOK) that is a failure."""
-    if os.environ.get("PROVISION_TEST_REQUIRE_BOOK"):
+    """Skip a test whose parts are missing here; with PROVISION_TEST_REQUIRE_BOOK (scripts/test.sh sets it where the
+    book's bundle is, as in CI) that is a failure."""
+    if os.environ.get("PROVISION_TEST_REQUIRE_BOOK", "") not in ("", "0"):
         pytest.fail(f"{reason} (PROVISION_TEST_REQUIRE_BOOK is set: these tests must run)")
-    pytest.skip(reason)
+    pytest.skip(f"{BOOK_SKIP} {reason}")
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """One line at the end saying how many of the book's tests were skipped, and how to run them."""
+    skipped = [r for r in terminalreporter.stats.get("skipped", []) if BOOK_SKIP in str(getattr(r, "longrepr", ""))]
+    if skipped:
+        terminalreporter.write_line(
+            f"{len(skipped)} test(s) that run the book's code were skipped: set PROVISION_TEST_BOOK_BUNDLE to a git bundle or a clone "
+            f"of dlwpt-code (e.g. PROVISION_TEST_BOOK_BUNDLE={BOOK_URL}) and run scripts/test.sh again", yellow=True)
 
 
 @pytest.fixture(scope="session")
-def book_bundle() -> tuple[Path, str]:
-    """The book's Part 2 code as a git bundle (PROVISION_TEST_BOOK_BUNDLE or ../shared/book/), and its commit."""
-    path = Path(os.environ.get("PROVISION_TEST_BOOK_BUNDLE") or SHARED / "book" / "dlwpt-code.bundle")
-    if not path.is_file():
-        skip_or_fail(f"the book's code bundle is not here ({path}); set PROVISION_TEST_BOOK_BUNDLE to a clone-able copy of dlwpt-code")
-    heads = subprocess.run(["git", "bundle", "list-heads", str(path)], capture_output=True, text=True, check=True).stdout
-    return path, heads.split()[0]
+def book_bundle() -> tuple[str, str]:
+    """The book's Part 2 code: a git bundle, a local clone or a clone URL (PROVISION_TEST_BOOK_BUNDLE, else
+    ../shared/book/dlwpt-code.bundle), and its commit."""
+    spec = os.environ.get("PROVISION_TEST_BOOK_BUNDLE") or str(SHARED / "book" / "dlwpt-code.bundle")
+    if "://" in spec or Path(spec).is_dir():
+        heads = subprocess.run(["git", "ls-remote", spec, "HEAD"], capture_output=True, text=True, timeout=120)
+        if heads.returncode != 0 or not heads.stdout.split():
+            skip_or_fail(f"the book's code from {spec}, which git cannot read: {heads.stderr.strip()[-300:]}")
+        return spec, heads.stdout.split()[0]
+    if not Path(spec).is_file():
+        skip_or_fail(f"the book's code: no bundle at {spec}")
+    heads = subprocess.run(["git", "bundle", "list-heads", spec], capture_output=True, text=True, check=True).stdout
+    return spec, heads.split()[0]
 
 
 @pytest.fixture
-def book_profile(tmp_path: Path, book_bundle: tuple[Path, str]) -> Callable[..., Path]:
+def book_profile(tmp_path: Path, book_bundle: tuple[str, str]) -> Callable[..., Path]:
     """A profile whose book comes from the bundle; data.root is <tmp>/dlwpt-code/data-unversioned unless given."""
 
     def write(book: dict | None = None, data: dict | None = None, name: str = "book.yaml", **top: object) -> Path:
@@ -227,7 +247,7 @@ def book_python(tmp_path_factory: pytest.TempPathFactory) -> str:
     wheels = os.environ.get("PROVISION_TEST_WHEELS")
     torch_spec = os.environ.get("PROVISION_TEST_TORCH")
     if not wheels or not Path(wheels).is_dir():
-        skip_or_fail("PROVISION_TEST_WHEELS names no wheel folder: run the tests with scripts/test.sh, which fills one")
+        skip_or_fail("a wheel folder of its requirements (PROVISION_TEST_WHEELS): run the tests with scripts/test.sh, which fills one")
     venv = Path(os.environ.get("PROVISION_TEST_BOOK_VENV") or tmp_path_factory.mktemp("book-venv") / "venv")
     python = venv / "bin" / "python"
     if not python.exists():
@@ -235,7 +255,7 @@ def book_python(tmp_path_factory: pytest.TempPathFactory) -> str:
     has_torch = subprocess.run([str(python), "-c", "import torch"], capture_output=True).returncode == 0
     if not has_torch:
         if not torch_spec:
-            skip_or_fail("PROVISION_TEST_TORCH is not set, so the book's interpreter has no torch (CI sets torch==2.13.0)")
+            skip_or_fail("torch for the book's interpreter (PROVISION_TEST_TORCH; scripts/test.sh sets a CPU build)")
         subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", *torch_spec.split()], check=True)
     profile = tmp_path_factory.mktemp("book-install") / "install.yaml"
     profile.write_text(yaml.safe_dump({
@@ -258,7 +278,7 @@ class Scans:
 
 
 @pytest.fixture(scope="session")
-def scans(tmp_path_factory: pytest.TempPathFactory, book_bundle: tuple[Path, str]) -> Scans:
+def scans(tmp_path_factory: pytest.TempPathFactory, book_bundle: tuple[str, str]) -> Scans:
     """Seven series from the book's CSVs: subsets 0 and 1 of three scans each (about 15 MB zipped each), and one only in the CSVs."""
     where = tmp_path_factory.mktemp("book-scans")
     reference = where / "book"

@@ -36,7 +36,7 @@ def cap_epochs(samples: int) -> None:
             cls._smoke_capped = True
         original_init(self, dataset, *args, **kwargs)
 
-    DataLoader.__init__ = init  # type: ignore[method-assign]  # the point: every DataLoader the book builds
+    DataLoader.__init__ = init  # the point: every DataLoader the book builds
 
 
 def sample(target: str) -> None:
