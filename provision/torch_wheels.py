@@ -45,6 +45,7 @@ class Release:
     torch: str = field(metadata={"parse": _parse_spec})
     compute: tuple[float, float] = field(metadata={"parse": _parse_range})
     python: str = field(default="", metadata={"parse": _parse_spec})
+    unsupported: bool = False  # built, but without PyTorch's support: chosen only when no supported build fits
 
 
 @dataclass(frozen=True)
@@ -101,11 +102,14 @@ def architecture(compute: float) -> str:
     return [name for low, name in ARCHITECTURES if compute >= low][-1] if compute >= ARCHITECTURES[0][0] else "pre-Maxwell"
 
 
-def usable(index: WheelIndex, version: str, gpus: list[Gpu], python: str) -> bool:
-    """Does ``index`` carry torch ``version`` with kernels for every GPU, for this Python?"""
+def usable(index: WheelIndex, version: str, gpus: list[Gpu], python: str, unsupported: bool = False) -> bool:
+    """Does ``index`` carry torch ``version`` with kernels for every GPU, for this Python (builds without support
+    only when ``unsupported``)?"""
     from packaging.specifiers import SpecifierSet
 
     for release in index.releases:
+        if release.unsupported and not unsupported:
+            continue
         if not SpecifierSet(release.torch).contains(version):
             continue
         if release.python and not SpecifierSet(release.python).contains(python):
@@ -117,7 +121,12 @@ def usable(index: WheelIndex, version: str, gpus: list[Gpu], python: str) -> boo
 
 
 def _best(table: WheelTable, gpus: list[Gpu], driver: int, python: str, torch_spec: str) -> tuple[WheelIndex, str] | None:
-    """The index serving the newest wanted torch for ``gpus`` on this driver and Python, and that version."""
+    """The index serving the newest wanted torch for ``gpus`` on this driver and Python, and that version; builds
+    without support only when no supported one fits."""
+    return _best_of(table, gpus, driver, python, torch_spec, False) or _best_of(table, gpus, driver, python, torch_spec, True)
+
+
+def _best_of(table: WheelTable, gpus: list[Gpu], driver: int, python: str, torch_spec: str, unsupported: bool) -> tuple[WheelIndex, str] | None:
     from packaging.specifiers import SpecifierSet
 
     wanted = SpecifierSet(torch_spec)
@@ -127,7 +136,7 @@ def _best(table: WheelTable, gpus: list[Gpu], driver: int, python: str, torch_sp
     for index in sorted(table.indexes, key=lambda i: order.get(i.tag, len(order))):
         if driver < index.min_driver:
             continue
-        newest = [v for v in known if v in wanted and usable(index, v, gpus, python)]
+        newest = [v for v in known if v in wanted and usable(index, v, gpus, python, unsupported)]
         if newest and (best is None or _key(newest[-1]) > _key(best[1])):
             best = (index, newest[-1])
     return best
@@ -145,7 +154,7 @@ def choose(table: WheelTable, gpus: list[Gpu], driver_major: int | None, driver_
                                                      "CPU build (update the driver, or relax the torch requirement)")
     index, version = best
     versions = releases_up_to(table.latest)
-    goes_on = usable(index, versions[-1], gpus, python)  # does this index carry the release after the newest known?
+    goes_on = usable(index, versions[-1], gpus, python, True)  # does this index carry the release after the newest known?
     bound = "" if goes_on and version == versions[-2] else f"<{versions[versions.index(version) + 1]}"
     any_gpu = _best(table, [], driver, python, torch_spec)
     any_driver = _best(table, gpus, 10**6, python, torch_spec)
@@ -156,6 +165,8 @@ def choose(table: WheelTable, gpus: list[Gpu], driver_major: int | None, driver_
         why = f"the newest build with {architecture(oldest)} kernels (torch up to {version})"
     else:
         why = index.note or f"torch up to {version}"
+    if not usable(index, version, gpus, python):
+        why += " (a build PyTorch no longer supports: the only one for this GPU, driver and torch requirement)"
     return Choice(INDEX_BASE + index.tag, index.tag, bound, f"{who}: {index.tag}, {why}")
 
 
@@ -166,7 +177,7 @@ def _key(version: str) -> tuple[int, ...]:
 def _driver_for_cuda(cuda: str | None) -> int:
     """The oldest driver that reports this CUDA version (when nvidia-smi did not give the driver's own)."""
     major = int(str(cuda).split(".")[0]) if cuda and str(cuda).split(".")[0].isdigit() else 0
-    return 580 if major >= 13 else 525 if major == 12 else 0
+    return 580 if major >= 13 else 525 if major == 12 else 450 if major == 11 else 0
 
 
 def _describe(gpus: list[Gpu], driver_major: int | None, driver_cuda: str | None) -> str:

@@ -98,6 +98,51 @@ def test_the_table_is_data_and_a_new_release_is_a_data_change(tmp_path: Path) ->
     assert choose(table, [Gpu("K80", 3.7)], 470, "11.4", "3.12", ">=2.3").tag == "cpu"
 
 
+# One row per index row of configs/torch/wheels.yaml: a real machine (GPU, driver, Python, the book's torch requirement
+# or a reader's own pin) and the index it must get. Sources for each fact are in the table's comments.
+NAMED_MACHINES = [
+    # cu118: a GTX 1070 on an old Ubuntu install (driver 470 = CUDA 11.4) runs cu118, not the CPU build
+    ("GTX 1070, driver 470, Python 3.12", [Gpu("NVIDIA GeForce GTX 1070", 6.1)], 470, "11.4", "3.12", ">=2.3", "cu118", "<2.8"),
+    ("GTX 1080 Ti, driver 470, Python 3.13", [Gpu("NVIDIA GeForce GTX 1080 Ti", 6.1)], 470, "11.4", "3.13", ">=2.3", "cu118", "<2.8"),
+    # cu128 2.7 has no Pascal/Volta kernels (sm_75..sm_120): a P100 or V100 with torch<2.8 gets cu126
+    ("P100, driver 535, Python 3.12, torch<2.8", [Gpu("Tesla P100-PCIE-16GB", 6.0)], 535, "12.2", "3.12", ">=2.3,<2.8", "cu126", "<2.8"),
+    ("V100, driver 535, Python 3.11, torch<2.8", [Gpu("Tesla V100-SXM2-16GB", 7.0)], 535, "12.2", "3.11", ">=2.3,<2.8", "cu126", "<2.8"),
+    # cu128 2.8-2.10 has Volta again: a V100 pinned to 2.10 gets it (cu128 is preferred where both serve)
+    ("V100, driver 570, Python 3.12, torch 2.10", [Gpu("Tesla V100-SXM2-16GB", 7.0)], 570, "12.8", "3.12", "==2.10.*", "cu128", "<2.11"),
+    # cu128 2.11 dropped Volta again: a V100 asking for 2.11 gets cu126
+    ("V100, driver 570, Python 3.12, torch 2.11", [Gpu("Tesla V100-SXM2-16GB", 7.0)], 570, "12.8", "3.12", "==2.11.*", "cu126", "<2.12"),
+    # cu128 is the newest supported build for Blackwell on a driver before 580 (cu130/cu132 need 580)
+    ("RTX 5090, driver 570, Python 3.12", [Gpu("NVIDIA GeForce RTX 5090", 12.0)], 570, "12.8", "3.12", ">=2.3", "cu128", "<2.12"),
+    # cu129's unsupported builds up to 2.13: only when nothing supported fits (Blackwell, driver 570, torch>=2.12)
+    ("RTX 5090, driver 570, Python 3.12, torch>=2.12", [Gpu("NVIDIA GeForce RTX 5090", 12.0)], 570, "12.8", "3.12", ">=2.12", "cu129", "<2.14"),
+    # cu129 2.8 has Python 3.13 wheels
+    ("A100, driver 550, Python 3.13, torch 2.8", [Gpu("NVIDIA A100-SXM4-40GB", 8.0)], 550, "12.4", "3.13", "==2.8.*", "cu128", "<2.9"),
+    # cu124: Python 3.13 wheels for 2.5 and 2.6, not 2.4
+    ("T4, driver 550, Python 3.13, torch<2.6", [Gpu("Tesla T4", 7.5)], 550, "12.4", "3.13", ">=2.3,<2.6", "cu124", "<2.6"),
+    ("T4, driver 550, Python 3.13, torch<2.5", [Gpu("Tesla T4", 7.5)], 550, "12.4", "3.13", ">=2.3,<2.5", "cpu", ""),
+    ("T4, driver 550, Python 3.12, torch<2.5", [Gpu("Tesla T4", 7.5)], 550, "12.4", "3.12", ">=2.3,<2.5", "cu124", "<2.5"),
+    # cu126: the legacy build; cu130 the stable one; cu132 the newest
+    ("GTX 1070, driver 580, Python 3.13", [Gpu("NVIDIA GeForce GTX 1070", 6.1)], 580, "13.0", "3.13", ">=2.3", "cu126", "<2.15"),
+    ("T4, driver 580, Python 3.12", [Gpu("Tesla T4", 7.5)], 580, "13.0", "3.12", ">=2.3", "cu130", ""),
+    ("H100, driver 580, Python 3.14, torch 2.12 exactly", [Gpu("NVIDIA H100 80GB HBM3", 9.0)], 580, "13.0", "3.14", "==2.12.*", "cu130", "<2.13"),
+]
+
+
+@pytest.mark.parametrize(("machine", "gpus", "driver", "cuda", "python", "spec", "tag", "bound"), NAMED_MACHINES, ids=[m[0] for m in NAMED_MACHINES])
+def test_each_table_row_serves_its_named_machine(machine: str, gpus: list, driver: int, cuda: str, python: str, spec: str, tag: str,
+                                                 bound: str) -> None:
+    choice = choose(load_table(configs_dir()), gpus, driver, cuda, python, spec)
+    assert (choice.tag, choice.torch_bound) == (tag, bound), f"{machine}: {choice.reason}"
+    if tag == "cu129":
+        assert "no longer supports" in choice.reason, "an unsupported build is named as such"
+
+
+def test_every_index_of_the_table_is_some_named_machines_choice() -> None:
+    table = load_table(configs_dir())
+    chosen = {m[6] for m in NAMED_MACHINES}
+    assert {i.tag for i in table.indexes} - {"cu132"} <= chosen, "each index row has a machine that proves it"
+
+
 def test_has_kernels_follows_cuda_binary_compatibility() -> None:
     built = ["sm_75", "sm_80", "sm_86", "sm_90", "sm_100", "sm_120", "compute_120"]
     assert not has_kernels(built, "6.1") and not has_kernels(built, "7.0")
