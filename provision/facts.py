@@ -50,13 +50,8 @@ def look_into_copy(source: Source, manifest: Manifest) -> CopyFacts:
 
     root = Path(source.location)
     subsets = kaggle_copies(root) if source.kaggle else find_subsets(root)
-    bases = sorted(p for p in root.iterdir() if p.is_dir()) if source.kaggle and root.is_dir() else [root]
-    plain = {}
-    for f in manifest.files:
-        if not f.unpack:
-            found = next((hit for base in bases if (hit := find_plain(base, f.key))), None)
-            if found:
-                plain[f.key] = found
+    near = [subsets[n] for n in sorted(subsets)]
+    plain = {f.key: hit for f in manifest.files if not f.unpack and (hit := find_plain(root, f.key, near))}
     return CopyFacts(subsets, plain)
 
 

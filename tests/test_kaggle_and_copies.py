@@ -82,6 +82,43 @@ def test_staging_from_a_read_only_unpacked_copy_downloads_and_copies_nothing(bui
     assert code == 0 and {f["outcome"] for f in again["files"]} == {"already staged"}
 
 
+def test_both_kaggle_mount_layouts_are_found(built: Built, serve, write_profile, tmp_path: Path, read_only, capsys) -> None:
+    """/kaggle/input/<slug>/ and, since mid-2026, /kaggle/input/datasets/<owner>/<slug>/, with the extra
+    <folder>/subsetN/subsetN nesting published copies have: every subset is found and linked, the CSV too."""
+    data_sets = tmp_path / "kaggle" / "input"
+    unpack_like_kaggle(built, data_sets / "luna16-part" / "luna", [0, 1])
+    new_layout = data_sets / "datasets" / "avc0706" / "luna16" / "LUNA16"
+    unpack_like_kaggle(built, new_layout, [2, 3])
+    (data_sets / "luna16-part" / "luna" / "annotations.csv").unlink()  # only the new layout's copy has the CSV
+    read_only(data_sets)
+    srv = serve()
+    profile = write_profile({"dataset": str(built.manifest), "sources": [f"kaggle:{data_sets}", srv.url + "/mirror/"]})
+    code, report = stage_json(profile, capsys)
+    assert code == 0, report
+    by_key = {f["key"]: f for f in report["files"]}
+    assert {k: f["outcome"] for k, f in by_key.items()} == dict.fromkeys(by_key, "linked"), by_key
+    assert by_key["subset3.zip"]["source"] == str(new_layout / "subset3" / "subset3")
+    assert by_key["subset0.zip"]["source"] == str(data_sets / "luna16-part" / "luna" / "subset0" / "subset0")
+    assert by_key["annotations.csv"]["source"] == str(new_layout / "annotations.csv")
+    assert srv.stats.requests == [], "nothing was downloaded"
+    assert tree_md5s(tmp_path / "root" / "part2" / "luna") == expected_tree(built)
+
+
+def test_the_search_lists_folders_only_and_stays_shallow(tmp_path: Path) -> None:
+    """The walk never enters a subset folder's files or anything deeper than the layouts need."""
+    from provision.staging.copies import kaggle_copies
+
+    deep = tmp_path / "input" / "datasets" / "owner" / "slug" / "a" / "b" / "c" / "d" / "subset5"
+    deep.mkdir(parents=True)
+    (deep / "x.mhd").write_text("too deep")
+    found = tmp_path / "input" / "datasets" / "owner" / "slug" / "a" / "subset4" / "subset4"
+    found.mkdir(parents=True)
+    (found / "y.mhd").write_text("ObjectType = Image")
+    (found.parent / "z.mhd").write_text("outer")
+    (found / "subset4").mkdir()  # a third level is not a layout anyone publishes, but it must not crash the walk
+    assert kaggle_copies(tmp_path / "input") == {4: str(found)}
+
+
 def test_a_truncated_scan_in_the_copy_is_named_and_its_subset_comes_from_the_next_source(built: Built, serve, write_profile,
                                                                                          tmp_path: Path, capsys) -> None:
     copy = unpack_like_kaggle(built, tmp_path / "share" / "luna16", [0, 1])

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +22,8 @@ from .extract import crc_of
 from .transfer import PermanentError
 
 SUBSET_DIR = re.compile(r"subset(\d+)$")
-SEARCH_DEPTH = 4  # <input>/<dataset>/<folder>/subsetN/subsetN
+SEARCH_DEPTH = 4  # <copy>/<folder>/<folder>/subsetN/subsetN
+KAGGLE_SEARCH_DEPTH = 7  # /kaggle/input/datasets/<owner>/<slug>/<folder>/<folder>/subsetN/subsetN
 ELEMENT_BYTES = {"MET_UCHAR": 1, "MET_CHAR": 1, "MET_USHORT": 2, "MET_SHORT": 2, "MET_UINT": 4, "MET_INT": 4, "MET_FLOAT": 4,
                  "MET_ULONG": 8, "MET_LONG": 8, "MET_DOUBLE": 8}
 
@@ -40,24 +42,43 @@ class CopyFile:
 
 
 def find_subsets(root: Path, depth: int = SEARCH_DEPTH) -> dict[int, str]:
-    """subset number -> the folder in ``root`` that holds its .mhd files (the deepest one, for nested copies)."""
+    """subset number -> the folder under ``root`` that holds its .mhd files.
+
+    One walk, top-down in name order, at most ``depth`` levels deep, listing folders but never reading or
+    stat-ing the scans: the first data set that has a subset wins, except that a subset folder nested in
+    its own (subset0/subset0/, as published copies have it) wins over the outer one. Below a subset
+    folder only such a nested one is entered; hidden folders are not entered at all.
+    """
     found: dict[int, str] = {}
     if not root.is_dir():
         return found
     base = len(root.parts)
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
         here = Path(dirpath)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         if len(here.parts) - base >= depth:
             dirnames[:] = []
         match = SUBSET_DIR.match(here.name)
-        if match and any(name.endswith(".mhd") for name in filenames):
-            found[int(match.group(1))] = dirpath  # os.walk goes top-down: a nested subsetN/subsetN wins
-        dirnames.sort()
+        if not match:
+            continue
+        number = int(match.group(1))
+        if any(name.endswith(".mhd") for name in filenames):
+            current = found.get(number)
+            if current is None or Path(current) in here.parents:
+                found[number] = dirpath
+        dirnames[:] = [d for d in dirnames if d == here.name]  # only subsetN/subsetN below a subset folder
     return found
 
 
-def find_plain(root: Path, key: str, depth: int = 2) -> str | None:
-    """A plain file of the data set (annotations.csv) near the top of the copy, or None."""
+def find_plain(root: Path, key: str, near: Sequence[str] = (), depth: int = 2) -> str | None:
+    """A plain file of the data set (annotations.csv): beside or above a subset folder found in the copy (up to
+    ``root``), else near the top of the copy; None when there is none."""
+    for folder in near:
+        here = Path(folder)
+        while here == root or root in here.parents:
+            if (here / key).is_file():
+                return str(here / key)
+            here = here.parent
     for level in range(depth + 1):
         for candidate in sorted(root.glob("/".join(["*"] * level + [key]))):
             if candidate.is_file():
@@ -66,13 +87,9 @@ def find_plain(root: Path, key: str, depth: int = 2) -> str | None:
 
 
 def kaggle_copies(input_dir: Path = Path(KAGGLE_INPUT)) -> dict[int, str]:
-    """Subsets found in any data set mounted under Kaggle's input folder (the first data set that has one wins)."""
-    found: dict[int, str] = {}
-    if input_dir.is_dir():
-        for dataset in sorted(p for p in input_dir.iterdir() if p.is_dir()):
-            for number, folder in find_subsets(dataset).items():
-                found.setdefault(number, folder)
-    return found
+    """Subsets found in any data set mounted under Kaggle's input folder, in either of its layouts:
+    ``/kaggle/input/<slug>/`` and (since mid-2026) ``/kaggle/input/datasets/<owner>/<slug>/``."""
+    return find_subsets(input_dir, KAGGLE_SEARCH_DEPTH)
 
 
 def read_header(mhd: Path) -> dict[str, str]:
