@@ -119,6 +119,12 @@ def main(argv: Sequence[str] | None = None, *, environ: Mapping[str, str] | None
     except KeyboardInterrupt:
         print("error: interrupted; what was fetched so far is kept, and the next run resumes", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 - a bug of ours: say what it was and what to do, never a traceback
+        logging.getLogger("provision").debug("internal error", exc_info=True)
+        print(f"error: internal error in `provision {args.command}`: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print("hint: this is a bug in provision, not in your set-up; what was staged so far is kept and a rerun resumes. "
+              "Run the same command with -vv to see where it happened, and report it with that output", file=sys.stderr)
+        return EXIT_FAILED
 
 
 def _load(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[Any, Any]:

@@ -67,11 +67,6 @@ class OutOfSpaceError(ProvisionError):
             path=os.path.dirname(str(path)),
         )
 
-    @classmethod
-    def stopped(cls) -> OutOfSpaceError:
-        """What the other files' work raises when one file ran out of disk and the run is stopping."""
-        return cls("stopped because another file ran out of disk space", hint="free some space and run again")
-
 
 class ChecksumError(ProvisionError):
     """A file's size or md5 does not match the manifest."""

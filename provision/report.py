@@ -266,14 +266,35 @@ def up_text(summary: dict[str, Any]) -> str:
             lines.append(stage_text_from_dict(info))
         elif step == "book":
             lines.append(f"book       ok: {info['dir']} at {(info['commit'] or '?')[:10]}, {len(info['changed_files'])} file(s) fixed now")
+        elif step == "cuda":
+            lines.append(f"cuda       {cuda_line(info)}")
         else:
             lines.append(f"{step:<10} {'ok' if info.get('ok') else 'FAILED'}")
     return "\n".join(lines)
 
 
+def cuda_line(info: dict[str, Any]) -> str:
+    """What the GPU check found, in one line: the devices and the matrix product, or that there is no GPU and why that is fine."""
+    if not info.get("ok"):
+        return "FAILED"
+    devices = info.get("devices") or []
+    if not devices:
+        return "no GPU; not required by this profile (the book's code runs on the CPU, slowly)"
+    names = ", ".join(f"{d['name']} ({d['total_memory_bytes'] / 1e9:.0f} GB)" for d in devices)
+    smoke = info.get("smoke") or {}
+    checked = "; a matrix product on it matches the CPU" if smoke.get("matches_cpu") else ""
+    return f"ok: torch {info.get('torch')} sees {names}{checked}"
+
+
 def stage_text_from_dict(info: dict[str, Any]) -> str:
-    done = sum(1 for f in info["files"] if f["outcome"] != "failed")
-    return f"data       {'ok' if info['ok'] else 'FAILED'}: {done} of {len(info['files'])} files staged in {info['target_dir']}"
+    done = sum(1 for f in info["files"] if f["outcome"] in ("already staged", "staged", "linked", "repaired"))
+    lines = [f"data       {'ok' if info['ok'] else 'FAILED'}: {done} of {len(info['files'])} files staged in {info['target_dir']}"]
+    for f in info["files"]:
+        if f.get("error"):
+            lines.append(f"  {f['key']}: {f['error']}")
+            if f.get("hint"):
+                lines.append(f"  hint: {f['hint']}")
+    return "\n".join(lines)
 
 
 def pin_text(result: dict[str, Any]) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,7 @@ def install(plan: Plan, environ: Mapping[str, str], venv: str | None = None) -> 
     if venv and not os.path.exists(plan.install.target_python):
         create_venv(venv)
     if plan.install.commands:
-        run_install(plan.install, environ, log.warning)
+        run_install(plan.install, environ, lambda line: print(f"install: {line}", file=sys.stderr, flush=True))
 
 
 def check_gpu(config: Config, env: Environment) -> GpuReport:
@@ -94,7 +95,6 @@ def book(config: Config, plan: Plan, *, undo: bool = False) -> dict[str, Any]:
 
 def smoke(config: Config, plan: Plan, env: Environment) -> Any:
     """Run each of the book's Part 2 entry points for a few batches on the staged scans (see :mod:`provision.book.smoke`)."""
-    import sys
 
     from .book.fixes import load_book_manifest
     from .book.smoke import run_smoke

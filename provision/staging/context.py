@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ..config import DataConfig
-from ..errors import OutOfSpaceError
 from ..plan import DataPlan
+from .stop import Stopped, StopSignal
 from .throttle import Throttle
 from .transfer import Retrier, TransientError
 from .zenodo import ZenodoRecords
@@ -26,7 +26,7 @@ class FileResult:
     """One file's outcome, filled in as its staging goes."""
 
     key: str
-    outcome: str = "pending"  # already staged | staged | linked | repaired | failed
+    outcome: str = "pending"  # already staged | staged | linked | repaired | failed | stopped (by another file's cause)
     source: str | None = None
     bytes_fetched: int = 0
     retries: list[str] = field(default_factory=list)
@@ -44,7 +44,7 @@ class StageContext:
         self.plan = plan
         self.root = Path(plan.root)
         self.target = Path(plan.target_dir)
-        self.stop = threading.Event()
+        self.stop = StopSignal()
         self.throttle = Throttle(data.connections_to, stop=self.stop)
         self.zenodo = ZenodoRecords(data.zenodo_url, data.timeout_s, self.throttle)
         self._emit = emit or (lambda event, **info: None)
@@ -75,7 +75,7 @@ class StageContext:
 
     def sleep(self, seconds: float) -> None:
         if self.stop.wait(seconds):
-            raise OutOfSpaceError.stopped()
+            raise Stopped(self.stop.reason)
 
     def free_bytes(self) -> int:
         st = os.statvfs(self.target)

@@ -25,6 +25,7 @@ from ..plan import DataPlan, FilePlan
 from .context import Emit, FileResult, StageContext
 from .fetch import fetch
 from .state import StateStore, run_lock, size_of, stat_stamp
+from .stop import Stopped
 from .unpack import extract_file, link_from_copies, member_record, stream_file
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ class StageResult:
 
     @property
     def ok(self) -> bool:
-        return all(f.outcome != "failed" for f in self.files)
+        return all(f.outcome in ("already staged", "staged", "linked", "repaired") for f in self.files)
 
     @property
     def bytes_fetched(self) -> int:
@@ -108,34 +109,40 @@ class Stager:
                     results[f.key].source = (rec or {}).get("source")
                 else:
                     work.append((f, need))
-            fatal: list[BaseException] = []
             with ThreadPoolExecutor(max(1, self.cfg.connections), thread_name_prefix="conn") as conns, \
                     ThreadPoolExecutor(self._drivers(), thread_name_prefix="file") as drivers:
                 futures: list[tuple[FilePlan, Future[None]]] = [
                     (f, drivers.submit(self._stage_file, f, need, state, results[f.key], conns)) for f, need in work
                 ]
                 for f, fut in futures:
-                    try:
-                        fut.result()
-                    except OutOfSpaceError as exc:
-                        ctx.stop.set()
-                        fatal.append(exc)
-                        _fail(results[f.key], exc)
-                    except ProvisionError as exc:
-                        _fail(results[f.key], exc)
-                        ctx.emit("file_failed", key=f.key, message=f"{f.key}: FAILED: {exc.message}")
-                    except OSError as exc:  # a disk or permission problem of this file's: its failure, not a traceback
-                        where = f" ({exc.filename})" if exc.filename else ""
-                        _fail(results[f.key], ProvisionError(f"{f.key}: {exc.strerror or exc}{where}",
-                                                             hint="check that data.root is writable and its disk healthy; run again to continue"))
-                        ctx.emit("file_failed", key=f.key, message=f"{f.key}: FAILED: {exc.strerror or exc}{where}")
-                    except BaseException as exc:
-                        ctx.stop.set()
-                        fatal.append(exc)
-            if fatal:
-                raise fatal[0]
+                    self._settle(f, fut, results[f.key])
+            if ctx.stop.cause is not None:
+                raise ctx.stop.cause  # what stopped the run (a full disk, Ctrl-C, a bug), never the files it stopped
         return StageResult([results[f.key] for f in self.plan.files], time.monotonic() - start, str(ctx.root), str(ctx.target),
                            [r.to_dict() for r in ctx.throttle.records()])
+
+    def _settle(self, f: FilePlan, fut: Future[None], result: FileResult) -> None:
+        """Wait for one file's work and record how it ended. A full disk, Ctrl-C or a bug stops the whole run, with
+        that error as its cause; the files it stopped end as "stopped", never as failures of their own."""
+        ctx = self.ctx
+        try:
+            fut.result()
+        except Stopped:
+            result.outcome = "stopped"
+            result.error = f"stopped before it was complete: {ctx.stop.reason}"
+        except OutOfSpaceError as exc:
+            _fail(result, exc)
+            ctx.stop.set(exc.message, exc)
+        except ProvisionError as exc:
+            _fail(result, exc)
+            ctx.emit("file_failed", key=f.key, message=f"{f.key}: FAILED: {exc.message}")
+        except OSError as exc:  # a disk or permission problem of this file's: its failure, not a traceback
+            where = f" ({exc.filename})" if exc.filename else ""
+            _fail(result, ProvisionError(f"{f.key}: {exc.strerror or exc}{where}",
+                                         hint="check that data.root is writable and its disk healthy; run again to continue"))
+            ctx.emit("file_failed", key=f.key, message=f"{f.key}: FAILED: {exc.strerror or exc}{where}")
+        except BaseException as exc:  # noqa: BLE001 - Ctrl-C or a bug: the run stops, and run() raises it
+            ctx.stop.set("interrupted" if isinstance(exc, KeyboardInterrupt) else f"{f.key}: {type(exc).__name__}: {exc}", exc)
 
     def _drivers(self) -> int:
         """Files handled at once: in stream mode each range is one ordered stream, so connections / ranges."""
@@ -145,8 +152,7 @@ class Stager:
 
     def _stage_file(self, f: FilePlan, need: Need, state: StateStore, result: FileResult, conns: ThreadPoolExecutor) -> None:
         ctx = self.ctx
-        if ctx.stop.is_set():
-            raise OutOfSpaceError.stopped()
+        ctx.stop.check()
         if need.fetch and f.locations and f.locations[0].kind == "unpacked":
             rest = link_from_copies(ctx, f, state, result)
             if not rest:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import TypeVar
+from urllib.parse import urlsplit
 
 from ..errors import ChecksumError, DownloadError
 from ..plan import FileLocation, FilePlan
@@ -26,6 +27,7 @@ def from_sources(ctx: StageContext, f: FilePlan, result: FileResult, attempt: Ca
         raise DownloadError(f"{f.key}: no configured source can serve it", hint="add a source to data.sources (zenodo needs a record in the manifest)", key=f.key)
     failures: list[str] = []
     refused = False  # a host blocked or throttled us, or answered with a web page
+    unreachable: list[str] = []  # sources this machine could not reach at all (no DNS answer, no connection)
     for loc in f.locations:
         for _ in range(DAMAGED_TRIES_PER_SOURCE):
             try:
@@ -36,6 +38,8 @@ def from_sources(ctx: StageContext, f: FilePlan, result: FileResult, attempt: Ca
                 failures.append(f"{loc.url}: {exc}")
             except (PermanentError, TransientError) as exc:
                 refused = refused or isinstance(exc, NotTheFile) or getattr(exc, "throttle", False)
+                if getattr(exc, "unreachable", ""):
+                    unreachable.append(urlsplit(loc.url).hostname or loc.url)
                 result.retries.append(f"{loc.url}: gave up: {exc.reason}")
                 ctx.emit("retry", key=f.key, message=f"{f.key}: source {loc.url} failed ({exc.reason}); trying the next source")
                 failures.append(f"{loc.url}: {exc.reason}")
@@ -49,5 +53,10 @@ def from_sources(ctx: StageContext, f: FilePlan, result: FileResult, attempt: Ca
             hint="the manifest's md5 or the sources are wrong; check the data set's record",
             key=f.key, expected=expected_md5,
         )
-    hint = REFUSED_HINT if refused else "check the network and data.sources, then run again: what was fetched is kept"
+    if unreachable and len(unreachable) == len(failures):
+        hint = (f"this machine could not reach {', '.join(dict.fromkeys(unreachable))}: check the network (a connection, DNS, a proxy) "
+                "and run again, what was fetched is kept; or stage from a mirror or a copy you can reach (a folder, gs://, "
+                "an unpacked copy) by putting it first in data.sources")
+    else:
+        hint = REFUSED_HINT if refused else "check the network and data.sources, then run again: what was fetched is kept"
     raise DownloadError(f"{f.key} could not be fetched: " + "; ".join(failures), hint=hint, key=f.key)

@@ -114,8 +114,7 @@ def _stream_once(ctx: StageContext, f: FilePlan, transfer: Transfer, part: Path,
 
     def sink(chunk: bytes) -> None:
         nonlocal written
-        if ctx.stop.is_set():
-            raise OutOfSpaceError.stopped()
+        ctx.stop.check()
         write_chunk(out, chunk, part)
         hasher.update(chunk)
         written += len(chunk)

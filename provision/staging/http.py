@@ -9,10 +9,12 @@ that source at once, saying what came back.
 from __future__ import annotations
 
 import email.utils
+import socket
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 from ..version import __version__
 from .throttle import HostGate
@@ -42,6 +44,21 @@ def session() -> Any:
         s.mount("https://", adapter)
         _local.session = s
     return s
+
+
+def _unresolved(exc: BaseException) -> bool:
+    """Is this connection error a host name that does not resolve? (requests wraps urllib3's NameResolutionError,
+    which wraps socket.gaierror, a few levels down.)"""
+    seen: list[object] = [exc]
+    for _ in range(8):
+        if not seen:
+            return False
+        item = seen.pop()
+        if isinstance(item, socket.gaierror) or type(item).__name__ == "NameResolutionError":
+            return True
+        if isinstance(item, BaseException):
+            seen += [x for x in (*item.args, getattr(item, "reason", None), item.__cause__, item.__context__) if isinstance(x, BaseException)]
+    return False
 
 
 def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
@@ -101,7 +118,11 @@ class HttpTransfer:
         try:
             response = session().get(self.url, headers=headers, stream=True, timeout=(min(self.timeout_s, 30.0), self.timeout_s))
         except (requests.ConnectionError, requests.Timeout) as exc:
-            raise TransientError(f"cannot connect to {self.url}: {type(exc).__name__}") from None
+            host = urlsplit(self.url).hostname
+            if _unresolved(exc):
+                raise TransientError(f"cannot resolve the host name {host} (no network, no DNS, or a mistyped URL)", unreachable="unresolved") from None
+            refused = isinstance(exc, requests.ConnectionError) and not isinstance(exc, requests.Timeout)
+            raise TransientError(f"cannot connect to {self.url}: {type(exc).__name__}", unreachable="refused" if refused else "") from None
         except requests.RequestException as exc:
             raise PermanentError(f"bad request for {self.url}: {exc}") from None
         self.gate.rate_headers(response.headers)

@@ -24,6 +24,7 @@ from ..errors import OutOfSpaceError
 from ..plan import FilePlan
 from .context import FileResult
 from .state import atomic_write_json, read_json, size_of
+from .stop import Stopped, StopSignal
 from .transfer import BUFFER_BYTES, Retrier, Transfer, TransientError
 
 
@@ -35,7 +36,7 @@ class SegmentContext:
     segment_min_bytes: int
     connections: int
     retrier: Callable[[], Retrier]
-    stop: threading.Event
+    stop: StopSignal
     emit: Callable[..., None]
     finish: Callable[[Path, Path, int | None, str | None, str, str], str]
 
@@ -138,7 +139,7 @@ class SegmentedDownload:
                            and _contiguous(self.done, self.segment, self.size) <= hashed):
                         self.cond.wait(0.5)
                     if self.errors or self.s.stop.is_set():
-                        raise self.errors[0] if self.errors else OutOfSpaceError.disk_full(self.part)
+                        raise self.errors[0] if self.errors else Stopped("the run is stopping")
                     upto = _contiguous(self.done, self.segment, self.size)
                     if upto <= hashed:  # every worker has returned, yet bytes are missing: never wait for them
                         raise TransientError(f"{self.transfer.label} delivered {upto} of {self.size} bytes in order")
@@ -223,7 +224,7 @@ class SegmentedDownload:
                 self.errors.append(exc)
                 self.cond.notify_all()
             if isinstance(exc, OutOfSpaceError):
-                self.s.stop.set()
+                self.s.stop.set(exc.message, exc)
             self.cancel.set()
             self.gate.set()
 

@@ -25,6 +25,7 @@ from ..errors import ExtractError, OutOfSpaceError
 from ..manifest import PinnedMember
 from .extract import list_members, member_done
 from .members import LOCAL_HEADER, LOCAL_SIGNATURE, METHODS, Member, MemberWriter, StreamCorrupt, StreamMember
+from .stop import Stopped
 from .transfer import BUFFER_BYTES, PermanentError, Retrier, Transfer, TransientError
 from .transfers import BLOCK_BYTES, RangeReader
 
@@ -272,7 +273,7 @@ def _pump(transfer: Transfer, parser: StreamUnpacker, retrier: Retrier, sleep: C
 
     while parser.pos < parser.end:
         if stop.is_set():
-            raise OutOfSpaceError.stopped()
+            raise Stopped("the run is stopping")
         before = parser.pos
         try:
             transfer.read_range(parser.pos, parser.end, sink)

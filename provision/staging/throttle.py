@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from .transfer import TransientError
+from .stop import Stopped
 
 QUIET_S = 60.0           # without throttling for this long, a halved limit grows back by one
 DEFAULT_PAUSE_S = 5.0    # how long a host is left alone after it throttles us without saying how long
@@ -70,7 +70,7 @@ class HostGate:
                 self._grow(now)
                 self._refill(now)
                 if self._stop.is_set():
-                    raise TransientError(f"{self.record.host}: stopping")
+                    raise Stopped(f"{self.record.host}: the run is stopping")
                 if now >= self._paused_until and self._in_flight < self.record.limit and (self._budget is None or self._budget > 0):
                     break
                 wake = self._paused_until if now < self._paused_until else now + 1.0

@@ -20,11 +20,12 @@ class TransientError(Exception):
     patiently, for a time budget rather than a number of tries.
     """
 
-    def __init__(self, reason: str, retry_after_s: float | None = None, throttle: bool = False) -> None:
+    def __init__(self, reason: str, retry_after_s: float | None = None, throttle: bool = False, unreachable: str = "") -> None:
         super().__init__(reason)
         self.reason = reason
         self.retry_after_s = retry_after_s
         self.throttle = throttle
+        self.unreachable = unreachable  # "unresolved" (no such host name: no network or DNS) or "refused" (no connection)
 
 
 class PermanentError(Exception):
@@ -79,8 +80,11 @@ class Retrier:
 
     Ordinary transient errors get ``retries`` tries in a row without progress (a try that delivered
     bytes starts the count again; ``retries * 4`` in all). A host that throttles or blocks us gets a
-    time budget instead, ``patience_s`` from the first refusal in a row.
+    time budget instead, ``patience_s`` from the first refusal in a row. A host name that does not resolve
+    gets ``UNRESOLVED_TRIES`` tries: a passing DNS hiccup is ridden out, no network fails within seconds.
     """
+
+    UNRESOLVED_TRIES = 3
 
     def __init__(self, retries: int, base_s: float, patience_s: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.retries = retries
@@ -105,6 +109,10 @@ class Retrier:
             return 0.2 + random.random() * 0.8  # the host's gate holds every request back for the pause it asked for
         self.throttled_since = None
         self.throttled_tries = 0
+        if exc.unreachable == "unresolved":
+            self.unresolved = getattr(self, "unresolved", 0) + 1
+            if self.unresolved >= self.UNRESOLVED_TRIES:
+                raise exc
         self.total += 1
         self.idle = 0 if progressed else self.idle + 1
         if self.idle > self.retries or self.total > self.retries * 4:
