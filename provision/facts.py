@@ -36,8 +36,8 @@ def gather_facts(config: Config, environ: Mapping[str, str], environment: Enviro
         installed=installed,
         nvidia_smi=smi,
         wheels=wheels,
-        data_fs=fs_facts(root),
-        statuses=file_statuses(root, keys) if root.is_dir() else {},
+        data_fs=fs_facts(root / manifest.dir),  # where the data goes (a disk may be mounted there): its parents' when it is not there yet
+        statuses=file_statuses(root, keys, root / manifest.dir) if root.is_dir() else {},
         environ=dict(environ),
         book=gather_book_facts(config),
         copies={s.location: look_into_copy(s, manifest) for s in config.data.sources if s.is_copy},

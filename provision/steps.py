@@ -186,14 +186,14 @@ def status(config: Config) -> dict[str, Any]:
     manifest = load_manifest(config.data.dataset, configs_dir())
     root = Path(config.data.root)
     files = manifest.select(config.data.subsets)
-    statuses = file_statuses(root, [f.key for f in files]) if root.is_dir() else {}
+    statuses = file_statuses(root, [f.key for f in files], root / manifest.dir) if root.is_dir() else {}
     rows = []
     for f in files:
         st = statuses.get(f.key)
         stage = st.stage if st else "missing"
         row: dict[str, Any] = {"key": f.key, "stage": stage, "size": f.size, "source": st.source if st else None}
         if stage == "partial" and f.size:
-            row["percent"] = round(100 * partial_bytes(root, f.key) / f.size, 1)
+            row["percent"] = round(100 * partial_bytes(root, f.key, root / manifest.dir) / f.size, 1)
         rows.append(row)
     return {"files": rows, "caches": cache_sizes(root / "cache")}
 

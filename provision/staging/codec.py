@@ -21,6 +21,9 @@ _impl: Any = _load()
 LIBRARY = "isal" if _impl.__name__.startswith("isal") else "zlib"
 
 
+error: type[Exception] = _impl.error  # what a damaged deflate stream raises (zlib.error, or ISA-L's IsalError)
+
+
 def raw_inflater() -> Any:
     """A decompressor for raw deflate data (as zip members hold it), with zlib's interface."""
     return _impl.decompressobj(-15)

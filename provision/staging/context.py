@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 from ..config import DataConfig
 from ..plan import DataPlan
+from .state import partial_dir
 from .stop import Stopped, StopSignal
 from .throttle import Throttle
 from .transfer import Retrier, TransientError
@@ -76,6 +77,11 @@ class StageContext:
     def sleep(self, seconds: float) -> None:
         if self.stop.wait(seconds):
             raise Stopped(self.stop.reason)
+
+    @property
+    def partial(self) -> Path:
+        """Where this run's partial downloads and stream checkpoints go (on the target's filesystem)."""
+        return partial_dir(self.root, self.target)
 
     def free_bytes(self) -> int:
         st = os.statvfs(self.target)

@@ -13,17 +13,28 @@ from typing import BinaryIO
 
 from ..errors import ExtractError, OutOfSpaceError
 from . import codec
-from .members import LOCAL_HEADER, LOCAL_SIGNATURE, METHODS, Member, MemberWriter, StreamCorrupt, StreamMember
+from .members import LOCAL_HEADER, LOCAL_SIGNATURE, METHODS, TMP_SUFFIX, Member, MemberWriter, StreamCorrupt, StreamMember
+from .stop import Stopped
 from .transfer import BUFFER_BYTES
+
+RESERVED_TOP = (".provision", ".provision-partial")  # the tool's own folders, when the data set unpacks into data.root itself
 
 
 def safe_dest(target: Path, name: str, archive: str) -> Path | None:
-    """Where member ``name`` goes under ``target``; None for folders; ExtractError when it would escape."""
+    """Where member ``name`` goes under ``target``; None for folders; ExtractError when it would escape, or take a name
+    the tool uses itself (its state folder, its temporary files)."""
     normalized = name.replace("\\", "/")
     posix = PurePosixPath(normalized)
     if normalized.startswith("/") or (len(normalized) > 1 and normalized[1] == ":") or ".." in posix.parts:
         raise ExtractError(
             f"{archive} holds a member that would be written outside {target}: {name!r}",
+            hint="this archive is damaged or hostile; nothing was written; check the source",
+            archive=archive, member=name,
+        )
+    parts = [p for p in posix.parts if p not in ("", ".")]
+    if (parts and parts[0] in RESERVED_TOP) or any(p.endswith(TMP_SUFFIX) for p in parts) or "\x00" in normalized:
+        raise ExtractError(
+            f"{archive} holds a member with a name the tool keeps for itself: {name!r}",
             hint="this archive is damaged or hostile; nothing was written; check the source",
             archive=archive, member=name,
         )
@@ -58,13 +69,36 @@ def list_members(zf: zipfile.ZipFile, target: Path, archive: str) -> list[Member
             )
         seen[dest] = info.filename
         members.append(Member(info.filename, dest, info.file_size, info.CRC))
+    check_extents(zf, archive)
     return members
 
 
-def member_done(member: Member) -> bool:
-    """A member under its final name is complete: it was renamed only after its CRC checked out."""
+def check_extents(zf: zipfile.ZipFile, archive: str) -> None:
+    """Every member's bytes lie before the central directory and after the member before it: an entry that points past
+    the end of the archive, or into another member's bytes, is refused up front (in both modes)."""
+    end = zf.start_dir
+    previous: tuple[int, str] | None = None
+    for info in sorted(zf.infolist(), key=lambda i: i.header_offset):
+        own_end = info.header_offset + LOCAL_HEADER.size + len(info.orig_filename.encode("utf-8", "surrogateescape")) + info.compress_size
+        problem = ""
+        if info.header_offset < 0 or own_end > end:
+            problem = f"member {info.filename!r} lies past the end of its data (byte {info.header_offset} + {info.compress_size} of {end})"
+        elif previous is not None and info.header_offset < previous[0]:
+            problem = f"members {previous[1]!r} and {info.filename!r} overlap"
+        if problem:
+            raise ExtractError(f"{archive}: {problem}", hint="the archive is damaged or hostile; nothing of it was written; check the source",
+                               archive=archive, member=info.filename)
+        previous = (own_end, info.filename)
+
+
+def member_done(member: Member, check_crc: bool = False) -> bool:
+    """A member under its final name is complete: it was renamed only after its CRC checked out. With ``check_crc``,
+    its bytes are read back and checked against this archive's CRC (a member an interrupted run wrote from another
+    source is vouched for only so)."""
     try:
-        return os.stat(member.dest).st_size == member.size
+        if os.stat(member.dest).st_size != member.size:
+            return False
+        return not check_crc or crc_of(member.dest) == member.crc
     except OSError:
         return False
 
@@ -102,7 +136,8 @@ def extract(
             archive=archive, declared=declared, expected=expected_unpacked,
         )
     wanted = set(only) if only is not None else None
-    todo = [m for m in members if (wanted is None or m.name in wanted) and (wanted is not None or not member_done(m))]
+    # the archive's md5 vouches for its directory, and so each CRC: a member already on disk stays only when it matches
+    todo = [m for m in members if (wanted is None or m.name in wanted) and (wanted is not None or not member_done(m, check_crc=True))]
     remaining = sum(m.size for m in todo)
     if free_bytes is not None and remaining > free_bytes():
         raise OutOfSpaceError(
@@ -145,6 +180,8 @@ def _run_parallel(archive_path: Path, todo: list[Member], infos: dict[str, zipfi
         t.join()
     if errors:
         raise errors[0]
+    if not jobs.empty():  # the run is stopping (Ctrl-C, another file's error): this archive is not unpacked, and says so
+        raise Stopped(f"{archive_path.name}: unpacking stopped with {jobs.qsize()} member(s) still to write")
 
 
 def write_member(fh: BinaryIO, info: zipfile.ZipInfo, member: Member, archive: str) -> None:

@@ -19,7 +19,7 @@ from .context import FileResult, StageContext
 from .fallback import from_sources
 from .local import try_hardlink
 from .segments import SegmentContext, SegmentedDownload
-from .state import partial_dir, size_of
+from .state import size_of
 from .transfer import BUFFER_BYTES, NoRangeSupport, PermanentError, Transfer, TransientError
 from .transfers import open_transfer
 
@@ -50,7 +50,7 @@ def expected(ctx: StageContext, f: FilePlan, loc: FileLocation) -> tuple[int | N
 
 def download(ctx: StageContext, f: FilePlan, loc: FileLocation, final: Path, size: int | None, md5: str | None,
              result: FileResult, conns: ThreadPoolExecutor) -> str:
-    pdir = partial_dir(ctx.root)
+    pdir = ctx.partial
     pdir.mkdir(parents=True, exist_ok=True)
     part = pdir / f"{f.key}.part"
     progress_path = pdir / f"{f.key}.progress.json"

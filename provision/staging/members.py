@@ -5,9 +5,11 @@ archive) and stream mode (bytes as they arrive), so both inflate with the same c
 from __future__ import annotations
 
 import bz2
+import glob
 import lzma
 import os
 import struct
+import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +23,8 @@ TMP_SUFFIX = ".provision-tmp"
 LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")
 LOCAL_SIGNATURE = b"PK\x03\x04"
 METHODS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA)
+# what damaged compressed data raises: zlib's or ISA-L's error, LZMA's, bz2's OSError, EOFError after the end of a stream
+DECODE_ERRORS = (codec.error, lzma.LZMAError, OSError, EOFError, ValueError)
 
 
 @dataclass(frozen=True)
@@ -110,10 +114,14 @@ class MemberWriter:
         self.sm = sm
         self.member = sm.member
         self.archive = archive
-        self.tmp = self.member.dest.with_name(f".{self.member.dest.name}{TMP_SUFFIX}")
         try:
             self.member.dest.parent.mkdir(parents=True, exist_ok=True)
-            self.out = open(self.tmp, "wb")  # noqa: SIM115 - closed in finish/discard
+            for stale in self.member.dest.parent.glob(f".{glob.escape(self.member.dest.name)}.*{TMP_SUFFIX}"):
+                stale.unlink(missing_ok=True)  # what a killed run left of this member (the run lock keeps others out)
+            # a name of its own that no member can have: random, and members named *.provision-tmp are refused
+            fd, tmp = tempfile.mkstemp(prefix=f".{self.member.dest.name}.", suffix=TMP_SUFFIX, dir=self.member.dest.parent)
+            self.tmp = Path(tmp)
+            self.out = os.fdopen(fd, "wb")
         except OSError as exc:
             raise write_error(exc, self.member, archive) from None
         self.crc = 0
@@ -126,7 +134,10 @@ class MemberWriter:
             return
         pending = data
         while pending:
-            out = self.inflater.decompress(pending, OUTPUT_PIECE_BYTES)
+            try:
+                out = self.inflater.decompress(pending, OUTPUT_PIECE_BYTES)
+            except DECODE_ERRORS as exc:  # damaged compressed data: damaged bytes, as a bad CRC would say
+                raise StreamCorrupt(f"member {self.member.name}: its compressed data is damaged ({type(exc).__name__}: {exc})") from None
             self._emit(out)
             pending = getattr(self.inflater, "unconsumed_tail", b"")
             if not out and not pending:
@@ -147,7 +158,11 @@ class MemberWriter:
 
     def finish(self) -> None:
         if self.inflater is not None and hasattr(self.inflater, "flush"):
-            self._emit(self.inflater.flush())
+            try:
+                tail = self.inflater.flush()
+            except DECODE_ERRORS as exc:
+                raise StreamCorrupt(f"member {self.member.name}: its compressed data is damaged ({type(exc).__name__}: {exc})") from None
+            self._emit(tail)
         try:
             self.out.close()
         except OSError as exc:

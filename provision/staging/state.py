@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..atomicfile import atomic_write_bytes
+from ..environment import existing_ancestor
 from ..errors import LockError, OutOfSpaceError
 from ..plan import FileStatus
 
@@ -27,8 +28,21 @@ def work_dir(root: Path) -> Path:
     return root / ".provision"
 
 
-def partial_dir(root: Path) -> Path:
-    return work_dir(root) / "partial"
+PARTIAL_IN_TARGET = ".provision-partial"
+
+
+def partial_dir(root: Path, target: Path | None = None) -> Path:
+    """Where partial downloads and stream checkpoints live: ``<root>/.provision/partial``, or ``<target>/.provision-partial``
+    when the target folder is on another filesystem (a disk mounted where the book looks), so that a finished file
+    is renamed into place on its own filesystem, never copied across."""
+    base = work_dir(root) / "partial"
+    if target is not None:
+        try:
+            if os.stat(target).st_dev != os.stat(existing_ancestor(base)).st_dev:
+                return target / PARTIAL_IN_TARGET
+        except OSError:
+            pass
+    return base
 
 
 def atomic_write_json(path: Path, data: Any, fsync: bool = True) -> None:
@@ -104,16 +118,20 @@ class StateStore:
             return list(self._data["files"])
 
 
-def partial_bytes(root: Path, key: str) -> int:
-    """Bytes of ``key`` already downloaded (from its progress file), 0 if none."""
-    progress = read_json(partial_dir(root) / f"{key}.progress.json")
+def partial_bytes(root: Path, key: str, target: Path | None = None) -> int:
+    """Bytes of ``key`` already downloaded (from its progress file) or streamed (from its stream checkpoint), 0 if none."""
+    folder = partial_dir(root, target)
+    stream = read_json(folder / f"{key}.stream.json")
+    if isinstance(stream, dict) and isinstance(stream.get("pos"), int):
+        return int(stream["pos"])
+    progress = read_json(folder / f"{key}.progress.json")
     if not isinstance(progress, dict):
         return 0
     done = progress.get("done", {})
-    return sum(int(v) for v in done.values()) if isinstance(done, dict) else 0
+    return sum(int(v) for v in done.values() if isinstance(v, int)) if isinstance(done, dict) else 0
 
 
-def file_statuses(root: Path, keys: list[str]) -> dict[str, FileStatus]:
+def file_statuses(root: Path, keys: list[str], target: Path | None = None) -> dict[str, FileStatus]:
     """A read-only look at where each file stands (used by plan and status; writes nothing)."""
     state = read_json(work_dir(root) / "state.json")
     files: Mapping[str, Any] = state.get("files", {}) if isinstance(state, dict) else {}
@@ -127,9 +145,9 @@ def file_statuses(root: Path, keys: list[str]) -> dict[str, FileStatus]:
         elif rec.get("verified"):
             statuses[key] = FileStatus(key, "verified", source=rec.get("source"))
         elif rec.get("streaming"):  # stream mode: some members unpacked, the archive never stored
-            statuses[key] = FileStatus(key, "partial", source=rec.get("source"))
+            statuses[key] = FileStatus(key, "partial", partial_bytes=partial_bytes(root, key, target), source=rec.get("source"))
         else:
-            done = partial_bytes(root, key)
+            done = partial_bytes(root, key, target)
             statuses[key] = FileStatus(key, "partial" if done else "missing", partial_bytes=done)
     return statuses
 

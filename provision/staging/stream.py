@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import threading
 import zipfile
 from collections.abc import Callable
@@ -23,7 +24,8 @@ from typing import Any
 
 from ..errors import ExtractError, OutOfSpaceError
 from ..manifest import PinnedMember
-from .extract import list_members, member_done
+from . import md5state
+from .extract import list_members, member_done, safe_dest
 from .members import LOCAL_HEADER, LOCAL_SIGNATURE, METHODS, Member, MemberWriter, StreamCorrupt, StreamMember
 from .stop import Stopped
 from .transfer import BUFFER_BYTES, PermanentError, Retrier, Transfer, TransientError
@@ -93,17 +95,14 @@ class StreamUnpacker:
         return self.layout.directory_offset
 
     def feed(self, chunk: bytes) -> None:
-        if self.md5 is not None:
-            self.md5.update(chunk)
         view = memoryview(chunk)
         while view:
             if self.index >= self.last:  # past the members to write: descriptors, directory
-                self.pos += len(view)
+                self._advance(view, len(view))
                 return
             sm = self.layout.members[self.index]
             if self.pos < sm.header_offset:  # a data descriptor between members
-                skip = min(len(view), sm.header_offset - self.pos)
-                view, self.pos = view[skip:], self.pos + skip
+                view = self._advance(view, min(len(view), sm.header_offset - self.pos))
                 continue
             if self.data_start is None:
                 view = self._header(sm, view)
@@ -112,15 +111,23 @@ class StreamUnpacker:
             take = min(len(view), data_end - self.pos)
             if self.writer is not None:
                 self.writer.feed(bytes(view[:take]))
-            view, self.pos = view[take:], self.pos + take
+            view = self._advance(view, take)
             if self.pos == data_end:
                 self._member_done()
+
+    def _advance(self, view: memoryview, n: int) -> memoryview:
+        """Consume ``n`` bytes: hashed here, as they are consumed, so a checkpoint's md5 state is exactly that of bytes [0, pos)."""
+        if self.md5 is not None and n:
+            self.md5.update(view[:n])
+        self.pos += n
+        return view[n:]
 
     def _header(self, sm: StreamMember, view: memoryview) -> memoryview:
         need = LOCAL_HEADER.size - len(self.header)
         if need > 0:
-            self.header += bytes(view[:need])
-            view, self.pos = view[need:], self.pos + min(need, len(view))
+            take = min(need, len(view))
+            self.header += bytes(view[:take])
+            view = self._advance(view, take)
             if len(self.header) < LOCAL_HEADER.size:
                 return view
             fields = LOCAL_HEADER.unpack(self.header[: LOCAL_HEADER.size])
@@ -128,8 +135,7 @@ class StreamUnpacker:
                 raise StreamCorrupt(f"no local header at byte {sm.header_offset} for member {sm.member.name}")
         name_len, extra_len = LOCAL_HEADER.unpack(self.header[: LOCAL_HEADER.size])[9:11]
         header_end = sm.header_offset + LOCAL_HEADER.size + name_len + extra_len
-        skip = min(len(view), header_end - self.pos)
-        view, self.pos = view[skip:], self.pos + skip
+        view = self._advance(view, min(len(view), header_end - self.pos))
         if self.pos == header_end:
             self.data_start = header_end
             self.writer = MemberWriter(sm, self.layout.archive)
@@ -140,13 +146,14 @@ class StreamUnpacker:
     def _member_done(self) -> None:
         assert self.writer is not None
         self.writer.finish()
-        self.written.append(self.writer.member)
-        if self.on_member is not None:
-            self.on_member(self.writer.member)
+        member = self.writer.member
+        self.written.append(member)
         self.writer = None
         self.header = b""
         self.data_start = None
         self.index += 1
+        if self.on_member is not None:  # after the parser is at the next member: a checkpoint taken here resumes there
+            self.on_member(member)
 
     def abandon(self) -> None:
         """Drop the member in progress (its temporary file)."""
@@ -191,6 +198,88 @@ class StreamOutcome:
     md5: str | None  # None when the archive was not read as one stream from its first byte
 
 
+def directory_digest(layout: Layout) -> str:
+    """A fingerprint of the central directory (names, sizes, CRCs, offsets): a resumed stream must be of the same archive."""
+    text = json.dumps([[sm.member.name, sm.member.size, sm.member.crc, sm.header_offset, sm.compress_size] for sm in layout.members])
+    return hashlib.sha256(f"{layout.size}:{layout.directory_offset}:{text}".encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """Where a stream of one archive stands, saved after each member: the archive (its directory's fingerprint), the
+    next member to write, the byte the stream continues at, and the md5 state of every byte before it (single-range
+    streams where a resumable md5 is available; None otherwise)."""
+
+    directory: str
+    index: int = 0
+    pos: int = 0
+    md5_state: bytes | None = None
+
+
+class CheckpointFile:
+    """A stream's checkpoint beside the partial downloads (``<key>.stream.json``), written atomically after each member."""
+
+    def __init__(self, path: Path, size: int, md5: str | None) -> None:
+        self.path = path
+        self.size = size
+        self.md5 = md5
+
+    def load(self) -> tuple[Checkpoint, list[str]] | None:
+        """The saved checkpoint and the member names of its archive, when it is for this archive's size and md5."""
+        from .state import read_json
+
+        saved = read_json(self.path)
+        if not isinstance(saved, dict) or saved.get("size") != self.size or saved.get("md5") != self.md5:
+            return None
+        try:
+            state = bytes.fromhex(saved["md5_state"]) if saved.get("md5_state") else None
+            return Checkpoint(str(saved["directory"]), int(saved["index"]), int(saved["pos"]), state), [str(n) for n in saved["names"]]
+        except (KeyError, TypeError, ValueError):
+            return None
+
+    def save(self, checkpoint: Checkpoint, names: list[str]) -> None:
+        from .state import atomic_write_json
+
+        atomic_write_json(self.path, {"size": self.size, "md5": self.md5, "directory": checkpoint.directory, "index": checkpoint.index,
+                                      "pos": checkpoint.pos, "md5_state": checkpoint.md5_state.hex() if checkpoint.md5_state else None,
+                                      "names": names}, fsync=False)
+
+    def clear(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def discard_stream(checkpoint: Path, target: Path, archive: str) -> None:
+    """Remove what a stream that will not be resumed wrote (the members its checkpoint names), and the checkpoint."""
+    from .state import read_json
+
+    saved = read_json(checkpoint)
+    names = saved.get("names", []) if isinstance(saved, dict) else []
+    for name in names if isinstance(names, list) else []:
+        dest = safe_dest(target, str(name), archive)
+        if dest is not None:
+            dest.unlink(missing_ok=True)
+    checkpoint.unlink(missing_ok=True)
+
+
+def _resume_point(layout: Layout, saved: tuple[Checkpoint, list[str]] | None, target: Path) -> Checkpoint | None:
+    """Where a single-range stream can continue with its md5 intact, or None (start from byte 0). Members a checkpoint of
+    another archive wrote are removed: nothing it wrote is vouched for by this one."""
+    if saved is None:
+        return None
+    checkpoint, names = saved
+    if checkpoint.directory != directory_digest(layout):
+        for name in names:
+            dest = safe_dest(target, name, layout.archive)
+            if dest is not None:
+                dest.unlink(missing_ok=True)
+        return None
+    if checkpoint.md5_state is None or not md5state.available() or checkpoint.index > len(layout.members):
+        return None
+    if not all(member_done(layout.members[i].member) for i in range(checkpoint.index)):
+        return None
+    return checkpoint
+
+
 def stream_archive(
     transfer: Transfer,
     layout: Layout,
@@ -206,26 +295,57 @@ def stream_archive(
     parallel: int = 1,
     on_start: Callable[[int, int, int], None] | None = None,
     on_member: Callable[[Member], None] | None = None,
+    checkpoints: CheckpointFile | None = None,
+    target: Path | None = None,
 ) -> StreamOutcome:
     """Fetch and unpack the members still missing; verify the archive md5 when it is read whole.
 
-    With ``parallel`` > 1 the archive is read as that many member-aligned ranges at once (faster
-    under a per-connection cap); each member is still CRC-checked, but no whole-archive md5 exists.
-    ``on_start(members, bytes to write, bytes to fetch)`` says what is coming, ``on_member`` each member written.
+    One range (``parallel`` 1, not a repair): the archive is read from its first byte, or from the checkpoint a killed
+    run saved (its md5 state restored), so the md5 always covers every byte and vouches for every member, resumed or
+    not; a mismatch removes every member of the archive. With ``parallel`` > 1 the archive is read as that many
+    member-aligned ranges at once (faster under a per-connection cap); each member is still CRC-checked, but no
+    whole-archive md5 exists. ``on_start(members, bytes to write, bytes to fetch)`` says what is coming, ``on_member``
+    each member written.
     """
-    runs = runs_to_fetch(layout, only)
     members = [sm.member for sm in layout.members]
-    if not runs:
+    names = [m.name for m in members]
+    digest_of_directory = directory_digest(layout)
+    saved = checkpoints.load() if checkpoints is not None and only is None else None
+    whole = parallel <= 1 and only is None
+    resume: Checkpoint | None = None
+    if whole:
+        resume = _resume_point(layout, saved, target or Path("."))
+        runs = [(resume.index if resume else 0, len(layout.members))]
+    elif saved is not None and saved[0].directory != digest_of_directory:
+        _resume_point(layout, saved, target or Path("."))  # another archive's members go
+        runs = [(0, len(layout.members))] if only is None else runs_to_fetch(layout, only)
+    else:
+        runs = runs_to_fetch(layout, only)
+    if not whole and not runs:
         return StreamOutcome(members, 0, None)
     to_write = sum(layout.members[i].member.size for first, last in runs for i in range(first, last))
     if to_write > free_bytes():
         raise OutOfSpaceError(f"unpacking needs {to_write} more bytes, only {free_bytes()} are free",
                               hint="free some space or stage fewer subsets (--subsets)", needed=to_write, free=free_bytes())
-    whole = parallel <= 1 and only is None and runs == [(0, len(layout.members))]
-    md5 = hashlib.md5() if whole else None
-    parsers = [StreamUnpacker(layout, first, last, md5, on_member) for first, last in split_runs(layout, runs, parallel)]
-    if whole and layout.members and layout.members[0].header_offset > 0:
-        parsers[0].pos = 0  # bytes before the first member still count for the md5
+    md5: Any = None
+    if whole:
+        md5 = md5state.ResumableMd5(resume.md5_state if resume else None) if md5state.available() else hashlib.md5()
+    parsers: list[StreamUnpacker] = []
+
+    def member_written(member: Member) -> None:
+        if on_member is not None:
+            on_member(member)
+        if whole and checkpoints is not None:
+            parser = parsers[0]
+            state = md5.state() if isinstance(md5, md5state.ResumableMd5) else None
+            checkpoints.save(Checkpoint(digest_of_directory, parser.index, parser.pos, state), names)
+
+    parsers += [StreamUnpacker(layout, first, last, md5, member_written) for first, last in split_runs(layout, runs, 1 if whole else parallel)]
+    if whole:
+        parsers[0].pos = resume.pos if resume else 0  # bytes before the first member count for the md5 too
+    if checkpoints is not None and only is None:
+        checkpoints.save(Checkpoint(digest_of_directory, resume.index if resume else 0, parsers[0].pos,
+                                    resume.md5_state if resume else None), names)
     if on_start is not None:
         members_to_write = sum(last - first for first, last in runs)
         on_start(members_to_write, to_write, sum(p.end - p.pos for p in parsers))
@@ -238,7 +358,7 @@ def stream_archive(
             raise
 
     errors: list[BaseException] = []
-    if parallel <= 1:
+    if parallel <= 1 or whole:
         for parser in parsers:
             try:
                 pump(parser)
@@ -253,13 +373,17 @@ def stream_archive(
     written = [m for p in parsers for m in p.written]
     if errors:
         corrupt = next((e for e in errors if isinstance(e, StreamCorrupt)), None)
-        if corrupt is not None:
-            _remove(written)  # nothing from a damaged stream survives
+        if corrupt is not None and not whole:
+            _remove(written)  # nothing from a damaged stream survives (a whole stream keeps CRC-good members: its md5 judges them)
         raise corrupt or errors[0]
     digest = md5.hexdigest() if md5 is not None else None
     if whole and expected_md5 and digest != expected_md5:
-        _remove(written)
+        _remove(members)  # none of them is vouched for: not those of this run, nor those of the run it resumed
+        if checkpoints is not None:
+            checkpoints.clear()
         raise StreamCorrupt(f"md5 mismatch from {transfer.label}: got {digest}, expected {expected_md5}")
+    if checkpoints is not None:
+        checkpoints.clear()
     return StreamOutcome(members, len(written), digest)
 
 

@@ -9,14 +9,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..errors import DownloadError, ExtractError
+from ..errors import DownloadError, ExtractError, ProvisionError
 from ..plan import FileLocation, FilePlan
 from . import extract as extracting
 from .context import FileResult, StageContext
 from .fallback import from_sources
 from .fetch import expected, md5_of, open_source
 from .state import StateStore
-from .transfer import NoRangeSupport
+from .transfer import NoRangeSupport, PermanentError
 
 
 def member_record(state: StateStore, key: str, members: list[extracting.Member], only: frozenset[str] | None) -> dict[str, list[int]]:
@@ -56,10 +56,12 @@ def stream_file(ctx: StageContext, f: FilePlan, only: frozenset[str] | None, sta
     """Stage an archive in stream mode; False when it cannot be streamed (then archive mode takes over)."""
     from .stream import (
         CannotStream,
+        CheckpointFile,
         StreamCorrupt,
         StreamOutcome,
         check_layout_against_pins,
         check_streamable_size,
+        discard_stream,
         read_layout,
         stream_archive,
     )
@@ -74,6 +76,13 @@ def stream_file(ctx: StageContext, f: FilePlan, only: frozenset[str] | None, sta
             check_streamable_size(layout, f.unpacked_bytes, f.key)
         if f.pinned:
             check_layout_against_pins(layout, f.pinned, loc.url)
+        if only is not None:  # a repair: the members to rewrite must be the ones the verified archive had
+            recorded = (state.record(f.key) or {}).get("members", {})
+            for sm in layout.members:
+                want = recorded.get(sm.member.name)
+                if sm.member.name in only and want is not None and want[1] is not None and [sm.member.size, sm.member.crc] != want:
+                    raise PermanentError(f"{loc.url} serves a different {f.key} than the one staged: member {sm.member.name} is "
+                                         f"{sm.member.size} bytes with CRC {sm.member.crc:08x}, the staged one {want[0]} with {want[1]:08x}")
         if only is None:
             state.update(f.key, unpack=True, streaming=True, md5=md5, size=size, source=loc.url, verified=False, extracted=False)
 
@@ -84,6 +93,7 @@ def stream_file(ctx: StageContext, f: FilePlan, only: frozenset[str] | None, sta
 
         return stream_archive(
             transfer, layout, only=only, expected_md5=md5, retrier=ctx.retrier, sleep=ctx.sleep,
+            checkpoints=CheckpointFile(ctx.partial / f"{f.key}.stream.json", size, md5), target=ctx.target,
             on_bytes=lambda n: ctx.count(result, f.key, n), note_retry=result.retries.append,
             stop=ctx.stop, free_bytes=ctx.free_bytes, parallel=ctx.plan.stream_ranges,
             on_start=starting, on_member=lambda m: ctx.emit("unpacked", key=f.key, n=m.size),
@@ -94,6 +104,10 @@ def stream_file(ctx: StageContext, f: FilePlan, only: frozenset[str] | None, sta
     except (CannotStream, NoRangeSupport) as exc:
         result.retries.append(f"{f.key} cannot be streamed ({exc}): staging it as an archive")
         return False
+    except ProvisionError:
+        if only is None:  # every source failed: what the stream wrote is vouched for by no archive md5
+            discard_stream(ctx.partial / f"{f.key}.stream.json", ctx.target, f.key)
+        raise
     state.update(f.key, verified=True, extracted=True, streaming=False, members=member_record(state, f.key, outcome.members, only),
                  damaged=[], stamp=None, md5_checked=outcome.md5 is not None, unpacked_bytes=sum(m.size for m in outcome.members))
     if outcome.md5 is None and only is None:
