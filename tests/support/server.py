@@ -29,6 +29,8 @@ class Faults:
     retry_after_s: int = 1
     corrupt_once: set[str] = field(default_factory=set)  # keys whose first body gets a flipped byte
     corrupt_at: dict[str, int] = field(default_factory=dict)  # key -> file offset flipped in every body covering it
+    corrupt_once_at: dict[str, int] = field(default_factory=dict)  # key -> offset of 64 bytes garbled in the first body covering it
+    trickle_s: float | None = None  # send one byte, then wait this long, for ever (a server that never gives up on us)
     no_ranges: bool = False         # ignore Range headers (200 with the whole file)
     missing: set[str] = field(default_factory=set)       # keys answered with 404
     rate_per_conn: float | None = None  # bytes/s cap per connection
@@ -78,7 +80,7 @@ class FileServer:
         self.api_shape = api_shape
         self.stats = Stats()
         self._rng = random.Random(self.faults.seed)
-        self._corrupted: set[str] = set()
+        self._corrupted: set[object] = set()
         self._window_start = time.time()
         server = self
 
@@ -210,7 +212,8 @@ class FileServer:
         drop_at = None
         if length > 1 and self._fault(self.faults.drop_rate):
             drop_at = self._rng.randrange(1, length)
-        plain = drop_at is None and not self.faults.rate_per_conn and key not in self.faults.corrupt_once and key not in self.faults.corrupt_at
+        plain = (drop_at is None and not self.faults.rate_per_conn and key not in self.faults.corrupt_once and key not in self.faults.corrupt_at
+                 and key not in self.faults.corrupt_once_at and self.faults.trickle_s is None)
         if plain:  # nothing to inject: hand the bytes to the kernel (a remote server's CPU is not the client's)
             return self._sendfile(h, key, file, start, length, status)
         corrupt = False
@@ -226,12 +229,23 @@ class FileServer:
                 while sent < length:
                     # small writes when throttled, so little sits unread in socket buffers when a client dies
                     n = min(64 * 1024 if self.faults.rate_per_conn else 256 * 1024, length - sent)
+                    if self.faults.trickle_s is not None:
+                        n = 1
+                        time.sleep(self.faults.trickle_s)
                     if drop_at is not None:
                         n = min(n, drop_at - sent)
                     chunk = fh.read(n)
                     if corrupt and sent == 0:
                         chunk = bytes([chunk[0] ^ 0xFF]) + chunk[1:]
                     flip = self.faults.corrupt_at.get(key)
+                    once = self.faults.corrupt_once_at.get(key)
+                    if once is not None and start + sent <= once and once + 64 <= start + sent + len(chunk):
+                        with self.stats.lock:
+                            garble = (key, once) not in self._corrupted
+                            self._corrupted.add((key, once))
+                        if garble:  # 64 bytes of noise: a deflate stream that no longer decodes, as a bad link delivers it
+                            i = once - start - sent
+                            chunk = chunk[:i] + bytes(b ^ 0xA5 for b in chunk[i : i + 64]) + chunk[i + 64 :]
                     if flip is not None and start + sent <= flip < start + sent + len(chunk):
                         i = flip - start - sent
                         chunk = chunk[:i] + bytes([chunk[i] ^ 0xFF]) + chunk[i + 1 :]

@@ -1,0 +1,246 @@
+"""What an adversarial round found (issue #23), one test per case, so the next round starts from them.
+
+Hostile archives are served with a matching md5 (a mirror that lies consistently), servers misbehave,
+signals arrive mid-phase, disks are odd, configs and unpacked copies are hostile. The rules: never a file
+under a final name that its archive does not vouch for, never exit 0 with a wrong or missing file, never a
+traceback, never a hang, and an interrupted run resumes without fetching again what was complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import struct
+import zipfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+from provision.cli import main
+from tests.conftest import stage_and_kill_half_way, stage_in_child
+from tests.support.dataset import Built, build_luna_like, tree_md5s
+from tests.support.server import Faults, FileServer
+from tests.test_stage import expected_tree, stage_json
+
+
+def write_zip(path: Path, members: list[tuple[str, bytes]], compression: int = zipfile.ZIP_STORED) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(path, "w", compression=compression) as zf:
+        for name, data in members:
+            zf.writestr(name, data)
+    return path
+
+
+def manifest_for(folder: Path, keys: list[str], name: str = "hostile") -> Path:
+    """A manifest whose sizes and md5s are those of the archives as they are now (the mirror vouches for them)."""
+    files = [{"key": k, "size": (folder / k).stat().st_size, "md5": hashlib.md5((folder / k).read_bytes()).hexdigest(), "unpack": True}
+             for k in keys]
+    path = folder.parent / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({"name": name, "dir": "part2/luna", "unpack_ratio": 2.0, "files": files}))
+    return path
+
+
+def scan_bytes(n: int, seed: int) -> bytes:
+    return hashlib.sha256(str(seed).encode()).digest() * (n // 32) + b"\0" * (n % 32)
+
+
+def no_traceback(err: str) -> None:
+    assert "Traceback" not in err, err
+
+
+# ---------------------------------------------------------------- data lost
+
+
+def test_ctrl_c_while_unpacking_keeps_the_archive_and_an_honest_state(built: Built, serve, write_profile, monkeypatch, capsys,
+                                                                      tmp_path: Path) -> None:
+    """SIGINT (what Ctrl-C sends) after two members of an archive are written: not "staged", not deleted, and the
+    next run unpacks the rest without fetching the archive again."""
+    import provision.staging.extract as extract
+
+    real = extract.write_member
+    written = []
+
+    def interrupted_after_two(fh, info, member, archive):  # noqa: ANN001, ANN202
+        real(fh, info, member, archive)
+        written.append(member.name)
+        if archive == "subset0.zip" and len(written) == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(extract, "write_member", interrupted_after_two)
+    srv = serve()
+    profile = write_profile({"dataset": str(built.manifest), "sources": [srv.url + "/mirror/"], "subsets": "0", "mode": "archive",
+                             "extract_workers": 1})
+    code = main(["stage", "-c", str(profile)])
+    err = capsys.readouterr().err
+    assert code == 130 and "interrupted" in err, err
+    target = tmp_path / "root" / "part2" / "luna"
+    assert (target / "subset0.zip").is_file(), "the interrupted archive is kept"
+    assert main(["status", "-c", str(profile), "--json"]) == 0
+    stages = {r["key"]: r["stage"] for r in json.loads(capsys.readouterr().out)["files"]}
+    assert stages["subset0.zip"] == "verified", "downloaded, not unpacked: never reported extracted"
+    monkeypatch.setattr(extract, "write_member", real)
+    before = srv.stats.bytes_for("subset0.zip")
+    code, report = stage_json(profile, capsys)
+    assert code == 0, report
+    assert srv.stats.bytes_for("subset0.zip") == before, "the archive is not fetched again"
+    assert {k: v for k, v in tree_md5s(target).items() if k.startswith("subset0/")} == \
+        {k: v for k, v in expected_tree(built).items() if k.startswith("subset0/")}
+
+
+def test_a_target_on_another_filesystem_than_data_root(built: Built, serve, write_profile, small_tmpfs, tmp_path: Path, capsys) -> None:
+    """A disk mounted where the book looks (data.root/part2/luna on its own filesystem): staged there, once."""
+    disk = small_tmpfs(64 << 20)
+    root = tmp_path / "root"
+    (root / "part2").mkdir(parents=True)
+    (root / "part2" / "luna").symlink_to(disk, target_is_directory=True)
+    srv = serve()
+    profile = write_profile({"dataset": str(built.manifest), "sources": [srv.url + "/mirror/"], "mode": "archive"})
+    code, report = stage_json(profile, capsys)
+    assert code == 0, report
+    assert tree_md5s(disk) == expected_tree(built)
+    sent = srv.stats.bytes_sent
+    code, again = stage_json(profile, capsys)
+    assert code == 0 and srv.stats.bytes_sent == sent and {f["outcome"] for f in again["files"]} == {"already staged"}
+
+
+# ---------------------------------------------------------------- bad data accepted
+
+
+def twin_archives(folder: Path) -> tuple[Path, bytes]:
+    """subset0.zip and a different archive of exactly the same size (same names and sizes, other bytes, own CRCs)."""
+    members = [(f"subset0/scan{i}.raw", scan_bytes(400_000, i)) for i in range(6)]
+    real = write_zip(folder / "subset0.zip", members)
+    other = write_zip(folder.parent / "other" / "subset0.zip", [(n, scan_bytes(len(d), 100 + i)) for i, (n, d) in enumerate(members)])
+    assert other.stat().st_size == real.stat().st_size
+    return real, other.read_bytes()
+
+
+def test_a_resumed_stream_is_still_vouched_for_by_the_archive_md5(tmp_path: Path, write_profile, capsys) -> None:
+    """Stream mode, killed half way; the mirror then serves a different archive of the same size with consistent CRCs.
+    The rerun must not end with a mix of scans and exit 0: the md5 over the whole archive (resumed) catches it."""
+    folder = tmp_path / "mirror"
+    real, impostor = twin_archives(folder)
+    manifest = manifest_for(folder, ["subset0.zip"])
+    with FileServer(folder, Faults(rate_per_conn=600_000)) as srv:
+        profile = write_profile({"dataset": str(manifest), "sources": [srv.url + "/mirror/"], "mode": "stream"})
+        stage_and_kill_half_way(profile, srv, real.stat().st_size)
+        real.write_bytes(impostor)
+        srv.faults.rate_per_conn = None
+        done = stage_in_child(profile)
+    assert done.returncode != 0, done.stdout + done.stderr
+    assert "md5" in done.stdout + done.stderr
+    no_traceback(done.stderr)
+    target = tmp_path / "root" / "part2" / "luna"
+    assert not [p for p in target.rglob("*.raw") if not p.name.startswith(".")], "no scan of either archive keeps a final name"
+
+
+def test_a_resumed_stream_of_the_same_archive_is_md5_checked_and_fetches_little_twice(tmp_path: Path, write_profile) -> None:
+    data = build_luna_like(tmp_path / "d", subsets=1, scans=6, raw_bytes=500_000, extra_plain=False)
+    size = data.files["subset0.zip"]["size"]
+    with FileServer(data.folder, Faults(rate_per_conn=600_000)) as srv:
+        profile = write_profile({"dataset": str(data.manifest), "sources": [srv.url + "/mirror/"], "mode": "stream"})
+        stage_and_kill_half_way(profile, srv, size)
+        srv.faults.rate_per_conn = None
+        done = stage_in_child(profile)
+        assert done.returncode == 0, done.stderr
+        assert srv.stats.bytes_sent <= 1.25 * size + 4 * 64 * 1024, (srv.stats.bytes_sent, size)
+    assert tree_md5s(tmp_path / "root" / "part2" / "luna") == expected_tree(data)
+    state = json.loads((tmp_path / "root" / ".provision" / "state.json").read_text())
+    assert state["files"]["subset0.zip"]["md5_checked"] is True, "the resumed stream's md5 covered every byte"
+
+
+def point_past_the_end(archive: Path, member_index: int) -> None:
+    """Patch the central directory: member ``member_index``'s local header offset points far past the archive's end."""
+    blob = bytearray(archive.read_bytes())
+    at = -1
+    for _ in range(member_index + 1):
+        at = blob.index(b"PK\x01\x02", at + 1)
+    struct.pack_into("<I", blob, at + 42, len(blob) * 10)
+    archive.write_bytes(bytes(blob))
+
+
+@pytest.mark.parametrize("mode", ["stream", "archive"])
+def test_a_directory_entry_past_the_end_is_refused_in_both_modes(tmp_path: Path, serve, write_profile, capsys, mode: str) -> None:
+    folder = tmp_path / "mirror"
+    archive = write_zip(folder / "subset0.zip", [(f"subset0/scan{i}.raw", scan_bytes(100_000, i)) for i in range(3)])
+    point_past_the_end(archive, 1)
+    manifest = manifest_for(folder, ["subset0.zip"])
+    srv = serve(folder=folder)
+    profile = write_profile({"dataset": str(manifest), "sources": [srv.url + "/mirror/"], "mode": mode})
+    for _ in range(2):  # and a rerun does not "repair" it into success
+        code, report = stage_json(profile, capsys)
+        assert code == 1, report
+        assert "past the end" in report["files"][0]["error"], report
+    assert not list((tmp_path / "root" / "part2" / "luna").rglob("*.raw"))
+
+
+@pytest.mark.parametrize("mode", ["stream", "archive"])
+def test_a_member_named_like_a_temporary_file_is_refused(tmp_path: Path, serve, write_profile, capsys, mode: str) -> None:
+    folder = tmp_path / "mirror"
+    write_zip(folder / "subset0.zip", [("subset0/a.raw", scan_bytes(50_000, 1)), ("subset0/.a.raw.provision-tmp", scan_bytes(50_000, 2))])
+    manifest = manifest_for(folder, ["subset0.zip"])
+    srv = serve(folder=folder)
+    profile = write_profile({"dataset": str(manifest), "sources": [srv.url + "/mirror/"], "mode": mode})
+    code, report = stage_json(profile, capsys)
+    assert code == 1 and "keeps for itself" in report["files"][0]["error"], report
+    assert not (tmp_path / "root" / "part2" / "luna" / "subset0" / "a.raw").exists()
+
+
+def test_a_member_cannot_land_in_the_tools_own_folder(tmp_path: Path, serve, write_profile, capsys) -> None:
+    """A manifest whose dir is '.' unpacks into data.root itself, where .provision/ holds the state."""
+    folder = tmp_path / "mirror"
+    write_zip(folder / "subset0.zip", [("subset0/a.raw", b"x" * 1000), (".provision/state.json", b'{"version": 1, "files": {}}')])
+    manifest = manifest_for(folder, ["subset0.zip"])
+    text = yaml.safe_load(manifest.read_text())
+    text["dir"] = "."
+    manifest.write_text(yaml.safe_dump(text))
+    srv = serve(folder=folder)
+    profile = write_profile({"dataset": str(manifest), "sources": [srv.url + "/mirror/"], "mode": "archive"})
+    code, report = stage_json(profile, capsys)
+    assert code == 1 and "keeps for itself" in report["files"][0]["error"], report
+
+
+# ---------------------------------------------------------------- tracebacks instead of a clear error
+
+
+def damage_first_member_data(archive: Path) -> None:
+    """Flip bytes inside the first member's compressed data; the central directory keeps the original CRC."""
+    blob = bytearray(archive.read_bytes())
+    name_len, extra_len = struct.unpack_from("<HH", blob, 26)
+    start = 30 + name_len + extra_len
+    for i in range(start + 10, start + 40):
+        blob[i] ^= 0x5A
+    archive.write_bytes(bytes(blob))
+
+
+@pytest.mark.parametrize("compression", [zipfile.ZIP_DEFLATED, zipfile.ZIP_LZMA, zipfile.ZIP_BZIP2])
+@pytest.mark.parametrize("mode", ["stream", "archive"])
+def test_damaged_compressed_data_is_a_clear_failure(tmp_path: Path, serve, write_profile, capsys, compression: int, mode: str) -> None:
+    folder = tmp_path / "mirror"
+    archive = write_zip(folder / "subset0.zip", [(f"subset0/scan{i}.raw", scan_bytes(200_000, i)) for i in range(2)], compression)
+    damage_first_member_data(archive)
+    manifest = manifest_for(folder, ["subset0.zip"])
+    srv = serve(folder=folder)
+    profile = write_profile({"dataset": str(manifest), "sources": [srv.url + "/mirror/"], "mode": mode})
+    code = main(["stage", "-c", str(profile)])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "damaged" in captured.out + captured.err, captured
+    no_traceback(captured.err)
+    assert not (tmp_path / "root" / "part2" / "luna" / "subset0" / "scan0.raw").exists()
+
+
+def test_bytes_flipped_in_transit_while_streaming_are_fetched_again(tmp_path: Path, serve, write_profile, capsys) -> None:
+    data = build_luna_like(tmp_path / "d", subsets=1, scans=2, raw_bytes=300_000, extra_plain=False)
+    with zipfile.ZipFile(data.folder / "subset0.zip") as zf:
+        first = zf.infolist()[1]  # the first .raw: inside its deflate stream
+    offset = first.header_offset + 30 + len(first.filename) + 2  # the deflate stream's first block header: it no longer decodes
+    srv = serve(Faults(corrupt_once_at={"subset0.zip": offset}), folder=data.folder)
+    profile = write_profile({"dataset": str(data.manifest), "sources": [srv.url + "/mirror/"], "mode": "stream"})
+    code, report = stage_json(profile, capsys)
+    assert code == 0, report
+    assert any(first.filename in r for r in report["files"][0]["retries"]), report
+    assert tree_md5s(tmp_path / "root" / "part2" / "luna") == expected_tree(data)
