@@ -244,3 +244,49 @@ def test_bytes_flipped_in_transit_while_streaming_are_fetched_again(tmp_path: Pa
     assert code == 0, report
     assert any(first.filename in r for r in report["files"][0]["retries"]), report
     assert tree_md5s(tmp_path / "root" / "part2" / "luna") == expected_tree(data)
+
+
+# ---------------------------------------------------------------- hostile unpacked copies
+
+
+def hostile_copy(built: Built, where: Path, how: str) -> Path:
+    """subset0 of the data set, unpacked as a copy would hold it, with one scan made hostile in the way ``how`` says."""
+    with zipfile.ZipFile(built.folder / "subset0.zip") as zf:
+        zf.extractall(where)
+    folder = where / "subset0"
+    mhd = sorted(folder.glob("*.mhd"))[0]
+    raw = mhd.with_suffix(".raw")
+    outside = where.parent / "outside.raw"
+    if how == "raw links out":
+        outside.write_bytes(raw.read_bytes())
+        raw.unlink()
+        raw.symlink_to(outside)
+    elif how == "data file out":
+        outside.write_bytes(raw.read_bytes())
+        mhd.write_text(mhd.read_text().replace(f"ElementDataFile = {raw.name}", "ElementDataFile = ../../outside.raw"))
+    elif how == "unknown type":
+        mhd.write_text(mhd.read_text().replace("MET_SHORT", "MET_MYSTERY"))
+    elif how == "bad DimSize":
+        mhd.write_text(mhd.read_text().replace("DimSize = 64 64", "DimSize = sixty-four 64"))
+    elif how == "garbage header":
+        mhd.write_bytes(bytes(range(256)) * 8)
+    elif how == "fifo":
+        mhd.unlink()
+        os.mkfifo(mhd)
+    return where
+
+
+@pytest.mark.parametrize("how", ["raw links out", "data file out", "unknown type", "bad DimSize", "garbage header", "fifo"])
+def test_a_hostile_unpacked_copy_is_refused_and_the_subset_downloaded(built: Built, serve, write_profile, tmp_path: Path, how: str) -> None:
+    copy = hostile_copy(built, tmp_path / "share" / "luna16", how)
+    srv = serve()
+    profile = write_profile({"dataset": str(built.manifest), "sources": [f"unpacked:{copy}", srv.url + "/mirror/"], "subsets": "0"})
+    done = stage_in_child(profile)  # a child with a deadline: a FIFO must not block the run for ever
+    assert done.returncode == 0, done.stderr
+    no_traceback(done.stderr)
+    assert "trying the next source" in done.stderr, done.stderr
+    target = tmp_path / "root" / "part2" / "luna"
+    links = [p for p in target.rglob("*") if p.is_symlink()]
+    assert not [p for p in links if "subset0" in str(p)], "nothing of the hostile subset is linked"
+    assert tree_md5s(target / "subset0") == {k[len("subset0/"):]: v for k, v in expected_tree(built).items() if k.startswith("subset0/")}
+    assert srv.stats.bytes_for("subset0.zip") > 0, "it came from the server"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -92,51 +93,85 @@ def kaggle_copies(input_dir: Path = Path(KAGGLE_INPUT)) -> dict[int, str]:
     return find_subsets(input_dir, KAGGLE_SEARCH_DEPTH)
 
 
+HEADER_MAX_BYTES = 64 * 1024  # a MetaImage header is a few hundred bytes; anything larger is not one
+
+
 def read_header(mhd: Path) -> dict[str, str]:
+    """The ``key = value`` lines of a MetaImage header (at most HEADER_MAX_BYTES are read)."""
     fields = {}
-    with open(mhd, encoding="latin-1") as fh:
-        for line in fh:
-            key, sep, value = line.partition("=")
-            if sep:
-                fields[key.strip()] = value.strip()
+    with open(mhd, "rb") as fh:
+        text = fh.read(HEADER_MAX_BYTES).decode("latin-1")
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            fields[key.strip()] = value.strip()
     return fields
 
 
-def raw_size_from_header(header: dict[str, str]) -> int | None:
-    """The bytes a .raw must hold: the product of DimSize times the element size (None when it cannot tell)."""
+def raw_size_from_header(header: dict[str, str]) -> int:
+    """The bytes a .raw must hold: the product of DimSize times the element size; ValueError says why it cannot tell."""
+    if header.get("CompressedData", "False").lower() == "true":
+        raise ValueError("its data is compressed, so its size says nothing")
+    if header.get("ElementType") not in ELEMENT_BYTES:
+        raise ValueError(f"ElementType {header.get('ElementType')!r} is not a known element type")
     try:
         dims = [int(x) for x in header["DimSize"].split()]
-        element = ELEMENT_BYTES[header["ElementType"]] * int(header.get("ElementNumberOfChannels", "1"))
+        channels = int(header.get("ElementNumberOfChannels", "1"))
+        offset = int(header.get("HeaderSize", "0") or 0)
     except (KeyError, ValueError):
-        return None
-    if header.get("CompressedData", "False").lower() == "true":
-        return None
-    total = element
+        raise ValueError(f"DimSize {header.get('DimSize')!r} is not a list of whole numbers") from None
+    if not dims or any(d <= 0 for d in dims) or channels <= 0 or offset < 0:
+        raise ValueError(f"DimSize {header.get('DimSize')!r} does not describe an image")
+    total = ELEMENT_BYTES[header["ElementType"]] * channels
     for d in dims:
         total *= d
-    return total + int(header.get("HeaderSize", "0") or 0)
+    return total + offset
+
+
+def regular_inside(path: Path, folder: str) -> int:
+    """The size of ``path`` when it is (or links to) a regular file inside ``folder`` (a real path); ValueError otherwise.
+    Checked before anything opens it: a FIFO would block the reader, a link out of the copy would be linked onward."""
+    real = os.path.realpath(path)
+    if os.path.commonpath([real, folder]) != folder:
+        raise ValueError(f"{path.name} leads out of the copy (to {real})")
+    st = os.stat(real)
+    if not stat.S_ISREG(st.st_mode):
+        raise ValueError(f"{path.name} is not a regular file")
+    return st.st_size
 
 
 def scan_files(folder: Path, subset: int) -> list[CopyFile]:
-    """The subset's .mhd files and the .raw each names, checked against its header; CopyDamaged names what is wrong."""
+    """The subset's .mhd files and the .raw each names, checked against its header; CopyDamaged names what is wrong.
+
+    Only regular files inside the subset's folder are taken, each .raw is the one its header names in that folder,
+    and a header that does not say how large its .raw is (an unknown element type, a DimSize that is not one) is
+    refused: what cannot be checked is not linked."""
     files: list[CopyFile] = []
     problems: list[str] = []
+    base = os.path.realpath(folder)
     for mhd in sorted(folder.glob("*.mhd")):
-        header = read_header(mhd)
-        raw_name = header.get("ElementDataFile", mhd.with_suffix(".raw").name)
-        raw = mhd.parent / raw_name
         try:
-            raw_size = raw.stat().st_size
-        except OSError:
-            problems.append(f"{mhd.name} names {raw_name}, which is missing")
+            mhd_size = regular_inside(mhd, base)
+            header = read_header(mhd)
+            raw_name = header.get("ElementDataFile")
+            if not raw_name:
+                raise ValueError(f"{mhd.name} is not a MetaImage header (no ElementDataFile)")
+            if raw_name != os.path.basename(raw_name) or raw_name in (".", "..", "LOCAL", "LIST") or "\\" in raw_name:
+                raise ValueError(f"{mhd.name} names {raw_name!r} as its data: not a file beside it")
+            expected = raw_size_from_header(header)
+            raw = mhd.parent / raw_name
+            if not os.path.lexists(raw):
+                raise ValueError(f"{mhd.name} names {raw_name}, which is missing")
+            raw_size = regular_inside(raw, base)
+        except (ValueError, OSError) as exc:
+            problems.append(str(exc) if mhd.name in str(exc) else f"{mhd.name}: {exc}")
             continue
-        expected = raw_size_from_header(header)
-        if expected is not None and raw_size != expected:
+        if raw_size != expected:
             problems.append(f"{raw} holds {raw_size} bytes, its header ({mhd.name}: DimSize {header.get('DimSize')}, "
                             f"{header.get('ElementType')}) says {expected}")
             continue
-        files.append(CopyFile(f"subset{subset}/{mhd.name}", mhd, mhd.stat().st_size))
-        files.append(CopyFile(f"subset{subset}/{raw.name}", raw, raw_size))
+        files.append(CopyFile(f"subset{subset}/{mhd.name}", Path(os.path.realpath(mhd)), mhd_size))
+        files.append(CopyFile(f"subset{subset}/{raw.name}", Path(os.path.realpath(raw)), raw_size))
     if problems:
         raise CopyDamaged(f"the copy's subset{subset} ({folder}) is damaged: " + "; ".join(problems[:5]) +
                           (f"; and {len(problems) - 5} more" if len(problems) > 5 else ""))
