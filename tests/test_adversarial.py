@@ -290,3 +290,51 @@ def test_a_hostile_unpacked_copy_is_refused_and_the_subset_downloaded(built: Bui
     assert not [p for p in links if "subset0" in str(p)], "nothing of the hostile subset is linked"
     assert tree_md5s(target / "subset0") == {k[len("subset0/"):]: v for k, v in expected_tree(built).items() if k.startswith("subset0/")}
     assert srv.stats.bytes_for("subset0.zip") > 0, "it came from the server"
+
+
+# ---------------------------------------------------------------- hangs
+
+
+@pytest.mark.parametrize("mode", ["stream", "archive"])
+def test_a_server_that_trickles_is_given_up_on(built: Built, write_profile, mode: str, tmp_path: Path) -> None:
+    """One byte every 0.2 s for ever: timeout_s bounds each read, and now progress too. The run ends, failed, by itself."""
+    import subprocess
+    import sys
+    import time
+
+    with FileServer(built.folder, Faults(trickle_s=0.2)) as srv:
+        profile = write_profile({"dataset": str(built.manifest), "sources": [srv.url + "/mirror/"], "subsets": "0", "mode": mode,
+                                 "timeout_s": 1.5, "retries": 1})
+        start = time.monotonic()
+        proc = subprocess.run([sys.executable, "-m", "provision", "stage", "-c", str(profile)], capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)})
+    assert proc.returncode == 1, proc.stderr
+    assert "stalled" in proc.stdout + proc.stderr
+    assert time.monotonic() - start < 90
+    no_traceback(proc.stderr)
+
+
+@pytest.mark.parametrize("mode", ["stream", "archive"])
+def test_ctrl_c_is_honoured_at_once_against_a_trickling_server(built: Built, write_profile, mode: str) -> None:
+    import subprocess
+    import sys
+    import time
+
+    with FileServer(built.folder, Faults(trickle_s=0.05)) as srv:
+        profile = write_profile({"dataset": str(built.manifest), "sources": [srv.url + "/mirror/"], "mode": mode, "timeout_s": 600})
+        proc = subprocess.Popen([sys.executable, "-m", "provision", "stage", "-c", str(profile)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)})
+        deadline = time.monotonic() + 30
+        while srv.stats.bytes_sent < 20 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        sent = time.monotonic()
+        try:
+            out, err = proc.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            pytest.fail("Ctrl-C was not honoured within 20 s")
+    assert proc.returncode == 130, err
+    assert time.monotonic() - sent < 10
+    assert "interrupted" in err
+    no_traceback(err)

@@ -25,6 +25,7 @@ RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 THROTTLE_STATUS = frozenset({403, 429})  # Zenodo answers 403 (with an HTML page) when it blocks a client
 BLOCK_WORDS = ("unusual traffic", "has been blocked", "too many requests", "rate limit")
 PEEK_BYTES = 4096
+MIN_BYTES_PER_S = 1024  # slower than this over a whole data.timeout_s is a stalled transfer, not a slow one
 
 _local = threading.local()
 
@@ -121,8 +122,9 @@ class HttpTransfer:
             host = urlsplit(self.url).hostname
             if _unresolved(exc):
                 raise TransientError(f"cannot resolve the host name {host} (no network, no DNS, or a mistyped URL)", unreachable="unresolved") from None
-            refused = isinstance(exc, requests.ConnectionError) and not isinstance(exc, requests.Timeout)
-            raise TransientError(f"cannot connect to {self.url}: {type(exc).__name__}", unreachable="refused" if refused else "") from None
+            if isinstance(exc, requests.Timeout):  # connected but no answer, or no connection within the timeout
+                raise TransientError(f"{host} did not answer within {self.timeout_s:g} s (data.timeout_s)", unreachable="silent") from None
+            raise TransientError(f"cannot connect to {self.url}: {type(exc).__name__}", unreachable="refused") from None
         except requests.RequestException as exc:
             raise PermanentError(f"bad request for {self.url}: {exc}") from None
         self.gate.rate_headers(response.headers)
@@ -215,14 +217,24 @@ class HttpTransfer:
             iter(lambda: read1(BUFFER_BYTES, decode_content=False), b"") if read1 is not None
             else response.iter_content(chunk_size=64 * 1024)
         )
+        # timeout_s bounds each read; this bounds progress: a server trickling a byte at a time is given up on
+        window_start, window_bytes = time.monotonic(), 0
         try:
-            for chunk in pieces:
-                if expected is not None and got + len(chunk) > expected:
-                    chunk = chunk[: expected - got]
-                got += len(chunk)
-                sink(chunk)
-                if expected is not None and got >= expected:
-                    break
+            with self.gate.reading(response):
+                for chunk in pieces:
+                    if expected is not None and got + len(chunk) > expected:
+                        chunk = chunk[: expected - got]
+                    got += len(chunk)
+                    sink(chunk)
+                    if expected is not None and got >= expected:
+                        break
+                    window_bytes += len(chunk)
+                    elapsed = time.monotonic() - window_start
+                    if elapsed >= self.timeout_s:
+                        if window_bytes < MIN_BYTES_PER_S * elapsed:
+                            raise TransientError(f"{self.url} sent {window_bytes} bytes in {elapsed:.0f} s: stalled "
+                                                 f"(less than {MIN_BYTES_PER_S // 1024} kB/s over data.timeout_s)", stalled=True)
+                        window_start, window_bytes = time.monotonic(), 0
         except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
             raise TransientError(f"connection to {self.url} dropped after {got} bytes ({type(exc).__name__})") from None
         if expected is not None and got < expected:

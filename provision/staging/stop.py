@@ -5,6 +5,7 @@ the engine reports the error that set the signal (a full disk, Ctrl-C, a bug), n
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 
 class Stopped(Exception):
@@ -19,13 +20,26 @@ class StopSignal(threading.Event):
         self.reason = ""
         self.cause: BaseException | None = None
         self._first = threading.Lock()
+        self._callbacks: list[Callable[[], None]] = []
 
     def set(self, reason: str = "the run is stopping", cause: BaseException | None = None) -> None:
         with self._first:
-            if not self.is_set():
+            first = not self.is_set()
+            if first:
                 self.reason = reason
                 self.cause = cause
-        super().set()
+            super().set()
+            callbacks = list(self._callbacks) if first else []
+        for callback in callbacks:
+            callback()
+
+    def on_set(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (once) when the signal is set: to cut open connections, say, so no read waits out its timeout."""
+        with self._first:
+            if not self.is_set():
+                self._callbacks.append(callback)
+                return
+        callback()
 
     def check(self) -> None:
         """Raise :class:`Stopped` when the run is stopping."""

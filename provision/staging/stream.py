@@ -392,6 +392,8 @@ def _pump(transfer: Transfer, parser: StreamUnpacker, retrier: Retrier, sleep: C
     """Feed the parser from ``parser.pos`` to ``parser.end``; a dropped connection continues at the exact byte."""
 
     def sink(chunk: bytes) -> None:
+        if stop.is_set():  # Ctrl-C or another file's error: not after the archive, now
+            raise Stopped("the run is stopping")
         parser.feed(chunk)
         on_bytes(len(chunk))
 

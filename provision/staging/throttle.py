@@ -9,6 +9,7 @@ rate-limit budget is spent. The gates also keep what happened, for the report.
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from .stop import Stopped
+from .stop import Stopped, StopSignal
 
 QUIET_S = 60.0           # without throttling for this long, a halved limit grows back by one
 DEFAULT_PAUSE_S = 5.0    # how long a host is left alone after it throttles us without saying how long
@@ -60,6 +61,9 @@ class HostGate:
         self._last_change = 0.0
         self._budget: int | None = None       # requests left in the host's rate-limit window, when it told us
         self._budget_reset: float | None = None
+        self._open: set[Any] = set()          # responses being read: cut when the run stops
+        if isinstance(stop, StopSignal):
+            stop.on_set(self.abort_open)
 
     def acquire(self) -> None:
         """Wait for a free slot (and the end of any pause); TransientError when the run stops first."""
@@ -125,6 +129,32 @@ class HostGate:
         if self.record.limit < self.record.cap and self._last_event is not None and now - max(self._last_event, self._last_change) >= self._quiet_s:
             self.record.limit += 1
             self._last_change = now
+
+    @contextmanager
+    def reading(self, response: Any) -> Iterator[None]:
+        """Around the reading of a response's body: a run that stops cuts its connection instead of waiting for the next byte."""
+        with self._cond:
+            self._open.add(response)
+        try:
+            if self._stop.is_set():
+                raise Stopped(f"{self.record.host}: the run is stopping")
+            yield
+        finally:
+            with self._cond:
+                self._open.discard(response)
+
+    def abort_open(self) -> None:
+        """Shut down the sockets of every response being read (a blocked read then returns at once)."""
+        with self._cond:
+            responses = list(self._open)
+        for response in responses:
+            raw = getattr(response, "raw", None)
+            sock = getattr(getattr(raw, "connection", None) or getattr(raw, "_connection", None), "sock", None)
+            try:
+                if sock is not None:
+                    sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     @contextmanager
     def slot(self) -> Iterator[HostGate]:

@@ -20,12 +20,15 @@ class TransientError(Exception):
     patiently, for a time budget rather than a number of tries.
     """
 
-    def __init__(self, reason: str, retry_after_s: float | None = None, throttle: bool = False, unreachable: str = "") -> None:
+    def __init__(self, reason: str, retry_after_s: float | None = None, throttle: bool = False, unreachable: str = "",
+                 stalled: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
         self.retry_after_s = retry_after_s
         self.throttle = throttle
-        self.unreachable = unreachable  # "unresolved" (no such host name: no network or DNS) or "refused" (no connection)
+        # "unresolved" (no such host name: no network or DNS), "refused" (no connection), "silent" (no answer in time)
+        self.unreachable = unreachable
+        self.stalled = stalled  # bytes came, but too few to count as progress
 
 
 class PermanentError(Exception):
@@ -80,8 +83,9 @@ class Retrier:
 
     Ordinary transient errors get ``retries`` tries in a row without progress (a try that delivered
     bytes starts the count again; ``retries * 4`` in all). A host that throttles or blocks us gets a
-    time budget instead, ``patience_s`` from the first refusal in a row. A host name that does not resolve
-    gets ``UNRESOLVED_TRIES`` tries: a passing DNS hiccup is ridden out, no network fails within seconds.
+    time budget instead, ``patience_s`` from the first refusal in a row. A host name that does not resolve, or
+    a server that does not answer, gets ``UNRESOLVED_TRIES`` tries: a passing hiccup is ridden out, no network
+    fails within seconds (a silent server within a few timeouts). A stalled transfer is no progress.
     """
 
     UNRESOLVED_TRIES = 3
@@ -95,6 +99,7 @@ class Retrier:
         self.total = 0
         self.throttled_since: float | None = None
         self.throttled_tries = 0
+        self.unresolved = 0
 
     def after(self, exc: TransientError, progressed: bool = False) -> float:
         """The delay before the next try; raises ``exc`` when it is time to give up on this source."""
@@ -109,8 +114,9 @@ class Retrier:
             return 0.2 + random.random() * 0.8  # the host's gate holds every request back for the pause it asked for
         self.throttled_since = None
         self.throttled_tries = 0
-        if exc.unreachable == "unresolved":
-            self.unresolved = getattr(self, "unresolved", 0) + 1
+        progressed = progressed and not exc.stalled
+        if exc.unreachable in ("unresolved", "silent"):
+            self.unresolved += 1
             if self.unresolved >= self.UNRESOLVED_TRIES:
                 raise exc
         self.total += 1
