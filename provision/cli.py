@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from .errors import ConfigError, ProvisionError
+from .sources import redact
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_REFUSED = 0, 1, 2, 3
 STEPS = ("preflight", "install", "cuda", "book", "data")
@@ -111,17 +112,17 @@ def main(argv: Sequence[str] | None = None, *, environ: Mapping[str, str] | None
         if args.json:
             from .report import to_json
 
-            print(to_json({"ok": False, **exc.to_dict()}), file=out)
-        print(f"error: {exc.message}", file=sys.stderr)
+            print(redact(to_json({"ok": False, **exc.to_dict()})), file=out)
+        print(redact(f"error: {exc.message}"), file=sys.stderr)
         if exc.hint:
-            print(f"hint: {exc.hint}", file=sys.stderr)
+            print(redact(f"hint: {exc.hint}"), file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("error: interrupted; what was fetched so far is kept, and the next run resumes", file=sys.stderr)
         return 130
     except Exception as exc:  # noqa: BLE001 - a bug of ours: say what it was and what to do, never a traceback
         logging.getLogger("provision").debug("internal error", exc_info=True)
-        print(f"error: internal error in `provision {args.command}`: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(redact(f"error: internal error in `provision {args.command}`: {type(exc).__name__}: {exc}"), file=sys.stderr)
         print("hint: this is a bug in provision, not in your set-up; what was staged so far is kept and a rerun resumes. "
               "Run the same command with -vv to see where it happened, and report it with that output", file=sys.stderr)
         return EXIT_FAILED
@@ -160,13 +161,13 @@ def _dispatch(args: argparse.Namespace, environ: Mapping[str, str], out: TextIO)
         from .steps import status
 
         rows = status(config)
-        print(report.to_json(rows) if args.json else report.status_text(rows), file=out)
+        _show(rows, report.status_text(rows), args.json, out)
         return EXIT_OK
     if command == "verify":
         from .steps import verify
 
         checked = verify(config, full=args.full)
-        print(report.to_json(checked) if args.json else report.verify_text(checked), file=out)
+        _show(checked, report.verify_text(checked), args.json, out)
         return EXIT_OK if checked["ok"] else EXIT_FAILED
     if command == "check":
         from .steps import check_gpu
@@ -236,9 +237,9 @@ def _dispatch(args: argparse.Namespace, environ: Mapping[str, str], out: TextIO)
         summary = up(config, plan, env, environ, steps)
         _show(summary, report.up_text(summary), args.json, out)
         if "error" in summary:
-            print(f"error: {summary['error']['message']}", file=sys.stderr)
+            print(redact(f"error: {summary['error']['message']}"), file=sys.stderr)
             if summary["error"].get("hint"):
-                print(f"hint: {summary['error']['hint']}", file=sys.stderr)
+                print(redact(f"hint: {summary['error']['hint']}"), file=sys.stderr)
         return summary["exit_code"]
     raise AssertionError(command)  # argparse restricts the choices
 
@@ -272,9 +273,10 @@ def _show_plan(plan: Any, as_json: bool, out: TextIO) -> None:
 
 
 def _show(data: Any, text: str, as_json: bool, out: TextIO) -> None:
+    """Print a result; user info in any URL is masked, whatever path it took to get here."""
     from .report import to_json
 
-    print(to_json(data) if as_json else text, file=out)
+    print(redact(to_json(data) if as_json else text), file=out)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -15,7 +16,7 @@ from .errors import ConfigError
 from .manifest import parse_subsets
 from .schema import build, did_you_mean, set_by_tool
 from .sources import Source, parse_source
-from .yamlfile import read_yaml
+from .yamlfile import load_text, read_yaml
 
 PROFILES = ("kaggle", "colab", "vm", "local", "ci")
 BOOK_COMMIT = "d6c0210143daa133bbdeddaffc8993b1e17b5174"  # dlwpt-code's last commit (2020-12-28)
@@ -56,12 +57,15 @@ def _parse_choice(*choices: str) -> Any:
     return parse
 
 
-def _positive(kind: type) -> Any:
+def _positive(kind: type, above_zero: bool = False) -> Any:
+    """A finite number, not negative (``above_zero``: greater than 0, for timeouts and sizes that divide)."""
     def parse(value: Any, path: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
             raise ValueError(f"expected a {'whole ' if kind is int else ''}number, got {value!r}")
-        if value < 0:
-            raise ValueError(f"must not be negative, got {value}")
+        if not math.isfinite(value):
+            raise ValueError(f"expected a finite number, got {value}")
+        if value < 0 or (above_zero and value == 0):
+            raise ValueError(f"must be {'greater than 0' if above_zero else 'at least 0'}, got {value}")
         return kind(value)
 
     return parse
@@ -98,7 +102,7 @@ class CudaConfig:
     required: bool = False
     min_memory_gb: float = field(default=0.0, metadata={"parse": _positive(float)})
     min_compute_capability: str | None = None
-    probe_timeout_s: float = field(default=180.0, metadata={"parse": _positive(float)})
+    probe_timeout_s: float = field(default=180.0, metadata={"parse": _positive(float, above_zero=True)})
     expected_devices: int = field(default=0, metadata={"parse": _positive(int)})  # e.g. 2 on Kaggle's T4 x2; fewer is a note
 
 
@@ -125,10 +129,10 @@ class DataConfig:
     host_connections: dict[str, int] = field(default_factory=lambda: {"zenodo.org": 4}, metadata={"parse": _parse_host_caps})
     blocked_patience_min: float = field(default=20.0, metadata={"parse": _positive(float)})  # retry a throttling host this long per file
     files_in_flight: int = field(default=3, metadata={"parse": _positive(int)})
-    segment_mb: int = field(default=4, metadata={"parse": _positive(int)})
+    segment_mb: int = field(default=4, metadata={"parse": _positive(int, above_zero=True)})
     retries: int = field(default=6, metadata={"parse": _positive(int)})
     backoff_s: float = field(default=1.0, metadata={"parse": _positive(float)})
-    timeout_s: float = field(default=60.0, metadata={"parse": _positive(float)})
+    timeout_s: float = field(default=60.0, metadata={"parse": _positive(float, above_zero=True)})
     zenodo_url: str = "https://zenodo.org"
     allow_insecure: bool = False
     extract_workers: int = field(default=0, metadata={"parse": _positive(int)})
@@ -148,7 +152,7 @@ class SmokeConfig:
     series: int = field(default=6, metadata={"parse": _positive(int)})         # CT series in the smoke's view of the data
     negatives_per_series: int = field(default=40, metadata={"parse": _positive(int)})  # non-nodule candidates kept per series
     num_workers: int = field(default=2, metadata={"parse": _positive(int)})    # the book's --num-workers
-    timeout_s: float = field(default=900.0, metadata={"parse": _positive(float)})  # per entry point
+    timeout_s: float = field(default=900.0, metadata={"parse": _positive(float, above_zero=True)})  # per entry point
 
 
 @dataclass(frozen=True)
@@ -307,8 +311,10 @@ def parse_set(assignment: str) -> tuple[list[str], Any]:
     key, sep, text = assignment.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"--set {assignment!r} is not of the form dotted.key=value", hint="write e.g. --set data.reserve_gb=20")
+    if "\x00" in assignment:
+        raise ConfigError(f"--set {assignment!r} contains a NUL character", hint="remove it: no key or path can hold one")
     try:
-        value = yaml.safe_load(text) if text.strip() else ""
+        value = load_text(text) if text.strip() else ""
     except yaml.YAMLError:
         value = text
     return [part.strip() for part in key.split(".")], value

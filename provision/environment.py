@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import platform
+import stat
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -138,6 +139,28 @@ class FsFacts:
     device: int
     free_bytes: int
     total_bytes: int
+
+
+def folder_problem(path: str | os.PathLike[str]) -> str | None:
+    """Why data cannot be written at ``path`` (None when it can): a file where a folder is needed, on the way or at the
+    end; a read-only folder or disk; a symbolic link loop. Read-only: nothing is created."""
+    target = Path(path).absolute()
+    here = target
+    while True:
+        try:
+            st = os.stat(here)
+            break
+        except (FileNotFoundError, NotADirectoryError):
+            if here == here.parent:
+                return f"{target} cannot be made: no part of it exists"
+            here = here.parent
+        except OSError as exc:
+            return f"{here} cannot be used: {exc.strerror}"
+    if not stat.S_ISDIR(st.st_mode):
+        return f"{here} is a file, not a folder" + ("" if here == target else f": {target} cannot be made there")
+    if not os.access(here, os.W_OK | os.X_OK):
+        return f"{here} is not writable (a read-only folder or disk)" + ("" if here == target else f": {target} cannot be made there")
+    return None
 
 
 def existing_ancestor(path: Path) -> Path:

@@ -11,12 +11,12 @@ from .book.checkout import book_dir
 from .book.checkout import facts as checkout_facts
 from .book.fixes import FileState, judge_checkout, load_book_manifest
 from .config import Config, configs_dir
-from .environment import Environment, fs_facts
+from .environment import Environment, folder_problem, fs_facts
 from .install import installed_distributions, target_python
 from .manifest import Manifest, load_manifest
 from .plan import BookFacts, CopyFacts, Facts, Plan, make_plan
 from .sources import Source
-from .staging.state import file_statuses
+from .staging.state import file_statuses, work_dir
 from .torch_wheels import load_table
 
 
@@ -41,6 +41,7 @@ def gather_facts(config: Config, environ: Mapping[str, str], environment: Enviro
         environ=dict(environ),
         book=gather_book_facts(config),
         copies={s.location: look_into_copy(s, manifest) for s in config.data.sources if s.is_copy},
+        root_problem=folder_problem(root / manifest.dir) or folder_problem(work_dir(root)),
     )
 
 

@@ -14,6 +14,7 @@ from .schema import build, did_you_mean, set_by_tool
 from .yamlfile import read_yaml
 
 SUBSET_KEY = re.compile(r"subset(\d+)")
+MAX_SUBSET = 9999  # LUNA16 has 10; a range to a hundred million would only fill memory
 
 
 def parse_subsets(value: Any, path: str = "subsets") -> tuple[int, ...] | None:
@@ -35,6 +36,8 @@ def parse_subsets(value: Any, path: str = "subsets") -> tuple[int, ...] | None:
         if isinstance(item, bool):
             raise ValueError(f"{item!r} is not a subset number")
         if isinstance(item, int):
+            if not 0 <= item <= MAX_SUBSET:
+                raise ValueError(f"{item} is not a subset number (0 to {MAX_SUBSET})")
             numbers.add(item)
             continue
         match = re.fullmatch(r"(\d+)\s*(?:-\s*(\d+))?", str(item))
@@ -44,6 +47,8 @@ def parse_subsets(value: Any, path: str = "subsets") -> tuple[int, ...] | None:
         high = int(match.group(2)) if match.group(2) is not None else low
         if high < low:
             raise ValueError(f"range {item!r} runs backwards")
+        if high > MAX_SUBSET:
+            raise ValueError(f"subset {high} is past any data set's numbering (at most {MAX_SUBSET})")
         numbers.update(range(low, high + 1))
     if any(n < 0 for n in numbers):
         raise ValueError("subset numbers must not be negative")

@@ -34,6 +34,7 @@ class FileStatus:
     stage: str
     partial_bytes: int = 0
     source: str | None = None
+    unpacked_done_bytes: int = 0  # members already complete on disk from an unpacking that did not finish
 
 
 KAGGLE_WORKING = "/kaggle/working"  # what a saved Kaggle notebook keeps: at most 20 GB
@@ -67,6 +68,7 @@ class Facts:
     wheels: WheelTable | None = None  # configs/torch/wheels.yaml, loaded with nvidia_smi
     copies: Mapping[str, CopyFacts] = field(default_factory=dict)  # unpacked-copy source location -> what it holds
     cores: int = field(default_factory=lambda: os.cpu_count() or 1)
+    root_problem: str | None = None  # why data cannot be written under data.root (a file, read-only, a link loop)
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,7 @@ class FilePlan:
     stage: str
     partial_bytes: int
     bucket_status: str | None = None
+    unpacked_done_bytes: int = 0
     pinned: tuple[PinnedMember, ...] = ()  # the archive's members as the data set has them (checked when present)
     not_in_copies: bool = False  # an unpacked copy is configured but lacks this file
 
@@ -263,7 +266,10 @@ def make_plan(config: Config, manifest: Manifest, facts: Facts) -> Plan:
             f"Python {env.python_version} does not satisfy the profile's python: '{config.python}'",
             "use a newer Python (e.g. python3.11 -m venv .venv) and run again from it",
         ))
-    if not disk.fits:
+    if facts.root_problem:
+        problems.append(Problem("data", f"data.root cannot hold the data: {facts.root_problem}",
+                                "point data.root (--root) at a folder on a writable disk"))
+    elif not disk.fits:
         streaming = disk_for(config, data.files, facts.data_fs, stream=True) if way.mode == "archive" else None
         problems.append(disk_problem(disk, streaming))
     elif env.kind == "kaggle" and Path(config.data.root).is_relative_to(KAGGLE_WORKING) and disk.needed_bytes > KAGGLE_WORKING_BYTES:
@@ -384,6 +390,7 @@ def plan_data(config: Config, manifest: Manifest, facts: Facts) -> DataPlan:
             dest=str(target if f.unpack else target / f.key),
             stage=status.stage,
             partial_bytes=status.partial_bytes,
+            unpacked_done_bytes=status.unpacked_done_bytes,
             bucket_status=remote.bucket_status,
             pinned=f.pinned,
             not_in_copies=lacking,
@@ -409,8 +416,9 @@ def disk_item(f: FilePlan) -> DiskItem:
     if f.stage in ("extracted", "linked") or (f.stage == "verified" and not f.unpack) or f.from_copy:
         return DiskItem(f.key, f.subset, 0, 0, unpack=f.unpack)
     remaining = 0 if f.stage == "verified" else max(0, size - f.partial_bytes)
+    unpacked = max(0, (f.unpacked_bytes or 0) - f.unpacked_done_bytes) if f.unpack else 0  # what an interrupted unpack wrote is there
     return DiskItem(
-        f.key, f.subset, remaining, (f.unpacked_bytes or 0) if f.unpack else 0,
+        f.key, f.subset, remaining, unpacked,
         unpack=f.unpack, unpacked_estimated=f.unpacked_estimated, size_known=f.size is not None,
     )
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 from .disk import gb
+from .sources import redact
 
 RATE_WINDOW_S = 20.0  # the rate is what arrived over this many seconds
 RATE_KNOWN_AFTER_S = 3.0  # no rate (so no ETA) before this much time has been measured
@@ -123,6 +124,7 @@ class Progress:
     def _say(self, message: str | None) -> None:
         if not message:
             return
+        message = redact(message)
         if self._bar is not None:
             self._bar.write(message, file=self.stream)
         else:

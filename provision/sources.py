@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 KAGGLE_INPUT = "/kaggle/input"  # where Kaggle mounts the data sets attached to a notebook, read-only
 
@@ -55,6 +56,7 @@ def parse_source(text: str) -> Source:
             raise ValueError("unpacked: names no folder; write unpacked:/path/to/the/copy")
         return Source("unpacked", os.path.abspath(text[len("unpacked:"):]))
     if text.startswith(("http://", "https://")):
+        text = _keep_credentials(text)
         if not text.endswith("/"):
             raise ValueError(f"a base URL must end with '/', so that file names can be appended: {text}/")
         if not urlsplit(text).hostname:
@@ -72,6 +74,37 @@ def parse_source(text: str) -> Source:
     if not text:
         raise ValueError("an empty source")
     return Source("local", os.path.abspath(text))
+
+
+# Credentials written into a source URL (https://user:password@host/dir/) are taken out of it here, so that no plan,
+# report, log line or state file can show them; the HTTP transfer asks for them by URL. Process-wide on purpose: a
+# secret kept beside the values that get printed is a secret printed sooner or later.
+_CREDENTIALS: dict[str, tuple[str, str]] = {}
+
+
+def _keep_credentials(url: str) -> str:
+    """The URL without its user info; the user info is kept for :func:`credentials_for`."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = (f"[{host}]" if ":" in host else host) + (f":{parts.port}" if parts.port else "")
+    clean = urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    _CREDENTIALS[clean] = (unquote(parts.username or ""), unquote(parts.password or ""))
+    return clean
+
+
+def credentials_for(url: str) -> tuple[str, str] | None:
+    """The user and password given with the source that ``url`` is under, if any."""
+    matches = [base for base in _CREDENTIALS if url.startswith(base)]
+    return _CREDENTIALS[max(matches, key=len)] if matches else None
+
+
+def redact(text: str) -> str:
+    """``text`` for a terminal: the user info of any URL in it replaced by ***, and control characters (a member name
+    with terminal escapes, say) shown as \\xNN instead of acting on the terminal. Newlines and tabs stay."""
+    text = re.sub(r"(\b[a-z][a-z0-9+.-]*://)[^/@\s]+@", r"\1***@", text)
+    return re.sub(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]", lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
 def zenodo_api_url(zenodo_url: str, record: str) -> str:

@@ -338,3 +338,190 @@ def test_ctrl_c_is_honoured_at_once_against_a_trickling_server(built: Built, wri
     assert time.monotonic() - sent < 10
     assert "interrupted" in err
     no_traceback(err)
+
+
+# ---------------------------------------------------------------- unusable places, odd configs
+
+
+@pytest.mark.parametrize("how", ["a file", "a part is a file", "a link loop", "read-only"])
+def test_an_unusable_data_root_is_refused_by_the_plan(tmp_path: Path, write_profile, capsys, small_tmpfs, how: str) -> None:
+    if how == "a file":
+        root = tmp_path / "root"
+        root.write_text("not a folder")
+    elif how == "a part is a file":
+        (tmp_path / "blocker").write_text("a file")
+        root = tmp_path / "blocker" / "data-unversioned"
+    elif how == "a link loop":
+        root = tmp_path / "loop"
+        root.symlink_to(tmp_path / "loop")
+    else:
+        disk = small_tmpfs(1 << 20)
+        import subprocess
+
+        subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+        root = disk / "data-unversioned"
+    profile = write_profile({"root": str(root), "subsets": "0"})
+    assert main(["plan", "-c", str(profile)]) == 3
+    out = capsys.readouterr().out
+    assert "data.root cannot hold the data" in out and "feasible     NO" in out, out
+    code = main(["stage", "-c", str(profile)])
+    err = capsys.readouterr().err
+    assert code == 3 and "data.root cannot hold the data" in err
+    no_traceback(err)
+
+
+@pytest.mark.parametrize(("text", "says"), [
+    ("".join(f"l{i}: &l{i} {{" + ", ".join(f"k{j}: *l{i - 1}" if i else f"k{j}: lol" for j in range(9)) + "}\n" for i in range(9)),
+     "aliases"),
+    ("data:\n  timeout_s: 0\n", "greater than 0"),
+    ("data:\n  reserve_gb: .nan\n", "finite"),
+    ("data:\n  margin_gb: .inf\n", "finite"),
+    ("data:\n  subsets: 0-100000000\n", "numbering"),
+    ("data:\n  connections: 4\n  connections: 8\n", "given twice"),
+    ('data:\n  root: "/tmp/a\\0b"\n', "NUL"),
+])
+def test_hostile_and_odd_configs_get_a_clear_error(tmp_path: Path, capsys, text: str, says: str) -> None:
+    import time
+
+    from tests.conftest import REPO
+
+    profile = tmp_path / "odd.yaml"
+    profile.write_text(f"extends: {REPO / 'configs' / 'local.yaml'}\n" + text)
+    start = time.monotonic()
+    code = main(["plan", "-c", str(profile)])
+    err = capsys.readouterr().err
+    assert code == 2 and says in err, err
+    assert time.monotonic() - start < 10
+    no_traceback(err)
+
+
+def test_a_config_that_is_not_utf8(tmp_path: Path, capsys) -> None:
+    profile = tmp_path / "latin1.yaml"
+    profile.write_bytes("description: caf\xe9\n".encode("latin-1"))
+    assert main(["plan", "-c", str(profile)]) == 2
+    err = capsys.readouterr().err
+    assert "not UTF-8" in err
+    no_traceback(err)
+
+
+# ---------------------------------------------------------------- other
+
+
+def test_credentials_in_a_source_url_are_used_but_never_shown_or_stored(built: Built, serve, write_profile, tmp_path: Path, capsys) -> None:
+    srv = serve()
+    host = srv.url.replace("http://", "")
+    profile = write_profile({"dataset": str(built.manifest), "sources": [f"http://reader:s3cr3t@{host}/mirror/"], "subsets": "0"})
+    assert main(["plan", "-c", str(profile)]) == 0
+    assert main(["plan", "-c", str(profile), "--json"]) == 0
+    assert main(["stage", "-c", str(profile)]) == 0
+    assert main(["status", "-c", str(profile), "--json"]) == 0
+    captured = capsys.readouterr()
+    state = (tmp_path / "root" / ".provision" / "state.json").read_text()
+    for shown in (captured.out, captured.err, state):
+        assert "s3cr3t" not in shown
+    import base64
+
+    assert {r["authorization"] for r in srv.stats.requests if r["key"] == "subset0.zip"} == \
+        {"Basic " + base64.b64encode(b"reader:s3cr3t").decode()}, "the credentials went to the server"
+
+
+def test_a_rerun_after_the_disk_filled_during_unpacking_counts_what_is_already_unpacked(built: Built, serve, write_profile, small_tmpfs,
+                                                                                        monkeypatch, capsys) -> None:
+    """An unpack stopped part way (here by Ctrl-C after two scans); then something else takes some of the room. What
+    remains to unpack fits, and the plan must see that, not refuse for the scans already on disk."""
+    import provision.staging.extract as extract
+
+    info = built.files["subset0.zip"]
+    disk = small_tmpfs(info["size"] + 2 * info["unpacked_size"] + (1 << 20))
+    real = extract.write_member
+    written: list[str] = []
+
+    def interrupted_after_two(fh, zinfo, member, archive):  # noqa: ANN001, ANN202
+        real(fh, zinfo, member, archive)
+        written.append(member.name)
+        if len(written) == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(extract, "write_member", interrupted_after_two)
+    srv = serve()
+    profile = write_profile({"dataset": str(built.manifest), "sources": [srv.url + "/mirror/"], "subsets": "0", "mode": "archive",
+                             "extract_workers": 1, "root": str(disk / "data")})
+    manifest = yaml.safe_load(built.manifest.read_text())
+    manifest["files"] = [f for f in manifest["files"] if f["key"] == "subset0.zip"]
+    built.manifest.write_text(yaml.safe_dump(manifest))
+    assert main(["stage", "-c", str(profile)]) == 130
+    monkeypatch.setattr(extract, "write_member", real)
+    with zipfile.ZipFile(built.folder / "subset0.zip") as zf:
+        done_bytes = sum(i.file_size for i in zf.infolist() if i.filename in written)
+    assert done_bytes > 300_000, "scans, the largest members, went first"
+    remaining = info["unpacked_size"] - done_bytes
+    st = os.statvfs(disk)
+    free = st.f_bavail * st.f_frsize
+    # leave room for what remains (and half of what is done) but not for all of it again
+    (disk / "someone-elses-file").write_bytes(b"\0" * (free - remaining - done_bytes // 2))
+    capsys.readouterr()
+    code = main(["plan", "-c", str(profile)])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    code, report = stage_json(profile, capsys)
+    assert code == 0, report
+    assert tree_md5s(disk / "data" / "part2" / "luna") == {k: v for k, v in expected_tree(built).items() if k.startswith("subset0/")}
+
+
+def test_a_wrong_size_in_the_manifest_is_named_as_such(built: Built, serve, write_profile, capsys) -> None:
+    manifest = yaml.safe_load(built.manifest.read_text())
+    for f in manifest["files"]:
+        if f["key"] == "subset0.zip":
+            f["size"] += 5000
+    built.manifest.write_text(yaml.safe_dump(manifest))
+    srv = serve()
+    profile = write_profile({"dataset": str(built.manifest), "sources": [srv.url + "/mirror/"], "subsets": "0", "mode": "archive"})
+    code, report = stage_json(profile, capsys)
+    assert code == 1
+    error = {f["key"]: f for f in report["files"]}["subset0.zip"]["error"]
+    assert "the manifest says" in error and "416" not in error and "md5" not in error, error
+
+
+def test_a_server_that_never_answers_fails_in_a_few_timeouts(built: Built, write_profile, capsys) -> None:
+    import socket
+    import time
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(64)  # connections complete in the kernel's backlog; nobody ever reads or answers
+    try:
+        port = silent.getsockname()[1]
+        profile = write_profile({"dataset": str(built.manifest), "sources": [f"http://127.0.0.1:{port}/mirror/"], "subsets": "0",
+                                 "timeout_s": 1, "backoff_s": 0.1})
+        start = time.monotonic()
+        code, report = stage_json(profile, capsys)
+        elapsed = time.monotonic() - start
+    finally:
+        silent.close()
+    assert code == 1 and elapsed < 30, elapsed
+    failed = [f for f in report["files"] if f["outcome"] == "failed"]
+    assert failed and all("did not answer" in f["error"] for f in failed), failed
+
+
+def test_status_shows_how_far_a_stream_got(tmp_path: Path, write_profile, capsys) -> None:
+    data = build_luna_like(tmp_path / "d", subsets=1, scans=6, raw_bytes=500_000, extra_plain=False)
+    size = data.files["subset0.zip"]["size"]
+    with FileServer(data.folder, Faults(rate_per_conn=600_000)) as srv:
+        profile = write_profile({"dataset": str(data.manifest), "sources": [srv.url + "/mirror/"], "mode": "stream"})
+        stage_and_kill_half_way(profile, srv, size)
+    assert main(["status", "-c", str(profile), "--json"]) == 0
+    row = json.loads(capsys.readouterr().out)["files"][0]
+    assert row["stage"] == "partial" and 10 < row["percent"] < 100, row
+
+
+def test_verify_shows_member_names_without_acting_on_the_terminal(tmp_path: Path, serve, write_profile, capsys) -> None:
+    folder = tmp_path / "mirror"
+    write_zip(folder / "subset0.zip", [("subset0/\x1b[2Jevil.raw", b"x" * 1000)])
+    manifest = manifest_for(folder, ["subset0.zip"])
+    srv = serve(folder=folder)
+    profile = write_profile({"dataset": str(manifest), "sources": [srv.url + "/mirror/"]})
+    assert stage_json(profile, capsys)[0] == 0
+    next((tmp_path / "root" / "part2" / "luna" / "subset0").iterdir()).unlink()
+    assert main(["verify", "-c", str(profile)]) == 1
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\\x1b[2Jevil.raw" in out, out

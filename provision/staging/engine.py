@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from ..config import DataConfig
-from ..errors import OutOfSpaceError, ProvisionError
+from ..errors import OutOfSpaceError, PreflightError, ProvisionError
 from ..plan import DataPlan, FilePlan
 from .context import Emit, FileResult, StageContext
 from .fetch import fetch
-from .state import StateStore, run_lock, size_of, stat_stamp
+from .state import StateStore, run_lock, size_of, stat_stamp, work_dir
 from .stop import Stopped
 from .unpack import extract_file, link_from_copies, member_record, stream_file
 
@@ -96,7 +96,12 @@ class Stager:
     def run(self) -> StageResult:
         ctx = self.ctx
         start = time.monotonic()
-        ctx.target.mkdir(parents=True, exist_ok=True)
+        for folder in (work_dir(ctx.root), ctx.target):
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise PreflightError(f"cannot create {folder}: {exc.strerror}", hint="point data.root (--root) at a folder on a writable disk",
+                                     path=str(folder)) from None
         with run_lock(ctx.root):
             state = StateStore(ctx.root)
             results = {f.key: FileResult(f.key) for f in self.plan.files}

@@ -73,7 +73,7 @@ def download(ctx: StageContext, f: FilePlan, loc: FileLocation, final: Path, siz
 def open_source(ctx: StageContext, f: FilePlan, loc: FileLocation, size: int | None, md5: str | None,
                 result: FileResult) -> tuple[Transfer, int | None, str | None, bool]:
     """The transfer for ``loc``, with size, md5 and range support; a copy that differs from the manifest is refused."""
-    transfer = open_transfer(loc, ctx.cfg, ctx.throttle)
+    transfer = open_transfer(loc, ctx.cfg, ctx.throttle, size)
     ranges = True  # with a known size, the first ranged answer tells whether the source honours ranges
     if size is None or loc.kind == "gs":  # a bucket's metadata is one cheap call and carries the md5
         info = ctx.with_retries(transfer.info, f"{f.key}: asking {loc.url} for the size", result)

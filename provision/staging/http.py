@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
+from ..sources import credentials_for
 from ..version import __version__
 from .throttle import HostGate
 from .transfer import BUFFER_BYTES, NoRangeSupport, NotTheFile, PermanentError, RemoteInfo, Sink, TransientError
@@ -107,17 +108,25 @@ def describe_answer(response: Any, head: str) -> str:
 class HttpTransfer:
     """One URL. ``timeout_s`` bounds connecting and each read; ``gate`` admits requests to its host."""
 
-    def __init__(self, url: str, timeout_s: float = 60.0, gate: HostGate | None = None) -> None:
+    def __init__(self, url: str, timeout_s: float = 60.0, gate: HostGate | None = None, expected_size: int | None = None) -> None:
         self.url = url
         self.label = url
         self.timeout_s = timeout_s
         self.gate = gate or HostGate(url, 64)
+        self.expected_size = expected_size  # the manifest's: a server that states another total is not serving that file
+
+    def _check_total(self, content_range: str) -> None:
+        total = content_range.rpartition("/")[2]
+        if self.expected_size is not None and total.isdigit() and int(total) != self.expected_size:
+            raise PermanentError(f"{self.url} holds {int(total)} bytes, the manifest says {self.expected_size}: the manifest's size "
+                                 "is wrong, or the file there is another one")
 
     def _get(self, headers: dict[str, str]) -> Any:
         import requests
 
         try:
-            response = session().get(self.url, headers=headers, stream=True, timeout=(min(self.timeout_s, 30.0), self.timeout_s))
+            response = session().get(self.url, headers=headers, stream=True, timeout=(min(self.timeout_s, 30.0), self.timeout_s),
+                                     auth=credentials_for(self.url))
         except (requests.ConnectionError, requests.Timeout) as exc:
             host = urlsplit(self.url).hostname
             if _unresolved(exc):
@@ -177,9 +186,12 @@ class HttpTransfer:
                 if _is_page(response, "") or (start == 0 and whole_size is not None and length is not None):
                     raise self._not_the_file(response, f"bytes {start}-{end - 1}" + (f" of a {_size_text(whole_size)[3:]} file" if whole_size else ""))
                 raise NoRangeSupport(self.url)
+            if response.status_code == 416:
+                self._check_total(response.headers.get("Content-Range", ""))
             if response.status_code != 206:
                 self._refused(response)
             got = response.headers.get("Content-Range", "")
+            self._check_total(got)
             if not got.startswith(f"bytes {start}-"):
                 raise TransientError(f"{self.url} answered range {got!r} for bytes {start}-{end - 1}")
             if on_open is not None:

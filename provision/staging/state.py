@@ -143,13 +143,41 @@ def file_statuses(root: Path, keys: list[str], target: Path | None = None) -> di
         elif rec.get("extracted") or (rec.get("verified") and not rec.get("unpack")):
             statuses[key] = FileStatus(key, "extracted" if rec.get("unpack") else "verified", source=rec.get("source"))
         elif rec.get("verified"):
-            statuses[key] = FileStatus(key, "verified", source=rec.get("source"))
+            done = unpacked_so_far(target / key, target) if target is not None and rec.get("unpack") else 0
+            statuses[key] = FileStatus(key, "verified", source=rec.get("source"), unpacked_done_bytes=done)
         elif rec.get("streaming"):  # stream mode: some members unpacked, the archive never stored
-            statuses[key] = FileStatus(key, "partial", partial_bytes=partial_bytes(root, key, target), source=rec.get("source"))
+            # no archive bytes on disk (status shows how far the stream got, from its checkpoint)
+            statuses[key] = FileStatus(key, "partial", source=rec.get("source"), unpacked_done_bytes=streamed_so_far(partial_dir(root, target) / f"{key}.stream.json", target))
         else:
             done = partial_bytes(root, key, target)
             statuses[key] = FileStatus(key, "partial" if done else "missing", partial_bytes=done)
     return statuses
+
+
+def unpacked_so_far(archive: Path, target: Path) -> int:
+    """Bytes of ``archive``'s members already complete under ``target`` (an unpacking that was interrupted), from its
+    central directory; 0 when it cannot be read."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            infos = [i for i in zf.infolist() if not i.is_dir()]
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return 0
+    done = 0
+    for info in infos:
+        if ".." not in info.filename.split("/") and size_of(target / info.filename) == info.file_size:
+            done += info.file_size
+    return done
+
+
+def streamed_so_far(checkpoint: Path, target: Path | None) -> int:
+    """Bytes of the members a stream's checkpoint says are complete (the first ``index`` of its names)."""
+    saved = read_json(checkpoint)
+    if target is None or not isinstance(saved, dict) or not isinstance(saved.get("names"), list) or not isinstance(saved.get("index"), int):
+        return 0
+    names = [n for n in saved["names"][: saved["index"]] if isinstance(n, str) and ".." not in n.split("/")]
+    return sum(size_of(target / n) or 0 for n in names)
 
 
 # ---------------------------------------------------------------- lock

@@ -16,8 +16,9 @@ from .transfer import PermanentError, Transfer, TransientError
 BLOCK_BYTES = 64 * 1024  # a LUNA16 central directory (178 entries) is about 20 KB
 
 
-def open_transfer(loc: FileLocation, cfg: DataConfig, throttle: Throttle | None = None) -> Transfer:
-    """The transfer that reads ``loc``; HTTP ones go through their host's gate in ``throttle``."""
+def open_transfer(loc: FileLocation, cfg: DataConfig, throttle: Throttle | None = None, size: int | None = None) -> Transfer:
+    """The transfer that reads ``loc``; HTTP ones go through their host's gate in ``throttle``, and compare the size the
+    server states with ``size`` (the manifest's), so a wrong manifest is named as such rather than as a checksum or 416."""
     if loc.kind == "local":
         from .local import LocalTransfer
 
@@ -25,7 +26,7 @@ def open_transfer(loc: FileLocation, cfg: DataConfig, throttle: Throttle | None 
     if loc.kind in ("http", "zenodo"):
         from .http import HttpTransfer
 
-        return HttpTransfer(loc.url, cfg.timeout_s, throttle.gate(loc.url) if throttle else None)
+        return HttpTransfer(loc.url, cfg.timeout_s, throttle.gate(loc.url) if throttle else None, expected_size=size)
     if loc.kind == "gs":
         from .gcs import GcsTransfer
 

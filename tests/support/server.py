@@ -125,7 +125,7 @@ class FileServer:
         """Log a finished request (its body bytes were counted in ``bytes_sent`` as they went out)."""
         with self.stats.lock:
             self.stats.requests.append({"key": key, "status": status, "sent": sent, "range": h.headers.get("Range"),
-                                        "user_agent": h.headers.get("User-Agent")})
+                                        "user_agent": h.headers.get("User-Agent"), "authorization": h.headers.get("Authorization")})
 
     def _simple(self, h: BaseHTTPRequestHandler, status: int, body: bytes, headers: dict[str, str] | None = None, key: str = "") -> None:
         h.send_response(status)
