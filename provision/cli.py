@@ -18,7 +18,7 @@ from .errors import ConfigError, ProvisionError
 from .sources import redact
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_REFUSED = 0, 1, 2, 3
-STEPS = ("preflight", "install", "cuda", "book", "data")
+STEPS = ("preflight", "install", "cuda", "book", "data", "cache")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plan", parents=[common], help="show what would be done (dry run; writes nothing)")
     p.add_argument("--probe", action="store_true", help="ask the sources for unresolved sizes, checksums and exact unpacked sizes")
 
-    p = sub.add_parser("up", parents=[common], help="preflight, install, cuda, book, data: everything, in order")
+    p = sub.add_parser("up", parents=[common], help="preflight, install, cuda, book, data, cache: everything, in order")
     p.add_argument("--skip", action="append", default=[], choices=STEPS, help="leave out a step (repeatable)")
     p.add_argument("--only", action="append", default=[], choices=STEPS, help="run only these steps (repeatable)")
     p.add_argument("--dry-run", action="store_true", help="print the plan only (same as `provision plan`)")
@@ -70,6 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--smoke", action="store_true", help="then run each Part 2 entry point for a few batches on the staged data")
     p.add_argument("--dry-run", action="store_true", help="show the book part of the plan only")
 
+    p = sub.add_parser("cache", parents=[common], help="build the book's per-chapter caches for the staged scans, on every core (resumable)")
+    p.add_argument("--chapters", type=_chapters, help="which chapters' caches: 11, 11,12, ... (default: book.cache, else 11)")
+    p.add_argument("--drop", type=_chapters, metavar="CHAPTERS", help="delete these chapters' caches instead (when you have moved on)")
+    p.add_argument("--workers", type=int, help="children building at once (default: book.cache_workers, else every core)")
+
     p = sub.add_parser("pin", parents=[common], help="write each archive's members (name, size, CRC-32) beside the manifest, from the sources")
     p.add_argument("--dry-run", action="store_true", help="read and show them; write nothing")
 
@@ -91,6 +96,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", required=True, metavar="GS_URL_OR_DIR", help="destination: gs://my-bucket/luna16/ or /content/drive/MyDrive/luna16/")
     p.add_argument("--dry-run", action="store_true", help="show what would be copied and how many bytes")
     return parser
+
+
+def _chapters(text: str) -> tuple[int, ...]:
+    from .config import _parse_chapters
+
+    try:
+        return _parse_chapters(text, "--chapters")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def main(argv: Sequence[str] | None = None, *, environ: Mapping[str, str] | None = None, stdout: TextIO | None = None) -> int:
@@ -192,6 +206,13 @@ def _dispatch(args: argparse.Namespace, environ: Mapping[str, str], out: TextIO)
         return EXIT_OK
     if command == "book":
         return _book(args, config, env, environ, out)
+    if command == "cache":
+        from .steps import cache
+
+        plan = build_plan(config, environ, env)
+        built = cache(config, plan, env, args.chapters or config.book.cache or (11,), drop=args.drop or (), workers=args.workers)
+        _show(built, report.cache_text(built), args.json, out)
+        return EXIT_OK if built.get("ok", True) else EXIT_FAILED
     if command == "pin":
         from .steps import pin
 

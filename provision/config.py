@@ -65,7 +65,7 @@ def _positive(kind: type, above_zero: bool = False) -> Any:
         if not math.isfinite(value):
             raise ValueError(f"expected a finite number, got {value}")
         if value < 0 or (above_zero and value == 0):
-            raise ValueError(f"must be {'greater than 0' if above_zero else 'at least 0'}, got {value}")
+            raise ValueError(f"must be greater than 0, got {value}" if above_zero else f"must not be negative, got {value}")
         return kind(value)
 
     return parse
@@ -83,6 +83,18 @@ def _parse_host_caps(value: Any, path: str) -> dict[str, int]:
             raise ValueError(f"{host}: expected a whole number of connections of at least 1, got {count!r}")
         caps[host.lower()] = count
     return caps
+
+
+def _parse_chapters(value: Any, path: str) -> tuple[int, ...]:
+    """``[11, 12]``, ``11``, ``"11,12"`` -> (11, 12): chapters of the book's Part 2 that have a cache."""
+    items = value if isinstance(value, (list, tuple)) else [value] if isinstance(value, int) else str(value).split(",")
+    chapters = []
+    for item in items:
+        text = str(item).strip()
+        if isinstance(item, bool) or not text.isdigit() or not 10 <= int(text) <= 14:
+            raise ValueError(f"{item!r} is not a chapter of Part 2 with a cache (11, 12, 13 or 14)")
+        chapters.append(int(text))
+    return tuple(dict.fromkeys(chapters))
 
 
 @dataclass(frozen=True)
@@ -165,6 +177,8 @@ class BookConfig:
     dir: str | None = None              # default: the folder that holds data.root (~/dlwpt-code for ~/dlwpt-code/data-unversioned)
     fixes: str = "book/dlwpt-code.yaml"  # relative to configs/, or a path
     smoke: SmokeConfig = SmokeConfig()
+    cache: tuple[int, ...] = field(default=(), metadata={"parse": _parse_chapters})  # chapters whose cache `provision up` builds
+    cache_workers: int = field(default=0, metadata={"parse": _positive(int)})  # children building it at once; 0: every core
 
 
 @dataclass(frozen=True)

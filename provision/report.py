@@ -268,6 +268,8 @@ def up_text(summary: dict[str, Any]) -> str:
             lines.append(f"book       ok: {info['dir']} at {(info['commit'] or '?')[:10]}, {len(info['changed_files'])} file(s) fixed now")
         elif step == "cuda":
             lines.append(f"cuda       {cuda_line(info)}")
+        elif step == "cache":
+            lines += ["cache      " + line for line in cache_text(info).splitlines()]
         else:
             lines.append(f"{step:<10} {'ok' if info.get('ok') else 'FAILED'}")
     return "\n".join(lines)
@@ -295,6 +297,27 @@ def stage_text_from_dict(info: dict[str, Any]) -> str:
             if f.get("hint"):
                 lines.append(f"  hint: {f['hint']}")
     return "\n".join(lines)
+
+
+def cache_text(result: dict[str, Any]) -> str:
+    """Each chapter's cache: series complete of those staged, entries written now, bytes on disk, failures."""
+    lines = [f"dropped chapter {d['chapter']}'s cache: {gb(d['bytes'])} freed ({d['path']})" if d["existed"]
+             else f"chapter {d['chapter']} has no cache to drop ({d['path']})" for d in result["dropped"]]
+    for c in result["chapters"]:
+        complete = c["complete_before"] + c["built"]
+        if c["built"] == 0 and not c["failed"]:
+            lines.append(f"cache ch{c['chapter']}: complete for the {c['series']} staged series; nothing to do ({gb(bytes_or_zero(c))} in {c['path']})")
+            continue
+        lines.append(f"cache ch{c['chapter']}: {complete} of {c['series']} series ({c['built']} built now: {c['entries']:,} entries in "
+                     f"{c['seconds']:.0f} s), {gb(c['bytes'])} in {c['path']}")
+        lines += [f"  FAILED {f['subset']}/{f['series']}: {f['error']}" for f in c["failed"]]
+    if result.get("ok") is False:
+        lines.append("some series could not be cached (above); the others are, and a rerun tries those again")
+    return "\n".join(lines)
+
+
+def bytes_or_zero(chapter: dict[str, Any]) -> int:
+    return int(chapter.get("bytes") or 0)
 
 
 def pin_text(result: dict[str, Any]) -> str:

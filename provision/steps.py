@@ -110,6 +110,32 @@ def smoke(config: Config, plan: Plan, env: Environment) -> Any:
                      work_dir(root) / "smoke", emit=lambda line: print(line, file=sys.stderr, flush=True))
 
 
+def cache(config: Config, plan: Plan, env: Environment, chapters: Sequence[int], *, drop: Sequence[int] = (),
+          workers: int | None = None) -> dict[str, Any]:
+    """Build the book's caches of ``chapters`` for the staged scans (or, for ``drop``, delete them); see :mod:`provision.book.cache`."""
+    from .book import cache as caching
+    from .book.fixes import load_book_manifest
+    from .config import configs_dir
+    from .install import target_python
+
+    assert plan.book is not None
+    manifest = load_book_manifest(config.book.fixes, configs_dir())
+    book_dir = Path(plan.book.dir)
+    if drop:
+        return {"dropped": caching.drop(book_dir, caching.chapters_named(manifest.cache, drop)), "chapters": []}
+    if plan.book.clone:
+        raise BookError(f"{book_dir} holds no checkout of the book's code, whose functions fill its cache",
+                        hint="run `provision book` first (or `provision up` with book.enabled)")
+    for problem in plan.problems:
+        if problem.step == "cache":
+            raise PreflightError(problem.message, hint=problem.hint)
+    python = target_python(config.requirements.venv, env.python_executable)
+    count = workers or config.book.cache_workers or os.cpu_count() or 1
+    say = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731 - progress lines
+    built = [caching.build(book_dir, chapter, python, count, say).to_dict() for chapter in caching.chapters_named(manifest.cache, chapters)]
+    return {"dropped": [], "chapters": built, "ok": all(c["ok"] for c in built)}
+
+
 def up(config: Config, plan: Plan, env: Environment, environ: Mapping[str, str], steps: Sequence[str]) -> dict[str, Any]:
     """Run the chosen steps in order; stop at the first that fails. Returns a summary with the exit code."""
     from .report import gpu_dict
@@ -134,6 +160,11 @@ def up(config: Config, plan: Plan, env: Environment, environ: Mapping[str, str],
             result = stage(config, plan)
             summary["steps"]["data"] = result.to_dict()
             if not result.ok:
+                summary["exit_code"] = 1
+        if "cache" in steps and config.book.cache and summary["exit_code"] == 0:
+            built = cache(config, plan, env, config.book.cache)
+            summary["steps"]["cache"] = built
+            if not built["ok"]:
                 summary["exit_code"] = 1
     except ProvisionError as exc:
         summary["error"] = exc.to_dict()

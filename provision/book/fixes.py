@@ -56,12 +56,27 @@ class SmokeEntry:
 
 
 @dataclass(frozen=True)
+class CacheChapter:
+    """What one chapter's prepcache memoizes, and what one entry of it costs on disk (measured on the book's code)."""
+
+    chapter: int
+    module: str                         # its dsets module, whose getCtRawCandidate is memoized
+    scope: str                          # the cache's folder under data-unversioned/cache/
+    width_irc: tuple[int, ...]          # the crop its dataset asks for
+    per_series: tuple[str, ...] = ()    # memoized functions its prepcache also calls once per series
+    entries_per_scan: float = 0.0       # LUNA16: 551,065 candidates for 888 scans (+ the per-series entries)
+    entry_bytes: int = 0                # one entry as the book stores it (a pickled crop, not compressed)
+    entry_bytes_compressed: int = 0     # the same with the cache fixes (gzip level 1) on real CT data
+
+
+@dataclass(frozen=True)
 class BookManifest:
     """``configs/book/<name>.yaml``: the fixes and the smoke run for one book repository."""
 
     name: str
     fixes: tuple[Fix, ...]
     smoke: tuple[SmokeEntry, ...] = ()
+    cache: tuple[CacheChapter, ...] = ()
     path: str = field(default="", metadata={"parse": set_by_tool})
 
     def files(self) -> list[str]:

@@ -1,0 +1,258 @@
+"""`provision cache`: fill the book's per-chapter caches for the staged scans, on every core, resumably.
+
+The book memoizes each candidate's crop in a diskcache per chapter (``data-unversioned/cache/part2chNN_raw``),
+filled by ``python -m p2chNN.prepcache`` or, slower, by the first epoch. Here each core runs a child in the
+book's interpreter (:mod:`.cache_child`) that calls the chapter's own memoized functions with the arguments
+the book's dataset uses, one series at a time, so each scan is read once and the book's training then finds
+every entry. Which series are complete is kept beside the cache (``.provision-built.json``), written after each
+one: a killed build continues with the next series, and a chapter already complete is a no-op. What each
+chapter memoizes, and the bytes of one entry measured on the book's code, are data (``cache:`` in the book's
+fixes file).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from ..atomicfile import atomic_write_bytes
+from ..errors import BookError, ConfigError, OutOfSpaceError
+from .checkout import DATA_FOLDER
+from .fixes import CacheChapter
+
+CHILD = Path(__file__).with_name("cache_child.py")
+BUILT = ".provision-built.json"
+NO_SPACE = "No space left on device"
+Emit = Callable[[str], None]
+
+
+@dataclass
+class ChapterBuild:
+    """One chapter's build: series staged, already complete, built now, failed; entries written; bytes on disk."""
+
+    chapter: int
+    scope: str
+    path: str
+    series: int = 0
+    complete_before: int = 0
+    built: int = 0
+    entries: int = 0
+    misses: int = 0
+    bytes: int = 0
+    seconds: float = 0.0
+    failed: list[dict[str, str]] = field(default_factory=list)
+    stopped: str = ""  # why the build stopped before every series was done (a full disk)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed and not self.stopped
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "ok": self.ok}
+
+
+def cache_dir(book: Path, chapter: CacheChapter) -> Path:
+    return book / DATA_FOLDER / "cache" / chapter.scope
+
+
+def chapters_named(available: Sequence[CacheChapter], wanted: Sequence[int]) -> list[CacheChapter]:
+    """The chapters asked for, in order; ConfigError for one that has no cache."""
+    by_number = {c.chapter: c for c in available}
+    unknown = [n for n in wanted if n not in by_number]
+    if unknown:
+        raise ConfigError(f"chapter {', '.join(map(str, unknown))} has no cache to build (chapters with one: "
+                          f"{', '.join(str(c.chapter) for c in available)})", hint="name chapters among those, e.g. --chapters 11")
+    return [by_number[n] for n in dict.fromkeys(wanted)]
+
+
+def staged_series(luna_dir: Path) -> dict[str, str]:
+    """uid -> its subset folder's name, for every complete scan (.mhd and .raw) under ``luna_dir``/subsetN/."""
+    found = {}
+    for folder in sorted(luna_dir.glob("subset*")):
+        for mhd in sorted(folder.glob("*.mhd")):
+            if mhd.with_suffix(".raw").is_file():
+                found[mhd.stem] = folder.name
+    return found
+
+
+def read_built(path: Path) -> dict[str, int]:
+    """Series complete in a chapter's cache: uid -> entries (an unreadable record counts as none)."""
+    try:
+        data = json.loads((path / BUILT).read_text())
+        return {str(k): int(v) for k, v in data.get("series", {}).items()}
+    except (OSError, ValueError, AttributeError, TypeError):
+        return {}
+
+
+def drop(book: Path, chapters: Sequence[CacheChapter]) -> list[dict[str, Any]]:
+    """Delete these chapters' caches (when the reader has moved on); returns what was freed."""
+    freed = []
+    for chapter in chapters:
+        path = cache_dir(book, chapter)
+        used = bytes_on_disk(path)
+        if path.is_symlink():
+            path.unlink()
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+        freed.append({"chapter": chapter.chapter, "path": str(path), "bytes": used, "existed": used > 0})
+    return freed
+
+
+def bytes_on_disk(folder: Path) -> int:
+    used = 0
+    for dirpath, _dirs, names in os.walk(folder):
+        for name in names:
+            try:
+                used += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
+            except OSError:
+                continue
+    return used
+
+
+class _Record:
+    """The chapter's record of complete series, saved after each one (atomically): what a killed build resumes from."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.series = read_built(path)
+        self.lock = threading.Lock()
+
+    def add(self, uid: str, entries: int) -> None:
+        with self.lock:
+            self.series[uid] = entries
+            self.path.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(self.path / BUILT, json.dumps({"series": self.series}, sort_keys=True).encode())
+
+
+def build(book: Path, chapter: CacheChapter, python: str, workers: int, emit: Emit | None = None,
+          only: set[str] | None = None, progress_every_s: float = 10.0) -> ChapterBuild:
+    """Build one chapter's cache for the staged series (``only``: just these) with ``workers`` children."""
+    say = emit or (lambda line: None)
+    start = time.monotonic()
+    path = cache_dir(book, chapter)
+    staged = staged_series(book / DATA_FOLDER / "part2" / "luna")
+    wanted = {uid: sub for uid, sub in staged.items() if only is None or uid in only}
+    record = _Record(path)
+    result = ChapterBuild(chapter.chapter, chapter.scope, str(path), series=len(wanted))
+    todo = [uid for uid in sorted(wanted) if uid not in record.series]
+    result.complete_before = len(wanted) - len(todo)
+    if not todo:
+        result.seconds = time.monotonic() - start
+        return result
+    if not (book / "data" / "part2" / "luna" / "candidates.csv").is_file():
+        raise BookError(f"{book} has no data/part2/luna/candidates.csv", hint="run `provision book` to get the book's code first")
+    say(f"cache ch{chapter.chapter}: {len(todo)} of {len(wanted)} series to build with {workers} worker(s) in {path}")
+    queue: Iterator[str] = iter(todo)
+    lock = threading.Lock()
+    last_said = [time.monotonic()]
+
+    def next_uid() -> str | None:
+        with lock:
+            if result.stopped:
+                return None
+            return next(queue, None)
+
+    def done(line: dict[str, Any]) -> None:
+        with lock:
+            uid = line["series"]
+            if "error" in line:
+                where = wanted.get(uid, "?")
+                result.failed.append({"series": uid, "subset": where, "error": line["error"]})
+                say(f"cache ch{chapter.chapter}: {where}/{uid}: FAILED: {line['error']} (the build goes on with the others)")
+                if NO_SPACE in line["error"]:
+                    result.stopped = "the disk filled up"
+                return
+            record.add(uid, int(line["entries"]))
+            result.built += 1
+            result.entries += int(line["entries"])
+            result.misses += int(line.get("misses", 0))
+            now = time.monotonic()
+            if now - last_said[0] >= progress_every_s or result.built == len(todo):
+                last_said[0] = now
+                say(progress_line(result, len(todo), now - start))
+
+    threads = [threading.Thread(target=_drive, args=(book, chapter, python, next_uid, done, result), daemon=True)
+               for _ in range(max(1, min(workers, len(todo))))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    result.bytes = bytes_on_disk(path)
+    result.seconds = time.monotonic() - start
+    if result.stopped:
+        raise OutOfSpaceError(
+            f"the disk filled up while building chapter {chapter.chapter}'s cache: {result.complete_before + result.built} of "
+            f"{len(wanted)} series are in it ({result.bytes / 1e9:.1f} GB), and the cache built so far is usable",
+            hint="free some space and run `provision cache` again (it continues), drop another chapter's cache (--drop), "
+                 "or stage fewer subsets", path=str(path))
+    return result
+
+
+def progress_line(result: ChapterBuild, todo: int, elapsed: float) -> str:
+    rate = result.built / elapsed if elapsed > 0 else 0.0
+    eta = f", about {(todo - result.built) / rate:.0f} s left" if rate > 0 and result.built < todo else ""
+    return (f"cache ch{result.chapter}: {result.built} of {todo} series, {result.entries:,} entries, "
+            f"{rate * 60:.1f} series/min{eta}")
+
+
+def _drive(book: Path, chapter: CacheChapter, python: str, next_uid: Callable[[], str | None], done: Callable[[dict[str, Any]], None],
+           result: ChapterBuild) -> None:
+    """One child: start it, hand it series one at a time, pass on what it says; a child that dies fails its series."""
+    command = [python, str(CHILD), "--module", chapter.module, "--width", ",".join(map(str, chapter.width_irc)),
+               "--per-series", ",".join(chapter.per_series)]
+    log = book / DATA_FOLDER / "cache" / f".provision-ch{chapter.chapter}-{threading.get_ident()}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as errors:
+        try:
+            proc = subprocess.Popen(command, cwd=book, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors, text=True, bufsize=1,
+                                    env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        except OSError as exc:
+            done({"series": "-", "error": f"cannot start {python}: {exc.strerror}"})
+            return
+        assert proc.stdin is not None and proc.stdout is not None
+        try:
+            if _read(proc.stdout) is None:  # the "ready" line: the book's modules imported, its CSVs read
+                done({"series": "-", "error": f"the book's code did not start: {_tail(log)}"})
+                return
+            while (uid := next_uid()) is not None:
+                proc.stdin.write(uid + "\n")
+                proc.stdin.flush()
+                line = _read(proc.stdout)
+                if line is None:
+                    done({"series": uid, "error": f"the worker died: {_tail(log)}"})
+                    return
+                done(line)
+        except BrokenPipeError:
+            done({"series": "-", "error": f"the worker died: {_tail(log)}"})
+        finally:
+            proc.stdin.close()
+            proc.wait()
+    log.unlink(missing_ok=True)
+
+
+def _read(stream: IO[str]) -> dict[str, Any] | None:
+    """The child's next JSON line (other lines, the book's own logging, are skipped); None at its end."""
+    for line in stream:
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                return dict(json.loads(line))
+            except ValueError:
+                continue
+    return None
+
+
+def _tail(log: Path) -> str:
+    try:
+        lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return "no output"
+    return lines[-1][-300:] if lines else "no output"
