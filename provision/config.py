@@ -71,6 +71,13 @@ def _positive(kind: type, above_zero: bool = False) -> Any:
     return parse
 
 
+def _auto_or(parse: Any) -> Any:
+    def parse_auto(value: Any, path: str) -> Any:
+        return None if value in (None, "auto") else parse(value, path)
+
+    return parse_auto
+
+
 def _parse_host_caps(value: Any, path: str) -> dict[str, int]:
     """``{zenodo.org: 4}``: the most connections to open to each named host at once."""
     if not isinstance(value, Mapping):
@@ -129,11 +136,12 @@ class GcsConfig:
 class DataConfig:
     dataset: str = "luna16"
     root: str = "~/dlwpt-code/data-unversioned"
-    subsets: tuple[int, ...] | None = field(default=None, metadata={"parse": parse_subsets})
+    subsets: tuple[int, ...] | str | None = field(default=None, metadata={"parse": parse_subsets})  # all, fit, 0-3, 0,2,5
     sources: tuple[Source, ...] = field(default=(parse_source("zenodo"),), metadata={"parse": _parse_sources})
     keep_archives: bool = False
     reserve_gb: float = field(default=0.0, metadata={"parse": _positive(float)})  # kept free after staging, besides the cache
-    cache_gb_per_subset: float = field(default=16.5, metadata={"parse": _positive(float)})  # the book's cache: one chapter's, per subset
+    # the book's cache per subset staged: auto (measured per chapter, see provision/cacheplan.py) or a number of GB
+    cache_gb_per_subset: float | None = field(default=None, metadata={"parse": _auto_or(_positive(float))})
     margin_gb: float = field(default=1.0, metadata={"parse": _positive(float)})
     mode: str = field(default="auto", metadata={"parse": _parse_choice("auto", "archive", "stream")})
     connections: int = field(default=8, metadata={"parse": _positive(int)})

@@ -10,8 +10,9 @@ from pathlib import Path
 from .book.checkout import book_dir
 from .book.checkout import facts as checkout_facts
 from .book.fixes import FileState, judge_checkout, load_book_manifest
+from .cacheplan import fs_type_of
 from .config import Config, configs_dir
-from .environment import Environment, folder_problem, fs_facts
+from .environment import Environment, existing_ancestor, folder_problem, fs_facts
 from .install import installed_distributions, target_python
 from .manifest import Manifest, load_manifest
 from .plan import BookFacts, CopyFacts, Facts, Plan, make_plan
@@ -42,7 +43,16 @@ def gather_facts(config: Config, environ: Mapping[str, str], environment: Enviro
         book=gather_book_facts(config),
         copies={s.location: look_into_copy(s, manifest) for s in config.data.sources if s.is_copy},
         root_problem=folder_problem(root / manifest.dir) or folder_problem(work_dir(root)),
+        cache_fs_type=fs_type_of(str(existing_ancestor(root / "cache").resolve()), read_mounts()),
     )
+
+
+def read_mounts() -> str:
+    """The mount table (which filesystem holds which folder); empty where there is none to read."""
+    try:
+        return Path("/proc/self/mounts").read_text(errors="replace")
+    except OSError:
+        return ""
 
 
 def look_into_copy(source: Source, manifest: Manifest) -> CopyFacts:

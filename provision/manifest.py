@@ -17,10 +17,15 @@ SUBSET_KEY = re.compile(r"subset(\d+)")
 MAX_SUBSET = 9999  # LUNA16 has 10; a range to a hundred million would only fill memory
 
 
-def parse_subsets(value: Any, path: str = "subsets") -> tuple[int, ...] | None:
-    """``all`` -> None; ``"0-3"``, ``"0,2,5"``, ``[0, 2, 5]``, ``3`` -> sorted unique numbers."""
+FIT = "fit"  # data.subsets: as many as fit on the disk, from the lowest (the plan decides, with the cache's measured size)
+
+
+def parse_subsets(value: Any, path: str = "subsets") -> tuple[int, ...] | str | None:
+    """``all`` -> None; ``fit`` -> FIT; ``"0-3"``, ``"0,2,5"``, ``[0, 2, 5]``, ``3`` -> sorted unique numbers."""
     if value is None or value == "all":
         return None
+    if value == FIT:
+        return FIT
     if isinstance(value, bool):
         raise ValueError(f"expected 'all', a range like '0-3', a list like '0,2,5' or [0, 2, 5], got {value!r}")
     if isinstance(value, int):
@@ -153,9 +158,10 @@ class Manifest:
     def subsets(self) -> tuple[int, ...]:
         return tuple(sorted({f.subset for f in self.files if f.subset is not None}))
 
-    def select(self, subsets: tuple[int, ...] | None) -> tuple[ManifestFile, ...]:
-        """Files for the chosen subsets; files without a subset number are always included."""
-        if subsets is None:
+    def select(self, subsets: tuple[int, ...] | str | None) -> tuple[ManifestFile, ...]:
+        """Files for the chosen subsets (all for ``all`` and, until the plan has chosen, ``fit``); files without a subset
+        number are always included."""
+        if subsets is None or isinstance(subsets, str):
             return self.files
         missing = sorted(set(subsets) - set(self.subsets))
         if missing:

@@ -15,11 +15,12 @@ from urllib.parse import quote
 
 from .book.checkout import CheckoutFacts
 from .book.fixes import BookManifest, FileState
+from .cacheplan import LUNA_SCANS_PER_SUBSET, CachePlan, plan_cache
 from .config import Config
 from .disk import GB, DiskItem, DiskPlan, DiskRules, gb, plan_disk
 from .environment import Environment, FsFacts
 from .install import InstallPlan, TorchIndex, index_options, plan_install, read_requirements, target_python, torch_index
-from .manifest import Manifest, ManifestFile, PinnedMember, format_subsets
+from .manifest import FIT, Manifest, ManifestFile, PinnedMember, format_subsets
 from .sources import Source
 from .torch_wheels import INDEX_BASE, WheelTable, choose, gpus_from_smi
 from .ways import choose as choose_way
@@ -69,6 +70,7 @@ class Facts:
     copies: Mapping[str, CopyFacts] = field(default_factory=dict)  # unpacked-copy source location -> what it holds
     cores: int = field(default_factory=lambda: os.cpu_count() or 1)
     root_problem: str | None = None  # why data cannot be written under data.root (a file, read-only, a link loop)
+    cache_fs_type: str = ""          # the filesystem the book's cache would be on (data.root/cache)
 
 
 @dataclass(frozen=True)
@@ -128,7 +130,7 @@ class DataPlan:
     root: str
     target_dir: str
     mode: str
-    subsets: tuple[int, ...] | None
+    subsets: tuple[int, ...] | str | None
     sources: tuple[str, ...]
     files: tuple[FilePlan, ...]
     connections: int
@@ -137,6 +139,7 @@ class DataPlan:
     mode_reason: str = ""
     stream_ranges: int = 1
     ways: tuple[WayPlan, ...] = ()  # every way the setting allows: its disk need and time relative to the fastest
+    subsets_reason: str = ""  # data.subsets: fit -> which subsets were chosen, and why
 
 
 @dataclass(frozen=True)
@@ -212,6 +215,7 @@ class Plan:
     disk: tuple[DiskPlan, ...]
     problems: tuple[Problem, ...]
     book: BookPlan | None = None
+    cache: CachePlan | None = None
 
     @property
     def feasible(self) -> bool:
@@ -229,7 +233,23 @@ class Plan:
 
 
 def make_plan(config: Config, manifest: Manifest, facts: Facts) -> Plan:
-    """Compute the whole plan from its inputs. Pure: reads and writes nothing."""
+    """Compute the whole plan from its inputs. Pure: reads and writes nothing. With ``data.subsets: fit``, the subsets
+    are as many as fit, from the lowest, with every reserve counted (the book's cache too)."""
+    plan = _make_plan(config, manifest, facts)
+    if config.data.subsets != FIT:
+        return plan
+    disk = plan.disk[0]
+    every = format_subsets(manifest.subsets)
+    if disk.fits or not disk.fitting_subsets:
+        why = f"all of {every} fit" if disk.fits else "not even one subset fits"
+        return replace(plan, data=replace(plan.data, subsets_reason=f"data.subsets is fit: {why}"))
+    chosen = replace(config, data=replace(config.data, subsets=disk.fitting_subsets))
+    fitted = _make_plan(chosen, manifest, facts)
+    return replace(fitted, data=replace(fitted.data, subsets_reason=f"data.subsets is fit: {format_subsets(disk.fitting_subsets)} of {every} "
+                                                                   f"fit in {gb(disk.free_bytes)} free, with the book's cache"))
+
+
+def _make_plan(config: Config, manifest: Manifest, facts: Facts) -> Plan:
     from packaging.specifiers import SpecifierSet
 
     env = facts.environment
@@ -249,8 +269,9 @@ def make_plan(config: Config, manifest: Manifest, facts: Facts) -> Plan:
         options=index_options(config.requirements.find_links, config.requirements.no_index),
     )
     data = plan_data(config, manifest, facts)
+    cache = cache_plan(config, manifest, facts)
     items = [disk_item(f) for f in data.files]
-    ways = plan_ways(items, disk_rules(config, stream=False), config.data.mode, config.data.stream_ranges, path=config.data.root,
+    ways = plan_ways(items, disk_rules(config, stream=False, cache_bytes_per_subset=cache.bytes_per_subset), config.data.mode, config.data.stream_ranges, path=config.data.root,
                      probe=facts.data_fs.probe, free_bytes=facts.data_fs.free_bytes, connections=connections_to(config, data), cores=facts.cores)
     pinned = all(f.pinned for f in data.files if f.unpack) and any(f.unpack for f in data.files)
     way, reason = choose_way(config.data.mode, ways, any(f.unpack for f in data.files), pinned)
@@ -270,7 +291,8 @@ def make_plan(config: Config, manifest: Manifest, facts: Facts) -> Plan:
         problems.append(Problem("data", f"data.root cannot hold the data: {facts.root_problem}",
                                 "point data.root (--root) at a folder on a writable disk"))
     elif not disk.fits:
-        streaming = disk_for(config, data.files, facts.data_fs, stream=True) if way.mode == "archive" else None
+        streaming = disk_for(config, data.files, facts.data_fs, stream=True, cache_bytes_per_subset=cache.bytes_per_subset) \
+            if way.mode == "archive" else None
         problems.append(disk_problem(disk, streaming))
     elif env.kind == "kaggle" and Path(config.data.root).is_relative_to(KAGGLE_WORKING) and disk.needed_bytes > KAGGLE_WORKING_BYTES:
         problems.append(Problem(
@@ -281,6 +303,10 @@ def make_plan(config: Config, manifest: Manifest, facts: Facts) -> Plan:
     book = plan_book(config, facts.book) if facts.book is not None else None
     if book is not None and book.enabled:
         problems += book_problems(book)
+    if cache.problem:
+        problems.append(Problem("cache", cache.problem, "put data.root on this machine's own disk (on Colab: under /content; on a VM: "
+                                "its boot or local SSD), where the book's code reads its data and writes its cache; keep archives "
+                                "on the share instead: provision mirror --to DIR/, then stage from it"))
     return Plan(
         profile=config.name,
         config_files=config.files,
@@ -293,6 +319,7 @@ def make_plan(config: Config, manifest: Manifest, facts: Facts) -> Plan:
         disk=(disk,),
         problems=tuple(problems),
         book=book,
+        cache=cache,
     )
 
 
@@ -423,10 +450,21 @@ def disk_item(f: FilePlan) -> DiskItem:
     )
 
 
-def disk_rules(config: Config, stream: bool) -> DiskRules:
+def cache_plan(config: Config, manifest: Manifest, facts: Facts) -> CachePlan:
+    """The book's cache: its measured size per chapter, compressed when the book's cache fixes are (or will be) applied."""
+    chapters = facts.book.manifest.cache if facts.book is not None else ()
+    disk_fix = next((s.state for s in facts.book.states if s.file == "util/disk.py"), None) if facts.book is not None else None
+    compressed = disk_fix == "applied" or (config.book.enabled and disk_fix in (None, "to apply"))
+    archives = [f for f in manifest.files if f.unpack and f.members]
+    scans = sum(f.members or 0 for f in archives) / 2 / len(archives) if archives else LUNA_SCANS_PER_SUBSET
+    return plan_cache(chapters, build=config.book.cache, compressed=compressed, scans_per_subset=scans, set_gb=config.data.cache_gb_per_subset,
+                      path=str(Path(config.data.root) / "cache"), fs_type=facts.cache_fs_type)
+
+
+def disk_rules(config: Config, stream: bool, cache_bytes_per_subset: int) -> DiskRules:
     return DiskRules(
         reserve_bytes=int(config.data.reserve_gb * GB),
-        cache_bytes_per_subset=int(config.data.cache_gb_per_subset * GB),
+        cache_bytes_per_subset=cache_bytes_per_subset,
         margin_bytes=int(config.data.margin_gb * GB),
         keep_archives=config.data.keep_archives,
         files_in_flight=config.data.files_in_flight,
@@ -434,10 +472,10 @@ def disk_rules(config: Config, stream: bool) -> DiskRules:
     )
 
 
-def disk_for(config: Config, files: tuple[FilePlan, ...], fs: FsFacts, stream: bool) -> DiskPlan:
+def disk_for(config: Config, files: tuple[FilePlan, ...], fs: FsFacts, stream: bool, cache_bytes_per_subset: int) -> DiskPlan:
     """The disk plan for staging ``files`` onto the filesystem ``fs`` in one mode."""
     return plan_disk([disk_item(f) for f in files], path=config.data.root, probe=fs.probe, free_bytes=fs.free_bytes,
-                     rules=disk_rules(config, stream))
+                     rules=disk_rules(config, stream, cache_bytes_per_subset))
 
 
 def connections_to(config: Config, data: DataPlan) -> int:
@@ -471,8 +509,8 @@ def disk_problem(disk: DiskPlan, stream: DiskPlan | None = None) -> Problem:
         per_subset = disk.cache_bytes / disk.subsets
         lower = (disk.cache_bytes - disk.shortfall_bytes) / disk.subsets / GB
         example = f", e.g. --set data.cache_gb_per_subset={lower:.1f}" if lower > 0.05 else ""
-        ways.append(f"keep less room for the book's cache (now {gb(disk.cache_bytes)}: data.cache_gb_per_subset {per_subset / GB:g} GB "
-                    f"for each of {disk.subsets} subsets; one chapter's cache needs about that){example}")
+        ways.append(f"keep less room for the book's cache (now {gb(disk.cache_bytes)}: {per_subset / GB:.1f} GB for each of {disk.subsets} "
+                    f"subsets, what one chapter's cache measures; data.cache_gb_per_subset sets it){example}")
     extra = disk.reserve_bytes - disk.cache_bytes
     if extra:
         lower_extra = int((extra - disk.shortfall_bytes) // GB)

@@ -42,6 +42,8 @@ def plan_text(plan: Plan) -> str:
     data = plan.data
     lines.append(f"data         {data.dataset} ({data.manifest}), {data.connections} connections")
     lines.append(f"  mode       {data.mode}: {data.mode_reason}")
+    if data.subsets_reason:
+        lines.append(f"  subsets    {data.subsets_reason}")
     if len(data.ways) > 1:
         lines.append("  ways       the first that fits is used; time relative to the fastest, at nominal rates")
         for w in data.ways:
@@ -68,7 +70,7 @@ def plan_text(plan: Plan) -> str:
             f"  archives {gb(disk.archive_bytes)}, unpacked {'~' if disk.estimated else ''}{gb(disk.unpacked_bytes)}, "
             f"archives on disk at once {gb(disk.archives_in_flight_bytes)}",
             f"  peak {gb(disk.peak_bytes)}, after staging {gb(disk.final_bytes)} + reserve {gb(disk.reserve_bytes)}, margin {gb(disk.margin_bytes)}",
-            *_reserve_lines(disk),
+            *_reserve_lines(disk, plan.cache),
             f"  needed {gb(disk.needed_bytes)}, free {gb(disk.free_bytes)}: {'fits' if disk.fits else 'DOES NOT FIT'}",
         ]
         if disk.estimated:
@@ -132,14 +134,22 @@ def smoke_text(result: Any) -> str:
     return "\n".join(lines)
 
 
-def _reserve_lines(disk: Any) -> list[str]:
-    """What the reserve is made of: the book's cache, which grows with the subsets staged, and any extra."""
+def _reserve_lines(disk: Any, cache: Any) -> list[str]:
+    """What the reserve is made of: the book's cache (per chapter, from one entry's measured bytes), which grows with
+    the subsets staged, and any extra."""
     if not disk.cache_bytes:
         return []
     extra = disk.reserve_bytes - disk.cache_bytes
-    line = (f"  reserve: {gb(disk.cache_bytes)} for the book's cache ({gb(disk.cache_bytes // disk.subsets)} for each of "
-            f"{disk.subsets} subsets: one chapter's cache at a time)")
-    return [line + (f" + {gb(extra)} data.reserve_gb" if extra else "")]
+    at_once = cache.at_once if cache is not None else "one chapter at a time"
+    lines = [f"  reserve: {gb(disk.cache_bytes)} for the book's cache ({gb(disk.cache_bytes // disk.subsets)} for each of "
+             f"{disk.subsets} subsets: {at_once})" + (f" + {gb(extra)} data.reserve_gb" if extra else "")]
+    if cache is not None and not cache.set_by_hand:
+        for c in cache.chapters:
+            mark = "  <- counted" if c.chapter in cache.together else ""
+            how = "compressed by the book's cache fixes" if c.compressed else "stored raw, as the book does without its cache fixes"
+            lines.append(f"    chapter {c.chapter}: {c.entries_per_subset:,} entries a subset x {c.entry_bytes / 1e3:.1f} kB ({how}) = "
+                         f"{gb(c.bytes_per_subset)} a subset{mark}")
+    return lines
 
 
 def status_text(status: dict[str, Any]) -> str:

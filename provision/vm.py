@@ -11,14 +11,16 @@ import shlex
 import shutil
 import subprocess
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+from .book.checkout import CheckoutFacts
+from .book.fixes import load_book_manifest
 from .config import Config, load_config
 from .disk import GB
 from .errors import CommandError, ConfigError, PreflightError
 from .manifest import load_manifest
-from .plan import Facts, disk_for, plan_data
+from .plan import BookFacts, Facts, cache_plan, disk_for, plan_data
 
 GCLOUD_INSTALL = "https://cloud.google.com/sdk/docs/install"
 
@@ -42,7 +44,9 @@ def data_needed_bytes(profile: Config) -> int:
     env = detect({}, colab_importable=False, dmi={"product_name": "Google Compute Engine"})
     facts = Facts(environment=env, installed={}, nvidia_smi=None, statuses={}, environ={}, data_fs=empty)
     files = plan_data(profile, manifest, facts).files
-    return disk_for(profile, files, empty, stream=profile.data.mode == "stream").needed_bytes
+    book = BookFacts(load_book_manifest(profile.book.fixes, configs_dir()), CheckoutFacts("", False, None, (), "link"), ())
+    cache = cache_plan(profile, manifest, replace(facts, book=book))
+    return disk_for(profile, files, empty, stream=profile.data.mode == "stream", cache_bytes_per_subset=cache.bytes_per_subset).needed_bytes
 
 
 def startup_script(tool_repo: str, profile: str) -> str:

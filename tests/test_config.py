@@ -24,7 +24,7 @@ def test_every_shipped_profile_loads(profile: str) -> None:
 def test_colab_profile_values() -> None:
     config = load_config("colab", environ={})
     assert config.cuda.required is True and config.cuda.min_memory_gb == 8
-    assert config.data.subsets == (0, 1)
+    assert config.data.subsets == "fit", "as many subsets as fit the runtime's disk, with the book's cache"
     assert config.data.root == "/content/dlwpt-code/data-unversioned"
     assert [s.kind for s in config.data.sources] == ["zenodo"]
 
@@ -71,7 +71,7 @@ def test_extends_merges_deeply_and_replaces_lists(tmp_path: Path) -> None:
     child.write_text(f"extends: {REPO / 'configs' / 'vm.yaml'}\ndata:\n  sources: [https://mirror.example.org/luna/]\n  connections: 4\n")
     config = load_config(str(child), environ={"HOME": "/h"})
     assert config.data.connections == 4
-    assert config.data.cache_gb_per_subset == 16.5 and config.book.enabled  # from base and vm
+    assert config.data.cache_gb_per_subset is None and config.book.enabled  # from base (auto: measured per chapter) and vm
     assert [s.location for s in config.data.sources] == ["https://mirror.example.org/luna/"]
     assert config.cuda.min_memory_gb == 8
 

@@ -6,12 +6,14 @@ from pathlib import Path
 
 import pytest
 
+from provision.book.checkout import CheckoutFacts
+from provision.book.fixes import load_book_manifest
 from provision.cli import main
 from provision.config import configs_dir, load_config
 from provision.disk import GB
 from provision.environment import FsFacts, detect
 from provision.manifest import load_manifest
-from provision.plan import Facts, make_plan
+from provision.plan import BookFacts, Facts, make_plan
 from provision.torch_wheels import load_table
 from tests.conftest import run_cli
 
@@ -26,6 +28,7 @@ def colab_facts(free_bytes: int, installed: dict[str, str] | None = None) -> Fac
         data_fs=FsFacts(path="/content/dlwpt-code/data-unversioned", probe="/", device=1, free_bytes=free_bytes, total_bytes=110 * GB),
         statuses={},
         environ={},
+        book=BookFacts(load_book_manifest("book/dlwpt-code.yaml", configs_dir()), CheckoutFacts("/content/dlwpt-code", False, None, (), "inside"), ()),
     )
 
 
@@ -34,7 +37,9 @@ def test_colab_plan_is_complete_json(capsys: pytest.CaptureFixture[str]) -> None
     plan = json.loads(capsys.readouterr().out)
     assert code == (0 if plan["feasible"] else 3)
     assert plan["environment"]["kind"] in ("colab", "vm", "local") and plan["profile"] == "colab"
-    assert [f["key"] for f in plan["data"]["files"]] == ["subset0.zip", "subset1.zip", "annotations.csv"]
+    keys = [f["key"] for f in plan["data"]["files"]]
+    assert keys[0] == "subset0.zip" and keys[-1] == "annotations.csv", "as many subsets as fit here, from the first"
+    assert keys[:-1] == [f"subset{i}.zip" for i in range(len(keys) - 1)] and "data.subsets is fit" in plan["data"]["subsets_reason"]
     first = plan["data"]["files"][0]
     assert first["locations"][0]["url"] == "https://zenodo.org/records/3723295/files/subset0.zip?download=1"
     assert first["dest"] == "/content/dlwpt-code/data-unversioned/part2/luna"
@@ -75,9 +80,49 @@ def test_plan_refuses_when_disk_is_short_and_names_what_fits() -> None:
     assert problem.exit_code == 3
     assert "/home/u/dlwpt-code/data-unversioned" in problem.message
     assert "78.1 GB is free" in problem.message and "needs" in problem.message
-    # each subset: about 6.6 GB of archive, ~13 GB unpacked and 16.5 GB for the book's cache
-    assert "subsets 0-1 fit in 78.1 GB free" in problem.hint and "--subsets 0-1" in problem.hint
-    assert "data.cache_gb_per_subset 16.5 GB for each of 10 subsets" in problem.hint and "--root" in problem.hint
+    # each subset: about 6.6 GB of archive, ~12 GB unpacked and 7.0 GB for the book's chapter-11 cache, compressed by its fixes
+    assert "subsets 0-3 fit in 78.1 GB free" in problem.hint and "--subsets 0-3" in problem.hint
+    assert "7.0 GB for each of 10 subsets, what one chapter's cache measures" in problem.hint and "--root" in problem.hint
+
+
+def test_the_cache_reserve_is_measured_per_chapter_and_follows_the_fixes_and_book_cache() -> None:
+    """Entries per subset x one entry's measured bytes: compressed when the book's cache fixes apply, raw otherwise; one
+    chapter at a time (the largest), or the chapters `provision cache` builds together."""
+    manifest = load_manifest("luna16", configs_dir())
+    fixed = make_plan(load_config("colab", ["data.subsets=0-1"], environ={}), manifest, colab_facts(500 * GB))
+    assert fixed.cache is not None and fixed.cache.together == (11,)
+    assert fixed.disk[0].cache_bytes == 2 * fixed.cache.bytes_per_subset and 6.5 * GB < fixed.cache.bytes_per_subset < 7.5 * GB
+    raw = make_plan(load_config("colab", ["data.subsets=0-1", "book.enabled=false"], environ={}), manifest, colab_facts(500 * GB))
+    assert raw.cache is not None and raw.cache.together == (13,), "stored raw, chapter 13's crops are the largest"
+    assert 17 * GB < raw.cache.bytes_per_subset < 19 * GB
+    both = make_plan(load_config("colab", ["data.subsets=0-1", "book.cache=[11, 13]"], environ={}), manifest, colab_facts(500 * GB))
+    assert both.cache is not None and both.cache.together == (11, 13)
+    assert both.cache.bytes_per_subset == sum(c.bytes_per_subset for c in both.cache.chapters if c.chapter in (11, 13))
+
+
+def test_colab_stages_as_many_subsets_as_fit() -> None:
+    manifest = load_manifest("luna16", configs_dir())
+    plan = make_plan(load_config("colab", environ={}), manifest, colab_facts(int(78.1 * GB)))
+    assert plan.feasible and plan.data.subsets == (0, 1, 2, 3), plan.data.subsets_reason
+    assert "0-3 of 0-9 fit in 78.1 GB free" in plan.data.subsets_reason
+    small = make_plan(load_config("colab", environ={}), manifest, colab_facts(int(45 * GB)))
+    assert small.data.subsets == (0, 1)
+
+
+def test_a_cache_on_a_network_or_fuse_filesystem_is_refused(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from provision.cacheplan import fs_type_of
+
+    mounts = "drive /content/drive fuse.drive rw 0 0\n/dev/sda1 / ext4 rw 0 0\nfs:/share /mnt/lab\\040share nfs4 rw 0 0\n"
+    assert fs_type_of("/content/drive/MyDrive/data-unversioned/cache", mounts) == "fuse.drive"
+    assert fs_type_of("/mnt/lab share/x", mounts) == "nfs4" and fs_type_of("/content/x", mounts) == "ext4"
+    manifest = load_manifest("luna16", configs_dir())
+    for fs_type in ("fuse.drive", "nfs4", "cifs", "fuse.gcsfuse"):
+        plan = make_plan(load_config("colab", ["data.subsets=0"], environ={}), manifest, replace(colab_facts(500 * GB), cache_fs_type=fs_type))
+        problem = next(p for p in plan.problems if p.step == "cache")
+        assert fs_type in problem.message and "malformed" in problem.message and "/content" in problem.hint
+    assert make_plan(load_config("colab", ["data.subsets=0"], environ={}), manifest, replace(colab_facts(500 * GB), cache_fs_type="fuseblk")).feasible
 
 
 def test_plan_counts_only_what_is_left_to_fetch(tmp_path: Path) -> None:
