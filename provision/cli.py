@@ -99,10 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _chapters(text: str) -> tuple[int, ...]:
-    from .config import _parse_chapters
+    from .config import parse_chapters
 
     try:
-        return _parse_chapters(text, "--chapters")
+        return parse_chapters(text, "--chapters")
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 

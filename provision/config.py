@@ -92,7 +92,7 @@ def _parse_host_caps(value: Any, path: str) -> dict[str, int]:
     return caps
 
 
-def _parse_chapters(value: Any, path: str) -> tuple[int, ...]:
+def parse_chapters(value: Any, path: str) -> tuple[int, ...]:
     """``[11, 12]``, ``11``, ``"11,12"`` -> (11, 12): chapters of the book's Part 2 that have a cache."""
     items = value if isinstance(value, (list, tuple)) else [value] if isinstance(value, int) else str(value).split(",")
     chapters = []
@@ -185,7 +185,7 @@ class BookConfig:
     dir: str | None = None              # default: the folder that holds data.root (~/dlwpt-code for ~/dlwpt-code/data-unversioned)
     fixes: str = "book/dlwpt-code.yaml"  # relative to configs/, or a path
     smoke: SmokeConfig = SmokeConfig()
-    cache: tuple[int, ...] = field(default=(), metadata={"parse": _parse_chapters})  # chapters whose cache `provision up` builds
+    cache: tuple[int, ...] = field(default=(), metadata={"parse": parse_chapters})  # chapters whose cache `provision up` builds
     cache_workers: int = field(default=0, metadata={"parse": _positive(int)})  # children building it at once; 0: every core
 
 

@@ -294,15 +294,17 @@ def venv_python(venv: str) -> str:
     return str(Path(venv) / ("Scripts/python.exe" if os.name == "nt" else "bin/python"))
 
 
-def run_install(plan: InstallPlan, environ: Mapping[str, str], log: Callable[[str], None]) -> None:
-    """Carry out the plan's commands; a failure raises CommandError with the installer's last lines."""
+def run_install(plan: InstallPlan, environ: Mapping[str, str], progress: Callable[[str], None],
+                note: Callable[[str], None] | None = None) -> None:
+    """Carry out the plan's commands; a failure raises CommandError with the installer's last lines. ``progress`` gets
+    each command line as it starts, ``note`` what went wrong but was got round (uv that cannot start)."""
     env = {k: v for k, v in environ.items() if k not in plan.unset_env}
     for command in plan.commands:
-        log("running: " + " ".join(command.argv))
+        progress("running: " + " ".join(command.argv))
         proc = subprocess.run(list(command.argv), env=env, capture_output=True, text=True)
         if proc.returncode == UV_CONFIG_ERROR and command.fallback:
             said = (proc.stderr.strip().splitlines() or ["no message"])[0]
-            log(f"uv could not start ({said}); installing with pip instead: {' '.join(command.fallback)}")
+            (note or progress)(f"uv could not start ({said}); installing with pip instead: {' '.join(command.fallback)}")
             command = InstallCommand(command.fallback, command.packages)
             proc = subprocess.run(list(command.argv), env=env, capture_output=True, text=True)
         if proc.returncode != 0:

@@ -40,7 +40,7 @@ def install(plan: Plan, environ: Mapping[str, str], venv: str | None = None) -> 
     if venv and not os.path.exists(plan.install.target_python):
         create_venv(venv)
     if plan.install.commands:
-        run_install(plan.install, environ, lambda line: print(f"install: {line}", file=sys.stderr, flush=True))
+        run_install(plan.install, environ, lambda line: print(f"install: {line}", file=sys.stderr, flush=True), log.warning)
 
 
 def check_gpu(config: Config, env: Environment) -> GpuReport:

@@ -167,7 +167,8 @@ def test_uv_constraint_bug_is_worked_around(tmp_path: Path) -> None:
     assert broken_uv_env({"UV_PRERELEASE": "if-necessary-or-explicit", "UV_CONSTRAINT": str(real)}) == ()
 
 
-def test_real_uv_installs_under_colabs_broken_uv_settings(tmp_path: Path, wheels: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_real_uv_installs_under_colabs_broken_uv_settings(tmp_path: Path, wheels: Path, caplog: pytest.LogCaptureFixture,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
     """Colab sets UV_CONSTRAINT to a missing file and UV_PRERELEASE to an empty value; both stop uv (exit 2)."""
     from provision.install import find_uv
 
@@ -182,7 +183,8 @@ def test_real_uv_installs_under_colabs_broken_uv_settings(tmp_path: Path, wheels
     cfg = profile(tmp_path, venv, wheels, "beta\n", "uv")
     assert main(["install", "-c", str(cfg)], environ=colab) == 0
     assert installed(venv)["beta"] == "2.0"
-    assert "uv could not start" not in caplog.text and "uv pip install" in caplog.text, "uv itself did the install"
+    progress = capsys.readouterr().err  # the command lines are progress (stderr), not warnings
+    assert "uv could not start" not in caplog.text and "install: running: " in progress and "uv pip install" in progress, "uv itself did the install"
 
 
 def test_uv_that_cannot_start_falls_back_to_pip_with_a_note(tmp_path: Path, wheels: Path, monkeypatch, caplog: pytest.LogCaptureFixture) -> None:

@@ -159,7 +159,7 @@ def test_a_source_that_stops_short_without_an_error_never_hangs(built: Built, se
             super().read_range(start, start + (end - start) // 2, sink, on_open)
 
     srv = serve()
-    monkeypatch.setattr(fetch, "open_transfer", lambda loc, cfg, throttle=None: StopsShort(str(built.folder / loc.url.rsplit("/", 1)[1])))
+    monkeypatch.setattr(fetch, "open_transfer", lambda loc, cfg, throttle=None, size=None: StopsShort(str(built.folder / loc.url.rsplit("/", 1)[1])))
     profile = write_profile({"dataset": str(built.manifest), "sources": [srv.url + "/mirror/"], "subsets": "0", "mode": mode, "retries": 2})
     start = time.monotonic()
     code, report = stage_json(profile, capsys)

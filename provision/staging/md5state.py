@@ -27,15 +27,6 @@ def _load() -> Any:
         lib.MD5_Final.argtypes = (ctypes.c_char_p, ctypes.c_void_p)
     except (ImportError, OSError, AttributeError):
         return None
-    probe = ResumableMd5.__new__(ResumableMd5)
-    probe._lib, probe._ctx = lib, ctypes.create_string_buffer(CTX_BYTES + 64)
-    try:
-        lib.MD5_Init(probe._ctx)
-        probe.update(b"provision")
-        if probe.hexdigest() != hashlib.md5(b"provision").hexdigest():
-            return None
-    except (OSError, ValueError):
-        return None
     return lib
 
 
@@ -69,7 +60,21 @@ class ResumableMd5:
         return out.raw.hex()
 
 
+def _works() -> bool:
+    """The structure's layout is OpenSSL's own: check it against hashlib, across a save and a restore, once."""
+    try:
+        first = ResumableMd5()
+        first.update(b"dlwpt-")
+        second = ResumableMd5(first.state())
+        second.update(b"provision")
+        return second.hexdigest() == hashlib.md5(b"dlwpt-provision").hexdigest()
+    except (OSError, ValueError, RuntimeError):
+        return False
+
+
 _LIB = _load()
+if _LIB is not None and not _works():
+    _LIB = None
 
 
 def available() -> bool:
