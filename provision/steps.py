@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,13 +50,21 @@ def check_gpu(config: Config, env: Environment) -> GpuReport:
     return check(config.cuda, colab=env.kind == "colab", kaggle=env.kind == "kaggle", python=target_python(config.requirements.venv, env.python_executable))
 
 
-def stage(config: Config, plan: Plan) -> StageResult:
+def stage(config: Config, plan: Plan, landed: Callable[[str], None] | None = None) -> StageResult:
+    """Stage the plan's files; ``landed(folder)`` is told each subset folder as it is complete (the cache builds it)."""
     from .progress import Progress
 
     remaining = sum(max(0, (f.size or 0) - f.partial_bytes) for f in plan.data.files if f.stage in ("missing", "partial"))
     progress = Progress(remaining)
+    folders = {f.key: f"subset{f.subset}" for f in plan.data.files if f.unpack and f.subset is not None}
+
+    def emit(event: str, **info: Any) -> None:
+        progress(event, **info)
+        if event == "file_done" and landed is not None and info.get("key") in folders:
+            landed(folders[info["key"]])
+
     try:
-        return Stager(config.data, plan.data, emit=progress).run()
+        return Stager(config.data, plan.data, emit=emit).run()
     finally:
         progress.close()
 
@@ -136,6 +144,24 @@ def cache(config: Config, plan: Plan, env: Environment, chapters: Sequence[int],
     return {"dropped": [], "chapters": built, "ok": all(c["ok"] for c in built)}
 
 
+def start_cache(config: Config, plan: Plan, env: Environment) -> Any:
+    """The caches of book.cache, built subset by subset while the data lands (None when there are none to build, or no book)."""
+    from .book import cache as caching
+    from .book.fixes import load_book_manifest
+    from .config import configs_dir
+    from .install import target_python
+
+    if not config.book.cache or plan.book is None or not (Path(plan.book.dir) / ".git").exists():
+        return None
+    for problem in plan.problems:
+        if problem.step == "cache":
+            raise PreflightError(problem.message, hint=problem.hint)
+    chapters = caching.chapters_named(load_book_manifest(config.book.fixes, configs_dir()).cache, config.book.cache)
+    python = target_python(config.requirements.venv, env.python_executable)
+    return caching.Overlapped(Path(plan.book.dir), chapters, python, config.book.cache_workers or os.cpu_count() or 1,
+                              lambda line: print(line, file=sys.stderr, flush=True))
+
+
 def up(config: Config, plan: Plan, env: Environment, environ: Mapping[str, str], steps: Sequence[str]) -> dict[str, Any]:
     """Run the chosen steps in order; stop at the first that fails. Returns a summary with the exit code."""
     from .report import gpu_dict
@@ -156,15 +182,16 @@ def up(config: Config, plan: Plan, env: Environment, environ: Mapping[str, str],
                 raise GpuError(first.problem, hint=first.fix)
         if "book" in steps and config.book.enabled:
             summary["steps"]["book"] = book(config, plan)
+        overlapped = start_cache(config, plan, env) if "cache" in steps else None
         if "data" in steps:
-            result = stage(config, plan)
+            result = stage(config, plan, overlapped.landed if overlapped is not None else None)
             summary["steps"]["data"] = result.to_dict()
             if not result.ok:
                 summary["exit_code"] = 1
-        if "cache" in steps and config.book.cache and summary["exit_code"] == 0:
-            built = cache(config, plan, env, config.book.cache)
-            summary["steps"]["cache"] = built
-            if not built["ok"]:
+        if overlapped is not None:
+            built = [c.to_dict() for c in overlapped.finish()]
+            summary["steps"]["cache"] = {"dropped": [], "chapters": built, "ok": all(c["ok"] for c in built)}
+            if not summary["steps"]["cache"]["ok"]:
                 summary["exit_code"] = 1
     except ProvisionError as exc:
         summary["error"] = exc.to_dict()

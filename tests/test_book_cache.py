@@ -104,3 +104,42 @@ def test_a_killed_build_continues_and_an_unreadable_scan_is_named(book_profile, 
     assert code == 1
     assert chapter["complete_before"] == done_before and chapter["built"] == 6 - done_before - 1, chapter
     assert [(f["subset"], f["series"]) for f in chapter["failed"]] == [("subset1", victim)], chapter["failed"]
+
+
+def test_up_builds_a_subsets_cache_while_the_next_subset_downloads(book_profile, scans: Scans, book_python: str, tmp_path: Path,
+                                                                   capsys) -> None:
+    """book.cache: [11] in `provision up`: subset 0's cache is complete while subset 1 is still arriving (one slow connection)."""
+    import threading
+
+    from tests.support.book_data import candidates_csv
+    from tests.support.server import Faults, FileServer
+
+    with FileServer(scans.folder, Faults(rate_per_conn=1_500_000)) as srv:
+        profile = book_profile(data={"dataset": str(scans.manifest), "sources": [srv.url + "/mirror/"], "subsets": "0-1",
+                                     "connections": 1, "files_in_flight": 1},
+                               book={"cache": [11]}, requirements={"files": [], "venv": str(Path(book_python).parent.parent)})
+        assert main(["book", "-c", str(profile)]) == 0
+        checkout = tmp_path / "dlwpt-code"
+        candidates_csv(checkout / "data" / "part2" / "luna" / "candidates.csv", [s for group in scans.subsets for s in group], scans.absent)
+        built = checkout / "data-unversioned" / "cache" / "part2ch11_raw" / ".provision-built.json"
+        state = checkout / "data-unversioned" / ".provision" / "state.json"
+        seen: dict[str, object] = {}
+
+        def watch() -> None:  # the moment the first series' cache is complete: where does subset 1 stand?
+            while "first" not in seen and "done" not in seen:
+                if built.is_file() and json.loads(built.read_text())["series"]:
+                    files = json.loads(state.read_text())["files"] if state.is_file() else {}
+                    seen["first"] = files.get("subset1.zip", {}).get("extracted", False)
+                time.sleep(0.05)
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        capsys.readouterr()
+        code = main(["up", "--only", "data", "--only", "cache", "-c", str(profile), "--json"])
+        seen["done"] = True
+        watcher.join()
+        summary = json.loads(capsys.readouterr().out)
+    assert code == 0, summary
+    assert seen.get("first") is False, "subset 0's cache was built while subset 1 was still being staged"
+    chapter = summary["steps"]["cache"]["chapters"][0]
+    assert chapter["series"] == 6 and chapter["built"] == 6 and chapter["ok"], chapter

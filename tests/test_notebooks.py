@@ -151,7 +151,7 @@ def test_setup_notebook_stages_from_a_bucket_after_signing_in(built: Built, serv
     bundle, commit = book_bundle
     outputs = execute("setup.ipynb", {
         "SUBSETS": "0", "DATA_ROOT": str(root), "BUCKET": f"gs://{bucket.name}/luna16/", "CUDA_REQUIRED": False, "TOOL_SOURCE": "",
-        "BOOK": True, "BOOK_REPO": str(bundle), "BOOK_REF": commit, "SMOKE": False,
+        "BOOK": True, "BOOK_REPO": str(bundle), "BOOK_REF": commit, "SMOKE": False, "CACHE": "",  # LUNA-like, not the book's scans
         "EXTRA_SETS": small_data_sets(built.manifest, "requirements.files=[]", f"data.zenodo_url={fallback.url}"),
     }, tmp_path)
     text = "\n".join(outputs)
@@ -183,7 +183,7 @@ def test_kaggle_notebook_links_the_mounted_data_set_and_downloads_nothing(built:
     bundle, commit = book_bundle
     outputs = execute("kaggle_setup.ipynb", {
         "SUBSETS": "0-1", "INPUT": str(data_sets), "DATA_ROOT": str(root), "TOOL_SOURCE": "", "CUDA_REQUIRED": False,
-        "BOOK": True, "BOOK_REPO": str(bundle), "BOOK_REF": commit, "SMOKE": False,
+        "BOOK": True, "BOOK_REPO": str(bundle), "BOOK_REF": commit, "SMOKE": False, "CACHE": "",  # LUNA-like, not the book's scans
         "EXTRA_SETS": small_data_sets(built.manifest, "requirements.files=[]", f"data.zenodo_url={zenodo.url}"),
     }, tmp_path)
     text = "\n".join(outputs)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import shutil
 import subprocess
 import threading
@@ -194,6 +195,62 @@ def build(book: Path, chapter: CacheChapter, python: str, workers: int, emit: Em
             hint="free some space and run `provision cache` again (it continues), drop another chapter's cache (--drop), "
                  "or stage fewer subsets", path=str(path))
     return result
+
+
+class Overlapped:
+    """Chapters' caches built subset by subset as the data lands, in a thread of their own, while the next subsets
+    download and unpack: the reader waits for the longer of the two, not their sum. ``landed(folder)`` is called as a
+    subset's folder is complete; ``finish()`` waits, then builds whatever was staged before (already there)."""
+
+    def __init__(self, book: Path, chapters: Sequence[CacheChapter], python: str, workers: int, emit: Emit | None = None) -> None:
+        self.book, self.chapters, self.python, self.workers = book, list(chapters), python, workers
+        self.emit = emit
+        self.luna = book / DATA_FOLDER / "part2" / "luna"
+        self.builds: dict[int, ChapterBuild] = {}
+        self.error: BaseException | None = None
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="cache", daemon=True)
+        self._thread.start()
+
+    def landed(self, folder: str) -> None:
+        self._queue.put(folder)
+
+    def _run(self) -> None:
+        while (folder := self._queue.get()) is not None:
+            if self.error is not None:
+                continue
+            uids = {mhd.stem for mhd in (self.luna / folder).glob("*.mhd")}
+            self._build(uids)
+
+    def _build(self, only: set[str] | None) -> None:
+        try:
+            for chapter in self.chapters:
+                self._merge(build(self.book, chapter, self.python, self.workers, self.emit, only=only))
+        except BaseException as exc:  # noqa: BLE001 - handed to finish()
+            self.error = exc
+
+    def _merge(self, part: ChapterBuild) -> None:
+        whole = self.builds.setdefault(part.chapter, ChapterBuild(part.chapter, part.scope, part.path))
+        whole.built += part.built
+        whole.entries += part.entries
+        whole.misses += part.misses
+        whole.failed += part.failed
+        whole.seconds += part.seconds
+
+    def finish(self) -> list[ChapterBuild]:
+        """Wait for the subsets queued so far, then cover every staged series (those staged by an earlier run too)."""
+        self._queue.put(None)
+        self._thread.join()
+        if self.error is None:
+            self._build(None)
+        if self.error is not None:
+            raise self.error
+        for chapter in self.chapters:
+            done = self.builds[chapter.chapter]
+            done.series = len(staged_series(self.luna))
+            done.complete_before = done.series - done.built - len(done.failed)
+            done.bytes = bytes_on_disk(cache_dir(self.book, chapter))
+        return [self.builds[c.chapter] for c in self.chapters]
 
 
 def progress_line(result: ChapterBuild, todo: int, elapsed: float) -> str:
