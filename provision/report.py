@@ -161,7 +161,12 @@ def status_text(status: dict[str, Any]) -> str:
     caches = status["caches"]
     if caches:
         lines.append(f"the book's caches ({gb(sum(c['bytes'] for c in caches))} in all; a chapter's can go once you have moved on: rm -r PATH):")
-        lines += [f"  {c['name']:<22} {gb(c['bytes']):>9}  {c['path']}" for c in caches]
+        for c in caches:
+            entries = ""
+            if "entries_needed" in c:
+                entries = (f"  {c['entries_built']:,} of {'' if c['needed_exact'] else '~'}{c['entries_needed']:,} entries built"
+                           + (" (complete)" if c["entries_built"] >= c["entries_needed"] > 0 else ""))
+            lines.append(f"  {c['name']:<22} {gb(c['bytes']):>9}  {c['path']}{entries}")
     return "\n".join(lines)
 
 

@@ -253,11 +253,35 @@ def status(config: Config) -> dict[str, Any]:
         if stage == "partial" and f.size:
             row["percent"] = round(100 * partial_bytes(root, f.key, root / manifest.dir) / f.size, 1)
         rows.append(row)
-    return {"files": rows, "caches": cache_sizes(root / "cache")}
+    return {"files": rows, "caches": cache_sizes(root / "cache", cache_needs(config, root / manifest.dir))}
 
 
-def cache_sizes(cache_root: Path) -> list[dict[str, Any]]:
-    """The book's caches (data-unversioned/cache/part2chNN_raw, one per chapter) and their bytes on disk."""
+def cache_needs(config: Config, luna_dir: Path) -> dict[str, tuple[int, int, bool]]:
+    """Per chapter cache folder: (entries built, entries the staged scans need, whether that need is exact: counted in the
+    book's candidates.csv, else estimated from LUNA16's average)."""
+    from .book import cache as caching
+    from .book.checkout import book_dir
+    from .book.fixes import load_book_manifest
+    from .config import configs_dir
+
+    chapters = load_book_manifest(config.book.fixes, configs_dir()).cache
+    staged = caching.staged_series(luna_dir)
+    per_series = caching.candidates_per_series(book_dir(config.book.dir, config.data.root), set(staged))
+    needs = {}
+    for chapter in chapters:
+        built = caching.read_built(Path(config.data.root) / "cache" / chapter.scope)
+        done = sum(n for uid, n in built.items() if uid in staged)
+        if per_series is not None:
+            needed = sum(per_series.get(uid, 0) for uid in staged) + len(chapter.per_series) * len(staged)
+        else:
+            needed = round(chapter.entries_per_scan * len(staged))
+        needs[chapter.scope] = (done, needed, per_series is not None)
+    return needs
+
+
+def cache_sizes(cache_root: Path, needs: Mapping[str, tuple[int, int, bool]] | None = None) -> list[dict[str, Any]]:
+    """The book's caches (data-unversioned/cache/part2chNN_raw, one per chapter), their bytes on disk, and (``needs``)
+    the entries `provision cache` built of those the staged scans need."""
     caches = []
     for folder in sorted(p for p in cache_root.glob("*") if p.is_dir()) if cache_root.is_dir() else []:
         used = 0
@@ -267,7 +291,10 @@ def cache_sizes(cache_root: Path) -> list[dict[str, Any]]:
                     used += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
                 except OSError:
                     continue
-        caches.append({"name": folder.name, "path": str(folder), "bytes": used})
+        row: dict[str, Any] = {"name": folder.name, "path": str(folder), "bytes": used}
+        if needs and folder.name in needs:
+            row["entries_built"], row["entries_needed"], row["needed_exact"] = needs[folder.name]
+        caches.append(row)
     return caches
 
 

@@ -70,6 +70,9 @@ def test_the_cache_holds_every_entry_the_books_training_reads_compressed(book_pr
     assert main(["status", "-c", str(profile), "--json"]) == 0
     caches = {c["name"]: c for c in json.loads(capsys.readouterr().out)["caches"]}
     assert caches["part2ch11_raw"]["bytes"] > 0
+    assert caches["part2ch11_raw"]["entries_built"] == caches["part2ch11_raw"]["entries_needed"] == chapter["entries"], caches
+    assert main(["status", "-c", str(profile)]) == 0
+    assert f"{chapter['entries']:,} of {chapter['entries']:,} entries built (complete)" in capsys.readouterr().out
     code, dropped = cache_json(capsys, profile, "--drop", "11")
     assert code == 0 and dropped["dropped"][0]["bytes"] > 0
     assert not (checkout / "data-unversioned" / "cache" / "part2ch11_raw").exists()

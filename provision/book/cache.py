@@ -93,6 +93,21 @@ def read_built(path: Path) -> dict[str, int]:
         return {}
 
 
+def candidates_per_series(book: Path, series: set[str]) -> dict[str, int] | None:
+    """uid -> rows of the book's candidates.csv, for ``series``; None when the checkout has no candidates.csv."""
+    import csv
+
+    counts: dict[str, int] = {}
+    try:
+        with open(book / "data" / "part2" / "luna" / "candidates.csv", newline="") as fh:
+            for row in csv.reader(fh):
+                if row and row[0] in series:
+                    counts[row[0]] = counts.get(row[0], 0) + 1
+    except OSError:
+        return None
+    return counts
+
+
 def drop(book: Path, chapters: Sequence[CacheChapter]) -> list[dict[str, Any]]:
     """Delete these chapters' caches (when the reader has moved on); returns what was freed."""
     freed = []
