@@ -9,8 +9,9 @@ chapter (one at a time) or for the chapters built together.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from .book.fixes import CacheChapter
 
@@ -26,6 +27,10 @@ class ChapterCache:
     entries_per_subset: int
     entry_bytes: int
     compressed: bool
+    build_s_per_subset: float | None = None  # building its cache, on this machine's cores (measured by `provision cache`)
+    epoch_s_per_subset: float | None = None  # one training epoch over a subset's worth of data (measured by the smoke run)
+    epoch_fixed_s: float = 0.0               # the part of an epoch that does not grow with the data (balanced datasets)
+    measured_on: str = ""
 
     @property
     def bytes_per_subset(self) -> int:
@@ -51,16 +56,31 @@ class CachePlan:
         return "chapters " + ", ".join(map(str, self.together)) + " together (book.cache)"
 
 
+def _figures(c: CacheChapter, scans_per_subset: float, compressed: bool, timings: Mapping[str, Any], cores: int) -> ChapterCache:
+    entries = round(c.entries_per_scan * scans_per_subset)
+    built = timings.get("cache", {}).get(str(c.chapter)) or {}
+    trained = timings.get("epoch", {}).get(c.training) or {}
+    build_s = entries * float(built["core_s_per_entry"]) / max(1, cores) if built.get("core_s_per_entry") else None
+    epoch_s = fixed_s = None
+    if trained.get("s_per_sample"):
+        rate = float(trained["s_per_sample"])
+        validation = entries / 10
+        epoch_s = (entries if not c.epoch_samples else validation) * rate  # what grows with the subsets staged
+        fixed_s = c.epoch_samples * rate
+    where = ", ".join(x for x in (built.get("measured_on", ""), trained.get("device", "")) if x)
+    return ChapterCache(c.chapter, entries, c.entry_bytes_compressed if compressed and c.entry_bytes_compressed else c.entry_bytes, compressed,
+                        build_s, epoch_s, fixed_s or 0.0, where)
+
+
 def network_fs(fs_type: str) -> bool:
     return fs_type in NETWORK_FS or (fs_type.startswith("fuse") and fs_type != "fuseblk")
 
 
 def plan_cache(chapters: Sequence[CacheChapter], *, build: Sequence[int], compressed: bool, scans_per_subset: float,
-               set_gb: float | None, path: str, fs_type: str) -> CachePlan:
-    """The cache's figures per chapter and the reserve per subset (``set_gb`` overrides it)."""
-    figures = tuple(ChapterCache(c.chapter, round(c.entries_per_scan * scans_per_subset),
-                                 c.entry_bytes_compressed if compressed and c.entry_bytes_compressed else c.entry_bytes, compressed)
-                    for c in chapters)
+               set_gb: float | None, path: str, fs_type: str, timings: Mapping[str, Any] | None = None, cores: int = 1) -> CachePlan:
+    """The cache's figures per chapter and the reserve per subset (``set_gb`` overrides it); with ``timings`` (what
+    `provision cache` and the smoke run measured here), how long building each cache and one epoch take."""
+    figures = tuple(_figures(c, scans_per_subset, compressed, timings or {}, cores) for c in chapters)
     chosen = [f for f in figures if f.chapter in build] if build else []
     if not chosen and figures:
         chosen = [max(figures, key=lambda f: f.bytes_per_subset)]

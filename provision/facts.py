@@ -17,7 +17,7 @@ from .install import installed_distributions, target_python
 from .manifest import Manifest, load_manifest
 from .plan import BookFacts, CopyFacts, Facts, Plan, make_plan
 from .sources import Source
-from .staging.state import file_statuses, work_dir
+from .staging.state import file_statuses, read_timings, work_dir
 from .torch_wheels import load_table
 
 
@@ -44,6 +44,7 @@ def gather_facts(config: Config, environ: Mapping[str, str], environment: Enviro
         copies={s.location: look_into_copy(s, manifest) for s in config.data.sources if s.is_copy},
         root_problem=folder_problem(root / manifest.dir) or folder_problem(work_dir(root)),
         cache_fs_type=fs_type_of(str(existing_ancestor(root / "cache").resolve()), read_mounts()),
+        timings=read_timings(root),
     )
 
 

@@ -71,6 +71,7 @@ class Facts:
     cores: int = field(default_factory=lambda: os.cpu_count() or 1)
     root_problem: str | None = None  # why data cannot be written under data.root (a file, read-only, a link loop)
     cache_fs_type: str = ""          # the filesystem the book's cache would be on (data.root/cache)
+    timings: Mapping[str, Any] = field(default_factory=dict)  # what `provision cache` and the smoke run measured on this machine
 
 
 @dataclass(frozen=True)
@@ -458,7 +459,7 @@ def cache_plan(config: Config, manifest: Manifest, facts: Facts) -> CachePlan:
     archives = [f for f in manifest.files if f.unpack and f.members]
     scans = sum(f.members or 0 for f in archives) / 2 / len(archives) if archives else LUNA_SCANS_PER_SUBSET
     return plan_cache(chapters, build=config.book.cache, compressed=compressed, scans_per_subset=scans, set_gb=config.data.cache_gb_per_subset,
-                      path=str(Path(config.data.root) / "cache"), fs_type=facts.cache_fs_type)
+                      path=str(Path(config.data.root) / "cache"), fs_type=facts.cache_fs_type, timings=facts.timings, cores=facts.cores)
 
 
 def disk_rules(config: Config, stream: bool, cache_bytes_per_subset: int) -> DiskRules:

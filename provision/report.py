@@ -149,7 +149,23 @@ def _reserve_lines(disk: Any, cache: Any) -> list[str]:
             how = "compressed by the book's cache fixes" if c.compressed else "stored raw, as the book does without its cache fixes"
             lines.append(f"    chapter {c.chapter}: {c.entries_per_subset:,} entries a subset x {c.entry_bytes / 1e3:.1f} kB ({how}) = "
                          f"{gb(c.bytes_per_subset)} a subset{mark}")
+            if c.build_s_per_subset is not None or c.epoch_s_per_subset is not None:
+                lines.append(f"      {chapter_times(c, disk.subsets)}")
+        if not any(c.build_s_per_subset is not None or c.epoch_s_per_subset is not None for c in cache.chapters):
+            lines.append("    times: not measured on this machine yet (`provision cache` measures a cache build, "
+                         "`provision book --smoke` a training epoch; the plan then says what each chapter costs)")
     return lines
+
+
+def chapter_times(c: Any, subsets: int) -> str:
+    """How long the chapter's cache and one epoch take for these subsets on this machine, from what was measured here."""
+    from .progress import duration
+
+    build = f"cache build ~{duration(c.build_s_per_subset * subsets)}" if c.build_s_per_subset is not None else \
+        "cache build not measured yet"
+    epoch = f"one epoch ~{duration(c.epoch_s_per_subset * subsets + c.epoch_fixed_s)}" if c.epoch_s_per_subset is not None else \
+        "one epoch not measured yet"
+    return f"{build}; {epoch}" + (f" (measured here: {c.measured_on})" if c.measured_on else "") + f", for {subsets} subset(s)"
 
 
 def status_text(status: dict[str, Any]) -> str:

@@ -114,8 +114,23 @@ def smoke(config: Config, plan: Plan, env: Environment) -> Any:
     manifest = load_book_manifest(config.book.fixes, configs_dir())
     python = target_python(config.requirements.venv, env.python_executable)
     root = Path(config.data.root)
-    return run_smoke(Path(plan.book.dir), Path(plan.data.target_dir), manifest.smoke, config.book.smoke, python,
-                     work_dir(root) / "smoke", emit=lambda line: print(line, file=sys.stderr, flush=True))
+    result = run_smoke(Path(plan.book.dir), Path(plan.data.target_dir), manifest.smoke, config.book.smoke, python,
+                       work_dir(root) / "smoke", emit=lambda line: print(line, file=sys.stderr, flush=True))
+    record_epoch_timings(root, result, config.book.smoke.samples, {c.training for c in manifest.cache if c.training})
+    return result
+
+
+def record_epoch_timings(root: Path, result: Any, samples: int, trainings: set[str]) -> None:
+    """Seconds per training sample of each chapter's smoke training run, less the start-up the chapter 10 sample run
+    measures (an upper bound: each run also builds its model and reads its scans), for the plan's epoch estimates."""
+    from .staging.state import record_timing
+
+    rows = {r.name: r for r in result.rows}
+    start = rows["p2ch10 dataset"].seconds if "p2ch10 dataset" in rows and rows["p2ch10 dataset"].outcome == "ok" else 0.0
+    for name in trainings:
+        row = rows.get(name)
+        if row is not None and row.outcome == "ok":
+            record_timing(root, "epoch", name, {"s_per_sample": max(1e-4, (row.seconds - start) / (2 * samples)), "device": result.device})
 
 
 def cache(config: Config, plan: Plan, env: Environment, chapters: Sequence[int], *, drop: Sequence[int] = (),
@@ -141,7 +156,18 @@ def cache(config: Config, plan: Plan, env: Environment, chapters: Sequence[int],
     count = workers or config.book.cache_workers or os.cpu_count() or 1
     say = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731 - progress lines
     built = [caching.build(book_dir, chapter, python, count, say).to_dict() for chapter in caching.chapters_named(manifest.cache, chapters)]
+    record_cache_timings(Path(config.data.root), built, count)
     return {"dropped": [], "chapters": built, "ok": all(c["ok"] for c in built)}
+
+
+def record_cache_timings(root: Path, built: Sequence[Mapping[str, Any]], workers: int) -> None:
+    """Core-seconds per entry of each chapter built (enough of it to mean something), for the plan's time estimates."""
+    from .staging.state import record_timing
+
+    for c in built:
+        if c["entries"] >= 20 and c["seconds"] > 0:
+            record_timing(root, "cache", str(c["chapter"]), {"core_s_per_entry": c["seconds"] * workers / c["entries"],
+                                                             "measured_on": f"{workers} worker(s)"})
 
 
 def start_cache(config: Config, plan: Plan, env: Environment) -> Any:

@@ -59,6 +59,9 @@ def test_the_cache_holds_every_entry_the_books_training_reads_compressed(book_pr
     raw = chapter["entries"] * 295_114
     assert chapter["bytes"] <= 0.55 * raw, f"the cache fixes compress the crops: {chapter['bytes']} bytes for {raw} raw"
 
+    assert main(["plan", "-c", str(profile)]) in (0, 3)
+    plan_text = capsys.readouterr().out
+    assert "chapter 11:" in plan_text and "cache build ~" in plan_text.split("chapter 11:")[1].split("chapter 12:")[0], plan_text
     code, again = cache_json(capsys, profile, "--chapters", "11")
     assert code == 0 and again["chapters"][0]["built"] == 0 and again["chapters"][0]["complete_before"] == 6, "complete: a no-op"
 

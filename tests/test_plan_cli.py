@@ -217,3 +217,24 @@ def test_help_lists_every_command() -> None:
     assert proc.returncode == 0
     for command in ("plan", "up", "install", "check", "stage", "verify", "status"):
         assert command in proc.stdout
+
+
+def test_the_plan_says_what_each_chapter_costs_from_what_was_measured_here() -> None:
+    from dataclasses import replace
+
+    from provision.report import plan_text
+
+    manifest = load_manifest("luna16", configs_dir())
+    config = load_config("colab", ["data.subsets=0-1"], environ={})
+    unmeasured = plan_text(make_plan(config, manifest, colab_facts(500 * GB)))
+    assert "not measured on this machine yet" in unmeasured
+    timings = {"cache": {"11": {"core_s_per_entry": 0.004, "measured_on": "2 worker(s)"}},
+               "epoch": {"p2ch11 training": {"s_per_sample": 0.002, "device": "cuda"}}}
+    plan = make_plan(config, manifest, replace(colab_facts(500 * GB), timings=timings, cores=2))
+    assert plan.cache is not None
+    ch11 = next(c for c in plan.cache.chapters if c.chapter == 11)
+    assert ch11.build_s_per_subset == pytest.approx(ch11.entries_per_subset * 0.004 / 2)
+    assert ch11.epoch_s_per_subset == pytest.approx(ch11.entries_per_subset * 0.002)
+    text = plan_text(plan)
+    line = text.split("chapter 11:")[1].splitlines()[1]
+    assert "cache build ~3 min" in line and "one epoch ~3 min" in line and "cuda" in line, line

@@ -67,6 +67,8 @@ class CacheChapter:
     entries_per_scan: float = 0.0       # LUNA16: 551,065 candidates for 888 scans (+ the per-series entries)
     entry_bytes: int = 0                # one entry as the book stores it (a pickled crop, not compressed)
     entry_bytes_compressed: int = 0     # the same with the cache fixes (gzip level 1) on real CT data
+    epoch_samples: int = 0              # training samples an epoch draws (0: every candidate), besides validating on a tenth
+    training: str = ""                  # the smoke entry whose measured speed stands for this chapter's training
 
 
 @dataclass(frozen=True)

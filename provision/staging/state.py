@@ -180,6 +180,19 @@ def streamed_so_far(checkpoint: Path, target: Path | None) -> int:
     return sum(size_of(target / n) or 0 for n in names)
 
 
+def read_timings(root: Path) -> dict[str, Any]:
+    """What `provision cache` and the smoke run measured on this machine (``.provision/timings.json``), or {}."""
+    found = read_json(work_dir(root) / "timings.json")
+    return found if isinstance(found, dict) else {}
+
+
+def record_timing(root: Path, kind: str, key: str, figures: dict[str, Any]) -> None:
+    """Keep one measurement (``kind`` cache or epoch) for the plan's time estimates; written atomically."""
+    timings = read_timings(root)
+    timings.setdefault(kind, {})[key] = {**figures, "when": time.strftime("%Y-%m-%d %H:%M")}
+    atomic_write_json(work_dir(root) / "timings.json", timings, fsync=False)
+
+
 # ---------------------------------------------------------------- lock
 
 
