@@ -77,6 +77,7 @@ def plan_text(plan: Plan) -> str:
             lines.append("  (unpacked sizes marked ~ are estimates; `provision plan --probe` reads the exact figures)")
         if disk.unresolved:
             lines.append(f"  (sizes of {', '.join(disk.unresolved)} are unresolved until --probe or staging)")
+    lines += cache_plan_lines(plan.cache, max((d.subsets for d in plan.disk), default=0))
     if plan.book is not None:
         lines += ["", book_plan_text(plan.book, full=False)]
     lines.append("")
@@ -141,19 +142,26 @@ def _reserve_lines(disk: Any, cache: Any) -> list[str]:
         return []
     extra = disk.reserve_bytes - disk.cache_bytes
     at_once = cache.at_once if cache is not None else "one chapter at a time"
-    lines = [f"  reserve: {gb(disk.cache_bytes)} for the book's cache ({gb(disk.cache_bytes // disk.subsets)} for each of "
-             f"{disk.subsets} subsets: {at_once})" + (f" + {gb(extra)} data.reserve_gb" if extra else "")]
-    if cache is not None and not cache.set_by_hand:
-        for c in cache.chapters:
-            mark = "  <- counted" if c.chapter in cache.together else ""
-            how = "compressed by the book's cache fixes" if c.compressed else "stored raw, as the book does without its cache fixes"
-            lines.append(f"    chapter {c.chapter}: {c.entries_per_subset:,} entries a subset x {c.entry_bytes / 1e3:.1f} kB ({how}) = "
-                         f"{gb(c.bytes_per_subset)} a subset{mark}")
-            if c.build_s_per_subset is not None or c.epoch_s_per_subset is not None:
-                lines.append(f"      {chapter_times(c, disk.subsets)}")
-        if not any(c.build_s_per_subset is not None or c.epoch_s_per_subset is not None for c in cache.chapters):
-            lines.append("    times: not measured on this machine yet (`provision cache` measures a cache build, "
-                         "`provision book --smoke` a training epoch; the plan then says what each chapter costs)")
+    return [f"  reserve: {gb(disk.cache_bytes)} for the book's cache ({gb(disk.cache_bytes // disk.subsets)} for each of "
+            f"{disk.subsets} subsets: {at_once})" + (f" + {gb(extra)} data.reserve_gb" if extra else "")]
+
+
+def cache_plan_lines(cache: Any, subsets: int) -> list[str]:
+    """The book's cache per chapter: entries, one entry's measured bytes, the disk a subset takes, and (where measured
+    on this machine) how long its build and one training epoch take for the chosen subsets."""
+    if cache is None or not cache.chapters:
+        return []
+    lines = ["", f"cache        {cache.path}: {cache.at_once}" + (f" ({cache.fs_type})" if cache.fs_type else "")]
+    for c in cache.chapters:
+        mark = "  <- in the reserve" if c.chapter in cache.together and not cache.set_by_hand else ""
+        how = "compressed by the book's cache fixes" if c.compressed else "stored raw, as the book does without its cache fixes"
+        lines.append(f"  chapter {c.chapter}: {c.entries_per_subset:,} entries a subset x {c.entry_bytes / 1e3:.1f} kB ({how}) = "
+                     f"{gb(c.bytes_per_subset)} a subset{mark}")
+        if c.build_s_per_subset is not None or c.epoch_s_per_subset is not None:
+            lines.append(f"    {chapter_times(c, subsets)}")
+    if not any(c.build_s_per_subset is not None or c.epoch_s_per_subset is not None for c in cache.chapters):
+        lines.append("  times: not measured on this machine yet (`provision cache` measures a cache build, "
+                     "`provision book --smoke` a training epoch; the plan then says what each chapter costs)")
     return lines
 
 

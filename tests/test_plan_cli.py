@@ -236,5 +236,5 @@ def test_the_plan_says_what_each_chapter_costs_from_what_was_measured_here() -> 
     assert ch11.build_s_per_subset == pytest.approx(ch11.entries_per_subset * 0.004 / 2)
     assert ch11.epoch_s_per_subset == pytest.approx(ch11.entries_per_subset * 0.002)
     text = plan_text(plan)
-    line = text.split("chapter 11:")[1].splitlines()[1]
+    line = text.split("  chapter 11:")[1].splitlines()[1]
     assert "cache build ~3 min" in line and "one epoch ~3 min" in line and "cuda" in line, line
