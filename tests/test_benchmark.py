@@ -35,3 +35,17 @@ def test_quick_benchmark_prints_the_table(tmp_path) -> None:
     if "skipped" not in tight.splitlines()[1]:
         assert "auto, tight disk" in tight and "way: stream," in tight and "ranges per archive" in tight
         assert "ok: NO" not in tight and "tight / large = " in tight
+
+
+def test_quick_cache_benchmark_prints_the_side_by_side_table(tmp_path, book_python: str, book_bundle) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "cache_bench.py"), "--quick", "--work", str(tmp_path / "w"),
+                           "--book-python", book_python, "--bundle", str(book_bundle[0])],
+                          capture_output=True, text=True, timeout=600, env=env, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    out = proc.stdout
+    assert "book: python -m p2ch11.prepcache" in out and "provision cache --chapters 11" in out
+    assert "entries equal: yes" in out, out
+    ratio = float(re.search(r"bytes: (\d+\.\d+)x the book's", out).group(1))
+    assert ratio <= 0.55, f"the fixed cache is compressed: {ratio}x the book's bytes"
+    assert "the cores' limit for these" in out and "pydicom's real CT slices" in out
