@@ -308,16 +308,11 @@ def cache_needs(config: Config, luna_dir: Path) -> dict[str, tuple[int, int, boo
 def cache_sizes(cache_root: Path, needs: Mapping[str, tuple[int, int, bool]] | None = None) -> list[dict[str, Any]]:
     """The book's caches (data-unversioned/cache/part2chNN_raw, one per chapter), their bytes on disk, and (``needs``)
     the entries `provision cache` built of those the staged scans need."""
+    from .book.cache import bytes_on_disk
+
     caches = []
     for folder in sorted(p for p in cache_root.glob("*") if p.is_dir()) if cache_root.is_dir() else []:
-        used = 0
-        for dirpath, _dirs, names in os.walk(folder):
-            for name in names:
-                try:
-                    used += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
-                except OSError:
-                    continue
-        row: dict[str, Any] = {"name": folder.name, "path": str(folder), "bytes": used}
+        row: dict[str, Any] = {"name": folder.name, "path": str(folder), "bytes": bytes_on_disk(folder)}
         if needs and folder.name in needs:
             row["entries_built"], row["entries_needed"], row["needed_exact"] = needs[folder.name]
         caches.append(row)

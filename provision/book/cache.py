@@ -123,6 +123,7 @@ def drop(book: Path, chapters: Sequence[CacheChapter]) -> list[dict[str, Any]]:
 
 
 def bytes_on_disk(folder: Path) -> int:
+    """Bytes a folder takes on disk (blocks, not file lengths), links not followed."""
     used = 0
     for dirpath, _dirs, names in os.walk(folder):
         for name in names:
