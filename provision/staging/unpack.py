@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..errors import DownloadError, ExtractError, ProvisionError
+from ..errors import ChecksumError, DownloadError, ExtractError
 from ..plan import FileLocation, FilePlan
 from . import extract as extracting
 from .context import FileResult, StageContext
@@ -104,8 +104,8 @@ def stream_file(ctx: StageContext, f: FilePlan, only: frozenset[str] | None, sta
     except (CannotStream, NoRangeSupport) as exc:
         result.retries.append(f"{f.key} cannot be streamed ({exc}): staging it as an archive")
         return False
-    except ProvisionError:
-        if only is None:  # every source failed: what the stream wrote is vouched for by no archive md5
+    except (DownloadError, ChecksumError):
+        if only is None:  # every source failed: what the stream wrote is vouched for by no archive md5 (a full disk resumes instead)
             discard_stream(ctx.partial / f"{f.key}.stream.json", ctx.target, f.key)
         raise
     state.update(f.key, verified=True, extracted=True, streaming=False, members=member_record(state, f.key, outcome.members, only),
