@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -112,6 +113,12 @@ def _parse_size(value: Any, path: str) -> int | None:
     return value
 
 
+def _parse_ratio(value: Any, path: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not 0 < value <= 1000:
+        raise ValueError(f"expected how many times larger the unpacked data is than its archive (e.g. 1.8), got {value!r}")
+    return float(value)
+
+
 @dataclass(frozen=True)
 class PinnedMember:
     """One member of an archive as the data set has it: its path inside the archive, size and CRC-32."""
@@ -151,7 +158,7 @@ class Manifest:
     files: tuple[ManifestFile, ...]
     description: str = ""
     dir: str = field(default=".", metadata={"parse": _parse_dir})
-    unpack_ratio: float = 3.0
+    unpack_ratio: float = field(default=3.0, metadata={"parse": _parse_ratio})
     path: str = field(default="", metadata={"parse": set_by_tool})
 
     @property

@@ -395,6 +395,16 @@ def test_hostile_and_odd_configs_get_a_clear_error(tmp_path: Path, capsys, text:
     no_traceback(err)
 
 
+@pytest.mark.parametrize("ratio", [".inf", ".nan", "0", "-2"])
+def test_an_odd_unpack_ratio_in_a_manifest(built: Built, write_profile, capsys, ratio: str) -> None:
+    manifest = built.manifest.read_text().replace("unpack_ratio: 2.0", f"unpack_ratio: {ratio}")
+    built.manifest.write_text(manifest)
+    assert main(["plan", "-c", str(write_profile({"dataset": str(built.manifest)}))]) == 2
+    err = capsys.readouterr().err
+    assert "unpack_ratio" in err
+    no_traceback(err)
+
+
 def test_a_config_that_is_not_utf8(tmp_path: Path, capsys) -> None:
     profile = tmp_path / "latin1.yaml"
     profile.write_bytes("description: caf\xe9\n".encode("latin-1"))
