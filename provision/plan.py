@@ -22,21 +22,10 @@ from .environment import Environment, FsFacts
 from .install import InstallPlan, TorchIndex, index_options, plan_install, read_requirements, target_python, torch_index
 from .manifest import FIT, Manifest, ManifestFile, PinnedMember, format_subsets
 from .sources import Source
+from .staging.state import FileStatus
 from .torch_wheels import INDEX_BASE, WheelTable, choose, gpus_from_smi
 from .ways import choose as choose_way
 from .ways import plan_ways
-
-
-@dataclass(frozen=True)
-class FileStatus:
-    """A file's stage for the plan and ``status``: missing, partial, verified (downloaded), extracted, or linked (from an unpacked copy)."""
-
-    key: str
-    stage: str
-    partial_bytes: int = 0
-    source: str | None = None
-    unpacked_done_bytes: int = 0  # members already complete on disk from an unpacking that did not finish
-
 
 KAGGLE_WORKING = "/kaggle/working"  # what a saved Kaggle notebook keeps: at most 20 GB
 KAGGLE_WORKING_BYTES = 20 * GB

@@ -19,7 +19,7 @@ from .gpu import GpuReport
 from .manifest import load_manifest
 from .plan import Plan
 from .staging.engine import Stager, StageResult
-from .staging.state import StateStore, file_statuses, partial_bytes, run_lock
+from .staging.state import FileRecord, StateStore, file_statuses, partial_bytes, run_lock
 
 log = logging.getLogger(__name__)
 
@@ -337,11 +337,11 @@ def verify(config: Config, *, full: bool) -> dict[str, Any]:
     with run_lock(root):
         state = StateStore(root)
         for f in manifest.select(config.data.subsets):
-            rec = state.record(f.key) or {}
+            rec = state.record(f.key) or FileRecord()
             missing: list[str] = []
             damaged: list[str] = []
-            if rec.get("extracted"):
-                for name, (size, crc) in sorted(rec.get("members", {}).items()):
+            if rec.extracted:
+                for name, (size, crc) in sorted(rec.members.items()):
                     path = target / name
                     try:
                         actual = os.stat(path).st_size  # through the link, for a subset linked from a copy
@@ -351,16 +351,16 @@ def verify(config: Config, *, full: bool) -> dict[str, Any]:
                     # a copy's scans without pinned members have no CRC to compare: their size was checked against the header
                     if actual != size or (full and crc is not None and crc_of(path) != crc):
                         damaged.append(name)
-                state.update(f.key, damaged=damaged)
-                stage = "linked" if rec.get("linked") else "extracted"
-            elif rec.get("verified"):
+                state.found_damaged(f.key, damaged)
+                stage = rec.stage.value
+            elif rec.verified:
                 path = target / f.key
-                stage = "linked" if rec.get("linked") else "verified"
+                stage = rec.stage.value
                 if not path.exists():
                     missing.append(f.key)
-                elif os.stat(path).st_size != rec.get("size") or (full and md5_of(path) != rec.get("md5")):
+                elif os.stat(path).st_size != rec.size or (full and md5_of(path) != rec.md5):
                     damaged.append(f.key)
-                    state.update(f.key, verified=False)
+                    state.unverified(f.key)
             else:
                 stage = "missing"
             rows.append({"key": f.key, "stage": stage, "missing": missing, "damaged": damaged})

@@ -24,9 +24,9 @@ from ..errors import OutOfSpaceError, PreflightError, ProvisionError
 from ..plan import DataPlan, FilePlan
 from .context import Emit, FileResult, StageContext
 from .fetch import fetch
-from .state import StateStore, run_lock, size_of, stat_stamp, work_dir
+from .state import FileRecord, StateStore, run_lock, size_of, stat_stamp, work_dir
 from .stop import Stopped
-from .unpack import extract_file, link_from_copies, member_record, stream_file
+from .unpack import extract_file, link_from_copies, member_sizes, stream_file
 
 log = logging.getLogger(__name__)
 
@@ -62,21 +62,20 @@ class Need:
     reason: str = ""
 
 
-def decide(f: FilePlan, rec: dict[str, Any] | None, target: Path) -> Need | None:
+def decide(f: FilePlan, rec: FileRecord | None, target: Path) -> Need | None:
     """What ``f`` still needs, from its state record and a quick look at the disk (None: nothing)."""
     final = target / f.key
-    if not rec or (f.md5 and rec.get("md5") and rec["md5"] != f.md5):
+    if rec is None or (f.md5 and rec.md5 and rec.md5 != f.md5):
         return Need(fetch=True, extract=f.unpack, reason="not staged yet")
-    if rec.get("linked"):  # from an unpacked copy: linking again is cheap, so any broken link means all of it
-        broken = [name for name, (size, _crc) in rec.get("members", {}).items() if size_of(target / name) != size]
-        return Need(fetch=True, extract=f.unpack, reason=f"{len(broken)} link(s) to the copy broken") if broken or rec.get("damaged") else None
-    archive_ok = rec.get("verified") and rec.get("stamp") is not None and stat_stamp(final) == rec.get("stamp")
+    if rec.linked:  # from an unpacked copy: linking again is cheap, so any broken link means all of it
+        broken = [name for name, (size, _crc) in rec.members.items() if size_of(target / name) != size]
+        return Need(fetch=True, extract=f.unpack, reason=f"{len(broken)} link(s) to the copy broken") if broken or rec.damaged else None
+    archive_ok = rec.verified and rec.stamp is not None and stat_stamp(final) == rec.stamp
     if not f.unpack:
         return None if archive_ok else Need(fetch=True, extract=False, reason="missing or changed since it was verified")
-    if rec.get("extracted"):
-        members = rec.get("members", {})
-        bad = {name for name, (size, _crc) in members.items() if size_of(target / name) != size}
-        bad |= set(rec.get("damaged", []))
+    if rec.extracted:
+        bad = {name for name, (size, _crc) in rec.members.items() if size_of(target / name) != size}
+        bad |= set(rec.damaged)
         if not bad:
             return None
         return Need(fetch=not archive_ok, extract=True, only=frozenset(bad), reason=f"{len(bad)} member(s) missing or damaged")
@@ -111,7 +110,7 @@ class Stager:
                 need = decide(f, rec, ctx.target)
                 if need is None:
                     results[f.key].outcome = "already staged"
-                    results[f.key].source = (rec or {}).get("source")
+                    results[f.key].source = rec.source if rec is not None else None
                 else:
                     work.append((f, need))
             with ThreadPoolExecutor(max(1, self.cfg.connections), thread_name_prefix="conn") as conns, \
@@ -176,21 +175,17 @@ class Stager:
             if repairing:  # the whole archive again: bytes the plan did not count
                 ctx.emit("expect", key=f.key, n=f.size or 0)
             source, md5 = fetch(ctx, f, final, result, conns)
-            fields: dict[str, Any] = {"verified": True, "md5": md5, "size": os.stat(final).st_size, "source": source,
-                                      "unpack": f.unpack, "stamp": stat_stamp(final)}
-            if not repairing:
-                fields["extracted"] = False
-            state.update(f.key, **fields)
+            state.fetched(f.key, md5=md5, size=os.stat(final).st_size, source=source, unpack=f.unpack, stamp=stat_stamp(final),
+                          repairing=repairing)
             result.source = source
         else:
-            result.source = (state.record(f.key) or {}).get("source")
+            result.source = rec.source if (rec := state.record(f.key)) is not None else None
         if need.extract:
             members = extract_file(ctx, f, final, need.only, result)
-            state.update(f.key, extracted=True, members=member_record(state, f.key, members, need.only), damaged=[],
-                         unpacked_bytes=sum(m.size for m in members))
+            state.unpacked(f.key, member_sizes(members), need.only, sum(m.size for m in members))
             if not self.cfg.keep_archives:
                 final.unlink(missing_ok=True)
-                state.update(f.key, stamp=None)
+                state.archive_removed(f.key)
         result.outcome = "repaired" if repairing else "staged"
         what = f"{result.members} members unpacked" if need.extract else "verified"
         ctx.emit("file_done", key=f.key, message=f"{f.key}: {result.outcome} from {result.source} ({what})")

@@ -230,7 +230,7 @@ class FolderMirror(Mirror):
     def present(self, f: FilePlan) -> tuple[str, bool]:
         path = self.folder / f.key
         stamp = self.stamps.get(f.key) or {}
-        now = stat_stamp(path)
+        now = _stat(path)
         there = (now is not None and f.md5 is not None and stamp.get("md5") == f.md5 and stamp.get("stat") == now
                  and (f.size is None or now["size"] == f.size))
         return str(path), there
@@ -276,8 +276,14 @@ class FolderMirror(Mirror):
         final = self.folder / f.key
         os.replace(part, final)
         with self._lock:
-            self.stamps[f.key] = {"md5": md5, "stat": stat_stamp(final), "source": item.source}
+            self.stamps[f.key] = {"md5": md5, "stat": _stat(final), "source": item.source}
             atomic_write_json(self.folder / self.STAMPS, self.stamps)
+
+
+def _stat(path: Path) -> dict[str, int] | None:
+    """A file's stamp as the folder's stamp file keeps it."""
+    stamp = stat_stamp(path)
+    return {"size": stamp[0], "mtime_ns": stamp[1]} if stamp is not None else None
 
 
 def mirror_for(data: DataConfig, plan: DataPlan, destination: str, emit: Emit | None = None) -> Mirror:

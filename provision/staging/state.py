@@ -13,15 +13,92 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, fields, replace
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
 from ..atomicfile import atomic_write_bytes
 from ..environment import existing_ancestor
 from ..errors import LockError, OutOfSpaceError
-from ..plan import FileStatus
 
 STATE_VERSION = 1
+
+
+class Stage(str, Enum):
+    """Where a file stands."""
+
+    MISSING = "missing"
+    PARTIAL = "partial"       # some bytes downloaded, or some members streamed
+    VERIFIED = "verified"     # the file (or archive) is there and matches its md5; an archive not yet (all) unpacked
+    EXTRACTED = "extracted"   # an archive's members are all unpacked (a plain file: verified)
+    LINKED = "linked"         # from an unpacked copy
+
+
+@dataclass(frozen=True)
+class FileStatus:
+    """A file's stage for the plan and ``status``, with what a partial one has."""
+
+    key: str
+    stage: str
+    partial_bytes: int = 0
+    source: str | None = None
+    unpacked_done_bytes: int = 0  # members already complete on disk from an unpacking that did not finish
+
+
+Members = Mapping[str, tuple[int, int | None]]  # member name -> (size, CRC-32; None for a copy's scan checked by its header)
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    """What the state file says of one file. Written only through :class:`StateStore`'s transitions, read by the
+    engine's ``decide``, ``status`` and ``verify`` alike."""
+
+    unpack: bool = False
+    verified: bool = False         # the file, or the archive, matched its md5 (a streamed archive: once complete)
+    extracted: bool = False        # every member of the archive is unpacked
+    linked: bool = False           # from an unpacked copy, through links
+    streaming: bool = False        # a stream of the archive is under way
+    md5: str | None = None
+    size: int | None = None
+    source: str | None = None
+    stamp: tuple[int, int] | None = None  # (size, mtime_ns) of the verified archive while it is on disk
+    members: Members = field(default_factory=dict)
+    damaged: tuple[str, ...] = ()
+    md5_checked: bool | None = None  # a stream: whether the archive's md5 vouched for it
+    unpacked_bytes: int | None = None
+
+    @property
+    def stage(self) -> Stage:
+        if self.linked:
+            return Stage.LINKED
+        if self.extracted or (self.verified and not self.unpack):
+            return Stage.EXTRACTED if self.unpack else Stage.VERIFIED
+        if self.verified:
+            return Stage.VERIFIED
+        return Stage.PARTIAL if self.streaming else Stage.MISSING
+
+    def to_json(self) -> dict[str, Any]:
+        raw = asdict(self)
+        raw["stamp"] = {"size": self.stamp[0], "mtime_ns": self.stamp[1]} if self.stamp else None
+        raw["members"] = {name: list(v) for name, v in self.members.items()}
+        raw["damaged"] = list(self.damaged)
+        return raw
+
+    @classmethod
+    def from_json(cls, raw: Any) -> FileRecord:
+        """A record from the state file, as tolerant as a state file written by an older version needs."""
+        if not isinstance(raw, dict):
+            return cls()
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in raw.items() if k in known}
+        stamp = values.get("stamp")
+        values["stamp"] = (int(stamp["size"]), int(stamp["mtime_ns"])) if isinstance(stamp, dict) and {"size", "mtime_ns"} <= set(stamp) else None
+        members = values.get("members") or {}
+        values["members"] = {str(n): (int(v[0]), None if v[1] is None else int(v[1])) for n, v in members.items()
+                             if isinstance(v, (list, tuple)) and len(v) == 2} if isinstance(members, dict) else {}
+        values["damaged"] = tuple(str(n) for n in values.get("damaged") or ())
+        return cls(**values)
 
 
 def work_dir(root: Path) -> Path:
@@ -59,13 +136,13 @@ def atomic_write_json(path: Path, data: Any, fsync: bool = True) -> None:
         raise
 
 
-def stat_stamp(path: Path) -> dict[str, int] | None:
-    """Size and modification time: a verified file whose stamp still matches need not be hashed again."""
+def stat_stamp(path: Path) -> tuple[int, int] | None:
+    """(size, mtime_ns): a verified file whose stamp still matches need not be hashed again."""
     try:
         st = os.stat(path)
     except OSError:
         return None
-    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    return st.st_size, st.st_mtime_ns
 
 
 def size_of(path: Path) -> int | None:
@@ -97,16 +174,54 @@ class StateStore:
             loaded = {"version": STATE_VERSION, "files": {}}
         self._data: dict[str, Any] = loaded
 
-    def record(self, key: str) -> dict[str, Any] | None:
+    def record(self, key: str) -> FileRecord | None:
         with self._lock:
-            rec = self._data["files"].get(key)
-            return json.loads(json.dumps(rec)) if rec is not None else None
+            raw = self._data["files"].get(key)
+            return FileRecord.from_json(raw) if raw is not None else None
 
-    def update(self, key: str, **fields: Any) -> None:
+    def _change(self, key: str, **changes: Any) -> FileRecord:
         with self._lock:
-            rec = self._data["files"].setdefault(key, {})
-            rec.update(fields)
+            record = replace(FileRecord.from_json(self._data["files"].get(key)), **changes)
+            self._data["files"][key] = record.to_json()
             atomic_write_json(self.path, self._data)
+            return record
+
+    # ---- the transitions: every write of a file's record is one of these
+
+    def fetched(self, key: str, *, md5: str, size: int, source: str, unpack: bool, stamp: tuple[int, int] | None, repairing: bool) -> None:
+        """The file (or archive) is under its final name and matched its md5; a fresh archive is not unpacked yet."""
+        more = {} if repairing else {"extracted": False}
+        self._change(key, verified=True, md5=md5, size=size, source=source, unpack=unpack, stamp=stamp, **more)
+
+    def unpacked(self, key: str, members: Members, only: frozenset[str] | None, unpacked_bytes: int) -> None:
+        """Its members are unpacked (a repair: those named in ``only`` rewritten, the others as recorded)."""
+        old = self.record(key)
+        merged = {**(old.members if old is not None and only is not None else {}), **members}
+        self._change(key, extracted=True, members=merged, damaged=(), unpacked_bytes=unpacked_bytes)
+
+    def archive_removed(self, key: str) -> None:
+        self._change(key, stamp=None)
+
+    def stream_started(self, key: str, *, md5: str | None, size: int, source: str) -> None:
+        self._change(key, unpack=True, streaming=True, md5=md5, size=size, source=source, verified=False, extracted=False)
+
+    def streamed(self, key: str, members: Members, only: frozenset[str] | None, *, md5_checked: bool, unpacked_bytes: int) -> None:
+        old = self.record(key)
+        merged = {**(old.members if old is not None and only is not None else {}), **members}
+        self._change(key, verified=True, extracted=True, streaming=False, members=merged, damaged=(), stamp=None, md5_checked=md5_checked,
+                     unpacked_bytes=unpacked_bytes)
+
+    def linked(self, key: str, *, unpack: bool, source: str, members: Members, md5: str | None, size: int | None) -> None:
+        self._change(key, linked=True, extracted=unpack, verified=True, unpack=unpack, source=source, members=members, damaged=(),
+                     stamp=None, md5=md5, size=size)
+
+    def found_damaged(self, key: str, names: list[str]) -> None:
+        """``verify`` found these members damaged (or none): the next stage rewrites just those."""
+        self._change(key, damaged=tuple(names))
+
+    def unverified(self, key: str) -> None:
+        """A plain file no longer matches: the next stage fetches it again."""
+        self._change(key, verified=False)
 
     def forget(self, key: str) -> None:
         with self._lock:
@@ -137,20 +252,19 @@ def file_statuses(root: Path, keys: list[str], target: Path | None = None) -> di
     files: Mapping[str, Any] = state.get("files", {}) if isinstance(state, dict) else {}
     statuses = {}
     for key in keys:
-        rec = files.get(key) or {}
-        if rec.get("linked"):
-            statuses[key] = FileStatus(key, "linked", source=rec.get("source"))
-        elif rec.get("extracted") or (rec.get("verified") and not rec.get("unpack")):
-            statuses[key] = FileStatus(key, "extracted" if rec.get("unpack") else "verified", source=rec.get("source"))
-        elif rec.get("verified"):
-            done = unpacked_so_far(target / key, target) if target is not None and rec.get("unpack") else 0
-            statuses[key] = FileStatus(key, "verified", source=rec.get("source"), unpacked_done_bytes=done)
-        elif rec.get("streaming"):  # stream mode: some members unpacked, the archive never stored
-            # no archive bytes on disk (status shows how far the stream got, from its checkpoint)
-            statuses[key] = FileStatus(key, "partial", source=rec.get("source"), unpacked_done_bytes=streamed_so_far(partial_dir(root, target) / f"{key}.stream.json", target))
+        rec = FileRecord.from_json(files.get(key))
+        stage = rec.stage
+        if stage in (Stage.LINKED, Stage.EXTRACTED):
+            statuses[key] = FileStatus(key, stage.value, source=rec.source)
+        elif stage is Stage.VERIFIED:
+            done = unpacked_so_far(target / key, target) if target is not None and rec.unpack else 0
+            statuses[key] = FileStatus(key, stage.value, source=rec.source, unpacked_done_bytes=done)
+        elif stage is Stage.PARTIAL:  # a stream: some members unpacked, no archive bytes on disk (status reads its checkpoint)
+            statuses[key] = FileStatus(key, stage.value, source=rec.source,
+                                       unpacked_done_bytes=streamed_so_far(partial_dir(root, target) / f"{key}.stream.json", target))
         else:
             done = partial_bytes(root, key, target)
-            statuses[key] = FileStatus(key, "partial" if done else "missing", partial_bytes=done)
+            statuses[key] = FileStatus(key, Stage.PARTIAL.value if done else Stage.MISSING.value, partial_bytes=done)
     return statuses
 
 

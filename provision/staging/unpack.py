@@ -19,11 +19,9 @@ from .state import StateStore
 from .transfer import NoRangeSupport, PermanentError
 
 
-def member_record(state: StateStore, key: str, members: list[extracting.Member], only: frozenset[str] | None) -> dict[str, list[int]]:
-    """The member record after unpacking: a repair updates the recorded members, a full unpack replaces them."""
-    recorded = (state.record(key) or {}).get("members", {}) if only is not None else {}
-    recorded.update({m.name: [m.size, m.crc] for m in members})
-    return recorded
+def member_sizes(members: list[extracting.Member]) -> dict[str, tuple[int, int | None]]:
+    """name -> (size, CRC-32) of unpacked members, as the state record keeps them."""
+    return {m.name: (m.size, m.crc) for m in members}
 
 
 def extract_file(ctx: StageContext, f: FilePlan, archive: Path, only: frozenset[str] | None, result: FileResult) -> list[extracting.Member]:
@@ -77,14 +75,14 @@ def stream_file(ctx: StageContext, f: FilePlan, only: frozenset[str] | None, sta
         if f.pinned:
             check_layout_against_pins(layout, f.pinned, loc.url)
         if only is not None:  # a repair: the members to rewrite must be the ones the verified archive had
-            recorded = (state.record(f.key) or {}).get("members", {})
+            recorded = old.members if (old := state.record(f.key)) is not None else {}
             for sm in layout.members:
                 want = recorded.get(sm.member.name)
-                if sm.member.name in only and want is not None and want[1] is not None and [sm.member.size, sm.member.crc] != want:
+                if sm.member.name in only and want is not None and want[1] is not None and (sm.member.size, sm.member.crc) != tuple(want):
                     raise PermanentError(f"{loc.url} serves a different {f.key} than the one staged: member {sm.member.name} is "
                                          f"{sm.member.size} bytes with CRC {sm.member.crc:08x}, the staged one {want[0]} with {want[1]:08x}")
         if only is None:
-            state.update(f.key, unpack=True, streaming=True, md5=md5, size=size, source=loc.url, verified=False, extracted=False)
+            state.stream_started(f.key, md5=md5, size=size, source=loc.url)
 
         def starting(members: int, to_write: int, to_fetch: int) -> None:
             if only is not None:  # a repair: bytes the plan did not count
@@ -108,8 +106,8 @@ def stream_file(ctx: StageContext, f: FilePlan, only: frozenset[str] | None, sta
         if only is None:  # every source failed: what the stream wrote is vouched for by no archive md5 (a full disk resumes instead)
             discard_stream(ctx.partial / f"{f.key}.stream.json", ctx.target, f.key)
         raise
-    state.update(f.key, verified=True, extracted=True, streaming=False, members=member_record(state, f.key, outcome.members, only),
-                 damaged=[], stamp=None, md5_checked=outcome.md5 is not None, unpacked_bytes=sum(m.size for m in outcome.members))
+    state.streamed(f.key, member_sizes(outcome.members), only, md5_checked=outcome.md5 is not None,
+                   unpacked_bytes=sum(m.size for m in outcome.members))
     if outcome.md5 is None and only is None:
         result.checked = "members against the data set's pins" if f.pinned else "members against the archive's own directory (archive md5 not checked)"
     result.source = source
@@ -141,9 +139,8 @@ def link_from_copies(ctx: StageContext, f: FilePlan, state: StateStore, result: 
             ctx.emit("retry", key=f.key, message=f"{f.key}: {reason}; trying the next source")
             continue
         link_files(files, ctx.target)
-        members = {c.name: [c.size, crcs.get(c.name)] for c in files}
-        state.update(f.key, linked=True, extracted=f.unpack, verified=True, unpack=f.unpack, source=loc.url, members=members,
-                     damaged=[], stamp=None, md5=f.md5, size=f.size)
+        members = {c.name: (c.size, crcs.get(c.name)) for c in files}
+        state.linked(f.key, unpack=f.unpack, source=loc.url, members=members, md5=f.md5, size=f.size)
         result.source, result.members, result.outcome = loc.url, len(files), "linked"
         result.checked = "members against the data set's pins" if crcs else ("each scan against its header" if f.unpack else "md5")
         return ()
