@@ -59,13 +59,18 @@ class OutOfSpaceError(ProvisionError):
     """The disk filled up while a step was running (exit 1; the work so far is kept)."""
 
     @classmethod
-    def disk_full(cls, path: Any) -> OutOfSpaceError:
-        """The disk holding ``path`` filled up while writing it."""
-        return cls(
-            f"the disk holding {os.path.dirname(str(path))} is full",
-            hint="free some space or stage fewer subsets (--subsets); what was fetched is kept and the next run resumes",
-            path=os.path.dirname(str(path)),
-        )
+    def disk_full(cls, path: Any, doing: str = "", *, needed: int | None = None, free: int | None = None) -> OutOfSpaceError:
+        """The one way to say it: the disk holding ``path`` (a file or a folder about to be written) is full, or (with
+        ``needed`` and ``free``) would be; ``doing`` says while doing what."""
+        folder = str(path) if os.path.isdir(str(path)) else os.path.dirname(str(path)) or str(path)
+        what = f" while {doing}" if doing else ""
+        if needed is not None and free is not None:
+            message = f"the disk holding {folder} has only {free} bytes free{what}, and {needed} are needed"
+        else:
+            message = f"the disk holding {folder} is full{what}"
+        facts = {k: v for k, v in (("needed", needed), ("free", free)) if v is not None}
+        return cls(message, hint="free some space or stage fewer subsets (--subsets); what is staged so far is kept and the next run resumes",
+                   path=folder, **facts)
 
 
 class ChecksumError(ProvisionError):

@@ -12,10 +12,11 @@ from typing import Any, TypeVar
 
 from ..config import DataConfig
 from ..plan import DataPlan
+from .signals import Stopped, TransientError
 from .state import partial_dir
-from .stop import Stopped, StopSignal
+from .stop import StopSignal
 from .throttle import Throttle
-from .transfer import Retrier, TransientError
+from .transfer import Retrier
 from .zenodo import ZenodoRecords
 
 T = TypeVar("T")

@@ -20,17 +20,13 @@ from pathlib import Path
 
 from ..sources import KAGGLE_INPUT
 from .extract import crc_of
-from .transfer import PermanentError
+from .signals import CopyDamaged
 
 SUBSET_DIR = re.compile(r"subset(\d+)$")
 SEARCH_DEPTH = 4  # <copy>/<folder>/<folder>/subsetN/subsetN
 KAGGLE_SEARCH_DEPTH = 7  # /kaggle/input/datasets/<owner>/<slug>/<folder>/<folder>/subsetN/subsetN
 ELEMENT_BYTES = {"MET_UCHAR": 1, "MET_CHAR": 1, "MET_USHORT": 2, "MET_SHORT": 2, "MET_UINT": 4, "MET_INT": 4, "MET_FLOAT": 4,
                  "MET_ULONG": 8, "MET_LONG": 8, "MET_DOUBLE": 8}
-
-
-class CopyDamaged(PermanentError):
-    """The copy lacks scans or holds damaged ones: that subset comes from the next source."""
 
 
 @dataclass(frozen=True)

@@ -24,8 +24,8 @@ from ..errors import OutOfSpaceError, PreflightError, ProvisionError
 from ..plan import DataPlan, FilePlan
 from .context import Emit, FileResult, StageContext
 from .fetch import fetch
+from .signals import Stopped
 from .state import FileRecord, StateStore, run_lock, size_of, stat_stamp, work_dir
-from .stop import Stopped
 from .unpack import extract_file, link_from_copies, member_sizes, stream_file
 
 log = logging.getLogger(__name__)

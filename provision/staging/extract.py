@@ -13,8 +13,8 @@ from typing import BinaryIO
 
 from ..errors import ExtractError, OutOfSpaceError
 from . import codec
-from .members import LOCAL_HEADER, LOCAL_SIGNATURE, METHODS, TMP_SUFFIX, Member, MemberWriter, StreamCorrupt, StreamMember
-from .stop import Stopped
+from .members import LOCAL_HEADER, LOCAL_SIGNATURE, METHODS, TMP_SUFFIX, Member, MemberWriter, StreamMember
+from .signals import Stopped, StreamCorrupt
 from .transfer import BUFFER_BYTES
 
 RESERVED_TOP = (".provision", ".provision-partial")  # the tool's own folders, when the data set unpacks into data.root itself
@@ -140,11 +140,7 @@ def extract(
     todo = [m for m in members if (wanted is None or m.name in wanted) and (wanted is not None or not member_done(m, check_crc=True))]
     remaining = sum(m.size for m in todo)
     if free_bytes is not None and remaining > free_bytes():
-        raise OutOfSpaceError(
-            f"unpacking {archive} needs {remaining} more bytes in {target}, only {free_bytes()} are free",
-            hint="free some space or stage fewer subsets; the archive is kept so the next run continues",
-            needed=remaining, free=free_bytes(), path=str(target),
-        )
+        raise OutOfSpaceError.disk_full(target, f"unpacking {archive} (it is kept)", needed=remaining, free=free_bytes())
     if on_start is not None:
         on_start(len(todo), remaining)
     _run_parallel(archive_path, sorted(todo, key=lambda m: -m.size), infos, max(1, workers), on_member, stop)

@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 from ..errors import ChecksumError, DownloadError
 from ..plan import FileLocation, FilePlan
 from .context import FileResult, StageContext
-from .transfer import NotTheFile, PermanentError, TransientError
+from .signals import NotTheFile, PermanentError, TransientError
 
 T = TypeVar("T")
 DAMAGED_TRIES_PER_SOURCE = 2  # bytes damaged on the way get one more try at the same source
@@ -37,8 +37,9 @@ def from_sources(ctx: StageContext, f: FilePlan, result: FileResult, attempt: Ca
                 ctx.emit("retry", key=f.key, message=f"{f.key}: {exc}; fetching it again")
                 failures.append(f"{loc.url}: {exc}")
             except (PermanentError, TransientError) as exc:
-                refused = refused or isinstance(exc, NotTheFile) or getattr(exc, "throttle", False)
-                if getattr(exc, "unreachable", ""):
+                transient = exc if isinstance(exc, TransientError) else None
+                refused = refused or isinstance(exc, NotTheFile) or bool(transient and transient.throttle)
+                if transient is not None and transient.unreachable:
                     unreachable.append(urlsplit(loc.url).hostname or loc.url)
                 result.retries.append(f"{loc.url}: gave up: {exc.reason}")
                 ctx.emit("retry", key=f.key, message=f"{f.key}: source {loc.url} failed ({exc.reason}); trying the next source")

@@ -19,13 +19,10 @@ from .context import FileResult, StageContext
 from .fallback import from_sources
 from .local import try_hardlink
 from .segments import SegmentContext, SegmentedDownload
+from .signals import ChecksumMismatch, NoRangeSupport, PermanentError, TransientError
 from .state import size_of
-from .transfer import BUFFER_BYTES, NoRangeSupport, PermanentError, Transfer, TransientError
+from .transfer import BUFFER_BYTES, Transfer
 from .transfers import open_transfer
-
-
-class ChecksumMismatch(Exception):
-    """The bytes arrived, but their size or md5 is not the data set's: fetch them again (or elsewhere)."""
 
 
 def fetch(ctx: StageContext, f: FilePlan, final: Path, result: FileResult, conns: ThreadPoolExecutor) -> tuple[str, str]:

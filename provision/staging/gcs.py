@@ -16,7 +16,8 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-from .transfer import PermanentError, RemoteInfo, Sink, TransientError
+from .signals import PermanentError, TransientError
+from .transfer import RemoteInfo, Sink
 
 log = logging.getLogger(__name__)
 _clients: dict[tuple[str | None, bool], Any] = {}

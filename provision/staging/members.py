@@ -17,6 +17,7 @@ from typing import Any
 
 from ..errors import ExtractError, OutOfSpaceError
 from . import codec
+from .signals import StreamCorrupt
 
 OUTPUT_PIECE_BYTES = 4 << 20  # bound on inflated bytes held at once
 TMP_SUFFIX = ".provision-tmp"
@@ -40,20 +41,12 @@ class Member:
 def write_error(exc: OSError, member: Member, archive: str) -> ExtractError | OutOfSpaceError:
     """An OSError while writing a member, as the error to show (never a traceback)."""
     if exc.errno == 28:  # ENOSPC
-        return OutOfSpaceError(
-            f"the disk filled up while unpacking {member.name} into {member.dest.parent}",
-            hint="free some space or stage fewer subsets (--subsets); what is staged so far is kept and the next run continues",
-            path=str(member.dest.parent),
-        )
+        return OutOfSpaceError.disk_full(member.dest, f"unpacking {member.name}")
     return ExtractError(
         f"{archive}: cannot write {member.dest}: {exc.strerror or exc}",
         hint=f"check that {member.dest.parent} is writable and on a working disk; what is staged so far is kept",
         archive=archive, member=member.name, path=str(member.dest),
     )
-
-
-class StreamCorrupt(Exception):
-    """The stream contradicts the central directory or a CRC: the bytes were damaged on the way."""
 
 
 @dataclass(frozen=True)

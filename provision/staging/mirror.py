@@ -26,8 +26,9 @@ from ..plan import DataPlan, FilePlan
 from .context import Emit, FileResult, StageContext
 from .fetch import fetch, md5_of
 from .gcs import client, gcs_errors, md5_hex, split_gs
+from .signals import PermanentError, TransientError
 from .state import atomic_write_json, read_json, run_lock, size_of, stat_stamp, work_dir
-from .transfer import BUFFER_BYTES, PermanentError, TransientError
+from .transfer import BUFFER_BYTES
 
 log = logging.getLogger(__name__)
 MAX_COMPOSE = 32
@@ -138,7 +139,7 @@ class Mirror:
             self.emit("file_done", key=f.key, message=f"{f.key}: copied to {item.object}" + (f" ({item.parts} parts)" if item.parts > 1 else ""))
         except (ProvisionError, PermanentError, TransientError) as exc:
             item.action = "failed"
-            item.error = getattr(exc, "message", None) or getattr(exc, "reason", str(exc))
+            item.error = exc.message
             self.emit("file_failed", key=f.key, message=f"{f.key}: FAILED: {item.error}")
         finally:
             local.unlink(missing_ok=True)

@@ -13,7 +13,8 @@ from ..config import Config
 from ..errors import DownloadError
 from ..manifest import Manifest, PinnedMember
 from ..plan import RemoteFacts, file_url
-from .transfer import PermanentError, Transfer, TransientError
+from .signals import PermanentError, StagingSignal, TransientError
+from .transfer import Transfer
 from .transfers import BLOCK_BYTES, RangeReader, open_transfer
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ def pin_members(config: Config, manifest: Manifest) -> dict[str, tuple[PinnedMem
                     pins[f.key] = archive_members(transfer, size)
                     break
             except (ValueError, TransientError, PermanentError, zipfile.BadZipFile, OSError) as exc:
-                failures.append(f"{f.key} at {source.label}: {getattr(exc, 'reason', exc)}")
+                failures.append(f"{f.key} at {source.label}: {exc.message if isinstance(exc, StagingSignal) else exc}")
         else:
             raise DownloadError(f"no source could show the members of {f.key}: " + "; ".join(failures[-3:]),
                                 hint="a source that serves byte ranges is needed (zenodo, https://, gs://, a folder of archives)", key=f.key)

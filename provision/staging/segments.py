@@ -23,9 +23,10 @@ from pathlib import Path
 from ..errors import OutOfSpaceError
 from ..plan import FilePlan
 from .context import FileResult
+from .signals import Stopped, TransientError
 from .state import atomic_write_json, read_json, size_of
-from .stop import Stopped, StopSignal
-from .transfer import BUFFER_BYTES, Retrier, Transfer, TransientError
+from .stop import StopSignal
+from .transfer import BUFFER_BYTES, Retrier, Transfer
 
 
 @dataclass(frozen=True)

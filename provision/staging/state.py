@@ -128,11 +128,7 @@ def atomic_write_json(path: Path, data: Any, fsync: bool = True) -> None:
         atomic_write_bytes(path, json.dumps(data, indent=1, sort_keys=True).encode("utf-8"), fsync=fsync)
     except OSError as exc:
         if exc.errno == 28:  # ENOSPC
-            raise OutOfSpaceError(
-                f"the disk holding {path.parent} is full (while saving {path.name})",
-                hint="free some space or stage fewer subsets (--subsets); what was fetched is kept and the next run resumes",
-                path=str(path.parent),
-            ) from None
+            raise OutOfSpaceError.disk_full(path, f"saving {path.name}") from None
         raise
 
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
+from .signals import Stopped
 
-class Stopped(Exception):
-    """This piece of work ended because the run is stopping (for the reason the signal holds). Internal to staging."""
+__all__ = ["StopSignal", "Stopped"]
 
 
 class StopSignal(threading.Event):

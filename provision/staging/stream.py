@@ -26,14 +26,10 @@ from ..errors import ExtractError, OutOfSpaceError
 from ..manifest import PinnedMember
 from . import md5state
 from .extract import list_members, member_done, safe_dest
-from .members import LOCAL_HEADER, LOCAL_SIGNATURE, METHODS, Member, MemberWriter, StreamCorrupt, StreamMember
-from .stop import Stopped
-from .transfer import BUFFER_BYTES, PermanentError, Retrier, Transfer, TransientError
+from .members import LOCAL_HEADER, LOCAL_SIGNATURE, METHODS, Member, MemberWriter, StreamMember
+from .signals import CannotStream, PermanentError, Stopped, StreamCorrupt, TransientError
+from .transfer import BUFFER_BYTES, Retrier, Transfer
 from .transfers import BLOCK_BYTES, RangeReader
-
-
-class CannotStream(Exception):
-    """This archive cannot be unpacked as a stream (encrypted or unusual members): stage it whole."""
 
 
 @dataclass(frozen=True)
@@ -325,8 +321,7 @@ def stream_archive(
         return StreamOutcome(members, 0, None)
     to_write = sum(layout.members[i].member.size for first, last in runs for i in range(first, last))
     if to_write > free_bytes():
-        raise OutOfSpaceError(f"unpacking needs {to_write} more bytes, only {free_bytes()} are free",
-                              hint="free some space or stage fewer subsets (--subsets)", needed=to_write, free=free_bytes())
+        raise OutOfSpaceError.disk_full(target or Path("."), f"unpacking {layout.archive}", needed=to_write, free=free_bytes())
     md5: Any = None
     if whole:
         md5 = md5state.ResumableMd5(resume.md5_state if resume else None) if md5state.available() else hashlib.md5()

@@ -8,43 +8,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from .signals import NoRangeSupport, NotTheFile, PermanentError, TransientError
+
+__all__ = ["BUFFER_BYTES", "NoRangeSupport", "NotTheFile", "PermanentError", "RemoteInfo", "Retrier", "Sink", "Transfer", "TransientError"]
+
 BUFFER_BYTES = 1 << 20  # 1 MiB reads and writes
 
 Sink = Callable[[bytes], None]
-
-
-class TransientError(Exception):
-    """Worth retrying (dropped connection, timeout, 5xx, 429); ``retry_after_s`` when the server said.
-
-    ``throttle``: the host refused us on purpose (403, 429, a block page). Such a source is retried
-    patiently, for a time budget rather than a number of tries.
-    """
-
-    def __init__(self, reason: str, retry_after_s: float | None = None, throttle: bool = False, unreachable: str = "",
-                 stalled: bool = False) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.retry_after_s = retry_after_s
-        self.throttle = throttle
-        # "unresolved" (no such host name: no network or DNS), "refused" (no connection), "silent" (no answer in time)
-        self.unreachable = unreachable
-        self.stalled = stalled  # bytes came, but too few to count as progress
-
-
-class PermanentError(Exception):
-    """This source cannot deliver this file (404, 401, bad redirect): move on to the next source."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-class NoRangeSupport(Exception):
-    """The source ignores byte ranges: fetch the file whole."""
-
-
-class NotTheFile(PermanentError):
-    """The source answered with something else than the file (an HTML page, a body of the wrong length)."""
 
 
 @dataclass(frozen=True)

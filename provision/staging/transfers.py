@@ -10,8 +10,9 @@ import io
 
 from ..config import DataConfig
 from ..plan import FileLocation
+from .signals import PermanentError, TransientError
 from .throttle import Throttle
-from .transfer import PermanentError, Transfer, TransientError
+from .transfer import Transfer
 
 BLOCK_BYTES = 64 * 1024  # a LUNA16 central directory (178 entries) is about 20 KB
 

@@ -15,8 +15,8 @@ from . import extract as extracting
 from .context import FileResult, StageContext
 from .fallback import from_sources
 from .fetch import expected, md5_of, open_source
+from .signals import CannotStream, CopyDamaged, NoRangeSupport, PermanentError, StreamCorrupt
 from .state import StateStore
-from .transfer import NoRangeSupport, PermanentError
 
 
 def member_sizes(members: list[extracting.Member]) -> dict[str, tuple[int, int | None]]:
@@ -53,9 +53,7 @@ def extract_file(ctx: StageContext, f: FilePlan, archive: Path, only: frozenset[
 def stream_file(ctx: StageContext, f: FilePlan, only: frozenset[str] | None, state: StateStore, result: FileResult) -> bool:
     """Stage an archive in stream mode; False when it cannot be streamed (then archive mode takes over)."""
     from .stream import (
-        CannotStream,
         CheckpointFile,
-        StreamCorrupt,
         StreamOutcome,
         check_layout_against_pins,
         check_streamable_size,
@@ -118,7 +116,7 @@ def stream_file(ctx: StageContext, f: FilePlan, only: frozenset[str] | None, sta
 
 def link_from_copies(ctx: StageContext, f: FilePlan, state: StateStore, result: FileResult) -> tuple[FileLocation, ...]:
     """Link ``f`` from the unpacked copies that lead its sources; returns the sources left to try (none: linked)."""
-    from .copies import CopyDamaged, CopyFile, check_against_pins, link_files, scan_files
+    from .copies import CopyFile, check_against_pins, link_files, scan_files
 
     for i, loc in enumerate(f.locations):
         if loc.kind != "unpacked":
@@ -134,7 +132,7 @@ def link_from_copies(ctx: StageContext, f: FilePlan, state: StateStore, result: 
                     raise CopyDamaged(f"the copy's {loc.url} has md5 {got}, the data set's {f.key} has {f.md5}")
                 files, crcs = [CopyFile(f.key, Path(loc.url), os.stat(loc.url).st_size)], {}
         except (CopyDamaged, OSError) as exc:
-            reason = getattr(exc, "reason", None) or f"{loc.url}: {exc}"
+            reason = exc.reason if isinstance(exc, CopyDamaged) else f"{loc.url}: {exc}"
             result.retries.append(f"{reason}; trying the next source")
             ctx.emit("retry", key=f.key, message=f"{f.key}: {reason}; trying the next source")
             continue
