@@ -11,21 +11,31 @@ import logging
 import os
 import sys
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, NoReturn, TextIO
 
-from .errors import ConfigError, ProvisionError
+from . import environment, report, steps
+from .atomicfile import atomic_write_text
+from .config import Config, load_config, parse_chapters
+from .environment import Environment
+from .errors import BookError, ConfigError, ProvisionError
+from .facts import build_plan
+from .plan import Plan
 from .sources import redact
+from .version import __version__
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_REFUSED = 0, 1, 2, 3
 STEPS = ("preflight", "install", "cuda", "book", "data", "cache")
 
 
+class UsageError(ConfigError):
+    """A command line argparse refused: shown like every other error, with the usage line as its hint."""
+
+
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.print_usage(sys.stderr)
-        print(f"error: {message}\nhint: run '{self.prog} --help' for the options", file=sys.stderr)
-        raise SystemExit(EXIT_USAGE)
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message, hint=f"{self.format_usage().strip()}; run '{self.prog} --help' for the options")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,8 +48,6 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("-v", "--verbose", action="count", default=0, help="more log lines (repeat for debug)")
 
     parser = _Parser(prog="provision", description="Get a machine ready for Deep Learning with PyTorch, Part 2: requirements, CUDA, LUNA16 data.")
-    from .version import __version__
-
     parser.add_argument("--version", action="version", version=f"dlwpt-provision {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
@@ -95,60 +103,85 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("mirror", parents=[common], help="copy the selected files once into a bucket or a folder (Google Drive)")
     p.add_argument("--to", required=True, metavar="GS_URL_OR_DIR", help="destination: gs://my-bucket/luna16/ or /content/drive/MyDrive/luna16/")
     p.add_argument("--dry-run", action="store_true", help="show what would be copied and how many bytes")
+    for name, command in sub.choices.items():
+        command.set_defaults(handler=HANDLERS[name])
     return parser
 
 
 def _chapters(text: str) -> tuple[int, ...]:
-    from .config import parse_chapters
-
     try:
         return parse_chapters(text, "--chapters")
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+@dataclass(frozen=True)
+class Ctx:
+    """What every command handler is given: its arguments, the profile, the machine, the environment variables."""
+
+    args: argparse.Namespace
+    config: Config
+    env: Environment
+    environ: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a handler hands back to the one place that prints: the value (for --json), its text, the exit code, and
+    an error to show besides (a step of `up` that failed after others were done)."""
+
+    data: Any
+    text: str
+    code: int = 0
+    error: ProvisionError | None = None
+    quiet: bool = False  # nothing for stdout (export -o wrote its file)
+
+
 def main(argv: Sequence[str] | None = None, *, environ: Mapping[str, str] | None = None, stdout: TextIO | None = None) -> int:
-    """Run the command line; returns the exit code (tests call this directly)."""
+    """Run the command line; returns the exit code (tests call this directly). The one place that talks to the user."""
     environ = os.environ if environ is None else environ
     out = stdout or sys.stdout
+    as_json = False
+    command = "?"
     try:
         args = build_parser().parse_args(argv)
-    except SystemExit as exc:
+        as_json, command = args.json, args.command
+        logging.basicConfig(level=logging.WARNING - 10 * min(args.verbose, 2), format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+        config, env = _load(args, environ)
+        outcome: Outcome = args.handler(Ctx(args, config, env, environ))
+    except SystemExit as exc:  # --help, --version
         return int(exc.code or 0)
-    logging.basicConfig(
-        level=logging.WARNING - 10 * min(args.verbose, 2),
-        format="%(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    try:
-        return _dispatch(args, environ, out)
     except ProvisionError as exc:
-        if args.json:
-            from .report import to_json
-
-            print(redact(to_json({"ok": False, **exc.to_dict()})), file=out)
-        print(redact(f"error: {exc.message}"), file=sys.stderr)
-        if exc.hint:
-            print(redact(f"hint: {exc.hint}"), file=sys.stderr)
+        if as_json:
+            print(redact(report.to_json({"ok": False, **exc.to_dict()})), file=out)
+        _say_error(exc)
         return exc.exit_code
     except KeyboardInterrupt:
         print("error: interrupted; what was fetched so far is kept, and the next run resumes", file=sys.stderr)
         return 130
     except Exception as exc:  # noqa: BLE001 - a bug of ours: say what it was and what to do, never a traceback
         logging.getLogger("provision").debug("internal error", exc_info=True)
-        print(redact(f"error: internal error in `provision {args.command}`: {type(exc).__name__}: {exc}"), file=sys.stderr)
-        print("hint: this is a bug in provision, not in your set-up; what was staged so far is kept and a rerun resumes. "
-              "Run the same command with -vv to see where it happened, and report it with that output", file=sys.stderr)
+        _say_error(ProvisionError(f"internal error in `provision {command}`: {type(exc).__name__}: {exc}",
+                                  hint="this is a bug in provision, not in your set-up; what was staged so far is kept and a rerun "
+                                       "resumes. Run the same command with -vv to see where it happened, and report it with that output"))
         return EXIT_FAILED
+    if not outcome.quiet:
+        print(redact(report.to_json(outcome.data) if as_json else outcome.text), file=out)
+    if outcome.error is not None:
+        _say_error(outcome.error)
+    return outcome.code
 
 
-def _load(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[Any, Any]:
-    from . import environment
-    from .config import load_config
+def _say_error(exc: ProvisionError) -> None:
+    """``error:`` and ``hint:`` on stderr; user info in URLs and control characters masked."""
+    print(redact(f"error: {exc.message}"), file=sys.stderr)
+    if exc.hint:
+        print(redact(f"hint: {exc.hint}"), file=sys.stderr)
 
+
+def _load(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[Config, Environment]:
     env = environment.current(environ)
-    config = load_config(args.config, _sets(args), environ, default_profile=env.profile)
-    return config, env
+    return load_config(args.config, _sets(args), environ, default_profile=env.profile), env
 
 
 def _sets(args: argparse.Namespace) -> list[str]:
@@ -161,143 +194,120 @@ def _sets(args: argparse.Namespace) -> list[str]:
     return sets
 
 
-def _dispatch(args: argparse.Namespace, environ: Mapping[str, str], out: TextIO) -> int:
-    from . import report
-    from .facts import build_plan
-
-    config, env = _load(args, environ)
-    command = args.command
-    if command in ("plan",) or (command == "up" and args.dry_run):
-        plan = build_plan(config, environ, env, probe=getattr(args, "probe", False))
-        _show_plan(plan, args.json, out)
-        return EXIT_OK if plan.feasible else max(p.exit_code for p in plan.problems)
-    if command == "status":
-        from .steps import status
-
-        rows = status(config)
-        _show(rows, report.status_text(rows), args.json, out)
-        return EXIT_OK
-    if command == "verify":
-        from .steps import verify
-
-        checked = verify(config, full=args.full)
-        _show(checked, report.verify_text(checked), args.json, out)
-        return EXIT_OK if checked["ok"] else EXIT_FAILED
-    if command == "check":
-        from .steps import check_gpu
-
-        gpu_report = check_gpu(config, env)
-        print(report.to_json(report.gpu_dict(gpu_report)) if args.json else report.gpu_text(gpu_report, config.cuda.required), file=out)
-        return EXIT_OK if gpu_report.ok else EXIT_REFUSED
-    if command == "export":
-        from .export import ClusterOverrides, export_skypilot
-
-        exported = export_skypilot(config, ClusterOverrides(args.accelerators, args.nodes, args.cloud, args.region, args.spot, args.disk_size),
-                                   tuple(_sets(args)))
-        for warning in exported.warnings:
-            print(f"warning: {warning}", file=sys.stderr)
-        if args.output and not args.dry_run:
-            from .atomicfile import atomic_write_text
-
-            atomic_write_text(Path(args.output), exported.yaml_text)
-            print(f"wrote {args.output} (disk {exported.disk_gb} GB per node); launch with: sky launch -c dlwpt {args.output}", file=sys.stderr)
-        else:
-            print(report.to_json(exported.task) if args.json else exported.yaml_text, file=out, end="" if not args.json else "\n")
-        return EXIT_OK
-    if command == "book":
-        return _book(args, config, env, environ, out)
-    if command == "cache":
-        from .steps import cache
-
-        plan = build_plan(config, environ, env)
-        built = cache(config, plan, env, args.chapters or config.book.cache or (11,), drop=args.drop or (), workers=args.workers)
-        _show(built, report.cache_text(built), args.json, out)
-        return EXIT_OK if built.get("ok", True) else EXIT_FAILED
-    if command == "pin":
-        from .steps import pin
-
-        pinned = pin(config, dry_run=args.dry_run)
-        _show(pinned, report.pin_text(pinned), args.json, out)
-        return EXIT_OK
-    if command == "vm":
-        from .vm import create_vm
-
-        vm_plan = create_vm(config, args.dry_run)
-        _show(report.vm_dict(vm_plan), report.vm_text(vm_plan, args.dry_run), args.json, out)
-        return EXIT_OK
-    plan = build_plan(config, environ, env)
-    if command == "install":
-        if args.dry_run:
-            _show(report.install_dict(plan.install), report.install_text(plan.install), args.json, out)
-            return EXIT_OK
-        from .steps import install
-
-        install(plan, environ, config.requirements.venv)
-        _show(report.install_dict(plan.install), report.install_text(plan.install, done=True), args.json, out)
-        return EXIT_OK
-    if command == "stage":
-        if args.dry_run:
-            _show_plan(plan, args.json, out)
-            return EXIT_OK if plan.feasible else EXIT_REFUSED
-        from .steps import preflight, stage
-
-        preflight(plan, ("data",))
-        result = stage(config, plan)
-        _show(result.to_dict(), report.stage_text(result), args.json, out)
-        return EXIT_OK if result.ok else EXIT_FAILED
-    if command == "mirror":
-        from .steps import mirror
-
-        result = mirror(config, plan, args.to, dry_run=args.dry_run)
-        _show(result.to_dict(), report.mirror_text(result), args.json, out)
-        return EXIT_OK if result.ok else EXIT_FAILED
-    if command == "up":
-        from .steps import up
-
-        steps = [s for s in STEPS if (not args.only or s in args.only) and s not in args.skip]
-        summary = up(config, plan, env, environ, steps)
-        _show(summary, report.up_text(summary), args.json, out)
-        if "error" in summary:
-            print(redact(f"error: {summary['error']['message']}"), file=sys.stderr)
-            if summary["error"].get("hint"):
-                print(redact(f"hint: {summary['error']['hint']}"), file=sys.stderr)
-        return summary["exit_code"]
-    raise AssertionError(command)  # argparse restricts the choices
+def _plan_of(ctx: Ctx, probe: bool = False) -> Plan:
+    return build_plan(ctx.config, ctx.environ, ctx.env, probe=probe)
 
 
-def _book(args: argparse.Namespace, config: Any, env: Any, environ: Mapping[str, str], out: TextIO) -> int:
-    from . import report
-    from .facts import build_plan
-    from .steps import book, smoke
+def _plan_outcome(plan: Plan, code: int | None = None) -> Outcome:
+    return Outcome(plan.to_dict(), report.plan_text(plan), code if code is not None else (
+        EXIT_OK if plan.feasible else max(p.exit_code for p in plan.problems)))
 
+
+# ---------------------------------------------------------------- one handler per command
+
+
+def cmd_plan(ctx: Ctx) -> Outcome:
+    return _plan_outcome(_plan_of(ctx, probe=ctx.args.probe))
+
+
+def cmd_up(ctx: Ctx) -> Outcome:
+    if ctx.args.dry_run:
+        return _plan_outcome(_plan_of(ctx))
+    selected = [s for s in STEPS if (not ctx.args.only or s in ctx.args.only) and s not in ctx.args.skip]
+    summary, error = steps.up(ctx.config, _plan_of(ctx), ctx.env, ctx.environ, selected)
+    return Outcome(summary, report.up_text(summary), summary["exit_code"], error)
+
+
+def cmd_install(ctx: Ctx) -> Outcome:
+    plan = _plan_of(ctx)
+    if not ctx.args.dry_run:
+        steps.install(plan, ctx.environ, ctx.config.requirements.venv)
+    return Outcome(report.install_dict(plan.install), report.install_text(plan.install, done=not ctx.args.dry_run))
+
+
+def cmd_check(ctx: Ctx) -> Outcome:
+    gpu_report = steps.check_gpu(ctx.config, ctx.env)
+    return Outcome(report.gpu_dict(gpu_report), report.gpu_text(gpu_report, ctx.config.cuda.required), EXIT_OK if gpu_report.ok else EXIT_REFUSED)
+
+
+def cmd_stage(ctx: Ctx) -> Outcome:
+    plan = _plan_of(ctx)
+    if ctx.args.dry_run:
+        return _plan_outcome(plan, EXIT_OK if plan.feasible else EXIT_REFUSED)
+    steps.preflight(plan, ("data",))
+    result = steps.stage(ctx.config, plan)
+    return Outcome(result.to_dict(), report.stage_text(result), EXIT_OK if result.ok else EXIT_FAILED)
+
+
+def cmd_verify(ctx: Ctx) -> Outcome:
+    checked = steps.verify(ctx.config, full=ctx.args.full)
+    return Outcome(checked, report.verify_text(checked), EXIT_OK if checked["ok"] else EXIT_FAILED)
+
+
+def cmd_status(ctx: Ctx) -> Outcome:
+    rows = steps.status(ctx.config)
+    return Outcome(rows, report.status_text(rows))
+
+
+def cmd_book(ctx: Ctx) -> Outcome:
+    args = ctx.args
     if args.undo and args.smoke:
         raise ConfigError("--undo and --smoke do not go together", hint="run the smoke test on the fixed code: provision book --smoke")
-    plan = build_plan(config, environ, env)
-    assert plan.book is not None
+    plan = _plan_of(ctx)
+    if plan.book is None:
+        raise BookError("the book's step has no plan", hint="check book.fixes in the profile")
     if args.dry_run:
-        _show(dataclasses.asdict(plan.book), report.book_plan_text(plan.book), args.json, out)
-        return EXIT_OK
-    result = book(config, plan, undo=args.undo)
+        return Outcome(dataclasses.asdict(plan.book), report.book_plan_text(plan.book))
+    result = steps.book(ctx.config, plan, undo=args.undo)
     if not args.smoke:
-        _show(result, report.book_text(result), args.json, out)
-        return EXIT_OK
+        return Outcome(result, report.book_text(result))
     print(report.book_text(result), file=sys.stderr)
-    smoked = smoke(config, build_plan(config, environ, env), env)
-    _show({**result, "smoke": smoked.to_dict()}, report.smoke_text(smoked), args.json, out)
-    return EXIT_OK if smoked.ok else EXIT_FAILED
+    smoked = steps.smoke(ctx.config, _plan_of(ctx), ctx.env)
+    return Outcome({**result, "smoke": smoked.to_dict()}, report.smoke_text(smoked), EXIT_OK if smoked.ok else EXIT_FAILED)
 
 
-def _show_plan(plan: Any, as_json: bool, out: TextIO) -> None:
-    from .report import plan_text
+def cmd_cache(ctx: Ctx) -> Outcome:
+    args = ctx.args
+    built = steps.cache(ctx.config, _plan_of(ctx), ctx.env, args.chapters or ctx.config.book.cache or (11,), drop=args.drop or (),
+                        workers=args.workers)
+    return Outcome(built, report.cache_text(built), EXIT_OK if built.get("ok", True) else EXIT_FAILED)
 
-    _show(plan.to_dict(), plan_text(plan), as_json, out)
+
+def cmd_pin(ctx: Ctx) -> Outcome:
+    pinned = steps.pin(ctx.config, dry_run=ctx.args.dry_run)
+    return Outcome(pinned, report.pin_text(pinned))
 
 
-def _show(data: Any, text: str, as_json: bool, out: TextIO) -> None:
-    """Print a result; user info in any URL is masked, whatever path it took to get here."""
-    from .report import to_json
+def cmd_vm(ctx: Ctx) -> Outcome:
+    from .vm import create_vm  # gcloud's world: only for this command
 
-    print(redact(to_json(data) if as_json else text), file=out)
+    vm_plan = create_vm(ctx.config, ctx.args.dry_run)
+    return Outcome(report.vm_dict(vm_plan), report.vm_text(vm_plan, ctx.args.dry_run))
+
+
+def cmd_export(ctx: Ctx) -> Outcome:
+    from .export import ClusterOverrides, export_skypilot  # SkyPilot's world: only for this command
+
+    args = ctx.args
+    exported = export_skypilot(ctx.config, ClusterOverrides(args.accelerators, args.nodes, args.cloud, args.region, args.spot, args.disk_size),
+                               tuple(_sets(args)))
+    for warning in exported.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    if args.output and not args.dry_run:
+        atomic_write_text(Path(args.output), exported.yaml_text)
+        print(f"wrote {args.output} (disk {exported.disk_gb} GB per node); launch with: sky launch -c dlwpt {args.output}", file=sys.stderr)
+        return Outcome(exported.task, "", quiet=True)
+    return Outcome(exported.task, exported.yaml_text.rstrip("\n"))
+
+
+def cmd_mirror(ctx: Ctx) -> Outcome:
+    result = steps.mirror(ctx.config, _plan_of(ctx), ctx.args.to, dry_run=ctx.args.dry_run)
+    return Outcome(result.to_dict(), report.mirror_text(result), EXIT_OK if result.ok else EXIT_FAILED)
+
+
+HANDLERS = {"plan": cmd_plan, "up": cmd_up, "install": cmd_install, "check": cmd_check, "stage": cmd_stage, "verify": cmd_verify,
+            "status": cmd_status, "book": cmd_book, "cache": cmd_cache, "pin": cmd_pin, "vm": cmd_vm, "export": cmd_export,
+            "mirror": cmd_mirror}
 
 
 if __name__ == "__main__":

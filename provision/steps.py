@@ -188,8 +188,9 @@ def start_cache(config: Config, plan: Plan, env: Environment) -> Any:
                               lambda line: print(line, file=sys.stderr, flush=True))
 
 
-def up(config: Config, plan: Plan, env: Environment, environ: Mapping[str, str], steps: Sequence[str]) -> dict[str, Any]:
-    """Run the chosen steps in order; stop at the first that fails. Returns a summary with the exit code."""
+def up(config: Config, plan: Plan, env: Environment, environ: Mapping[str, str], steps: Sequence[str]) -> tuple[dict[str, Any], ProvisionError | None]:
+    """Run the chosen steps in order; stop at the first that fails. Returns a summary with the exit code (the steps done,
+    and the error that stopped the others, also in the summary for --json) and that error, for the command to show."""
     from .report import gpu_dict
 
     summary: dict[str, Any] = {"profile": plan.profile, "steps": {}, "exit_code": 0}
@@ -222,7 +223,8 @@ def up(config: Config, plan: Plan, env: Environment, environ: Mapping[str, str],
     except ProvisionError as exc:
         summary["error"] = exc.to_dict()
         summary["exit_code"] = exc.exit_code
-    return summary
+        return summary, exc
+    return summary, None
 
 
 def mirror(config: Config, plan: Plan, destination: str, *, dry_run: bool) -> Any:
