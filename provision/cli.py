@@ -39,6 +39,20 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The command line: the options every command takes, then each command's own (its handler set as a default)."""
+    common = _common_options()
+    parser = _Parser(prog="provision", description="Get a machine ready for Deep Learning with PyTorch, Part 2: requirements, CUDA, LUNA16 data.")
+    parser.add_argument("--version", action="version", version=f"dlwpt-provision {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    _add_setup_commands(sub, common)
+    _add_book_and_cloud_commands(sub, common)
+    for name, command in sub.choices.items():
+        command.set_defaults(handler=HANDLERS[name])
+    return parser
+
+
+def _common_options() -> argparse.ArgumentParser:
     common = _Parser(add_help=False)
     common.add_argument("-c", "--config", metavar="PROFILE_OR_PATH", help="profile name (colab, vm, local, ci) or YAML path; default: detected")
     common.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. data.reserve_gb=20")
@@ -46,12 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--root", help="data root folder (same as --set data.root=...)")
     common.add_argument("--json", action="store_true", help="machine-readable output on stdout")
     common.add_argument("-v", "--verbose", action="count", default=0, help="more log lines (repeat for debug)")
+    return common
 
-    parser = _Parser(prog="provision", description="Get a machine ready for Deep Learning with PyTorch, Part 2: requirements, CUDA, LUNA16 data.")
-    parser.add_argument("--version", action="version", version=f"dlwpt-provision {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    sub.required = True
 
+def _add_setup_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("plan", parents=[common], help="show what would be done (dry run; writes nothing)")
     p.add_argument("--probe", action="store_true", help="ask the sources for unresolved sizes, checksums and exact unpacked sizes")
 
@@ -73,6 +85,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("status", parents=[common], help="where each file of the data set stands, and the book's caches")
 
+    p = sub.add_parser("mirror", parents=[common], help="copy the selected files once into a bucket or a folder (Google Drive)")
+    p.add_argument("--to", required=True, metavar="GS_URL_OR_DIR", help="destination: gs://my-bucket/luna16/ or /content/drive/MyDrive/luna16/")
+    p.add_argument("--dry-run", action="store_true", help="show what would be copied and how many bytes")
+
+    p = sub.add_parser("pin", parents=[common], help="write each archive's members (name, size, CRC-32) beside the manifest, from the sources")
+    p.add_argument("--dry-run", action="store_true", help="read and show them; write nothing")
+
+
+def _add_book_and_cloud_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("book", parents=[common], help="get the book's code ready: clone at the pinned commit, apply the fixes; --smoke runs Part 2")
     p.add_argument("--undo", action="store_true", help="take the fixes back (the book's files as committed)")
     p.add_argument("--smoke", action="store_true", help="then run each Part 2 entry point for a few batches on the staged data")
@@ -82,9 +103,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chapters", type=_chapters, help="which chapters' caches: 11, 11,12, ... (default: book.cache, else 11)")
     p.add_argument("--drop", type=_chapters, metavar="CHAPTERS", help="delete these chapters' caches instead (when you have moved on)")
     p.add_argument("--workers", type=int, help="children building at once (default: book.cache_workers, else every core)")
-
-    p = sub.add_parser("pin", parents=[common], help="write each archive's members (name, size, CRC-32) beside the manifest, from the sources")
-    p.add_argument("--dry-run", action="store_true", help="read and show them; write nothing")
 
     p = sub.add_parser("vm", parents=[common], help="create a GCP GPU VM that provisions itself (gcloud)")
     p.add_argument("--dry-run", action="store_true", help="print the exact gcloud command and startup script")
@@ -99,13 +117,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--region", help="a region of that cloud")
     p.add_argument("--spot", action="store_true", default=None, help="use spot/preemptible instances")
     p.add_argument("--disk-size", type=int, help="disk per node in GB (refused when smaller than the data plan)")
-
-    p = sub.add_parser("mirror", parents=[common], help="copy the selected files once into a bucket or a folder (Google Drive)")
-    p.add_argument("--to", required=True, metavar="GS_URL_OR_DIR", help="destination: gs://my-bucket/luna16/ or /content/drive/MyDrive/luna16/")
-    p.add_argument("--dry-run", action="store_true", help="show what would be copied and how many bytes")
-    for name, command in sub.choices.items():
-        command.set_defaults(handler=HANDLERS[name])
-    return parser
 
 
 def _chapters(text: str) -> tuple[int, ...]:
