@@ -21,7 +21,7 @@ from .config import Config, load_config, parse_chapters
 from .environment import Environment
 from .errors import BookError, ConfigError, ProvisionError
 from .facts import build_plan
-from .plan import Plan
+from .planvalues import Plan
 from .sources import redact
 from .version import __version__
 
@@ -232,7 +232,7 @@ def cmd_up(ctx: Ctx) -> Outcome:
 def cmd_install(ctx: Ctx) -> Outcome:
     plan = _plan_of(ctx)
     if not ctx.args.dry_run:
-        steps.install(plan, ctx.environ, ctx.config.requirements.venv)
+        steps.install(plan, ctx.environ)
     return Outcome(report.install_dict(plan.install), report.install_text(plan.install, done=not ctx.args.dry_run))
 
 

@@ -23,7 +23,8 @@ from .torch_wheels import load_table
 
 def gather_facts(config: Config, environ: Mapping[str, str], environment: Environment, manifest: Manifest) -> Facts:
     """Look at the machine (read-only): installed packages, driver, free disk, staged files."""
-    installed = installed_distributions(target_python(config.requirements.venv, environment.python_executable))
+    target = target_python(config.requirements.venv, environment.python_executable)
+    installed = installed_distributions(target)
     smi = wheels = None
     if "torch" not in installed and config.requirements.torch_index == "auto":
         from .gpu import read_nvidia_smi
@@ -45,6 +46,7 @@ def gather_facts(config: Config, environ: Mapping[str, str], environment: Enviro
         root_problem=folder_problem(root / manifest.dir) or folder_problem(work_dir(root)),
         cache_fs_type=fs_type_of(str(existing_ancestor(root / "cache").resolve()), read_mounts()),
         timings=read_timings(root),
+        target_exists=os.path.exists(target),
     )
 
 

@@ -52,6 +52,7 @@ class InstallPlan:
     torch_index_reason: str
     commands: tuple[InstallCommand, ...]
     unset_env: tuple[str, ...]
+    create_venv: str | None = None  # the profile's virtual environment, to be made first (it is not there yet)
 
     @property
     def to_install(self) -> tuple[RequirementStatus, ...]:

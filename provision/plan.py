@@ -7,219 +7,38 @@ its arguments. ``provision plan`` prints the result; ``provision up`` carries it
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 from urllib.parse import quote
 
-from .book.checkout import CheckoutFacts
-from .book.fixes import BookManifest, FileState
 from .cacheplan import LUNA_SCANS_PER_SUBSET, CachePlan, plan_cache
 from .config import Config
 from .disk import GB, DiskItem, DiskPlan, DiskRules, gb, plan_disk
-from .environment import Environment, FsFacts
+from .environment import FsFacts
 from .install import InstallPlan, TorchIndex, index_options, plan_install, read_requirements, target_python, torch_index
-from .manifest import FIT, Manifest, ManifestFile, PinnedMember, format_subsets
+from .manifest import FIT, Manifest, ManifestFile, format_subsets
+from .planvalues import (  # noqa: E402 - the values this planner fills in, re-exported for its callers
+    KAGGLE_WORKING,
+    KAGGLE_WORKING_BYTES,
+    BookFacts,
+    BookPlan,
+    CopyFacts,
+    DataPlan,
+    Facts,
+    FileLocation,
+    FilePlan,
+    FixPlan,
+    GpuExpectations,
+    Plan,
+    Problem,
+    RemoteFacts,
+    WayPlan,
+)
 from .sources import Source
 from .staging.state import FileStatus
-from .torch_wheels import INDEX_BASE, WheelTable, choose, gpus_from_smi
+from .torch_wheels import INDEX_BASE, choose, gpus_from_smi
 from .ways import choose as choose_way
 from .ways import plan_ways
-
-KAGGLE_WORKING = "/kaggle/working"  # what a saved Kaggle notebook keeps: at most 20 GB
-KAGGLE_WORKING_BYTES = 20 * GB
-
-
-@dataclass(frozen=True)
-class RemoteFacts:
-    """What ``--probe`` (or staging) learned about a file from its source."""
-
-    size: int | None = None
-    md5: str | None = None
-    unpacked_size: int | None = None
-    members: int | None = None
-    source: str | None = None
-    bucket_status: str | None = None  # present | missing | md5 differs | size differs (gs:// sources, --probe)
-
-
-@dataclass(frozen=True)
-class Facts:
-    """Everything about the machine a plan depends on, gathered up front."""
-
-    environment: Environment
-    installed: Mapping[str, str]
-    nvidia_smi: Mapping[str, Any] | None  # read when torch is to be installed from the index that fits the GPUs
-    data_fs: FsFacts
-    statuses: Mapping[str, FileStatus]
-    environ: Mapping[str, str]
-    remote: Mapping[str, RemoteFacts] = field(default_factory=dict)
-    book: BookFacts | None = None
-    wheels: WheelTable | None = None  # configs/torch/wheels.yaml, loaded with nvidia_smi
-    copies: Mapping[str, CopyFacts] = field(default_factory=dict)  # unpacked-copy source location -> what it holds
-    cores: int = field(default_factory=lambda: os.cpu_count() or 1)
-    root_problem: str | None = None  # why data cannot be written under data.root (a file, read-only, a link loop)
-    cache_fs_type: str = ""          # the filesystem the book's cache would be on (data.root/cache)
-    timings: Mapping[str, Any] = field(default_factory=dict)  # what `provision cache` and the smoke run measured on this machine
-
-
-@dataclass(frozen=True)
-class BookFacts:
-    """The book's checkout and where each file its fixes touch stands (empty until it is cloned)."""
-
-    manifest: BookManifest
-    checkout: CheckoutFacts
-    states: tuple[FileState, ...]
-
-
-@dataclass(frozen=True)
-class FileLocation:
-    """Where one file can be fetched from: the source kind and the file's URL or path there."""
-
-    kind: str
-    url: str
-
-
-@dataclass(frozen=True)
-class FilePlan:
-    key: str
-    record: str | None
-    subset: int | None
-    size: int | None
-    md5: str | None
-    unpack: bool
-    unpacked_bytes: int | None
-    unpacked_estimated: bool
-    locations: tuple[FileLocation, ...]
-    dest: str
-    stage: str
-    partial_bytes: int
-    bucket_status: str | None = None
-    unpacked_done_bytes: int = 0
-    pinned: tuple[PinnedMember, ...] = ()  # the archive's members as the data set has them (checked when present)
-    not_in_copies: bool = False  # an unpacked copy is configured but lacks this file
-
-    @property
-    def from_copy(self) -> bool:
-        """Linked from an unpacked copy (its first source): no bytes to download or write."""
-        return bool(self.locations) and self.locations[0].kind == "unpacked"
-
-
-@dataclass(frozen=True)
-class CopyFacts:
-    """What an unpacked copy holds: each subset's folder, and plain files of the data set (annotations.csv)."""
-
-    subsets: Mapping[int, str]
-    plain: Mapping[str, str]
-
-
-@dataclass(frozen=True)
-class DataPlan:
-    dataset: str
-    manifest: str
-    root: str
-    target_dir: str
-    mode: str
-    subsets: tuple[int, ...] | str | None
-    sources: tuple[str, ...]
-    files: tuple[FilePlan, ...]
-    connections: int
-    files_in_flight: int
-    keep_archives: bool
-    mode_reason: str = ""
-    stream_ranges: int = 1
-    ways: tuple[WayPlan, ...] = ()  # every way the setting allows: its disk need and time relative to the fastest
-    subsets_reason: str = ""  # data.subsets: fit -> which subsets were chosen, and why
-
-
-@dataclass(frozen=True)
-class WayPlan:
-    label: str
-    mode: str
-    files_in_flight: int
-    stream_ranges: int
-    needed_bytes: int
-    fits: bool
-    relative_time: float
-    chosen: bool
-
-
-@dataclass(frozen=True)
-class FixPlan:
-    id: str
-    file: str
-    state: str  # to apply | applied | edited | mismatch | missing | after clone
-    why: str
-    problem: str = ""
-
-
-@dataclass(frozen=True)
-class BookPlan:
-    """The book step: get the book's code at ``dir`` (clone when ``head`` is None) and apply its fixes."""
-
-    enabled: bool
-    dir: str
-    repo: str
-    ref: str
-    head: str | None
-    data_link: str  # inside | link | linked | conflict
-    fixes: tuple[FixPlan, ...]
-    manifest: str
-    foreign: tuple[str, ...] = ()  # files that stop a clone into a folder that is not a checkout
-
-    @property
-    def clone(self) -> bool:
-        return self.head is None
-
-
-@dataclass(frozen=True)
-class GpuExpectations:
-    required: bool
-    min_memory_gb: float
-    min_compute_capability: str | None
-
-
-@dataclass(frozen=True)
-class Problem:
-    """A reason the plan cannot run as it is, with the fix and the exit code it leads to.
-
-    ``step`` is the step of `provision up` it stops (a disk problem only matters to the data step).
-    """
-
-    step: str
-    message: str
-    hint: str
-    exit_code: int = 3
-
-
-@dataclass(frozen=True)
-class Plan:
-    profile: str
-    config_files: tuple[str, ...]
-    environment: Environment
-    python_ok: bool
-    python_requirement: str
-    install: InstallPlan
-    gpu: GpuExpectations
-    data: DataPlan
-    disk: tuple[DiskPlan, ...]
-    problems: tuple[Problem, ...]
-    book: BookPlan | None = None
-    cache: CachePlan | None = None
-
-    @property
-    def feasible(self) -> bool:
-        return not self.problems
-
-    def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["feasible"] = self.feasible
-        out["environment"]["profile"] = self.environment.profile
-        for disk, raw in zip(self.disk, out["disk"], strict=True):
-            raw["fits"] = disk.fits
-            raw["shortfall_bytes"] = disk.shortfall_bytes
-            raw["fitting_subsets_text"] = disk.fitting_text()
-        return out
 
 
 def make_plan(config: Config, manifest: Manifest, facts: Facts) -> Plan:
@@ -244,66 +63,22 @@ def _make_plan(config: Config, manifest: Manifest, facts: Facts) -> Plan:
 
     env = facts.environment
     python_ok = SpecifierSet(config.python).contains(env.python_version, prereleases=True)
-    reqs = read_requirements(config.requirements.files, config.requirements.packages)
-    python = target_python(config.requirements.venv, env.python_executable)
-    from .install import choose_installer
-
-    install = plan_install(
-        reqs,
-        installed=facts.installed,
-        skip_satisfied=config.requirements.skip_satisfied,
-        installer=choose_installer(config.requirements.installer),
-        target_python=python,
-        torch_from=lambda requirement: torch_index(config.requirements.torch_index, lambda: auto_torch_index(facts, requirement)),
-        environ=facts.environ,
-        options=index_options(config.requirements.find_links, config.requirements.no_index),
-    )
-    data = plan_data(config, manifest, facts)
-    cache = cache_plan(config, manifest, facts)
-    items = [disk_item(f) for f in data.files]
-    ways = plan_ways(items, disk_rules(config, stream=False, cache_bytes_per_subset=cache.bytes_per_subset), config.data.mode, config.data.stream_ranges, path=config.data.root,
-                     probe=facts.data_fs.probe, free_bytes=facts.data_fs.free_bytes, connections=connections_to(config, data), cores=facts.cores)
-    pinned = all(f.pinned for f in data.files if f.unpack) and any(f.unpack for f in data.files)
-    way, reason = choose_way(config.data.mode, ways, any(f.unpack for f in data.files), pinned)
-    fastest = min(w.seconds for w in ways) or 1.0
-    data = replace(data, mode=way.mode, mode_reason=reason, files_in_flight=way.files_in_flight, stream_ranges=way.stream_ranges,
-                   ways=tuple(WayPlan(w.label, w.mode, w.files_in_flight, w.stream_ranges, w.disk.needed_bytes, w.fits,
-                                      round(w.seconds / fastest, 2), w is way) for w in ways))
-    disk = way.disk
+    data, disk, cache, archive_way = plan_staging(config, manifest, facts)
+    book = plan_book(config, facts.book) if facts.book is not None else None
     problems = []
     if not python_ok:
-        problems.append(Problem(
-            "preflight",
-            f"Python {env.python_version} does not satisfy the profile's python: '{config.python}'",
-            "use a newer Python (e.g. python3.11 -m venv .venv) and run again from it",
-        ))
-    if facts.root_problem:
-        problems.append(Problem("data", f"data.root cannot hold the data: {facts.root_problem}",
-                                "point data.root (--root) at a folder on a writable disk"))
-    elif not disk.fits:
-        streaming = disk_for(config, data.files, facts.data_fs, stream=True, cache_bytes_per_subset=cache.bytes_per_subset) \
-            if way.mode == "archive" else None
-        problems.append(disk_problem(disk, streaming))
-    elif env.kind == "kaggle" and Path(config.data.root).is_relative_to(KAGGLE_WORKING) and disk.needed_bytes > KAGGLE_WORKING_BYTES:
-        problems.append(Problem(
-            "data", f"{KAGGLE_WORKING} keeps at most {KAGGLE_WORKING_BYTES // GB} GB (Kaggle's output limit; the disk does not show it): "
-                    f"staging into {config.data.root} needs {gb(disk.needed_bytes)}",
-            "stage on the scratch disk instead: --root /kaggle/tmp/dlwpt-code/data-unversioned (the kaggle profile's default)",
-        ))
-    book = plan_book(config, facts.book) if facts.book is not None else None
+        problems.append(Problem("preflight", f"Python {env.python_version} does not satisfy the profile's python: '{config.python}'",
+                                "use a newer Python (e.g. python3.11 -m venv .venv) and run again from it"))
+    problems += staging_problems(config, facts, data, disk, cache, archive_way)
     if book is not None and book.enabled:
         problems += book_problems(book)
-    if cache.problem:
-        problems.append(Problem("cache", cache.problem, "put data.root on this machine's own disk (on Colab: under /content; on a VM: "
-                                "its boot or local SSD), where the book's code reads its data and writes its cache; keep archives "
-                                "on the share instead: provision mirror --to DIR/, then stage from it"))
     return Plan(
         profile=config.name,
         config_files=config.files,
         environment=env,
         python_ok=python_ok,
         python_requirement=config.python,
-        install=install,
+        install=plan_requirements(config, facts),
         gpu=GpuExpectations(config.cuda.required, config.cuda.min_memory_gb, config.cuda.min_compute_capability),
         data=data,
         disk=(disk,),
@@ -311,6 +86,66 @@ def _make_plan(config: Config, manifest: Manifest, facts: Facts) -> Plan:
         book=book,
         cache=cache,
     )
+
+
+def plan_requirements(config: Config, facts: Facts) -> InstallPlan:
+    """What to install, with which command, from which index; and the venv to make first."""
+    from .install import choose_installer
+
+    install = plan_install(
+        read_requirements(config.requirements.files, config.requirements.packages),
+        installed=facts.installed,
+        skip_satisfied=config.requirements.skip_satisfied,
+        installer=choose_installer(config.requirements.installer),
+        target_python=target_python(config.requirements.venv, facts.environment.python_executable),
+        torch_from=lambda requirement: torch_index(config.requirements.torch_index, lambda: auto_torch_index(facts, requirement)),
+        environ=facts.environ,
+        options=index_options(config.requirements.find_links, config.requirements.no_index),
+    )
+    if config.requirements.venv and not facts.target_exists:
+        install = replace(install, create_venv=config.requirements.venv)
+    return install
+
+
+def plan_staging(config: Config, manifest: Manifest, facts: Facts) -> tuple[DataPlan, DiskPlan, CachePlan, bool]:
+    """Every staging decision: the files and their sources, the way (mode, files and ranges at once) that fits, the
+    disk it needs, the cache it keeps room for; and whether that way is archive mode (a stream might fit instead)."""
+    data = plan_data(config, manifest, facts)
+    cache = cache_plan(config, manifest, facts)
+    connections = connections_to(config, data)
+    ways = plan_ways([disk_item(f) for f in data.files], disk_rules(config, stream=False, cache_bytes_per_subset=cache.bytes_per_subset),
+                     config.data.mode, config.data.stream_ranges, path=config.data.root, probe=facts.data_fs.probe,
+                     free_bytes=facts.data_fs.free_bytes, connections=connections, cores=facts.cores)
+    pinned = all(f.pinned for f in data.files if f.unpack) and any(f.unpack for f in data.files)
+    way, reason = choose_way(config.data.mode, ways, any(f.unpack for f in data.files), pinned)
+    fastest = min(w.seconds for w in ways) or 1.0
+    at_once = max(1, connections // way.stream_ranges) if way.mode == "stream" else max(1, way.files_in_flight)
+    data = replace(data, mode=way.mode, mode_reason=reason, files_in_flight=way.files_in_flight, stream_ranges=way.stream_ranges,
+                   files_at_once=at_once,
+                   ways=tuple(WayPlan(w.label, w.mode, w.files_in_flight, w.stream_ranges, w.disk.needed_bytes, w.fits,
+                                      round(w.seconds / fastest, 2), w is way) for w in ways))
+    return data, way.disk, cache, way.mode == "archive"
+
+
+def staging_problems(config: Config, facts: Facts, data: DataPlan, disk: DiskPlan, cache: CachePlan, archive_way: bool) -> list[Problem]:
+    """What stops the data and cache steps: an unusable data.root, too little disk, Kaggle's output limit, a network cache."""
+    problems = []
+    if facts.root_problem:
+        problems.append(Problem("data", f"data.root cannot hold the data: {facts.root_problem}", "point data.root (--root) at a folder on a writable disk"))
+    elif not disk.fits:
+        streaming = disk_for(config, data.files, facts.data_fs, stream=True, cache_bytes_per_subset=cache.bytes_per_subset) if archive_way else None
+        problems.append(disk_problem(disk, streaming))
+    elif facts.environment.kind == "kaggle" and Path(config.data.root).is_relative_to(KAGGLE_WORKING) and disk.needed_bytes > KAGGLE_WORKING_BYTES:
+        problems.append(Problem(
+            "data", f"{KAGGLE_WORKING} keeps at most {KAGGLE_WORKING_BYTES // GB} GB (Kaggle's output limit; the disk does not show it): "
+                    f"staging into {config.data.root} needs {gb(disk.needed_bytes)}",
+            "stage on the scratch disk instead: --root /kaggle/tmp/dlwpt-code/data-unversioned (the kaggle profile's default)",
+        ))
+    if cache.problem:
+        problems.append(Problem("cache", cache.problem, "put data.root on this machine's own disk (on Colab: under /content; on a VM: "
+                                "its boot or local SSD), where the book's code reads its data and writes its cache; keep archives "
+                                "on the share instead: provision mirror --to DIR/, then stage from it"))
+    return problems
 
 
 def plan_book(config: Config, found: BookFacts) -> BookPlan:

@@ -8,7 +8,7 @@ import shlex
 from typing import Any
 
 from .disk import gb
-from .plan import Plan
+from .planvalues import Plan
 
 
 def to_json(data: Any) -> str:

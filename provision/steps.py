@@ -17,7 +17,7 @@ from .environment import Environment
 from .errors import BookError, DiskSpaceError, GpuError, PreflightError, ProvisionError
 from .gpu import GpuReport
 from .manifest import load_manifest
-from .plan import Plan
+from .planvalues import Plan
 from .staging.engine import Stager, StageResult
 from .staging.state import FileRecord, StateStore, file_statuses, partial_bytes, run_lock
 
@@ -33,12 +33,12 @@ def preflight(plan: Plan, steps: Sequence[str]) -> None:
         raise cls(problem.message, hint=problem.hint)
 
 
-def install(plan: Plan, environ: Mapping[str, str], venv: str | None = None) -> None:
+def install(plan: Plan, environ: Mapping[str, str]) -> None:
     """Create the profile's venv if it asks for one and it is missing, then run the install commands."""
     from .install import create_venv, run_install
 
-    if venv and not os.path.exists(plan.install.target_python):
-        create_venv(venv)
+    if plan.install.create_venv:
+        create_venv(plan.install.create_venv)
     if plan.install.commands:
         run_install(plan.install, environ, lambda line: print(f"install: {line}", file=sys.stderr, flush=True), log.warning)
 
@@ -199,7 +199,7 @@ def up(config: Config, plan: Plan, env: Environment, environ: Mapping[str, str],
             preflight(plan, steps)
             summary["steps"]["preflight"] = {"ok": True}
         if "install" in steps:
-            install(plan, environ, config.requirements.venv)
+            install(plan, environ)
             summary["steps"]["install"] = {"ok": True, "installed": [r.requirement for r in plan.install.to_install]}
         if "cuda" in steps:
             report = check_gpu(config, env)
@@ -207,7 +207,7 @@ def up(config: Config, plan: Plan, env: Environment, environ: Mapping[str, str],
             if not report.ok:
                 first = next(f for f in report.findings if f.fatal)
                 raise GpuError(first.problem, hint=first.fix)
-        if "book" in steps and config.book.enabled:
+        if "book" in steps and plan.book is not None and plan.book.enabled:
             summary["steps"]["book"] = book(config, plan)
         overlapped = start_cache(config, plan, env) if "cache" in steps else None
         if "data" in steps:

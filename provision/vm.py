@@ -11,7 +11,7 @@ import shlex
 import shutil
 import subprocess
 import tempfile
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from .book.checkout import CheckoutFacts
@@ -20,7 +20,7 @@ from .config import Config, load_config
 from .disk import GB
 from .errors import CommandError, ConfigError, PreflightError
 from .manifest import load_manifest
-from .plan import BookFacts, Facts, cache_plan, disk_for, plan_data
+from .plan import BookFacts, Facts, plan_staging
 
 GCLOUD_INSTALL = "https://cloud.google.com/sdk/docs/install"
 
@@ -42,11 +42,10 @@ def data_needed_bytes(profile: Config) -> int:
     manifest = load_manifest(profile.data.dataset, configs_dir())
     empty = FsFacts(path=profile.data.root, probe="/", device=0, free_bytes=0, total_bytes=0)
     env = detect({}, colab_importable=False, dmi={"product_name": "Google Compute Engine"})
-    facts = Facts(environment=env, installed={}, nvidia_smi=None, statuses={}, environ={}, data_fs=empty)
-    files = plan_data(profile, manifest, facts).files
     book = BookFacts(load_book_manifest(profile.book.fixes, configs_dir()), CheckoutFacts("", False, None, (), "link"), ())
-    cache = cache_plan(profile, manifest, replace(facts, book=book))
-    return disk_for(profile, files, empty, stream=profile.data.mode == "stream", cache_bytes_per_subset=cache.bytes_per_subset).needed_bytes
+    facts = Facts(environment=env, installed={}, nvidia_smi=None, statuses={}, environ={}, data_fs=empty, book=book)
+    # on an empty disk no way fits: the plan then names the profile's first (preferred) way, whose need is the answer
+    return plan_staging(profile, manifest, facts)[1].needed_bytes
 
 
 def startup_script(tool_repo: str, profile: str) -> str:

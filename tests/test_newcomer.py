@@ -62,7 +62,7 @@ def test_install_commands_are_progress_not_warnings(tmp_path: Path, monkeypatch,
     config = load_config(str(profile), environ={"HOME": str(tmp_path)})
     plan = build_plan(config, {"HOME": str(tmp_path)})
     with pytest.raises(install.CommandError):
-        install_step(plan, {"PATH": "/usr/bin:/bin"}, None)
+        install_step(plan, {"PATH": "/usr/bin:/bin"})
     err = capsys.readouterr().err
     assert "install: running" in err and "WARNING" not in err, err
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ..config import DataConfig
-from ..plan import DataPlan
+from ..planvalues import DataPlan
 from .signals import Stopped, TransientError
 from .state import partial_dir
 from .stop import StopSignal

@@ -21,7 +21,7 @@ from typing import Any
 
 from ..config import DataConfig
 from ..errors import OutOfSpaceError, PreflightError, ProvisionError
-from ..plan import DataPlan, FilePlan
+from ..planvalues import DataPlan, FilePlan
 from .context import Emit, FileResult, StageContext
 from .fetch import fetch
 from .signals import Stopped
@@ -113,8 +113,8 @@ class Stager:
                     results[f.key].source = rec.source if rec is not None else None
                 else:
                     work.append((f, need))
-            with ThreadPoolExecutor(max(1, self.cfg.connections), thread_name_prefix="conn") as conns, \
-                    ThreadPoolExecutor(self._drivers(), thread_name_prefix="file") as drivers:
+            with ThreadPoolExecutor(max(1, self.plan.connections), thread_name_prefix="conn") as conns, \
+                    ThreadPoolExecutor(max(1, self.plan.files_at_once), thread_name_prefix="file") as drivers:
                 futures: list[tuple[FilePlan, Future[None]]] = [
                     (f, drivers.submit(self._stage_file, f, need, state, results[f.key], conns)) for f, need in work
                 ]
@@ -148,12 +148,6 @@ class Stager:
         except BaseException as exc:  # noqa: BLE001 - Ctrl-C or a bug: the run stops, and run() raises it
             ctx.stop.set("interrupted" if isinstance(exc, KeyboardInterrupt) else f"{f.key}: {type(exc).__name__}: {exc}", exc)
 
-    def _drivers(self) -> int:
-        """Files handled at once: in stream mode each range is one ordered stream, so connections / ranges."""
-        if self.plan.mode == "stream":
-            return max(1, self.cfg.connections // self.plan.stream_ranges)
-        return max(1, self.plan.files_in_flight)
-
     def _stage_file(self, f: FilePlan, need: Need, state: StateStore, result: FileResult, conns: ThreadPoolExecutor) -> None:
         ctx = self.ctx
         ctx.stop.check()
@@ -183,7 +177,7 @@ class Stager:
         if need.extract:
             members = extract_file(ctx, f, final, need.only, result)
             state.unpacked(f.key, member_sizes(members), need.only, sum(m.size for m in members))
-            if not self.cfg.keep_archives:
+            if not self.plan.keep_archives:
                 final.unlink(missing_ok=True)
                 state.archive_removed(f.key)
         result.outcome = "repaired" if repairing else "staged"

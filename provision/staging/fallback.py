@@ -7,7 +7,7 @@ from typing import TypeVar
 from urllib.parse import urlsplit
 
 from ..errors import ChecksumError, DownloadError
-from ..plan import FileLocation, FilePlan
+from ..planvalues import FileLocation, FilePlan
 from .context import FileResult, StageContext
 from .signals import NotTheFile, PermanentError, TransientError
 

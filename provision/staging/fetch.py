@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import OutOfSpaceError
-from ..plan import FileLocation, FilePlan
+from ..planvalues import FileLocation, FilePlan
 from .context import FileResult, StageContext
 from .fallback import from_sources
 from .local import try_hardlink
@@ -58,7 +58,7 @@ def download(ctx: StageContext, f: FilePlan, loc: FileLocation, final: Path, siz
     transfer, size, md5, ranges = open_source(ctx, f, loc, size, md5, result)
     if size is None or not ranges:
         return download_whole(ctx, f, transfer, part, progress_path, final, size, md5, result)
-    job = SegmentContext(segment_min_bytes=ctx.cfg.segment_mb << 20, connections=ctx.cfg.connections, retrier=ctx.retrier,
+    job = SegmentContext(segment_min_bytes=ctx.cfg.segment_mb << 20, connections=ctx.plan.connections, retrier=ctx.retrier,
                          stop=ctx.stop, emit=ctx.emit, finish=verify_and_rename)
     try:
         return SegmentedDownload(job, f, transfer, part, progress_path, final, size, md5, result, conns).run()

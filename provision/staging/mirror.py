@@ -22,7 +22,7 @@ from typing import Any
 
 from ..config import DataConfig
 from ..errors import ChecksumError, DiskSpaceError, ProvisionError
-from ..plan import DataPlan, FilePlan
+from ..planvalues import DataPlan, FilePlan
 from .context import Emit, FileResult, StageContext
 from .fetch import fetch, md5_of
 from .gcs import client, gcs_errors, md5_hex, split_gs
@@ -117,8 +117,8 @@ class Mirror:
         scratch = work_dir(root) / "mirror"
         scratch.mkdir(parents=True, exist_ok=True)
         ctx = StageContext(self.cfg, self.plan, emit=self.emit)
-        with run_lock(root), ThreadPoolExecutor(max(1, self.cfg.connections), thread_name_prefix="conn") as conns, \
-                ThreadPoolExecutor(max(1, self.cfg.files_in_flight), thread_name_prefix="mirror") as files:
+        with run_lock(root), ThreadPoolExecutor(max(1, self.plan.connections), thread_name_prefix="conn") as conns, \
+                ThreadPoolExecutor(max(1, self.plan.files_in_flight), thread_name_prefix="mirror") as files:
             futures = [files.submit(self._one, f, item, ctx, scratch, conns) for f, item in todo]
             for fut in futures:
                 fut.result()
@@ -163,7 +163,7 @@ class BucketMirror(Mirror):
 
     def put(self, local: Path, f: FilePlan, md5: str, item: MirrorItem, conns: ThreadPoolExecutor) -> None:
         size = os.stat(local).st_size
-        parts = part_plan(size, self.cfg.connections)
+        parts = part_plan(size, self.plan.connections)
         item.parts = len(parts)
         metadata = {"md5": md5, "source": item.source or "", "uploaded-by": "dlwpt-provision"}
         final = self.bucket.blob(self.prefix + f.key)

@@ -12,7 +12,8 @@ from typing import Any
 from ..config import Config
 from ..errors import DownloadError
 from ..manifest import Manifest, PinnedMember
-from ..plan import RemoteFacts, file_url
+from ..plan import file_url
+from ..planvalues import FileLocation, RemoteFacts
 from .signals import PermanentError, StagingSignal, TransientError
 from .transfer import Transfer
 from .transfers import BLOCK_BYTES, RangeReader, open_transfer
@@ -35,7 +36,6 @@ def archive_members(transfer: Transfer, size: int) -> tuple[PinnedMember, ...]:
 
 def pin_members(config: Config, manifest: Manifest) -> dict[str, tuple[PinnedMember, ...]]:
     """The members of each selected archive, read from the first source that serves byte ranges."""
-    from ..plan import FileLocation
     from .throttle import Throttle
 
     throttle = Throttle(config.data.connections_to)
@@ -63,7 +63,6 @@ def pin_members(config: Config, manifest: Manifest) -> dict[str, tuple[PinnedMem
 def probe_remote(config: Config, manifest: Manifest) -> dict[str, RemoteFacts]:
     """What the sources say about each selected file: sizes and md5s the manifest leaves open, exact
     unpacked sizes, and for a bucket source whether it holds the file (present / missing / differs)."""
-    from ..plan import FileLocation
     from .throttle import Throttle
     from .zenodo import ZenodoRecords
 
@@ -103,7 +102,6 @@ def _bucket_status(transfer: Transfer, size: int | None, md5: str | None) -> str
 
 
 def _ask_sources(config: Config, f: Any, opener: Callable[..., Transfer], zenodo: Any, need_unpacked: bool) -> RemoteFacts | None:
-    from ..plan import FileLocation
 
     for source in config.data.sources:
         try:

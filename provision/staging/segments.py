@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import OutOfSpaceError
-from ..plan import FilePlan
+from ..planvalues import FilePlan
 from .context import FileResult
 from .signals import Stopped, TransientError
 from .state import atomic_write_json, read_json, size_of

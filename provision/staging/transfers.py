@@ -9,7 +9,7 @@ from __future__ import annotations
 import io
 
 from ..config import DataConfig
-from ..plan import FileLocation
+from ..planvalues import FileLocation
 from .signals import PermanentError, TransientError
 from .throttle import Throttle
 from .transfer import Transfer

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 from ..errors import ChecksumError, DownloadError, ExtractError
-from ..plan import FileLocation, FilePlan
+from ..planvalues import FileLocation, FilePlan
 from . import extract as extracting
 from .context import FileResult, StageContext
 from .fallback import from_sources
