@@ -23,6 +23,7 @@ from .signals import ChecksumMismatch, NoRangeSupport, PermanentError, Transient
 from .state import size_of
 from .transfer import BUFFER_BYTES, Transfer
 from .transfers import open_transfer
+from .zenodo import fill_from_records
 
 
 def fetch(ctx: StageContext, f: FilePlan, final: Path, result: FileResult, conns: ThreadPoolExecutor) -> tuple[str, str]:
@@ -37,12 +38,7 @@ def fetch(ctx: StageContext, f: FilePlan, final: Path, result: FileResult, conns
 
 def expected(ctx: StageContext, f: FilePlan, loc: FileLocation) -> tuple[int | None, str | None]:
     """The size and md5 to check against: the manifest's, else the Zenodo records API's."""
-    size, md5 = f.size, f.md5
-    if (size is None or md5 is None) and loc.kind == "zenodo" and f.record:
-        api_size, api_md5 = ctx.zenodo.lookup(f.record, f.key)
-        size = size if size is not None else api_size
-        md5 = md5 or api_md5
-    return size, md5
+    return fill_from_records(f.size, f.md5, record=f.record, key=f.key, source_kind=loc.kind, records=ctx.zenodo)
 
 
 def download(ctx: StageContext, f: FilePlan, loc: FileLocation, final: Path, size: int | None, md5: str | None,

@@ -15,8 +15,10 @@ from ..manifest import Manifest, PinnedMember
 from ..plan import file_url
 from ..planvalues import FileLocation, RemoteFacts
 from .signals import PermanentError, StagingSignal, TransientError
+from .throttle import Throttle
 from .transfer import Transfer
 from .transfers import BLOCK_BYTES, RangeReader, open_transfer
+from .zenodo import ZenodoRecords, fill_from_records
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +38,6 @@ def archive_members(transfer: Transfer, size: int) -> tuple[PinnedMember, ...]:
 
 def pin_members(config: Config, manifest: Manifest) -> dict[str, tuple[PinnedMember, ...]]:
     """The members of each selected archive, read from the first source that serves byte ranges."""
-    from .throttle import Throttle
 
     throttle = Throttle(config.data.connections_to)
     pins: dict[str, tuple[PinnedMember, ...]] = {}
@@ -63,8 +64,6 @@ def pin_members(config: Config, manifest: Manifest) -> dict[str, tuple[PinnedMem
 def probe_remote(config: Config, manifest: Manifest) -> dict[str, RemoteFacts]:
     """What the sources say about each selected file: sizes and md5s the manifest leaves open, exact
     unpacked sizes, and for a bucket source whether it holds the file (present / missing / differs)."""
-    from .throttle import Throttle
-    from .zenodo import ZenodoRecords
 
     throttle = Throttle(config.data.connections_to)
 
@@ -101,18 +100,14 @@ def _bucket_status(transfer: Transfer, size: int | None, md5: str | None) -> str
     return "present"
 
 
-def _ask_sources(config: Config, f: Any, opener: Callable[..., Transfer], zenodo: Any, need_unpacked: bool) -> RemoteFacts | None:
-
+def _ask_sources(config: Config, f: Any, opener: Callable[..., Transfer], zenodo: ZenodoRecords, need_unpacked: bool) -> RemoteFacts | None:
     for source in config.data.sources:
         try:
             url = file_url(source, f, config.data.zenodo_url)
         except ValueError:
             continue
         try:
-            size, md5 = f.size, f.md5
-            if source.kind == "zenodo" and f.record and (size is None or md5 is None):
-                api_size, api_md5 = zenodo.lookup(f.record, f.key)
-                size, md5 = size if size is not None else api_size, md5 or api_md5
+            size, md5 = fill_from_records(f.size, f.md5, record=f.record, key=f.key, source_kind=source.kind, records=zenodo)
             transfer = opener(FileLocation(source.kind, url), config.data)
             if size is None:
                 size = transfer.info().size

@@ -60,3 +60,14 @@ class ZenodoRecords:
                 url = zenodo_api_url(self.zenodo_url, record)
                 self._cache[record] = parse_record_files(get_json(url, self.timeout_s, self.throttle.gate(url) if self.throttle else None))
             return self._cache[record].get(key, (None, None))
+
+
+def fill_from_records(size: int | None, md5: str | None, *, record: str | None, key: str, source_kind: str,
+                      records: ZenodoRecords) -> tuple[int | None, str | None]:
+    """The size and md5 to check a file against: the manifest's, and what it leaves open from the Zenodo records API
+    (when the file comes from Zenodo and has a record). The one place both staging and ``--probe`` ask."""
+    if (size is None or md5 is None) and source_kind == "zenodo" and record:
+        api_size, api_md5 = records.lookup(record, key)
+        size = size if size is not None else api_size
+        md5 = md5 or api_md5
+    return size, md5
