@@ -304,19 +304,8 @@ def stream_archive(
     each member written.
     """
     members = [sm.member for sm in layout.members]
-    names = [m.name for m in members]
-    digest_of_directory = directory_digest(layout)
-    saved = checkpoints.load() if checkpoints is not None and only is None else None
     whole = parallel <= 1 and only is None
-    resume: Checkpoint | None = None
-    if whole:
-        resume = _resume_point(layout, saved, target or Path("."))
-        runs = [(resume.index if resume else 0, len(layout.members))]
-    elif saved is not None and saved[0].directory != digest_of_directory:
-        _resume_point(layout, saved, target or Path("."))  # another archive's members go
-        runs = [(0, len(layout.members))] if only is None else runs_to_fetch(layout, only)
-    else:
-        runs = runs_to_fetch(layout, only)
+    resume, runs = _runs(layout, only, whole, checkpoints.load() if checkpoints is not None and only is None else None, target or Path("."))
     if not whole and not runs:
         return StreamOutcome(members, 0, None)
     to_write = sum(layout.members[i].member.size for first, last in runs for i in range(first, last))
@@ -325,46 +314,23 @@ def stream_archive(
     md5: Any = None
     if whole:
         md5 = md5state.ResumableMd5(resume.md5_state if resume else None) if md5state.available() else hashlib.md5()
-    parsers: list[StreamUnpacker] = []
+    saver = _Checkpointing(checkpoints, layout, md5) if checkpoints is not None and only is None else None
 
     def member_written(member: Member) -> None:
         if on_member is not None:
             on_member(member)
-        if whole and checkpoints is not None:
-            parser = parsers[0]
-            state = md5.state() if isinstance(md5, md5state.ResumableMd5) else None
-            checkpoints.save(Checkpoint(digest_of_directory, parser.index, parser.pos, state), names)
+        if whole and saver is not None:
+            saver.after(parsers[0])
 
-    parsers += [StreamUnpacker(layout, first, last, md5, member_written) for first, last in split_runs(layout, runs, 1 if whole else parallel)]
+    parsers = [StreamUnpacker(layout, first, last, md5, member_written) for first, last in split_runs(layout, runs, 1 if whole else parallel)]
     if whole:
         parsers[0].pos = resume.pos if resume else 0  # bytes before the first member count for the md5 too
-    if checkpoints is not None and only is None:
-        checkpoints.save(Checkpoint(digest_of_directory, resume.index if resume else 0, parsers[0].pos,
-                                    resume.md5_state if resume else None), names)
+    if saver is not None:
+        saver.start(resume, parsers[0].pos)
     if on_start is not None:
-        members_to_write = sum(last - first for first, last in runs)
-        on_start(members_to_write, to_write, sum(p.end - p.pos for p in parsers))
-
-    def pump(parser: StreamUnpacker) -> None:
-        try:
-            _pump(transfer, parser, retrier(), sleep, on_bytes, note_retry, stop)
-        except BaseException:
-            parser.abandon()  # completed members are CRC-checked and stay: the next run continues after them
-            raise
-
-    errors: list[BaseException] = []
-    if parallel <= 1 or whole:
-        for parser in parsers:
-            try:
-                pump(parser)
-            except BaseException as exc:  # noqa: BLE001 - sorted below
-                errors.append(exc)
-                break
-    else:
-        with ThreadPoolExecutor(min(parallel, len(parsers)), thread_name_prefix="range") as pool:
-            for fut in [pool.submit(pump, p) for p in parsers]:
-                if fut.exception() is not None:
-                    errors.append(fut.exception())  # type: ignore[arg-type]
+        on_start(sum(last - first for first, last in runs), to_write, sum(p.end - p.pos for p in parsers))
+    errors = _pump_all(parsers, lambda parser: _pump(transfer, parser, retrier(), sleep, on_bytes, note_retry, stop),
+                       at_once=1 if whole else parallel)
     written = [m for p in parsers for m in p.written]
     if errors:
         corrupt = next((e for e in errors if isinstance(e, StreamCorrupt)), None)
@@ -372,14 +338,68 @@ def stream_archive(
             _remove(written)  # nothing from a damaged stream survives (a whole stream keeps CRC-good members: its md5 judges them)
         raise corrupt or errors[0]
     digest = md5.hexdigest() if md5 is not None else None
-    if whole and expected_md5 and digest != expected_md5:
-        _remove(members)  # none of them is vouched for: not those of this run, nor those of the run it resumed
-        if checkpoints is not None:
-            checkpoints.clear()
-        raise StreamCorrupt(f"md5 mismatch from {transfer.label}: got {digest}, expected {expected_md5}")
     if checkpoints is not None:
         checkpoints.clear()
+    if whole and expected_md5 and digest != expected_md5:
+        _remove(members)  # none of them is vouched for: not those of this run, nor those of the run it resumed
+        raise StreamCorrupt(f"md5 mismatch from {transfer.label}: got {digest}, expected {expected_md5}")
     return StreamOutcome(members, len(written), digest)
+
+
+def _runs(layout: Layout, only: frozenset[str] | None, whole: bool, saved: tuple[Checkpoint, list[str]] | None,
+          target: Path) -> tuple[Checkpoint | None, list[tuple[int, int]]]:
+    """Where to resume (a whole stream) and the member runs to fetch; another archive's checkpoint means from scratch."""
+    if whole:
+        resume = _resume_point(layout, saved, target)
+        return resume, [(resume.index if resume else 0, len(layout.members))]
+    if saved is not None and saved[0].directory != directory_digest(layout):
+        _resume_point(layout, saved, target)  # another archive's members go
+        return None, [(0, len(layout.members))] if only is None else runs_to_fetch(layout, only)
+    return None, runs_to_fetch(layout, only)
+
+
+class _Checkpointing:
+    """Saves a stream's checkpoint: once at its start (so a later run knows which archive it was), then after each member."""
+
+    def __init__(self, checkpoints: CheckpointFile, layout: Layout, md5: Any) -> None:
+        self.checkpoints = checkpoints
+        self.directory = directory_digest(layout)
+        self.names = [sm.member.name for sm in layout.members]
+        self.md5 = md5
+
+    def start(self, resume: Checkpoint | None, pos: int) -> None:
+        self.checkpoints.save(Checkpoint(self.directory, resume.index if resume else 0, pos, resume.md5_state if resume else None), self.names)
+
+    def after(self, parser: StreamUnpacker) -> None:
+        state = self.md5.state() if isinstance(self.md5, md5state.ResumableMd5) else None
+        self.checkpoints.save(Checkpoint(self.directory, parser.index, parser.pos, state), self.names)
+
+
+def _pump_all(parsers: list[StreamUnpacker], pump: Callable[[StreamUnpacker], None], at_once: int) -> list[BaseException]:
+    """Run each parser's pump (in order, or ``at_once`` on threads); a failed one drops its member in progress. The errors."""
+
+    def run(parser: StreamUnpacker) -> None:
+        try:
+            pump(parser)
+        except BaseException:
+            parser.abandon()  # completed members are CRC-checked and stay: the next run continues after them
+            raise
+
+    errors: list[BaseException] = []
+    if at_once <= 1:
+        for parser in parsers:
+            try:
+                run(parser)
+            except BaseException as exc:  # noqa: BLE001 - handed back
+                errors.append(exc)
+                break
+        return errors
+    with ThreadPoolExecutor(min(at_once, len(parsers)), thread_name_prefix="range") as pool:
+        for fut in [pool.submit(run, p) for p in parsers]:
+            failure = fut.exception()
+            if failure is not None:
+                errors.append(failure)
+    return errors
 
 
 def _pump(transfer: Transfer, parser: StreamUnpacker, retrier: Retrier, sleep: Callable[[float], None],
