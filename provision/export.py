@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from .book.checkout import book_dir
-from .config import Config, configs_dir
+from .config import ClusterConfig, Config, configs_dir
 from .disk import GB
 from .errors import ConfigError, DiskSpaceError
 from .vm import data_needed_bytes
@@ -55,6 +55,78 @@ class Export:
     data_needed_gb: float
 
 
+def _check_accelerators(accelerators: str) -> None:
+    if ":" not in accelerators:
+        raise ConfigError(f"cluster.accelerators {accelerators!r} must be NAME:COUNT, e.g. T4:1 or A100:8", key="cluster.accelerators")
+    name, _, count = accelerators.partition(":")
+    if not name or not count.isdigit() or int(count) < 1:
+        raise ConfigError(f"cluster.accelerators {accelerators!r} must be NAME:COUNT with a count of at least 1", key="cluster.accelerators")
+
+
+def _disk_gb(config: Config, cluster: ClusterConfig, needed: int) -> int:
+    """The disk per node: the one asked for, refused when smaller than the data plan and the system need."""
+    smallest = math.ceil(needed / GB) + cluster.system_gb
+    disk = cluster.disk_gb or smallest
+    if disk < smallest:
+        raise DiskSpaceError(
+            f"a {disk} GB disk per node is too small: staging {config.data.dataset} needs {needed / GB:.0f} GB "
+            f"(data, the book's cache and margin) plus {cluster.system_gb} GB for the system",
+            hint=f"ask for at least {smallest} GB (--disk-size {smallest}), or stage fewer subsets (--subsets) or lower data.cache_gb_per_subset",
+            needed_gb=smallest, requested_gb=disk,
+        )
+    return disk
+
+
+def _warnings(config: Config, cluster: ClusterConfig) -> list[str]:
+    warnings = []
+    first = config.data.sources[0] if config.data.sources else None
+    if cluster.nodes > 1 and (first is None or first.kind != "gs"):
+        warnings.append(
+            f"{cluster.nodes} nodes would each download the data set from {first.location if first else 'nowhere'}; "
+            "mirror it once to a bucket (provision mirror --to gs://BUCKET/luna16/) and put that first in data.sources"
+        )
+    if not config.book.enabled:
+        warnings.append("the profile's book step is off (book.enabled: false): the nodes will not have the book's code; "
+                        "set book.enabled: true or clone it in setup yourself")
+    return warnings
+
+
+def _setup_script(cluster: ClusterConfig, flags: str) -> str:
+    return "\n".join([
+        "set -e",
+        f"[ -d ~/dlwpt-provision/.git ] || git clone --depth 1 {shlex.quote(cluster.tool_repo)} ~/dlwpt-provision",
+        "# setup does not see the GPUs: install, get the book's code (book step) and stage here; check the GPU in run",
+        f"bash ~/dlwpt-provision/scripts/provision.sh {flags} --skip cuda",
+        "",
+    ])
+
+
+def _run_script(config: Config, cluster: ClusterConfig, flags: str) -> str:
+    """Check the GPU, then train: python on one node, torchrun over the nodes' GPUs on several."""
+    module = f"-m {shlex.quote(cluster.entry)} {cluster.args}".strip()
+    if cluster.nodes > 1:
+        train = [
+            'MASTER_ADDR=$(echo "$SKYPILOT_NODE_IPS" | head -n1)',
+            "torchrun \\",
+            "  --nnodes=$SKYPILOT_NUM_NODES \\",
+            "  --nproc_per_node=$SKYPILOT_NUM_GPUS_PER_NODE \\",
+            "  --node_rank=$SKYPILOT_NODE_RANK \\",
+            "  --master_addr=$MASTER_ADDR \\",
+            "  --master_port=8008 \\",
+            f"  {module}",
+        ]
+    else:
+        train = [f"python {module}"]
+    return "\n".join([
+        "set -e",
+        "source ~/dlwpt-provision/.venv/bin/activate",
+        f"provision check {flags}",
+        f"cd {_home_relative(book_dir(config.book.dir, config.data.root))}",
+        *train,
+        "",
+    ])
+
+
 def _profile_ref(config: Config) -> tuple[str, dict[str, str]]:
     """How the nodes name the profile: a shipped name, or a file mounted from here."""
     source = Path(config.files[-1]) if config.files else None
@@ -76,31 +148,10 @@ def _home_relative(path: Path) -> str:
 def export_skypilot(config: Config, overrides: ClusterOverrides, sets: tuple[str, ...] = ()) -> Export:
     """Build the task; refuse a disk smaller than the data plan needs."""
     cluster = dataclasses.replace(config.cluster, **{k: v for k, v in dataclasses.asdict(overrides).items() if v is not None})
-    if ":" not in cluster.accelerators:
-        raise ConfigError(f"cluster.accelerators {cluster.accelerators!r} must be NAME:COUNT, e.g. T4:1 or A100:8", key="cluster.accelerators")
-    name, _, count = cluster.accelerators.partition(":")
-    if not name or not count.isdigit() or int(count) < 1:
-        raise ConfigError(f"cluster.accelerators {cluster.accelerators!r} must be NAME:COUNT with a count of at least 1", key="cluster.accelerators")
+    _check_accelerators(cluster.accelerators)
     needed = data_needed_bytes(config)
-    smallest = math.ceil(needed / GB) + cluster.system_gb
-    disk = cluster.disk_gb or smallest
-    if disk < smallest:
-        raise DiskSpaceError(
-            f"a {disk} GB disk per node is too small: staging {config.data.dataset} needs {needed / GB:.0f} GB "
-            f"(data, the book's cache and margin) plus {cluster.system_gb} GB for the system",
-            hint=f"ask for at least {smallest} GB (--disk-size {smallest}), or stage fewer subsets (--subsets) or lower data.cache_gb_per_subset",
-            needed_gb=smallest, requested_gb=disk,
-        )
-    warnings = []
-    first = config.data.sources[0] if config.data.sources else None
-    if cluster.nodes > 1 and (first is None or first.kind != "gs"):
-        warnings.append(
-            f"{cluster.nodes} nodes would each download the data set from {first.location if first else 'nowhere'}; "
-            "mirror it once to a bucket (provision mirror --to gs://BUCKET/luna16/) and put that first in data.sources"
-        )
-    if not config.book.enabled:
-        warnings.append("the profile's book step is off (book.enabled: false): the nodes will not have the book's code; "
-                        "set book.enabled: true or clone it in setup yourself")
+    disk = _disk_gb(config, cluster, needed)
+    warnings = _warnings(config, cluster)
     profile, mounts = _profile_ref(config)
     flags = " ".join(["-c", shlex.quote(profile), *(f"--set {shlex.quote(s)}" for s in sets)])
     resources: dict[str, Any] = {"accelerators": cluster.accelerators, "disk_size": disk}
@@ -110,42 +161,13 @@ def export_skypilot(config: Config, overrides: ClusterOverrides, sets: tuple[str
         resources["region"] = cluster.region
     if cluster.spot:
         resources["use_spot"] = True
-    setup = "\n".join([
-        "set -e",
-        f"[ -d ~/dlwpt-provision/.git ] || git clone --depth 1 {shlex.quote(cluster.tool_repo)} ~/dlwpt-provision",
-        "# setup does not see the GPUs: install, get the book's code (book step) and stage here; check the GPU in run",
-        f"bash ~/dlwpt-provision/scripts/provision.sh {flags} --skip cuda",
-        "",
-    ])
-    module = f"-m {shlex.quote(cluster.entry)} {cluster.args}".strip()
-    if cluster.nodes > 1:
-        train = [
-            'MASTER_ADDR=$(echo "$SKYPILOT_NODE_IPS" | head -n1)',
-            "torchrun \\",
-            "  --nnodes=$SKYPILOT_NUM_NODES \\",
-            "  --nproc_per_node=$SKYPILOT_NUM_GPUS_PER_NODE \\",
-            "  --node_rank=$SKYPILOT_NODE_RANK \\",
-            "  --master_addr=$MASTER_ADDR \\",
-            "  --master_port=8008 \\",
-            f"  {module}",
-        ]
-    else:
-        train = [f"python {module}"]
-    run = "\n".join([
-        "set -e",
-        "source ~/dlwpt-provision/.venv/bin/activate",
-        f"provision check {flags}",
-        f"cd {_home_relative(book_dir(config.book.dir, config.data.root))}",
-        *train,
-        "",
-    ])
     task: dict[str, Any] = {
         "name": f"dlwpt-{config.name}".replace("_", "-"),
         "resources": resources,
         "num_nodes": cluster.nodes,
         "envs": {"PROVISION_CONFIG": profile, "PYTHONUNBUFFERED": "1"},
-        "setup": setup,
-        "run": run,
+        "setup": _setup_script(cluster, flags),
+        "run": _run_script(config, cluster, flags),
     }
     if mounts:
         task["file_mounts"] = mounts
