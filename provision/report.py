@@ -16,6 +16,8 @@ def to_json(data: Any) -> str:
 
 
 def plan_text(plan: Plan) -> str:
+    """The whole plan for people: where we are, what is installed, the GPU wanted, the data and the disk, the book's
+    cache and code, and whether it can run."""
     env = plan.environment
     lines = [
         f"profile      {plan.profile}  ({', '.join(plan.config_files)})",
@@ -23,25 +25,44 @@ def plan_text(plan: Plan) -> str:
         f"python       {env.python_version} at {env.python_executable}  (profile wants {plan.python_requirement}: {'ok' if plan.python_ok else 'NO'})",
         f"os           {env.os} {env.machine}",
         "",
-        f"install      with {os.path.basename(plan.install.installer)} into {plan.install.target_python}",
+        *_install_lines(plan),
+        "",
+        _gpu_line(plan),
+        "",
+        *_data_lines(plan),
     ]
+    for disk in plan.disk:
+        lines += _disk_lines(disk, plan.cache)
+    lines += cache_plan_lines(plan.cache, max((d.subsets for d in plan.disk), default=0))
+    if plan.book is not None:
+        lines += ["", book_plan_text(plan.book, full=False)]
+    lines += ["", "feasible     yes" if plan.feasible else "feasible     NO"]
+    for p in plan.problems:
+        lines += [f"  {p.message}", f"  hint: {p.hint}"]
+    return "\n".join(lines)
+
+
+def _install_lines(plan: Plan) -> list[str]:
+    lines = [f"install      with {os.path.basename(plan.install.installer)} into {plan.install.target_python}"]
     for r in plan.install.requirements:
         mark = {"satisfied": "ok  ", "install": "add ", "not-needed": "skip"}[r.action]
         lines.append(f"  {mark} {r.requirement:<28} {r.reason}")
     if plan.install.to_install and plan.install.torch_index:
         lines.append(f"  torch from {plan.install.torch_index}  ({plan.install.torch_index_reason})")
-    for cmd in plan.install.commands:
-        lines.append("  $ " + shlex.join(cmd.argv))
-    if not plan.install.commands:
-        lines.append("  nothing to install")
+    lines += ["  $ " + shlex.join(cmd.argv) for cmd in plan.install.commands] or ["  nothing to install"]
+    return lines
+
+
+def _gpu_line(plan: Plan) -> str:
     gpu = plan.gpu
-    want = "required" if gpu.required else "optional"
     extra = f", at least {gpu.min_memory_gb:g} GB" if gpu.min_memory_gb else ""
     extra += f", compute capability >= {gpu.min_compute_capability}" if gpu.min_compute_capability else ""
-    lines += ["", f"gpu          {want}{extra}  (checked by `provision check`)", ""]
+    return f"gpu          {'required' if gpu.required else 'optional'}{extra}  (checked by `provision check`)"
+
+
+def _data_lines(plan: Plan) -> list[str]:
     data = plan.data
-    lines.append(f"data         {data.dataset} ({data.manifest}), {data.connections} connections")
-    lines.append(f"  mode       {data.mode}: {data.mode_reason}")
+    lines = [f"data         {data.dataset} ({data.manifest}), {data.connections} connections", f"  mode       {data.mode}: {data.mode_reason}"]
     if data.subsets_reason:
         lines.append(f"  subsets    {data.subsets_reason}")
     if len(data.ways) > 1:
@@ -49,46 +70,37 @@ def plan_text(plan: Plan) -> str:
         for w in data.ways:
             mark = "  <- chosen" if w.chosen else ""
             lines.append(f"    {w.label:<30} needs {gb(w.needed_bytes):>9}  x{w.relative_time:<5.2f} {'fits' if w.fits else 'does not fit'}{mark}")
-    lines.append(f"  into       {data.target_dir}")
-    lines.append(f"  sources    {', '.join(data.sources)}")
-    for f in data.files:
-        size = gb(f.size) if f.size is not None else "size unresolved"
-        unpacked = ""
-        if f.unpack and f.unpacked_bytes is not None:
-            unpacked = f" -> {'~' if f.unpacked_estimated else ''}{gb(f.unpacked_bytes)} unpacked"
-        stage = f.stage if f.stage != "partial" else f"partial ({gb(f.partial_bytes)})"
-        note = f"  (bucket: {f.bucket_status})" if f.bucket_status else ""
-        if f.from_copy and f.stage not in ("linked", "extracted", "verified"):
-            note += f"  <- unpacked copy {f.locations[0].url}: linked, no download, ~0 disk"
-        elif f.not_in_copies and f.stage not in ("linked", "extracted", "verified"):
-            note += "  (not in the unpacked copy: " + (f"from {f.locations[0].kind}" if f.locations else "no other source") + ")"
-        lines.append(f"  {f.key:<22} {size:>10}{unpacked:<26} {stage}{note}")
-    for disk in plan.disk:
-        lines += [
-            "",
-            f"disk         {disk.path}  (filesystem of {disk.probe})",
-            f"  archives {gb(disk.archive_bytes)}, unpacked {'~' if disk.estimated else ''}{gb(disk.unpacked_bytes)}, "
-            f"archives on disk at once {gb(disk.archives_in_flight_bytes)}",
-            f"  peak {gb(disk.peak_bytes)}, after staging {gb(disk.final_bytes)} + reserve {gb(disk.reserve_bytes)}, margin {gb(disk.margin_bytes)}",
-            *_reserve_lines(disk, plan.cache),
-            f"  needed {gb(disk.needed_bytes)}, free {gb(disk.free_bytes)}: {'fits' if disk.fits else 'DOES NOT FIT'}",
-        ]
-        if disk.estimated:
-            lines.append("  (unpacked sizes marked ~ are estimates; `provision plan --probe` reads the exact figures)")
-        if disk.unresolved:
-            lines.append(f"  (sizes of {', '.join(disk.unresolved)} are unresolved until --probe or staging)")
-    lines += cache_plan_lines(plan.cache, max((d.subsets for d in plan.disk), default=0))
-    if plan.book is not None:
-        lines += ["", book_plan_text(plan.book, full=False)]
-    lines.append("")
-    if plan.feasible:
-        lines.append("feasible     yes")
-    else:
-        lines.append("feasible     NO")
-        for p in plan.problems:
-            lines.append(f"  {p.message}")
-            lines.append(f"  hint: {p.hint}")
-    return "\n".join(lines)
+    lines += [f"  into       {data.target_dir}", f"  sources    {', '.join(data.sources)}"]
+    return lines + [_file_line(f) for f in data.files]
+
+
+def _file_line(f: Any) -> str:
+    size = gb(f.size) if f.size is not None else "size unresolved"
+    unpacked = f" -> {'~' if f.unpacked_estimated else ''}{gb(f.unpacked_bytes)} unpacked" if f.unpack and f.unpacked_bytes is not None else ""
+    stage = f.stage if f.stage != "partial" else f"partial ({gb(f.partial_bytes)})"
+    note = f"  (bucket: {f.bucket_status})" if f.bucket_status else ""
+    if f.from_copy and f.stage not in ("linked", "extracted", "verified"):
+        note += f"  <- unpacked copy {f.locations[0].url}: linked, no download, ~0 disk"
+    elif f.not_in_copies and f.stage not in ("linked", "extracted", "verified"):
+        note += "  (not in the unpacked copy: " + (f"from {f.locations[0].kind}" if f.locations else "no other source") + ")"
+    return f"  {f.key:<22} {size:>10}{unpacked:<26} {stage}{note}"
+
+
+def _disk_lines(disk: Any, cache: Any) -> list[str]:
+    lines = [
+        "",
+        f"disk         {disk.path}  (filesystem of {disk.probe})",
+        f"  archives {gb(disk.archive_bytes)}, unpacked {'~' if disk.estimated else ''}{gb(disk.unpacked_bytes)}, "
+        f"archives on disk at once {gb(disk.archives_in_flight_bytes)}",
+        f"  peak {gb(disk.peak_bytes)}, after staging {gb(disk.final_bytes)} + reserve {gb(disk.reserve_bytes)}, margin {gb(disk.margin_bytes)}",
+        *_reserve_lines(disk, cache),
+        f"  needed {gb(disk.needed_bytes)}, free {gb(disk.free_bytes)}: {'fits' if disk.fits else 'DOES NOT FIT'}",
+    ]
+    if disk.estimated:
+        lines.append("  (unpacked sizes marked ~ are estimates; `provision plan --probe` reads the exact figures)")
+    if disk.unresolved:
+        lines.append(f"  (sizes of {', '.join(disk.unresolved)} are unresolved until --probe or staging)")
+    return lines
 
 
 def book_plan_text(book: Any, full: bool = True) -> str:
