@@ -16,7 +16,17 @@ from .context import FileResult, StageContext
 from .fallback import from_sources
 from .fetch import expected, md5_of, open_source
 from .signals import CannotStream, CopyDamaged, NoRangeSupport, PermanentError, StreamCorrupt
-from .state import StateStore
+from .state import FileRecord, StateStore
+from .stream import (
+    CheckpointFile,
+    Layout,
+    StreamOutcome,
+    check_layout_against_pins,
+    check_streamable_size,
+    discard_stream,
+    read_layout,
+    stream_archive,
+)
 
 
 def member_sizes(members: list[extracting.Member]) -> dict[str, tuple[int, int | None]]:
@@ -52,15 +62,6 @@ def extract_file(ctx: StageContext, f: FilePlan, archive: Path, only: frozenset[
 
 def stream_file(ctx: StageContext, f: FilePlan, only: frozenset[str] | None, state: StateStore, result: FileResult) -> bool:
     """Stage an archive in stream mode; False when it cannot be streamed (then archive mode takes over)."""
-    from .stream import (
-        CheckpointFile,
-        StreamOutcome,
-        check_layout_against_pins,
-        check_streamable_size,
-        discard_stream,
-        read_layout,
-        stream_archive,
-    )
 
     def attempt(loc: FileLocation) -> StreamOutcome:
         size, md5 = expected(ctx, f, loc)
@@ -72,13 +73,8 @@ def stream_file(ctx: StageContext, f: FilePlan, only: frozenset[str] | None, sta
             check_streamable_size(layout, f.unpacked_bytes, f.key)
         if f.pinned:
             check_layout_against_pins(layout, f.pinned, loc.url)
-        if only is not None:  # a repair: the members to rewrite must be the ones the verified archive had
-            recorded = old.members if (old := state.record(f.key)) is not None else {}
-            for sm in layout.members:
-                want = recorded.get(sm.member.name)
-                if sm.member.name in only and want is not None and want[1] is not None and (sm.member.size, sm.member.crc) != tuple(want):
-                    raise PermanentError(f"{loc.url} serves a different {f.key} than the one staged: member {sm.member.name} is "
-                                         f"{sm.member.size} bytes with CRC {sm.member.crc:08x}, the staged one {want[0]} with {want[1]:08x}")
+        if only is not None:
+            check_repair_source(state.record(f.key), layout, only, loc.url)
         if only is None:
             state.stream_started(f.key, md5=md5, size=size, source=loc.url)
 
@@ -112,6 +108,17 @@ def stream_file(ctx: StageContext, f: FilePlan, only: frozenset[str] | None, sta
     result.members = outcome.written
     result.outcome = "repaired" if only is not None else "staged"
     return True
+
+
+def check_repair_source(staged: FileRecord | None, layout: Layout, only: frozenset[str], url: str) -> None:
+    """A repair: the members to rewrite must be the ones the verified archive had (a source that now serves another
+    archive, even of the same size, is refused rather than mixed in)."""
+    recorded = staged.members if staged is not None else {}
+    for sm in layout.members:
+        want = recorded.get(sm.member.name)
+        if sm.member.name in only and want is not None and want[1] is not None and (sm.member.size, sm.member.crc) != tuple(want):
+            raise PermanentError(f"{url} serves a different {layout.archive} than the one staged: member {sm.member.name} is "
+                                 f"{sm.member.size} bytes with CRC {sm.member.crc:08x}, the staged one {want[0]} with {want[1]:08x}")
 
 
 def link_from_copies(ctx: StageContext, f: FilePlan, state: StateStore, result: FileResult) -> tuple[FileLocation, ...]:
