@@ -161,48 +161,18 @@ def build(book: Path, chapter: CacheChapter, python: str, workers: int, emit: Em
     result = ChapterBuild(chapter.chapter, chapter.scope, str(path), series=len(wanted))
     todo = [uid for uid in sorted(wanted) if uid not in record.series]
     result.complete_before = len(wanted) - len(todo)
-    if not todo:
-        result.seconds = time.monotonic() - start
-        return result
-    if not (book / "data" / "part2" / "luna" / "candidates.csv").is_file():
-        raise BookError(f"{book} has no data/part2/luna/candidates.csv", hint="run `provision book` to get the book's code first")
-    say(f"cache ch{chapter.chapter}: {len(todo)} of {len(wanted)} series to build with {workers} worker(s) in {path}")
-    queue: Iterator[str] = iter(todo)
-    lock = threading.Lock()
-    last_said = [time.monotonic()]
-
-    def next_uid() -> str | None:
-        with lock:
-            if result.stopped:
-                return None
-            return next(queue, None)
-
-    def done(line: dict[str, Any]) -> None:
-        with lock:
-            uid = line["series"]
-            if "error" in line:
-                where = wanted.get(uid, "?")
-                result.failed.append({"series": uid, "subset": where, "error": line["error"]})
-                say(f"cache ch{chapter.chapter}: {where}/{uid}: FAILED: {line['error']} (the build goes on with the others)")
-                if NO_SPACE in line["error"]:
-                    result.stopped = "the disk filled up"
-                return
-            record.add(uid, int(line["entries"]))
-            result.built += 1
-            result.entries += int(line["entries"])
-            result.misses += int(line.get("misses", 0))
-            now = time.monotonic()
-            if now - last_said[0] >= progress_every_s or result.built == len(todo):
-                last_said[0] = now
-                say(progress_line(result, len(todo), now - start))
-
-    threads = [threading.Thread(target=_drive, args=(book, chapter, python, next_uid, done, result), daemon=True)
-               for _ in range(max(1, min(workers, len(todo))))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    result.bytes = bytes_on_disk(path)
+    if todo:
+        if not (book / "data" / "part2" / "luna" / "candidates.csv").is_file():
+            raise BookError(f"{book} has no data/part2/luna/candidates.csv", hint="run `provision book` to get the book's code first")
+        say(f"cache ch{chapter.chapter}: {len(todo)} of {len(wanted)} series to build with {workers} worker(s) in {path}")
+        work = _Work(todo, wanted, record, result, say, progress_every_s)
+        threads = [threading.Thread(target=_drive, args=(book, chapter, python, work.next_uid, work.done, result), daemon=True)
+                   for _ in range(max(1, min(workers, len(todo))))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        result.bytes = bytes_on_disk(path)
     result.seconds = time.monotonic() - start
     if result.stopped:
         raise OutOfSpaceError(
@@ -211,6 +181,41 @@ def build(book: Path, chapter: CacheChapter, python: str, workers: int, emit: Em
             hint="free some space and run `provision cache` again (it continues), drop another chapter's cache (--drop), "
                  "or stage fewer subsets", path=str(path))
     return result
+
+
+class _Work:
+    """The series still to build, handed out one at a time to the children, and what each child reports of one."""
+
+    def __init__(self, todo: list[str], wanted: dict[str, str], record: _Record, result: ChapterBuild, say: Emit,
+                 progress_every_s: float) -> None:
+        self.todo, self.wanted, self.record, self.result, self.say = todo, wanted, record, result, say
+        self.queue: Iterator[str] = iter(todo)
+        self.lock = threading.Lock()
+        self.started = self.last_said = time.monotonic()
+        self.every_s = progress_every_s
+
+    def next_uid(self) -> str | None:
+        with self.lock:
+            return None if self.result.stopped else next(self.queue, None)
+
+    def done(self, line: dict[str, Any]) -> None:
+        with self.lock:
+            result, uid = self.result, line["series"]
+            if "error" in line:
+                where = self.wanted.get(uid, "?")
+                result.failed.append({"series": uid, "subset": where, "error": line["error"]})
+                self.say(f"cache ch{result.chapter}: {where}/{uid}: FAILED: {line['error']} (the build goes on with the others)")
+                if NO_SPACE in line["error"]:
+                    result.stopped = "the disk filled up"
+                return
+            self.record.add(uid, int(line["entries"]))
+            result.built += 1
+            result.entries += int(line["entries"])
+            result.misses += int(line.get("misses", 0))
+            now = time.monotonic()
+            if now - self.last_said >= self.every_s or result.built == len(self.todo):
+                self.last_said = now
+                self.say(progress_line(result, len(self.todo), now - self.started))
 
 
 class Overlapped:
