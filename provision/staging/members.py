@@ -57,6 +57,16 @@ class StreamMember:
     compress_type: int
 
 
+@dataclass(frozen=True)
+class Layout:
+    """What the central directory says: members in stream order and where the directory starts."""
+
+    members: tuple[StreamMember, ...]
+    directory_offset: int
+    size: int
+    archive: str = ""
+
+
 def _decompressor(method: int) -> Any:
     if method == zipfile.ZIP_DEFLATED:
         return codec.raw_inflater()

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import threading
 import zipfile
 from collections.abc import Callable
@@ -25,21 +24,12 @@ from typing import Any
 from ..errors import ExtractError, OutOfSpaceError
 from ..manifest import PinnedMember
 from . import md5state
-from .extract import list_members, member_done, safe_dest
-from .members import LOCAL_HEADER, LOCAL_SIGNATURE, METHODS, Member, MemberWriter, StreamMember
+from .checkpoint import Checkpoint, CheckpointFile, directory_digest, resume_point
+from .extract import list_members, member_done
+from .members import LOCAL_HEADER, LOCAL_SIGNATURE, METHODS, Layout, Member, MemberWriter, StreamMember
 from .signals import CannotStream, PermanentError, Stopped, StreamCorrupt, TransientError
 from .transfer import BUFFER_BYTES, Retrier, Transfer
 from .transfers import BLOCK_BYTES, RangeReader
-
-
-@dataclass(frozen=True)
-class Layout:
-    """What the central directory says: members in stream order and where the directory starts."""
-
-    members: tuple[StreamMember, ...]
-    directory_offset: int
-    size: int
-    archive: str = ""
 
 
 def read_layout(transfer: Transfer, size: int, target: Path, archive: str) -> Layout:
@@ -194,114 +184,30 @@ class StreamOutcome:
     md5: str | None  # None when the archive was not read as one stream from its first byte
 
 
-def directory_digest(layout: Layout) -> str:
-    """A fingerprint of the central directory (names, sizes, CRCs, offsets): a resumed stream must be of the same archive."""
-    text = json.dumps([[sm.member.name, sm.member.size, sm.member.crc, sm.header_offset, sm.compress_size] for sm in layout.members])
-    return hashlib.sha256(f"{layout.size}:{layout.directory_offset}:{text}".encode()).hexdigest()
-
-
 @dataclass(frozen=True)
-class Checkpoint:
-    """Where a stream of one archive stands, saved after each member: the archive (its directory's fingerprint), the
-    next member to write, the byte the stream continues at, and the md5 state of every byte before it (single-range
-    streams where a resumable md5 is available; None otherwise)."""
+class StreamHooks:
+    """What a stream needs from the run around it: the retry policy and a stop-aware sleep, the stop signal, the free
+    disk, and where to say what is coming (members, bytes to write, bytes to fetch), each member written and each byte."""
 
-    directory: str
-    index: int = 0
-    pos: int = 0
-    md5_state: bytes | None = None
-
-
-class CheckpointFile:
-    """A stream's checkpoint beside the partial downloads (``<key>.stream.json``), written atomically after each member."""
-
-    def __init__(self, path: Path, size: int, md5: str | None) -> None:
-        self.path = path
-        self.size = size
-        self.md5 = md5
-
-    def load(self) -> tuple[Checkpoint, list[str]] | None:
-        """The saved checkpoint and the member names of its archive, when it is for this archive's size and md5."""
-        from .state import read_json
-
-        saved = read_json(self.path)
-        if not isinstance(saved, dict) or saved.get("size") != self.size or saved.get("md5") != self.md5:
-            return None
-        try:
-            state = bytes.fromhex(saved["md5_state"]) if saved.get("md5_state") else None
-            return Checkpoint(str(saved["directory"]), int(saved["index"]), int(saved["pos"]), state), [str(n) for n in saved["names"]]
-        except (KeyError, TypeError, ValueError):
-            return None
-
-    def save(self, checkpoint: Checkpoint, names: list[str]) -> None:
-        from .state import atomic_write_json
-
-        atomic_write_json(self.path, {"size": self.size, "md5": self.md5, "directory": checkpoint.directory, "index": checkpoint.index,
-                                      "pos": checkpoint.pos, "md5_state": checkpoint.md5_state.hex() if checkpoint.md5_state else None,
-                                      "names": names}, fsync=False)
-
-    def clear(self) -> None:
-        self.path.unlink(missing_ok=True)
+    retrier: Callable[[], Retrier]
+    sleep: Callable[[float], None]
+    on_bytes: Callable[[int], None]
+    note_retry: Callable[[str], None]
+    stop: threading.Event
+    free_bytes: Callable[[], int]
+    on_start: Callable[[int, int, int], None] | None = None
+    on_member: Callable[[Member], None] | None = None
 
 
-def discard_stream(checkpoint: Path, target: Path, archive: str) -> None:
-    """Remove what a stream that will not be resumed wrote (the members its checkpoint names), and the checkpoint."""
-    from .state import read_json
-
-    saved = read_json(checkpoint)
-    names = saved.get("names", []) if isinstance(saved, dict) else []
-    for name in names if isinstance(names, list) else []:
-        dest = safe_dest(target, str(name), archive)
-        if dest is not None:
-            dest.unlink(missing_ok=True)
-    checkpoint.unlink(missing_ok=True)
-
-
-def _resume_point(layout: Layout, saved: tuple[Checkpoint, list[str]] | None, target: Path) -> Checkpoint | None:
-    """Where a single-range stream can continue with its md5 intact, or None (start from byte 0). Members a checkpoint of
-    another archive wrote are removed: nothing it wrote is vouched for by this one."""
-    if saved is None:
-        return None
-    checkpoint, names = saved
-    if checkpoint.directory != directory_digest(layout):
-        for name in names:
-            dest = safe_dest(target, name, layout.archive)
-            if dest is not None:
-                dest.unlink(missing_ok=True)
-        return None
-    if checkpoint.md5_state is None or not md5state.available() or checkpoint.index > len(layout.members):
-        return None
-    if not all(member_done(layout.members[i].member) for i in range(checkpoint.index)):
-        return None
-    return checkpoint
-
-
-def stream_archive(
-    transfer: Transfer,
-    layout: Layout,
-    *,
-    only: frozenset[str] | None,
-    expected_md5: str | None,
-    retrier: Callable[[], Retrier],
-    sleep: Callable[[float], None],
-    on_bytes: Callable[[int], None],
-    note_retry: Callable[[str], None],
-    stop: threading.Event,
-    free_bytes: Callable[[], int],
-    parallel: int = 1,
-    on_start: Callable[[int, int, int], None] | None = None,
-    on_member: Callable[[Member], None] | None = None,
-    checkpoints: CheckpointFile | None = None,
-    target: Path | None = None,
-) -> StreamOutcome:
+def stream_archive(transfer: Transfer, layout: Layout, run: StreamHooks, *, only: frozenset[str] | None, expected_md5: str | None,
+                   parallel: int = 1, checkpoints: CheckpointFile | None = None, target: Path | None = None) -> StreamOutcome:
     """Fetch and unpack the members still missing; verify the archive md5 when it is read whole.
 
     One range (``parallel`` 1, not a repair): the archive is read from its first byte, or from the checkpoint a killed
     run saved (its md5 state restored), so the md5 always covers every byte and vouches for every member, resumed or
     not; a mismatch removes every member of the archive. With ``parallel`` > 1 the archive is read as that many
     member-aligned ranges at once (faster under a per-connection cap); each member is still CRC-checked, but no
-    whole-archive md5 exists. ``on_start(members, bytes to write, bytes to fetch)`` says what is coming, ``on_member``
-    each member written.
+    whole-archive md5 exists.
     """
     members = [sm.member for sm in layout.members]
     whole = parallel <= 1 and only is None
@@ -309,16 +215,16 @@ def stream_archive(
     if not whole and not runs:
         return StreamOutcome(members, 0, None)
     to_write = sum(layout.members[i].member.size for first, last in runs for i in range(first, last))
-    if to_write > free_bytes():
-        raise OutOfSpaceError.disk_full(target or Path("."), f"unpacking {layout.archive}", needed=to_write, free=free_bytes())
+    if to_write > run.free_bytes():
+        raise OutOfSpaceError.disk_full(target or Path("."), f"unpacking {layout.archive}", needed=to_write, free=run.free_bytes())
     md5: Any = None
     if whole:
         md5 = md5state.ResumableMd5(resume.md5_state if resume else None) if md5state.available() else hashlib.md5()
     saver = _Checkpointing(checkpoints, layout, md5) if checkpoints is not None and only is None else None
 
     def member_written(member: Member) -> None:
-        if on_member is not None:
-            on_member(member)
+        if run.on_member is not None:
+            run.on_member(member)
         if whole and saver is not None:
             saver.after(parsers[0])
 
@@ -327,9 +233,9 @@ def stream_archive(
         parsers[0].pos = resume.pos if resume else 0  # bytes before the first member count for the md5 too
     if saver is not None:
         saver.start(resume, parsers[0].pos)
-    if on_start is not None:
-        on_start(sum(last - first for first, last in runs), to_write, sum(p.end - p.pos for p in parsers))
-    errors = _pump_all(parsers, lambda parser: _pump(transfer, parser, retrier(), sleep, on_bytes, note_retry, stop),
+    if run.on_start is not None:
+        run.on_start(sum(last - first for first, last in runs), to_write, sum(p.end - p.pos for p in parsers))
+    errors = _pump_all(parsers, lambda parser: _pump(transfer, parser, run.retrier(), run.sleep, run.on_bytes, run.note_retry, run.stop),
                        at_once=1 if whole else parallel)
     written = [m for p in parsers for m in p.written]
     if errors:
@@ -350,10 +256,10 @@ def _runs(layout: Layout, only: frozenset[str] | None, whole: bool, saved: tuple
           target: Path) -> tuple[Checkpoint | None, list[tuple[int, int]]]:
     """Where to resume (a whole stream) and the member runs to fetch; another archive's checkpoint means from scratch."""
     if whole:
-        resume = _resume_point(layout, saved, target)
+        resume = resume_point(layout, saved, target)
         return resume, [(resume.index if resume else 0, len(layout.members))]
     if saved is not None and saved[0].directory != directory_digest(layout):
-        _resume_point(layout, saved, target)  # another archive's members go
+        resume_point(layout, saved, target)  # another archive's members go
         return None, [(0, len(layout.members))] if only is None else runs_to_fetch(layout, only)
     return None, runs_to_fetch(layout, only)
 

@@ -12,18 +12,18 @@ from pathlib import Path
 from ..errors import ChecksumError, DownloadError, ExtractError
 from ..planvalues import FileLocation, FilePlan
 from . import extract as extracting
+from .checkpoint import CheckpointFile, discard_stream
 from .context import FileResult, StageContext
 from .fallback import from_sources
 from .fetch import expected, md5_of, open_source
+from .members import Layout
 from .signals import CannotStream, CopyDamaged, NoRangeSupport, PermanentError, StreamCorrupt
 from .state import FileRecord, StateStore
 from .stream import (
-    CheckpointFile,
-    Layout,
+    StreamHooks,
     StreamOutcome,
     check_layout_against_pins,
     check_streamable_size,
-    discard_stream,
     read_layout,
     stream_archive,
 )
@@ -83,13 +83,10 @@ def stream_file(ctx: StageContext, f: FilePlan, only: frozenset[str] | None, sta
                 ctx.emit("expect", key=f.key, n=to_fetch)
             ctx.emit("unpack", key=f.key, members=members, bytes=to_write)
 
-        return stream_archive(
-            transfer, layout, only=only, expected_md5=md5, retrier=ctx.retrier, sleep=ctx.sleep,
-            checkpoints=CheckpointFile(ctx.partial / f"{f.key}.stream.json", size, md5), target=ctx.target,
-            on_bytes=lambda n: ctx.count(result, f.key, n), note_retry=result.retries.append,
-            stop=ctx.stop, free_bytes=ctx.free_bytes, parallel=ctx.plan.stream_ranges,
-            on_start=starting, on_member=lambda m: ctx.emit("unpacked", key=f.key, n=m.size),
-        )
+        hooks = StreamHooks(ctx.retrier, ctx.sleep, lambda n: ctx.count(result, f.key, n), result.retries.append, ctx.stop, ctx.free_bytes,
+                            on_start=starting, on_member=lambda m: ctx.emit("unpacked", key=f.key, n=m.size))
+        return stream_archive(transfer, layout, hooks, only=only, expected_md5=md5, parallel=ctx.plan.stream_ranges,
+                              checkpoints=CheckpointFile(ctx.partial / f"{f.key}.stream.json", size, md5), target=ctx.target)
 
     try:
         source, outcome = from_sources(ctx, f, result, attempt, damaged=StreamCorrupt)
