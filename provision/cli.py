@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
-from . import environment, report, steps
+from . import bookreport, environment, report, steps
 from .atomicfile import atomic_write_text
 from .config import Config, load_config, parse_chapters
 from .environment import Environment
@@ -268,20 +268,20 @@ def cmd_book(ctx: Ctx) -> Outcome:
     if plan.book is None:
         raise BookError("the book's step has no plan", hint="check book.fixes in the profile")
     if args.dry_run:
-        return Outcome(dataclasses.asdict(plan.book), report.book_plan_text(plan.book))
+        return Outcome(dataclasses.asdict(plan.book), bookreport.book_plan_text(plan.book))
     result = steps.book(ctx.config, plan, undo=args.undo)
     if not args.smoke:
-        return Outcome(result, report.book_text(result))
-    print(report.book_text(result), file=sys.stderr)
+        return Outcome(result, bookreport.book_text(result))
+    print(bookreport.book_text(result), file=sys.stderr)
     smoked = steps.smoke(ctx.config, _plan_of(ctx), ctx.env)
-    return Outcome({**result, "smoke": smoked.to_dict()}, report.smoke_text(smoked), EXIT_OK if smoked.ok else EXIT_FAILED)
+    return Outcome({**result, "smoke": smoked.to_dict()}, bookreport.smoke_text(smoked), EXIT_OK if smoked.ok else EXIT_FAILED)
 
 
 def cmd_cache(ctx: Ctx) -> Outcome:
     args = ctx.args
     built = steps.cache(ctx.config, _plan_of(ctx), ctx.env, args.chapters or ctx.config.book.cache or (11,), drop=args.drop or (),
                         workers=args.workers)
-    return Outcome(built, report.cache_text(built), EXIT_OK if built.get("ok", True) else EXIT_FAILED)
+    return Outcome(built, bookreport.cache_text(built), EXIT_OK if built.get("ok", True) else EXIT_FAILED)
 
 
 def cmd_pin(ctx: Ctx) -> Outcome:
