@@ -195,7 +195,7 @@ def per_core_rates(archive: Path) -> dict[str, float]:
     import zipfile
     import zlib
 
-    from provision.staging import codec
+    from provision.staging.archive import codec
 
     with zipfile.ZipFile(archive) as zf:
         infos = [i for i in zf.infolist() if i.compress_type == zipfile.ZIP_DEFLATED]

@@ -327,7 +327,7 @@ def verify(config: Config, *, full: bool) -> dict[str, Any]:
     Damaged members are recorded, so the next ``stage`` rewrites just those.
     """
     from .config import configs_dir
-    from .staging.extract import crc_of
+    from .staging.archive.extract import crc_of
     from .staging.fetch import md5_of
 
     manifest = load_manifest(config.data.dataset, configs_dir())

@@ -162,7 +162,7 @@ def bucket(emulator: str, monkeypatch: pytest.MonkeyPatch, request: pytest.Fixtu
     from google.auth.credentials import AnonymousCredentials
     from google.cloud import storage
 
-    from provision.staging import gcs
+    from provision.staging.transport import gcs
 
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", emulator)
     gcs._clients.clear()

@@ -58,7 +58,7 @@ def test_ctrl_c_while_unpacking_keeps_the_archive_and_an_honest_state(built: Bui
                                                                       tmp_path: Path) -> None:
     """SIGINT (what Ctrl-C sends) after two members of an archive are written: not "staged", not deleted, and the
     next run unpacks the rest without fetching the archive again."""
-    import provision.staging.extract as extract
+    import provision.staging.archive.extract as extract
 
     real = extract.write_member
     written = []
@@ -439,7 +439,7 @@ def test_a_rerun_after_the_disk_filled_during_unpacking_counts_what_is_already_u
                                                                                         monkeypatch, capsys) -> None:
     """An unpack stopped part way (here by Ctrl-C after two scans); then something else takes some of the room. What
     remains to unpack fits, and the plan must see that, not refuse for the scans already on disk."""
-    import provision.staging.extract as extract
+    import provision.staging.archive.extract as extract
 
     info = built.files["subset0.zip"]
     disk = small_tmpfs(info["size"] + 2 * info["unpacked_size"] + (1 << 20))

@@ -135,7 +135,7 @@ def test_isal_inflates_where_installed_and_zlib_gives_the_same_bytes(built: Buil
     import subprocess
     import sys
 
-    from provision.staging import codec
+    from provision.staging.archive import codec
     from tests.conftest import REPO
 
     try:
@@ -144,7 +144,7 @@ def test_isal_inflates_where_installed_and_zlib_gives_the_same_bytes(built: Buil
         assert codec.LIBRARY == "isal"
     except ImportError:
         assert codec.LIBRARY == "zlib"
-    forced = subprocess.run([sys.executable, "-c", "from provision.staging import codec; print(codec.LIBRARY)"], capture_output=True,
+    forced = subprocess.run([sys.executable, "-c", "from provision.staging.archive import codec; print(codec.LIBRARY)"], capture_output=True,
                             text=True, cwd=REPO, env={**__import__("os").environ, "PROVISION_INFLATE": "zlib", "PYTHONPATH": str(REPO)})
     assert forced.stdout.strip() == "zlib"
     from tests.test_stage import expected_tree

@@ -221,7 +221,7 @@ def test_parallel_ranges_per_archive(tmp_path: Path, serve, write_profile, capsy
 
 
 def test_split_runs_balances_compressed_bytes() -> None:
-    from provision.staging.stream import Layout, StreamMember, split_runs
+    from provision.staging.archive.stream import Layout, StreamMember, split_runs
 
     layout = Layout(tuple(StreamMember(None, i * 100, 100, 8) for i in range(9)), 900, 1000)  # type: ignore[arg-type]
     assert split_runs(layout, [(0, 9)], 3) == [(0, 3), (3, 6), (6, 9)]

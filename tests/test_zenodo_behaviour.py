@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from provision.cli import main
-from provision.staging.zenodo import parse_record_files
+from provision.staging.transport.zenodo import parse_record_files
 from tests.support.dataset import Built, build_luna_like, records_of, tree_md5s
 from tests.support.server import Faults
 from tests.test_stage import expected_tree, stage_json, total_bytes
@@ -101,7 +101,7 @@ def test_the_zenodo_host_starts_at_four_connections() -> None:
 
     config = load_config("colab", environ={})
     assert config.data.host_connections == {"zenodo.org": 4} and config.data.connections == 8
-    from provision.staging.throttle import Throttle
+    from provision.staging.transport.throttle import Throttle
 
     throttle = Throttle(config.data.connections_to)
     assert throttle.gate("https://zenodo.org/records/1/files/a.zip?download=1").record.cap == 4
@@ -152,7 +152,7 @@ def test_luna16_unpacks_to_about_1_8_times_its_archives(tmp_path: Path, capsys) 
 def test_a_source_that_stops_short_without_an_error_never_hangs(built: Built, serve, write_profile, capsys, monkeypatch, mode: str) -> None:
     """No real server should end a range early and call it done, but if one does, the run must end, not wait."""
     from provision.staging import fetch
-    from provision.staging.local import LocalTransfer
+    from provision.staging.transport.local import LocalTransfer
 
     class StopsShort(LocalTransfer):  # a stand-in for a broken server: half of every range, then a clean end
         def read_range(self, start, end, sink, on_open=None, whole_size=None):  # type: ignore[override]

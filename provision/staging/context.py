@@ -15,9 +15,9 @@ from ..planvalues import DataPlan
 from .signals import Stopped, TransientError
 from .state import partial_dir
 from .stop import StopSignal
-from .throttle import Throttle
-from .transfer import Retrier
-from .zenodo import ZenodoRecords
+from .transport.protocol import Retrier
+from .transport.throttle import Throttle
+from .transport.zenodo import ZenodoRecords
 
 T = TypeVar("T")
 Emit = Callable[..., None]

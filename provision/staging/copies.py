@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..sources import KAGGLE_INPUT
-from .extract import crc_of
+from .archive.extract import crc_of
 from .signals import CopyDamaged
 
 SUBSET_DIR = re.compile(r"subset(\d+)$")

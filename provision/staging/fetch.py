@@ -17,13 +17,13 @@ from ..errors import OutOfSpaceError
 from ..planvalues import FileLocation, FilePlan
 from .context import FileResult, StageContext
 from .fallback import from_sources
-from .local import try_hardlink
 from .segments import SegmentContext, SegmentedDownload
 from .signals import ChecksumMismatch, NoRangeSupport, PermanentError, TransientError
 from .state import size_of
-from .transfer import BUFFER_BYTES, Transfer
-from .transfers import open_transfer
-from .zenodo import fill_from_records
+from .transport.local import try_hardlink
+from .transport.opening import open_transfer
+from .transport.protocol import BUFFER_BYTES, Transfer
+from .transport.zenodo import fill_from_records
 
 
 def fetch(ctx: StageContext, f: FilePlan, final: Path, result: FileResult, conns: ThreadPoolExecutor) -> tuple[str, str]:

@@ -25,10 +25,10 @@ from ..errors import ChecksumError, DiskSpaceError, ProvisionError
 from ..planvalues import DataPlan, FilePlan
 from .context import Emit, FileResult, StageContext
 from .fetch import fetch, md5_of
-from .gcs import client, gcs_errors, md5_hex, split_gs
 from .signals import PermanentError, TransientError
 from .state import atomic_write_json, read_json, run_lock, size_of, stat_stamp, work_dir
-from .transfer import BUFFER_BYTES
+from .transport.gcs import client, gcs_errors, md5_hex, split_gs
+from .transport.protocol import BUFFER_BYTES
 
 log = logging.getLogger(__name__)
 MAX_COMPOSE = 32

@@ -15,10 +15,10 @@ from ..manifest import Manifest, PinnedMember
 from ..plan import file_url
 from ..planvalues import FileLocation, RemoteFacts
 from .signals import PermanentError, StagingSignal, TransientError
-from .throttle import Throttle
-from .transfer import Transfer
-from .transfers import BLOCK_BYTES, RangeReader, open_transfer
-from .zenodo import ZenodoRecords, fill_from_records
+from .transport.opening import BLOCK_BYTES, RangeReader, open_transfer
+from .transport.protocol import Transfer
+from .transport.throttle import Throttle
+from .transport.zenodo import ZenodoRecords, fill_from_records
 
 log = logging.getLogger(__name__)
 

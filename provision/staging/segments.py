@@ -26,7 +26,7 @@ from .context import FileResult
 from .signals import Stopped, TransientError
 from .state import atomic_write_json, read_json, size_of
 from .stop import StopSignal
-from .transfer import BUFFER_BYTES, Retrier, Transfer
+from .transport.protocol import BUFFER_BYTES, Retrier, Transfer
 
 
 @dataclass(frozen=True)

@@ -11,15 +11,10 @@ from pathlib import Path
 
 from ..errors import ChecksumError, DownloadError, ExtractError
 from ..planvalues import FileLocation, FilePlan
-from . import extract as extracting
-from .checkpoint import CheckpointFile, discard_stream
-from .context import FileResult, StageContext
-from .fallback import from_sources
-from .fetch import expected, md5_of, open_source
-from .members import Layout
-from .signals import CannotStream, CopyDamaged, NoRangeSupport, PermanentError, StreamCorrupt
-from .state import FileRecord, StateStore
-from .stream import (
+from .archive import extract as extracting
+from .archive.checkpoint import CheckpointFile, discard_stream
+from .archive.members import Layout
+from .archive.stream import (
     StreamHooks,
     StreamOutcome,
     check_layout_against_pins,
@@ -27,6 +22,11 @@ from .stream import (
     read_layout,
     stream_archive,
 )
+from .context import FileResult, StageContext
+from .fallback import from_sources
+from .fetch import expected, md5_of, open_source
+from .signals import CannotStream, CopyDamaged, NoRangeSupport, PermanentError, StreamCorrupt
+from .state import FileRecord, StateStore
 
 
 def member_sizes(members: list[extracting.Member]) -> dict[str, tuple[int, int | None]]:

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import ExtractError, OutOfSpaceError
+from ...errors import ExtractError, OutOfSpaceError
+from ..signals import StreamCorrupt
 from . import codec
-from .signals import StreamCorrupt
 
 OUTPUT_PIECE_BYTES = 4 << 20  # bound on inflated bytes held at once
 TMP_SUFFIX = ".provision-tmp"

@@ -9,10 +9,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..state import atomic_write_json, read_json
 from . import md5state
 from .extract import member_done, safe_dest
 from .members import Layout
-from .state import atomic_write_json, read_json
 
 
 def directory_digest(layout: Layout) -> str:

@@ -16,8 +16,8 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-from .signals import PermanentError, TransientError
-from .transfer import RemoteInfo, Sink
+from ..signals import PermanentError, TransientError
+from .protocol import RemoteInfo, Sink
 
 log = logging.getLogger(__name__)
 _clients: dict[tuple[str | None, bool], Any] = {}

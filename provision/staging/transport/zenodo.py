@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from ..sources import zenodo_api_url
+from ...sources import zenodo_api_url
 from .http import get_json
 from .throttle import Throttle
 

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import io
 
-from ..config import DataConfig
-from ..planvalues import FileLocation
-from .signals import PermanentError, TransientError
+from ...config import DataConfig
+from ...planvalues import FileLocation
+from ..signals import PermanentError, TransientError
+from .protocol import Transfer
 from .throttle import Throttle
-from .transfer import Transfer
 
 BLOCK_BYTES = 64 * 1024  # a LUNA16 central directory (178 entries) is about 20 KB
 

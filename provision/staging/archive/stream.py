@@ -21,15 +21,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import ExtractError, OutOfSpaceError
-from ..manifest import PinnedMember
+from ...errors import ExtractError, OutOfSpaceError
+from ...manifest import PinnedMember
+from ..signals import CannotStream, PermanentError, Stopped, StreamCorrupt, TransientError
+from ..transport.opening import BLOCK_BYTES, RangeReader
+from ..transport.protocol import BUFFER_BYTES, Retrier, Transfer
 from . import md5state
 from .checkpoint import Checkpoint, CheckpointFile, directory_digest, resume_point
 from .extract import list_members, member_done
 from .members import LOCAL_HEADER, LOCAL_SIGNATURE, METHODS, Layout, Member, MemberWriter, StreamMember
-from .signals import CannotStream, PermanentError, Stopped, StreamCorrupt, TransientError
-from .transfer import BUFFER_BYTES, Retrier, Transfer
-from .transfers import BLOCK_BYTES, RangeReader
 
 
 def read_layout(transfer: Transfer, size: int, target: Path, archive: str) -> Layout:

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from .signals import Stopped
-from .stop import StopSignal
+from ..signals import Stopped
+from ..stop import StopSignal
 
 QUIET_S = 60.0           # without throttling for this long, a halved limit grows back by one
 DEFAULT_PAUSE_S = 5.0    # how long a host is left alone after it throttles us without saying how long

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
-from .signals import PermanentError
-from .transfer import BUFFER_BYTES, RemoteInfo, Sink
+from ..signals import PermanentError
+from .protocol import BUFFER_BYTES, RemoteInfo, Sink
 
 
 class LocalTransfer:

@@ -16,11 +16,11 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
-from ..sources import credentials_for
-from ..version import __version__
-from .signals import NoRangeSupport, NotTheFile, PermanentError, TransientError
+from ...sources import credentials_for
+from ...version import __version__
+from ..signals import NoRangeSupport, NotTheFile, PermanentError, TransientError
+from .protocol import BUFFER_BYTES, RemoteInfo, Sink
 from .throttle import HostGate
-from .transfer import BUFFER_BYTES, RemoteInfo, Sink
 
 USER_AGENT = f"dlwpt-provision/{__version__} (+https://github.com/dlwpt-provision/dlwpt-provision; data staging for Deep Learning with PyTorch)"
 RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from .signals import NoRangeSupport, NotTheFile, PermanentError, TransientError
+from ..signals import NoRangeSupport, NotTheFile, PermanentError, TransientError
 
 __all__ = ["BUFFER_BYTES", "NoRangeSupport", "NotTheFile", "PermanentError", "RemoteInfo", "Retrier", "Sink", "Transfer", "TransientError"]
 

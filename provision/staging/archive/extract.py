@@ -11,11 +11,11 @@ from collections.abc import Callable, Iterable
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
-from ..errors import ExtractError, OutOfSpaceError
+from ...errors import ExtractError, OutOfSpaceError
+from ..signals import Stopped, StreamCorrupt
+from ..transport.protocol import BUFFER_BYTES
 from . import codec
 from .members import LOCAL_HEADER, LOCAL_SIGNATURE, METHODS, TMP_SUFFIX, Member, MemberWriter, StreamMember
-from .signals import Stopped, StreamCorrupt
-from .transfer import BUFFER_BYTES
 
 RESERVED_TOP = (".provision", ".provision-partial")  # the tool's own folders, when the data set unpacks into data.root itself
 

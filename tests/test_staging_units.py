@@ -1,0 +1,236 @@
+"""A unit test for each staging module that the end-to-end tests cover only from outside: each part on its own,
+with real files, real zip members and a real loopback server where a source is needed."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import socket
+import zipfile
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from provision.config import DataConfig
+from provision.errors import ChecksumError, DownloadError
+from provision.planvalues import DataPlan, FileLocation, FilePlan
+from provision.staging.archive import checkpoint, md5state
+from provision.staging.archive.members import Layout, Member, MemberWriter, StreamMember, lzma1_filter
+from provision.staging.context import FileResult, StageContext
+from provision.staging.fallback import from_sources
+from provision.staging.segments import SegmentContext, SegmentedDownload
+from provision.staging.signals import ChecksumMismatch, PermanentError, Stopped, StreamCorrupt, TransientError
+from provision.staging.state import FileRecord
+from provision.staging.stop import StopSignal
+from provision.staging.transport import http
+from provision.staging.transport.local import LocalTransfer
+from provision.staging.transport.opening import RangeReader, open_transfer
+from provision.staging.transport.protocol import Retrier
+from provision.staging.unpack import check_repair_source
+from tests.support.server import FileServer
+
+
+def file_plan(key: str = "a.zip", locations: tuple[FileLocation, ...] = (), size: int | None = None, md5: str | None = None) -> FilePlan:
+    return FilePlan(key=key, record=None, subset=None, size=size, md5=md5, unpack=False, unpacked_bytes=None, unpacked_estimated=False,
+                    locations=locations, dest="", stage="missing", partial_bytes=0)
+
+
+def context(tmp_path: Path, **data: object) -> StageContext:
+    plan = DataPlan(dataset="t", manifest="", root=str(tmp_path), target_dir=str(tmp_path / "t"), mode="archive", subsets=None, sources=(),
+                    files=(), connections=4, files_in_flight=1, keep_archives=False)
+    (tmp_path / "t").mkdir(exist_ok=True)
+    return StageContext(DataConfig(backoff_s=0.01, **data), plan)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------- archive.md5state, archive.checkpoint
+
+
+@pytest.mark.skipif(not md5state.available(), reason="OpenSSL's MD5 is not reachable from this Python")
+def test_an_md5_saved_half_way_and_restored_is_the_md5_of_the_whole() -> None:
+    data = os.urandom(3 << 20)
+    first = md5state.ResumableMd5()
+    first.update(data[:1234567])
+    second = md5state.ResumableMd5(first.state())
+    second.update(memoryview(data)[1234567:])
+    assert second.hexdigest() == hashlib.md5(data).hexdigest() and len(first.state()) == md5state.CTX_BYTES
+    with pytest.raises(ValueError):
+        md5state.ResumableMd5(b"short")
+
+
+def layout(tmp_path: Path, crc: int = 1) -> Layout:
+    member = Member("s/x.raw", tmp_path / "s" / "x.raw", 4, crc)
+    return Layout((StreamMember(member, 0, 4, 0),), 100, 200, "a.zip")
+
+
+def test_a_checkpoint_is_for_one_archive_and_resumes_only_its_own_members(tmp_path: Path) -> None:
+    saved = checkpoint.CheckpointFile(tmp_path / "a.zip.stream.json", 200, "f" * 32)
+    mine = layout(tmp_path)
+    point = checkpoint.Checkpoint(checkpoint.directory_digest(mine), 1, 120, b"\0" * md5state.CTX_BYTES)
+    saved.save(point, ["s/x.raw"])
+    assert saved.load() == (point, ["s/x.raw"])
+    assert checkpoint.CheckpointFile(saved.path, 201, "f" * 32).load() is None, "another size: another archive"
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "x.raw").write_bytes(b"1234")
+    if md5state.available():
+        assert checkpoint.resume_point(mine, saved.load(), tmp_path) == point
+    other = layout(tmp_path, crc=2)  # the same names, another directory
+    assert checkpoint.directory_digest(other) != checkpoint.directory_digest(mine)
+    assert checkpoint.resume_point(other, saved.load(), tmp_path) is None
+    assert not (tmp_path / "s" / "x.raw").exists(), "what another archive's stream wrote is removed"
+
+
+# ---------------------------------------------------------------- archive.members
+
+
+def test_a_member_takes_its_name_only_when_its_crc_checks_out(tmp_path: Path) -> None:
+    data = b"CT slice " * 5000
+    packed = zlib.compressobj(1, zlib.DEFLATED, -15)
+    raw = packed.compress(data) + packed.flush()
+    dest = tmp_path / "s" / "a.raw"
+    dest.parent.mkdir()
+    (dest.parent / ".a.raw.old.provision-tmp").write_bytes(b"left by a killed run")
+    good = MemberWriter(StreamMember(Member("s/a.raw", dest, len(data), zlib.crc32(data)), 0, len(raw), zipfile.ZIP_DEFLATED), "x.zip")
+    assert not (dest.parent / ".a.raw.old.provision-tmp").exists(), "a killed run's temporary file is cleared"
+    good.feed(raw[:100])
+    good.feed(raw[100:])
+    good.finish()
+    assert dest.read_bytes() == data
+    bad = MemberWriter(StreamMember(Member("s/b.raw", tmp_path / "s" / "b.raw", len(data), 1234), 0, len(raw), zipfile.ZIP_DEFLATED), "x.zip")
+    bad.feed(raw)
+    with pytest.raises(StreamCorrupt, match="CRC"):
+        bad.finish()
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["a.raw"], "nothing half-written, no temporary left"
+    with pytest.raises(StreamCorrupt, match="inflates past"):
+        MemberWriter(StreamMember(Member("s/c.raw", tmp_path / "s" / "c.raw", 10, 0), 0, len(raw), zipfile.ZIP_DEFLATED), "x.zip").feed(raw)
+    assert lzma1_filter(bytes([93, 0, 0, 16, 0]))["dict_size"] == 1 << 20
+
+
+# ---------------------------------------------------------------- stop, context, fallback
+
+
+def test_the_stop_signal_keeps_its_first_cause_and_cuts_what_is_open(tmp_path: Path) -> None:
+    stop = StopSignal()
+    cut: list[str] = []
+    stop.on_set(lambda: cut.append("sockets"))
+    stop.check()  # not set: nothing happens
+    first = RuntimeError("a disk")
+    stop.set("the first reason", first)
+    stop.set("a later reason", RuntimeError("later"))
+    assert stop.reason == "the first reason" and stop.cause is first and cut == ["sockets"]
+    stop.on_set(lambda: cut.append("late"))
+    assert cut == ["sockets", "late"], "a callback added after the stop runs at once"
+    with pytest.raises(Stopped):
+        stop.check()
+    ctx = context(tmp_path)
+    ctx.stop.set("interrupted")
+    with pytest.raises(Stopped):
+        ctx.sleep(10)
+
+
+def test_the_context_retries_transient_failures_and_counts_bytes(tmp_path: Path) -> None:
+    ctx = context(tmp_path, retries=3)
+    seen: list[tuple[str, int]] = []
+    ctx._emit = lambda event, **info: seen.append((event, info.get("n", 0)))  # noqa: SLF001 - a sink for this test
+    result = FileResult("a.zip")
+    tries = iter([TransientError("dropped"), TransientError("dropped"), "ok"])
+
+    def call() -> str:
+        got = next(tries)
+        if isinstance(got, Exception):
+            raise got
+        return got
+
+    assert ctx.with_retries(call, "a.zip", result) == "ok" and len(result.retries) == 2
+    ctx.count(result, "a.zip", 7)
+    assert result.bytes_fetched == 7 and ("bytes", 7) in seen
+    assert ctx.partial == tmp_path / ".provision" / "partial" and ctx.free_bytes() > 0
+
+
+def test_sources_are_tried_in_order_and_the_failure_says_what_was_tried(tmp_path: Path) -> None:
+    ctx = context(tmp_path)
+    plan = file_plan(locations=(FileLocation("http", "https://a/"), FileLocation("http", "https://b/")), md5="0" * 32)
+    tried: list[str] = []
+
+    def attempt(loc: FileLocation) -> str:
+        tried.append(loc.url)
+        if loc.url == "https://a/":
+            raise PermanentError("HTTP 404")
+        return "bytes"
+
+    assert from_sources(ctx, plan, FileResult("a.zip"), attempt, ChecksumMismatch) == ("https://b/", "bytes") and tried == ["https://a/", "https://b/"]
+
+    def damaged(loc: FileLocation) -> str:
+        raise ChecksumMismatch(f"md5 mismatch from {loc.url}")
+
+    with pytest.raises(ChecksumError, match="every source delivered a wrong checksum"):
+        from_sources(ctx, plan, FileResult("a.zip"), damaged, ChecksumMismatch)
+
+    def unreachable(loc: FileLocation) -> str:
+        raise TransientError(f"cannot resolve {loc.url}", unreachable="unresolved")
+
+    with pytest.raises(DownloadError) as refused:
+        from_sources(ctx, plan, FileResult("a.zip"), unreachable, ChecksumMismatch)
+    assert "could not reach a, b" in (refused.value.hint or "") and "https://a/" in refused.value.message
+
+
+# ---------------------------------------------------------------- segments, transport
+
+
+def test_a_segmented_download_of_a_local_file_is_verified_and_named(tmp_path: Path) -> None:
+    data = os.urandom(3_000_000)
+    source = tmp_path / "source.bin"
+    source.write_bytes(data)
+    part, final = tmp_path / "a.bin.part", tmp_path / "a.bin"
+    names: list[Path] = []
+
+    def finish(p: Path, f: Path, size: int | None, md5: str | None, got: str, label: str) -> str:
+        assert got == md5
+        p.replace(f)
+        names.append(f)
+        return got
+
+    job = SegmentContext(segment_min_bytes=256 << 10, connections=4, retrier=lambda: Retrier(2, 0.01, 1.0), stop=StopSignal(),
+                         emit=lambda *a, **k: None, finish=finish)
+    md5 = hashlib.md5(data).hexdigest()
+    with ThreadPoolExecutor(4) as conns:
+        got = SegmentedDownload(job, file_plan("a.bin"), LocalTransfer(str(source)), part, tmp_path / "a.progress.json", final, len(data), md5,
+                                FileResult("a.bin"), conns).run()
+    assert got == md5 and final.read_bytes() == data and names == [final] and not (tmp_path / "a.progress.json").exists()
+
+
+def test_a_range_reader_reads_a_remote_file_as_a_seekable_one(tmp_path: Path) -> None:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        zf.writestr("s/a.mhd", b"DimSize = 1 1 1\n")
+        zf.writestr("s/a.raw", os.urandom(200_000))
+    (tmp_path / "a.zip").write_bytes(buffer.getvalue())
+    reader = RangeReader(LocalTransfer(str(tmp_path / "a.zip")), len(buffer.getvalue()))
+    with zipfile.ZipFile(io.BufferedReader(reader, 4096)) as remote, zipfile.ZipFile(tmp_path / "a.zip") as local:
+        assert [(i.filename, i.CRC) for i in remote.infolist()] == [(i.filename, i.CRC) for i in local.infolist()]
+    assert reader.requests <= 4, "the directory costs a few block reads of the tail"
+    assert open_transfer(FileLocation("local", str(tmp_path / "a.zip")), DataConfig()).info().size == len(buffer.getvalue())
+    with pytest.raises(PermanentError, match="no transfer"):
+        open_transfer(FileLocation("ftp", "ftp://x/"), DataConfig())
+
+
+def test_http_reads_ranges_and_names_a_size_the_server_contradicts(tmp_path: Path) -> None:
+    (tmp_path / "f.bin").write_bytes(b"0123456789" * 1000)
+    with FileServer(tmp_path) as srv:
+        got = bytearray()
+        http.HttpTransfer(f"{srv.url}/mirror/f.bin", 5).read_range(10, 30, got.extend)
+        assert bytes(got) == b"0123456789" * 2
+        with pytest.raises(PermanentError, match="the manifest says 9999"):
+            http.HttpTransfer(f"{srv.url}/mirror/f.bin", 5, expected_size=9999).read_range(0, 10, bytearray().extend)
+    assert http.retry_after_seconds("7") == 7.0 and http.retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412470.0) == 10.0
+    assert http._unresolved(ConnectionError(OSError(socket.gaierror(-2, "Name or service not known")))) is True  # noqa: SLF001
+    assert http._unresolved(ConnectionError("refused")) is False  # noqa: SLF001
+
+
+def test_a_repair_refuses_a_source_that_serves_another_archive(tmp_path: Path) -> None:
+    staged = FileRecord(unpack=True, verified=True, extracted=True, members={"s/x.raw": (4, 1)})
+    check_repair_source(staged, layout(tmp_path, crc=1), frozenset({"s/x.raw"}), "https://m/a.zip")
+    with pytest.raises(PermanentError, match="serves a different a.zip"):
+        check_repair_source(staged, layout(tmp_path, crc=2), frozenset({"s/x.raw"}), "https://m/a.zip")
