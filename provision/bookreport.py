@@ -7,6 +7,7 @@ from typing import Any
 
 from .disk import gb
 from .progress import duration
+from .results import BookResult, CacheResult
 
 
 def book_plan_text(book: Any, full: bool = True) -> str:
@@ -28,15 +29,13 @@ def book_plan_text(book: Any, full: bool = True) -> str:
     return "\n".join(lines)
 
 
-def book_text(result: dict[str, Any]) -> str:
-    head = f"{'cloned' if result['cloned'] else 'checkout'} {result['dir']} at {(result['commit'] or '?')[:10]}"
-    lines = [f"book         {head}" + (f" from {result['repo']}" if result["cloned"] else "")]
-    for row in result["fixes"]:
-        lines.append(f"  {row['result']:<16} {row['file']:<28} {row['id']}")
-    changed = result["changed_files"]
-    verb = "restored" if result["undo"] else "changed"
-    lines.append(f"{verb} {len(changed)} file(s)" + (f": {', '.join(changed)}" if changed else "; nothing to do") +
-                 ("" if result["undo"] else f"; run Part 2 from {result['dir']} (its data: {result['data']})"))
+def book_text(result: BookResult) -> str:
+    head = f"{'cloned' if result.cloned else 'checkout'} {result.dir} at {(result.commit or '?')[:10]}"
+    lines = [f"book         {head}" + (f" from {result.repo}" if result.cloned else "")]
+    lines += [f"  {row.result:<16} {row.file:<28} {row.id}" for row in result.fixes]
+    changed = result.changed_files
+    lines.append(f"{'restored' if result.undo else 'changed'} {len(changed)} file(s)" + (f": {', '.join(changed)}" if changed else "; nothing to do") +
+                 ("" if result.undo else f"; run Part 2 from {result.dir} (its data: {result.data})"))
     return "\n".join(lines)
 
 
@@ -81,22 +80,17 @@ def chapter_times(c: Any, subsets: int) -> str:
     return f"{build}; {epoch}" + (f" (measured here: {c.measured_on})" if c.measured_on else "") + f", for {subsets} subset(s)"
 
 
-def cache_text(result: dict[str, Any]) -> str:
+def cache_text(result: CacheResult) -> str:
     """Each chapter's cache: series complete of those staged, entries written now, bytes on disk, failures."""
-    lines = [f"dropped chapter {d['chapter']}'s cache: {gb(d['bytes'])} freed ({d['path']})" if d["existed"]
-             else f"chapter {d['chapter']} has no cache to drop ({d['path']})" for d in result["dropped"]]
-    for c in result["chapters"]:
-        complete = c["complete_before"] + c["built"]
-        if c["built"] == 0 and not c["failed"]:
-            lines.append(f"cache ch{c['chapter']}: complete for the {c['series']} staged series; nothing to do ({gb(bytes_or_zero(c))} in {c['path']})")
+    lines = [f"dropped chapter {d.chapter}'s cache: {gb(d.bytes)} freed ({d.path})" if d.existed
+             else f"chapter {d.chapter} has no cache to drop ({d.path})" for d in result.dropped]
+    for c in result.chapters:
+        if c.built == 0 and not c.failed:
+            lines.append(f"cache ch{c.chapter}: complete for the {c.series} staged series; nothing to do ({gb(c.bytes)} in {c.path})")
             continue
-        lines.append(f"cache ch{c['chapter']}: {complete} of {c['series']} series ({c['built']} built now: {c['entries']:,} entries in "
-                     f"{c['seconds']:.0f} s), {gb(c['bytes'])} in {c['path']}")
-        lines += [f"  FAILED {f['subset']}/{f['series']}: {f['error']}" for f in c["failed"]]
-    if result.get("ok") is False:
+        lines.append(f"cache ch{c.chapter}: {c.complete_before + c.built} of {c.series} series ({c.built} built now: {c.entries:,} entries in "
+                     f"{c.seconds:.0f} s), {gb(c.bytes)} in {c.path}")
+        lines += [f"  FAILED {f['subset']}/{f['series']}: {f['error']}" for f in c.failed]
+    if not result.ok:
         lines.append("some series could not be cached (above); the others are, and a rerun tries those again")
     return "\n".join(lines)
-
-
-def bytes_or_zero(chapter: dict[str, Any]) -> int:
-    return int(chapter.get("bytes") or 0)

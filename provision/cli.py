@@ -252,12 +252,12 @@ def cmd_stage(ctx: Ctx) -> Outcome:
 
 def cmd_verify(ctx: Ctx) -> Outcome:
     checked = steps.verify(ctx.config, full=ctx.args.full)
-    return Outcome(checked, report.verify_text(checked), EXIT_OK if checked["ok"] else EXIT_FAILED)
+    return Outcome(checked.to_dict(), report.verify_text(checked), EXIT_OK if checked.ok else EXIT_FAILED)
 
 
 def cmd_status(ctx: Ctx) -> Outcome:
-    rows = steps.status(ctx.config)
-    return Outcome(rows, report.status_text(rows))
+    found = steps.status(ctx.config)
+    return Outcome(found.to_dict(), report.status_text(found))
 
 
 def cmd_book(ctx: Ctx) -> Outcome:
@@ -271,17 +271,17 @@ def cmd_book(ctx: Ctx) -> Outcome:
         return Outcome(dataclasses.asdict(plan.book), bookreport.book_plan_text(plan.book))
     result = steps.book(ctx.config, plan, undo=args.undo)
     if not args.smoke:
-        return Outcome(result, bookreport.book_text(result))
+        return Outcome(result.to_dict(), bookreport.book_text(result))
     print(bookreport.book_text(result), file=sys.stderr)
     smoked = steps.smoke(ctx.config, _plan_of(ctx), ctx.env)
-    return Outcome({**result, "smoke": smoked.to_dict()}, bookreport.smoke_text(smoked), EXIT_OK if smoked.ok else EXIT_FAILED)
+    return Outcome({**result.to_dict(), "smoke": smoked.to_dict()}, bookreport.smoke_text(smoked), EXIT_OK if smoked.ok else EXIT_FAILED)
 
 
 def cmd_cache(ctx: Ctx) -> Outcome:
     args = ctx.args
     built = steps.cache(ctx.config, _plan_of(ctx), ctx.env, args.chapters or ctx.config.book.cache or (11,), drop=args.drop or (),
                         workers=args.workers)
-    return Outcome(built, bookreport.cache_text(built), EXIT_OK if built.get("ok", True) else EXIT_FAILED)
+    return Outcome(built.to_dict(), bookreport.cache_text(built), EXIT_OK if built.ok else EXIT_FAILED)
 
 
 def cmd_pin(ctx: Ctx) -> Outcome:

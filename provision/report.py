@@ -7,9 +7,10 @@ import os
 import shlex
 from typing import Any
 
-from .bookreport import book_plan_text, cache_plan_lines, cache_text
+from .bookreport import book_plan_text, cache_plan_lines
 from .disk import gb
 from .planvalues import Plan
+from .results import StatusResult, VerifyResult
 
 
 def to_json(data: Any) -> str:
@@ -115,31 +116,30 @@ def _reserve_lines(disk: Any, cache: Any) -> list[str]:
             f"{disk.subsets} subsets: {at_once})" + (f" + {gb(extra)} data.reserve_gb" if extra else "")]
 
 
-def status_text(status: dict[str, Any]) -> str:
+def status_text(status: StatusResult) -> str:
     lines = []
-    for r in status["files"]:
-        stage = r["stage"] + (f" ({r['percent']}%)" if "percent" in r else "")
-        source = f"  from {r['source']}" if r.get("source") else ""
-        lines.append(f"{r['key']:<24} {stage}{source}")
-    caches = status["caches"]
-    if caches:
-        lines.append(f"the book's caches ({gb(sum(c['bytes'] for c in caches))} in all; a chapter's can go once you have moved on: rm -r PATH):")
-        for c in caches:
+    for r in status.files:
+        stage = r.stage + (f" ({r.percent}%)" if r.percent is not None else "")
+        lines.append(f"{r.key:<24} {stage}" + (f"  from {r.source}" if r.source else ""))
+    if status.caches:
+        lines.append(f"the book's caches ({gb(sum(c.bytes for c in status.caches))} in all; a chapter's can go once you have moved on: "
+                     "provision cache --drop N, or rm -r PATH):")
+        for c in status.caches:
             entries = ""
-            if "entries_needed" in c:
-                entries = (f"  {c['entries_built']:,} of {'' if c['needed_exact'] else '~'}{c['entries_needed']:,} entries built"
-                           + (" (complete)" if c["entries_built"] >= c["entries_needed"] > 0 else ""))
-            lines.append(f"  {c['name']:<22} {gb(c['bytes']):>9}  {c['path']}{entries}")
+            if c.entries_needed is not None and c.entries_built is not None:
+                entries = (f"  {c.entries_built:,} of {'' if c.needed_exact else '~'}{c.entries_needed:,} entries built"
+                           + (" (complete)" if c.entries_built >= c.entries_needed > 0 else ""))
+            lines.append(f"  {c.name:<22} {gb(c.bytes):>9}  {c.path}{entries}")
     return "\n".join(lines)
 
 
-def verify_text(result: dict[str, Any]) -> str:
+def verify_text(result: VerifyResult) -> str:
     lines = []
-    for r in result["files"]:
-        problems = [f"missing: {n}" for n in r["missing"]] + [f"damaged: {n}" for n in r["damaged"]]
-        lines.append(f"{r['key']:<24} {r['stage']}{'  OK' if not problems and r['stage'] != 'missing' else ''}")
+    for r in result.files:
+        problems = [f"missing: {n}" for n in r.missing] + [f"damaged: {n}" for n in r.damaged]
+        lines.append(f"{r.key:<24} {r.stage}{'  OK' if r.ok else ''}")
         lines += [f"  {p}" for p in problems]
-    lines.append("all good" if result["ok"] else "problems found: run `provision stage` to fetch what is missing and repair what is damaged")
+    lines.append("all good" if result.ok else "problems found: run `provision stage` to fetch what is missing and repair what is damaged")
     return "\n".join(lines)
 
 
@@ -247,7 +247,8 @@ def up_text(summary: dict[str, Any]) -> str:
         elif step == "cuda":
             lines.append(f"cuda       {cuda_line(info)}")
         elif step == "cache":
-            lines += ["cache      " + line for line in cache_text(info).splitlines()]
+            lines += [f"cache      ch{c['chapter']}: {c['complete_before'] + c['built']} of {c['series']} series, {c['entries']:,} entries built now"
+                      + "".join(f"; FAILED {f['subset']}/{f['series']}: {f['error']}" for f in c["failed"]) for c in info["chapters"]]
         else:
             lines.append(f"{step:<10} {'ok' if info.get('ok') else 'FAILED'}")
     return "\n".join(lines)

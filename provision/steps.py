@@ -12,12 +12,14 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from .book.cache import ChapterBuild
 from .config import Config
 from .environment import Environment
 from .errors import BookError, DiskSpaceError, GpuError, PreflightError, ProvisionError
 from .gpu import GpuReport
 from .manifest import load_manifest
 from .planvalues import Plan
+from .results import BookResult, CacheResult, CacheRow, FileRow, FixRow, StatusResult, VerifyResult, VerifyRow
 from .staging.engine import Stager, StageResult
 from .staging.state import FileRecord, StateStore, file_statuses, partial_bytes, run_lock
 
@@ -69,7 +71,7 @@ def stage(config: Config, plan: Plan, landed: Callable[[str], None] | None = Non
         progress.close()
 
 
-def book(config: Config, plan: Plan, *, undo: bool = False) -> dict[str, Any]:
+def book(config: Config, plan: Plan, *, undo: bool = False) -> BookResult:
     """Get the book's code ready: clone it at the pinned commit if needed, link the data, apply the fixes
     (or, with ``undo``, take them back). All or nothing: a fix that does not match, or a file with the
     reader's own edits, stops it before anything is written."""
@@ -93,12 +95,12 @@ def book(config: Config, plan: Plan, *, undo: bool = False) -> dict[str, Any]:
     manifest = load_book_manifest(config.book.fixes, configs_dir())
     states = judge_checkout(manifest, where)
     changed = write_states(where, states, undo=undo)
-    rows = []
+    rows: list[FixRow] = []
     for s in states:
         done = "undone" if undo and s.file in changed else "applied" if s.file in changed else "already applied" if s.state == "applied" else "not applied"
-        rows += [{"id": fix.id, "file": s.file, "result": done, "why": fix.why} for fix in s.fixes]
-    return {"ok": True, "dir": str(where), "commit": cloned or co.head_commit(where), "cloned": cloned is not None, "undo": undo,
-            "repo": plan.book.repo, "data": str(where / co.DATA_FOLDER), "changed_files": changed, "fixes": rows}
+        rows += [FixRow(fix.id, s.file, done, fix.why) for fix in s.fixes]
+    return BookResult(str(where), cloned or co.head_commit(where), cloned is not None, undo, plan.book.repo, str(where / co.DATA_FOLDER),
+                      tuple(changed), tuple(rows))
 
 
 def smoke(config: Config, plan: Plan, env: Environment) -> Any:
@@ -134,7 +136,7 @@ def record_epoch_timings(root: Path, result: Any, samples: int, trainings: set[s
 
 
 def cache(config: Config, plan: Plan, env: Environment, chapters: Sequence[int], *, drop: Sequence[int] = (),
-          workers: int | None = None) -> dict[str, Any]:
+          workers: int | None = None) -> CacheResult:
     """Build the book's caches of ``chapters`` for the staged scans (or, for ``drop``, delete them); see :mod:`provision.book.cache`."""
     from .book import cache as caching
     from .book.fixes import load_book_manifest
@@ -145,7 +147,7 @@ def cache(config: Config, plan: Plan, env: Environment, chapters: Sequence[int],
     manifest = load_book_manifest(config.book.fixes, configs_dir())
     book_dir = Path(plan.book.dir)
     if drop:
-        return {"dropped": caching.drop(book_dir, caching.chapters_named(manifest.cache, drop)), "chapters": []}
+        return CacheResult(dropped=tuple(caching.drop(book_dir, caching.chapters_named(manifest.cache, drop))))
     if plan.book.clone:
         raise BookError(f"{book_dir} holds no checkout of the book's code, whose functions fill its cache",
                         hint="run `provision book` first (or `provision up` with book.enabled)")
@@ -155,19 +157,18 @@ def cache(config: Config, plan: Plan, env: Environment, chapters: Sequence[int],
     python = target_python(config.requirements.venv, env.python_executable)
     count = workers or config.book.cache_workers or os.cpu_count() or 1
     say = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731 - progress lines
-    built = [caching.build(book_dir, chapter, python, count, say).to_dict() for chapter in caching.chapters_named(manifest.cache, chapters)]
+    built = tuple(caching.build(book_dir, chapter, python, count, say) for chapter in caching.chapters_named(manifest.cache, chapters))
     record_cache_timings(Path(config.data.root), built, count)
-    return {"dropped": [], "chapters": built, "ok": all(c["ok"] for c in built)}
+    return CacheResult(chapters=built)
 
 
-def record_cache_timings(root: Path, built: Sequence[Mapping[str, Any]], workers: int) -> None:
+def record_cache_timings(root: Path, built: Sequence[ChapterBuild], workers: int) -> None:
     """Core-seconds per entry of each chapter built (enough of it to mean something), for the plan's time estimates."""
     from .staging.state import record_timing
 
     for c in built:
-        if c["entries"] >= 20 and c["seconds"] > 0:
-            record_timing(root, "cache", str(c["chapter"]), {"core_s_per_entry": c["seconds"] * workers / c["entries"],
-                                                             "measured_on": f"{workers} worker(s)"})
+        if c.entries >= 20 and c.seconds > 0:
+            record_timing(root, "cache", str(c.chapter), {"core_s_per_entry": c.seconds * workers / c.entries, "measured_on": f"{workers} worker(s)"})
 
 
 def start_cache(config: Config, plan: Plan, env: Environment) -> Any:
@@ -208,7 +209,7 @@ def up(config: Config, plan: Plan, env: Environment, environ: Mapping[str, str],
                 first = next(f for f in report.findings if f.fatal)
                 raise GpuError(first.problem, hint=first.fix)
         if "book" in steps and plan.book is not None and plan.book.enabled:
-            summary["steps"]["book"] = book(config, plan)
+            summary["steps"]["book"] = book(config, plan).to_dict()
         overlapped = start_cache(config, plan, env) if "cache" in steps else None
         if "data" in steps:
             result = stage(config, plan, overlapped.landed if overlapped is not None else None)
@@ -216,9 +217,9 @@ def up(config: Config, plan: Plan, env: Environment, environ: Mapping[str, str],
             if not result.ok:
                 summary["exit_code"] = 1
         if overlapped is not None:
-            built = [c.to_dict() for c in overlapped.finish()]
-            summary["steps"]["cache"] = {"dropped": [], "chapters": built, "ok": all(c["ok"] for c in built)}
-            if not summary["steps"]["cache"]["ok"]:
+            built = CacheResult(chapters=tuple(overlapped.finish()))
+            summary["steps"]["cache"] = built.to_dict()
+            if not built.ok:
                 summary["exit_code"] = 1
     except ProvisionError as exc:
         summary["error"] = exc.to_dict()
@@ -264,7 +265,7 @@ def pin(config: Config, *, dry_run: bool) -> dict[str, Any]:
             "archives": {key: {"members": len(m), "unpacked_bytes": sum(x.size for x in m)} for key, m in sorted(found.items())}}
 
 
-def status(config: Config) -> dict[str, Any]:
+def status(config: Config) -> StatusResult:
     """One row per selected file (missing, partial with percent, verified or extracted) and the book's
     chapter caches with their size on disk, so an old chapter's can be deleted. Writes nothing."""
     from .config import configs_dir
@@ -277,11 +278,9 @@ def status(config: Config) -> dict[str, Any]:
     for f in files:
         st = statuses.get(f.key)
         stage = st.stage if st else "missing"
-        row: dict[str, Any] = {"key": f.key, "stage": stage, "size": f.size, "source": st.source if st else None}
-        if stage == "partial" and f.size:
-            row["percent"] = round(100 * partial_bytes(root, f.key, root / manifest.dir) / f.size, 1)
-        rows.append(row)
-    return {"files": rows, "caches": cache_sizes(root / "cache", cache_needs(config, root / manifest.dir))}
+        percent = round(100 * partial_bytes(root, f.key, root / manifest.dir) / f.size, 1) if stage == "partial" and f.size else None
+        rows.append(FileRow(f.key, stage, f.size, st.source if st else None, percent))
+    return StatusResult(tuple(rows), cache_sizes(root / "cache", cache_needs(config, root / manifest.dir)))
 
 
 def cache_needs(config: Config, luna_dir: Path) -> dict[str, tuple[int, int, bool]]:
@@ -307,21 +306,17 @@ def cache_needs(config: Config, luna_dir: Path) -> dict[str, tuple[int, int, boo
     return needs
 
 
-def cache_sizes(cache_root: Path, needs: Mapping[str, tuple[int, int, bool]] | None = None) -> list[dict[str, Any]]:
+def cache_sizes(cache_root: Path, needs: Mapping[str, tuple[int, int, bool]] | None = None) -> tuple[CacheRow, ...]:
     """The book's caches (data-unversioned/cache/part2chNN_raw, one per chapter), their bytes on disk, and (``needs``)
     the entries `provision cache` built of those the staged scans need."""
     from .book.cache import bytes_on_disk
 
-    caches = []
-    for folder in sorted(p for p in cache_root.glob("*") if p.is_dir()) if cache_root.is_dir() else []:
-        row: dict[str, Any] = {"name": folder.name, "path": str(folder), "bytes": bytes_on_disk(folder)}
-        if needs and folder.name in needs:
-            row["entries_built"], row["entries_needed"], row["needed_exact"] = needs[folder.name]
-        caches.append(row)
-    return caches
+    folders = sorted(p for p in cache_root.glob("*") if p.is_dir()) if cache_root.is_dir() else []
+    return tuple(CacheRow(folder.name, str(folder), bytes_on_disk(folder), *(needs or {}).get(folder.name, (None, None, None)))
+                 for folder in folders)
 
 
-def verify(config: Config, *, full: bool) -> dict[str, Any]:
+def verify(config: Config, *, full: bool) -> VerifyResult:
     """Check staged files: member presence and sizes, and with ``full`` their CRCs (or md5 for plain files).
 
     Damaged members are recorded, so the next ``stage`` rewrites just those.
@@ -335,7 +330,7 @@ def verify(config: Config, *, full: bool) -> dict[str, Any]:
     target = root / manifest.dir
     rows = []
     if not root.is_dir():
-        return {"ok": False, "files": [{"key": f.key, "stage": "missing", "missing": [], "damaged": []} for f in manifest.select(config.data.subsets)]}
+        return VerifyResult(tuple(VerifyRow(f.key, "missing") for f in manifest.select(config.data.subsets)), full)
     with run_lock(root):
         state = StateStore(root)
         for f in manifest.select(config.data.subsets):
@@ -365,6 +360,5 @@ def verify(config: Config, *, full: bool) -> dict[str, Any]:
                     state.unverified(f.key)
             else:
                 stage = "missing"
-            rows.append({"key": f.key, "stage": stage, "missing": missing, "damaged": damaged})
-    ok = all(r["stage"] != "missing" and not r["missing"] and not r["damaged"] for r in rows)
-    return {"ok": ok, "full": full, "files": rows}
+            rows.append(VerifyRow(f.key, stage, tuple(missing), tuple(damaged)))
+    return VerifyResult(tuple(rows), full)

@@ -60,6 +60,16 @@ class ChapterBuild:
         return {**asdict(self), "ok": self.ok}
 
 
+@dataclass(frozen=True)
+class DroppedCache:
+    """A chapter's cache deleted by --drop: where it was and the bytes freed."""
+
+    chapter: int
+    path: str
+    bytes: int
+    existed: bool
+
+
 def cache_dir(book: Path, chapter: CacheChapter) -> Path:
     return book / DATA_FOLDER / "cache" / chapter.scope
 
@@ -108,7 +118,7 @@ def candidates_per_series(book: Path, series: set[str]) -> dict[str, int] | None
     return counts
 
 
-def drop(book: Path, chapters: Sequence[CacheChapter]) -> list[dict[str, Any]]:
+def drop(book: Path, chapters: Sequence[CacheChapter]) -> list[DroppedCache]:
     """Delete these chapters' caches (when the reader has moved on); returns what was freed."""
     freed = []
     for chapter in chapters:
@@ -118,7 +128,7 @@ def drop(book: Path, chapters: Sequence[CacheChapter]) -> list[dict[str, Any]]:
             path.unlink()
         else:
             shutil.rmtree(path, ignore_errors=True)
-        freed.append({"chapter": chapter.chapter, "path": str(path), "bytes": used, "existed": used > 0})
+        freed.append(DroppedCache(chapter.chapter, str(path), used, used > 0))
     return freed
 
 

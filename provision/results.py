@@ -1,0 +1,117 @@
+"""What the commands hand back: typed, frozen results that the reports render and ``--json`` writes (``to_dict``).
+The JSON keeps its shape: optional figures appear only where they apply."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from .book.cache import ChapterBuild, DroppedCache
+
+
+def _without_none(raw: dict[str, Any], optional: tuple[str, ...]) -> dict[str, Any]:
+    return {k: v for k, v in raw.items() if not (k in optional and v is None)}
+
+
+@dataclass(frozen=True)
+class FileRow:
+    """One file of the data set, as `status` sees it (``percent`` for a partial one)."""
+
+    key: str
+    stage: str
+    size: int | None
+    source: str | None
+    percent: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return _without_none(asdict(self), ("percent",))
+
+
+@dataclass(frozen=True)
+class CacheRow:
+    """One chapter's cache folder: its bytes on disk and, for the chapters the book's fixes file knows, its entries."""
+
+    name: str
+    path: str
+    bytes: int
+    entries_built: int | None = None
+    entries_needed: int | None = None
+    needed_exact: bool | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return _without_none(asdict(self), ("entries_built", "entries_needed", "needed_exact"))
+
+
+@dataclass(frozen=True)
+class StatusResult:
+    files: tuple[FileRow, ...]
+    caches: tuple[CacheRow, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"files": [f.to_dict() for f in self.files], "caches": [c.to_dict() for c in self.caches]}
+
+
+@dataclass(frozen=True)
+class VerifyRow:
+    key: str
+    stage: str
+    missing: tuple[str, ...] = ()
+    damaged: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return self.stage != "missing" and not self.missing and not self.damaged
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    files: tuple[VerifyRow, ...]
+    full: bool
+
+    @property
+    def ok(self) -> bool:
+        return all(r.ok for r in self.files)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "full": self.full, "files": [{**asdict(r), "missing": list(r.missing), "damaged": list(r.damaged)}
+                                                            for r in self.files]}
+
+
+@dataclass(frozen=True)
+class FixRow:
+    id: str
+    file: str
+    result: str  # applied | already applied | undone | not applied
+    why: str
+
+
+@dataclass(frozen=True)
+class BookResult:
+    """The book step: where the checkout is, at which commit, whether it was cloned now, and what each fix did."""
+
+    dir: str
+    commit: str | None
+    cloned: bool
+    undo: bool
+    repo: str
+    data: str
+    changed_files: tuple[str, ...]
+    fixes: tuple[FixRow, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ok": True, **asdict(self), "changed_files": list(self.changed_files), "fixes": [asdict(f) for f in self.fixes]}
+
+
+@dataclass(frozen=True)
+class CacheResult:
+    """`provision cache`: the chapters built (or, with --drop, the caches deleted)."""
+
+    chapters: tuple[ChapterBuild, ...] = ()
+    dropped: tuple[DroppedCache, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.chapters)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"dropped": [asdict(d) for d in self.dropped], "chapters": [c.to_dict() for c in self.chapters], "ok": self.ok}
