@@ -3,14 +3,19 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from .disk import gb
 from .progress import duration
 from .results import BookResult, CacheResult
 
+if TYPE_CHECKING:  # annotations only
+    from .book.smoke import SmokeResult
+    from .cacheplan import CachePlan, ChapterCache
+    from .planvalues import BookPlan
 
-def book_plan_text(book: Any, full: bool = True) -> str:
+
+def book_plan_text(book: BookPlan, full: bool = True) -> str:
     """The book step of the plan: the checkout, how it reaches the data, and each fix (``full``: with its reason)."""
     from .book.checkout import describe
 
@@ -39,7 +44,7 @@ def book_text(result: BookResult) -> str:
     return "\n".join(lines)
 
 
-def smoke_text(result: Any) -> str:
+def smoke_text(result: SmokeResult) -> str:
     """The smoke table: entry point, result, seconds, and the error's last line."""
     width = max(len(r.name) for r in result.rows) if result.rows else 10
     lines = [f"{'entry point':<{width}}  result   seconds  error"]
@@ -52,7 +57,7 @@ def smoke_text(result: Any) -> str:
     return "\n".join(lines)
 
 
-def cache_plan_lines(cache: Any, subsets: int) -> list[str]:
+def cache_plan_lines(cache: CachePlan | None, subsets: int) -> list[str]:
     """The book's cache per chapter: entries, one entry's measured bytes, the disk a subset takes, and (where measured
     on this machine) how long its build and one training epoch take for the chosen subsets."""
     if cache is None or not cache.chapters:
@@ -71,7 +76,7 @@ def cache_plan_lines(cache: Any, subsets: int) -> list[str]:
     return lines
 
 
-def chapter_times(c: Any, subsets: int) -> str:
+def chapter_times(c: ChapterCache, subsets: int) -> str:
     """How long the chapter's cache and one epoch take for these subsets on this machine, from what was measured here."""
     build = f"cache build ~{duration(c.build_s_per_subset * subsets)}" if c.build_s_per_subset is not None else \
         "cache build not measured yet"

@@ -5,12 +5,21 @@ from __future__ import annotations
 import json
 import os
 import shlex
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .bookreport import book_plan_text, cache_plan_lines
 from .disk import gb
-from .planvalues import Plan
+from .planvalues import FilePlan, Plan
 from .results import StatusResult, VerifyResult
+
+if TYPE_CHECKING:  # annotations only: rendering a value never needs the code that made it
+    from .cacheplan import CachePlan
+    from .disk import DiskPlan
+    from .gpu import GpuReport
+    from .install import InstallPlan
+    from .staging.engine import StageResult
+    from .staging.mirror import MirrorResult
+    from .vm import VmPlan
 
 
 def to_json(data: Any) -> str:
@@ -76,7 +85,7 @@ def _data_lines(plan: Plan) -> list[str]:
     return lines + [_file_line(f) for f in data.files]
 
 
-def _file_line(f: Any) -> str:
+def _file_line(f: FilePlan) -> str:
     size = gb(f.size) if f.size is not None else "size unresolved"
     unpacked = f" -> {'~' if f.unpacked_estimated else ''}{gb(f.unpacked_bytes)} unpacked" if f.unpack and f.unpacked_bytes is not None else ""
     stage = f.stage if f.stage != "partial" else f"partial ({gb(f.partial_bytes)})"
@@ -88,7 +97,7 @@ def _file_line(f: Any) -> str:
     return f"  {f.key:<22} {size:>10}{unpacked:<26} {stage}{note}"
 
 
-def _disk_lines(disk: Any, cache: Any) -> list[str]:
+def _disk_lines(disk: DiskPlan, cache: CachePlan | None) -> list[str]:
     lines = [
         "",
         f"disk         {disk.path}  (filesystem of {disk.probe})",
@@ -105,7 +114,7 @@ def _disk_lines(disk: Any, cache: Any) -> list[str]:
     return lines
 
 
-def _reserve_lines(disk: Any, cache: Any) -> list[str]:
+def _reserve_lines(disk: DiskPlan, cache: CachePlan | None) -> list[str]:
     """What the reserve is made of: the book's cache (per chapter, from one entry's measured bytes), which grows with
     the subsets staged, and any extra."""
     if not disk.cache_bytes:
@@ -143,7 +152,7 @@ def verify_text(result: VerifyResult) -> str:
     return "\n".join(lines)
 
 
-def gpu_dict(report: Any) -> dict[str, Any]:
+def gpu_dict(report: GpuReport) -> dict[str, Any]:
     probe = report.probe
     return {
         "ok": report.ok,
@@ -159,7 +168,7 @@ def gpu_dict(report: Any) -> dict[str, Any]:
     }
 
 
-def gpu_text(report: Any, required: bool) -> str:
+def gpu_text(report: GpuReport, required: bool) -> str:
     probe = report.probe
     lines = [f"torch        {probe.get('torch') or 'not installed'}" + (f" (CUDA build {probe['cuda_build']})" if probe.get("cuda_build") else "")]
     smi = report.nvidia_smi
@@ -184,13 +193,13 @@ def gpu_text(report: Any, required: bool) -> str:
     return "\n".join(lines)
 
 
-def install_dict(plan: Any) -> dict[str, Any]:
+def install_dict(plan: InstallPlan) -> dict[str, Any]:
     from dataclasses import asdict
 
     return asdict(plan)
 
 
-def install_text(plan: Any, done: bool = False) -> str:
+def install_text(plan: InstallPlan, done: bool = False) -> str:
     lines = []
     for r in plan.requirements:
         lines.append(f"{r.action:<10} {r.requirement:<28} {r.reason}")
@@ -201,7 +210,7 @@ def install_text(plan: Any, done: bool = False) -> str:
     return "\n".join(lines)
 
 
-def stage_text(result: Any) -> str:
+def stage_text(result: StageResult) -> str:
     lines = []
     for f in result.files:
         line = f"{f.key:<24} {f.outcome}" + (f" from {f.source}" if f.source else "")
@@ -287,7 +296,7 @@ def pin_text(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def mirror_text(result: Any) -> str:
+def mirror_text(result: MirrorResult) -> str:
     lines = []
     for item in result.items:
         line = f"{item.key:<24} {item.action:<9} {item.object}"
@@ -301,13 +310,13 @@ def mirror_text(result: Any) -> str:
     return "\n".join(lines)
 
 
-def vm_dict(plan: Any) -> dict[str, Any]:
+def vm_dict(plan: VmPlan) -> dict[str, Any]:
     from dataclasses import asdict
 
     return asdict(plan)
 
 
-def vm_text(plan: Any, dry_run: bool) -> str:
+def vm_text(plan: VmPlan, dry_run: bool) -> str:
     lines = [
         f"boot disk    {plan.boot_disk_gb} GB ({plan.data_needed_gb:.0f} GB for the '{plan.profile}' profile's data, the rest for the system)",
         ("would run" if dry_run else "ran") + ":",
