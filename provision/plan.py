@@ -134,7 +134,7 @@ def staging_problems(config: Config, facts: Facts, data: DataPlan, disk: DiskPla
         problems.append(Problem("data", f"data.root cannot hold the data: {facts.root_problem}", "point data.root (--root) at a folder on a writable disk"))
     elif not disk.fits:
         streaming = disk_for(config, data.files, facts.data_fs, stream=True, cache_bytes_per_subset=cache.bytes_per_subset) if archive_way else None
-        problems.append(disk_problem(disk, streaming))
+        problems.append(disk_problem(disk, streaming, cache))
     elif facts.environment.kind == "kaggle" and Path(config.data.root).is_relative_to(KAGGLE_WORKING) and disk.needed_bytes > KAGGLE_WORKING_BYTES:
         problems.append(Problem(
             "data", f"{KAGGLE_WORKING} keeps at most {KAGGLE_WORKING_BYTES // GB} GB (Kaggle's output limit; the disk does not show it): "
@@ -313,7 +313,7 @@ def connections_to(config: Config, data: DataPlan) -> int:
     return config.data.connections_to(urlsplit(first.url).hostname or "")
 
 
-def disk_problem(disk: DiskPlan, stream: DiskPlan | None = None) -> Problem:
+def disk_problem(disk: DiskPlan, stream: DiskPlan | None = None, cache: CachePlan | None = None) -> Problem:
     where = disk.path if disk.path == disk.probe else f"{disk.path} (measured at {disk.probe})"
     message = (
         f"not enough disk space at {where}: staging needs {gb(disk.needed_bytes)} free "
@@ -336,6 +336,8 @@ def disk_problem(disk: DiskPlan, stream: DiskPlan | None = None) -> Problem:
         example = f", e.g. --set data.cache_gb_per_subset={lower:.1f}" if lower > 0.05 else ""
         ways.append(f"keep less room for the book's cache (now {gb(disk.cache_bytes)}: {per_subset / GB:.1f} GB for each of {disk.subsets} "
                     f"subsets, what one chapter's cache measures; data.cache_gb_per_subset sets it){example}")
+        if cache is not None and cache.chapters and not any(c.compressed for c in cache.chapters) and not cache.set_by_hand:
+            ways.append("let the book's cache fixes compress it, about 2.5x smaller: provision book (or book.enabled: true)")
     extra = disk.reserve_bytes - disk.cache_bytes
     if extra:
         lower_extra = int((extra - disk.shortfall_bytes) // GB)

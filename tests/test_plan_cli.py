@@ -95,6 +95,8 @@ def test_the_cache_reserve_is_measured_per_chapter_and_follows_the_fixes_and_boo
     raw = make_plan(load_config("colab", ["data.subsets=0-1", "book.enabled=false"], environ={}), manifest, colab_facts(500 * GB))
     assert raw.cache is not None and raw.cache.together == (13,), "stored raw, chapter 13's crops are the largest"
     assert 17 * GB < raw.cache.bytes_per_subset < 19 * GB
+    short = make_plan(load_config("colab", ["data.subsets=all", "book.enabled=false"], environ={}), manifest, colab_facts(100 * GB))
+    assert "let the book's cache fixes compress it" in short.problems[0].hint, "a raw cache's plan says how to shrink it"
     both = make_plan(load_config("colab", ["data.subsets=0-1", "book.cache=[11, 13]"], environ={}), manifest, colab_facts(500 * GB))
     assert both.cache is not None and both.cache.together == (11, 13)
     assert both.cache.bytes_per_subset == sum(c.bytes_per_subset for c in both.cache.chapters if c.chapter in (11, 13))
