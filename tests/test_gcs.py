@@ -139,8 +139,8 @@ def test_gcs_errors_are_sorted_and_explained(raised: tuple[str, str], kind: str,
     """The library's own exception classes, as the client raises them, mapped to retry or next source."""
     from google.api_core import exceptions as gx
 
+    from provision.staging.signals import PermanentError, TransientError
     from provision.staging.transport.gcs import gcs_errors
-    from provision.staging.transport.protocol import PermanentError, TransientError
 
     expected = PermanentError if kind == "permanent" else TransientError
     with pytest.raises(expected) as info, gcs_errors("gs://b/x", "b", object()):

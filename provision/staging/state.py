@@ -191,9 +191,12 @@ class StateStore:
 
     def unpacked(self, key: str, members: Members, only: frozenset[str] | None, unpacked_bytes: int) -> None:
         """Its members are unpacked (a repair: those named in ``only`` rewritten, the others as recorded)."""
+        self._change(key, extracted=True, members=self._merged(key, members, only), damaged=(), unpacked_bytes=unpacked_bytes)
+
+    def _merged(self, key: str, members: Members, only: frozenset[str] | None) -> Members:
+        """The member record after unpacking: a repair (``only``) updates the recorded members, a full unpack replaces them."""
         old = self.record(key)
-        merged = {**(old.members if old is not None and only is not None else {}), **members}
-        self._change(key, extracted=True, members=merged, damaged=(), unpacked_bytes=unpacked_bytes)
+        return {**(old.members if old is not None and only is not None else {}), **members}
 
     def archive_removed(self, key: str) -> None:
         self._change(key, stamp=None)
@@ -202,9 +205,7 @@ class StateStore:
         self._change(key, unpack=True, streaming=True, md5=md5, size=size, source=source, verified=False, extracted=False)
 
     def streamed(self, key: str, members: Members, only: frozenset[str] | None, *, md5_checked: bool, unpacked_bytes: int) -> None:
-        old = self.record(key)
-        merged = {**(old.members if old is not None and only is not None else {}), **members}
-        self._change(key, verified=True, extracted=True, streaming=False, members=merged, damaged=(), stamp=None, md5_checked=md5_checked,
+        self._change(key, verified=True, extracted=True, streaming=False, members=self._merged(key, members, only), damaged=(), stamp=None, md5_checked=md5_checked,
                      unpacked_bytes=unpacked_bytes)
 
     def linked(self, key: str, *, unpack: bool, source: str, members: Members, md5: str | None, size: int | None) -> None:

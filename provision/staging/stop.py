@@ -9,8 +9,6 @@ from collections.abc import Callable
 
 from .signals import Stopped
 
-__all__ = ["StopSignal", "Stopped"]
-
 
 class StopSignal(threading.Event):
     """A ``threading.Event`` that remembers why it was set, and by what (the first setter wins)."""

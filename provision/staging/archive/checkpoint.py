@@ -65,11 +65,16 @@ def discard_stream(checkpoint: Path, target: Path, archive: str) -> None:
     """Remove what a stream that will not be resumed wrote (the members its checkpoint names), and the checkpoint."""
     saved = read_json(checkpoint)
     names = saved.get("names", []) if isinstance(saved, dict) else []
-    for name in names if isinstance(names, list) else []:
-        dest = safe_dest(target, str(name), archive)
+    _remove_named([str(n) for n in names] if isinstance(names, list) else [], target, archive)
+    checkpoint.unlink(missing_ok=True)
+
+
+def _remove_named(names: list[str], target: Path, archive: str) -> None:
+    """Delete the members of ``archive`` with these names under ``target`` (names checked as any member's are)."""
+    for name in names:
+        dest = safe_dest(target, name, archive)
         if dest is not None:
             dest.unlink(missing_ok=True)
-    checkpoint.unlink(missing_ok=True)
 
 
 def resume_point(layout: Layout, saved: tuple[Checkpoint, list[str]] | None, target: Path) -> Checkpoint | None:
@@ -79,10 +84,7 @@ def resume_point(layout: Layout, saved: tuple[Checkpoint, list[str]] | None, tar
         return None
     checkpoint, names = saved
     if checkpoint.directory != directory_digest(layout):
-        for name in names:
-            dest = safe_dest(target, name, layout.archive)
-            if dest is not None:
-                dest.unlink(missing_ok=True)
+        _remove_named(names, target, layout.archive)
         return None
     if checkpoint.md5_state is None or not md5state.available() or checkpoint.index > len(layout.members):
         return None

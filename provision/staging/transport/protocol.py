@@ -8,9 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from ..signals import NoRangeSupport, NotTheFile, PermanentError, TransientError
-
-__all__ = ["BUFFER_BYTES", "NoRangeSupport", "NotTheFile", "PermanentError", "RemoteInfo", "Retrier", "Sink", "Transfer", "TransientError"]
+from ..signals import TransientError
 
 BUFFER_BYTES = 1 << 20  # 1 MiB reads and writes
 
