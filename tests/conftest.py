@@ -63,18 +63,35 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120)
 
 
 def stage_and_kill_half_way(profile: Path, server: FileServer, total: int) -> None:
-    """Run `provision stage` in a child process and SIGKILL it once the server has sent half of ``total``."""
+    """Run `provision stage` in a child process and SIGKILL it once the server has sent half of ``total``.
+
+    The server holds every body at that point and the kill waits until the child has read all that was sent (nothing
+    left in socket buffers), so the server's count is what the child received: whatever a later run fetches again
+    was lost by the child, not by a busy machine's scheduling.
+    """
     import signal
 
     env = {**os.environ, "PYTHONPATH": str(REPO)}
+    server.released.clear()
+    server.faults.hold_after = total // 2
     proc = subprocess.Popen([sys.executable, "-m", "provision", "stage", "-c", str(profile)], env=env, cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    while server.stats.bytes_sent < total // 2 and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.02)
-    assert proc.poll() is None, "the run ended before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    try:
+        deadline = time.monotonic() + 60
+        while server.stats.bytes_sent < total // 2 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.02)
+        drained = time.monotonic() + 10
+        while server.unread_bytes() and time.monotonic() < drained and proc.poll() is None:
+            time.sleep(0.02)
+        time.sleep(0.3)  # what it read, written
+        assert proc.poll() is None, "the run ended before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        server.release()
 
 
 def stage_in_child(profile: Path) -> subprocess.CompletedProcess[str]:

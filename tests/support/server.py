@@ -40,6 +40,7 @@ class Faults:
     max_conns: int | None = None    # more file requests than this at once: 403 with the block page (Zenodo)
     rate_limit: int | None = None   # requests per window; every answer carries X-RateLimit-*, over it 429 + Retry-After
     rate_window_s: float = 60.0
+    hold_after: int | None = None   # once this many body bytes went out, every body waits until ``release()``
 
 
 BLOCK_PAGE = (b"<!DOCTYPE html><html><head><title>Access blocked</title></head><body><h1>Access denied</h1>"
@@ -82,6 +83,7 @@ class FileServer:
         self._rng = random.Random(self.faults.seed)
         self._corrupted: set[object] = set()
         self._window_start = time.time()
+        self.released = threading.Event()
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -111,6 +113,34 @@ class FileServer:
     def __exit__(self, *exc: object) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+    def release(self) -> None:
+        """Let bodies held by ``Faults.hold_after`` go on."""
+        self.faults.hold_after = None
+        self.released.set()
+
+    def unread_bytes(self) -> int:
+        """Bytes of this server's connections still in kernel buffers: sent but not yet acknowledged, or received by a
+        client but not yet read by it (``/proc/net/tcp``); 0 where that cannot be read."""
+        port = self.httpd.server_address[1]
+        try:
+            rows = Path("/proc/net/tcp").read_text().splitlines()[1:]
+        except OSError:
+            return 0
+        unread = 0
+        for row in rows:
+            fields = row.split()
+            local, remote, (tx, rx) = int(fields[1].split(":")[1], 16), int(fields[2].split(":")[1], 16), fields[4].split(":")
+            if local == port:
+                unread += int(tx, 16)
+            elif remote == port:
+                unread += int(rx, 16)
+        return unread
+
+    def _hold(self) -> None:
+        hold = self.faults.hold_after
+        if hold is not None and self.stats.bytes_sent >= hold:
+            self.released.wait(timeout=120)
 
     def _fault(self, rate: float) -> bool:
         with self.stats.lock:
@@ -213,7 +243,7 @@ class FileServer:
         if length > 1 and self._fault(self.faults.drop_rate):
             drop_at = self._rng.randrange(1, length)
         plain = (drop_at is None and not self.faults.rate_per_conn and key not in self.faults.corrupt_once and key not in self.faults.corrupt_at
-                 and key not in self.faults.corrupt_once_at and self.faults.trickle_s is None)
+                 and key not in self.faults.corrupt_once_at and self.faults.trickle_s is None and self.faults.hold_after is None)
         if plain:  # nothing to inject: hand the bytes to the kernel (a remote server's CPU is not the client's)
             return self._sendfile(h, key, file, start, length, status)
         corrupt = False
@@ -234,6 +264,7 @@ class FileServer:
                         time.sleep(self.faults.trickle_s)
                     if drop_at is not None:
                         n = min(n, drop_at - sent)
+                    self._hold()
                     chunk = fh.read(n)
                     if corrupt and sent == 0:
                         chunk = bytes([chunk[0] ^ 0xFF]) + chunk[1:]
@@ -262,6 +293,8 @@ class FileServer:
                         ahead = sent / rate - (time.monotonic() - t0)
                         if ahead > 0:
                             time.sleep(ahead)
+                        elif ahead < -0.05:  # a client that stalled gets no burst to catch up: a capped link has none
+                            t0 = time.monotonic() - sent / rate
         except (BrokenPipeError, ConnectionResetError):
             h.close_connection = True
         finally:
