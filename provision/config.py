@@ -273,6 +273,6 @@ def _check_sources(config: Config, origins: _Origins) -> None:
                 file=where,
                 key=f"data.sources[{i}]",
             )
-    for key in ("connections", "stream_ranges", "files_in_flight"):
+    for key in ("connections", "files_in_flight"):
         if getattr(config.data, key) < 1:
             raise ConfigError(f"data.{key} must be at least 1", hint=f"set data.{key} to 1 or more", key=f"data.{key}")

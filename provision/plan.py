@@ -38,7 +38,7 @@ from .sources import Source
 from .staging.state import FileStatus
 from .torch_wheels import INDEX_BASE, choose, gpus_from_smi
 from .ways import choose as choose_way
-from .ways import plan_ways
+from .ways import plan_ways, streams_at_once
 
 
 def make_plan(config: Config, manifest: Manifest, facts: Facts) -> Plan:
@@ -116,12 +116,12 @@ def plan_staging(config: Config, manifest: Manifest, facts: Facts) -> tuple[Data
     ways = plan_ways([disk_item(f) for f in data.files], disk_rules(config, stream=False, cache_bytes_per_subset=cache.bytes_per_subset),
                      config.data.mode, config.data.stream_ranges, path=config.data.root, probe=facts.data_fs.probe,
                      free_bytes=facts.data_fs.free_bytes, connections=connections, cores=facts.cores)
-    pinned = all(f.pinned for f in data.files if f.unpack) and any(f.unpack for f in data.files)
-    way, reason = choose_way(config.data.mode, ways, any(f.unpack for f in data.files), pinned)
+    way, reason = choose_way(config.data.mode, ways, any(f.unpack for f in data.files))
     fastest = min(w.seconds for w in ways) or 1.0
-    at_once = max(1, connections // way.stream_ranges) if way.mode == "stream" else max(1, way.files_in_flight)
+    at_once = streams_at_once(connections, way.stream_ranges) if way.mode == "stream" else max(1, way.files_in_flight)
+    read_ahead = 2 * connections * config.data.segment_mb * (1 << 20) if way.mode == "stream" and way.stream_ranges > 1 else 0
     data = replace(data, mode=way.mode, mode_reason=reason, files_in_flight=way.files_in_flight, stream_ranges=way.stream_ranges,
-                   files_at_once=at_once,
+                   files_at_once=at_once, stream_read_ahead_bytes=read_ahead,
                    ways=tuple(WayPlan(w.label, w.mode, w.files_in_flight, w.stream_ranges, w.disk.needed_bytes, w.fits,
                                       round(w.seconds / fastest, 2), w is way) for w in ways))
     return data, way.disk, cache, way.mode == "archive"

@@ -126,7 +126,8 @@ class DataPlan:
     mode_reason: str = ""
     stream_ranges: int = 1
     ways: tuple[WayPlan, ...] = ()  # every way the setting allows: its disk need and time relative to the fastest
-    files_at_once: int = 1  # files staged at once: archives in flight, or in stream mode the host's connections over the ranges
+    files_at_once: int = 1  # files staged at once: archives in flight, or archives streamed at once
+    stream_read_ahead_bytes: int = 0  # stream mode over several connections: the chunks fetched ahead, all archives together
     subsets_reason: str = ""  # data.subsets: fit -> which subsets were chosen, and why
 
 

@@ -76,6 +76,10 @@ def _data_lines(plan: Plan) -> list[str]:
     lines = [f"data         {data.dataset} ({data.manifest}), {data.connections} connections", f"  mode       {data.mode}: {data.mode_reason}"]
     if data.subsets_reason:
         lines.append(f"  subsets    {data.subsets_reason}")
+    if data.mode == "stream":
+        ahead = f", at most {data.stream_read_ahead_bytes / 1e6:.0f} MB read ahead in memory" if data.stream_read_ahead_bytes else ""
+        lines.append(f"  streams    {data.files_at_once} archive(s) at once, up to {data.stream_ranges} connection(s) each{ahead}; "
+                     "each archive inflated in order and its md5 checked")
     if len(data.ways) > 1:
         lines.append("  ways       the first that fits is used; time relative to the fastest, at nominal rates")
         for w in data.ways:

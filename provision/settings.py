@@ -150,7 +150,8 @@ class DataConfig:
     zenodo_url: str = "https://zenodo.org"
     allow_insecure: bool = False
     extract_workers: int = field(default=0, metadata={"parse": _positive(int)})
-    stream_ranges: int = field(default=1, metadata={"parse": _positive(int)})  # >1: parallel ranges per archive, no archive md5
+    # stream mode: connections one archive may use at once (its bytes still inflated in order); 0: every connection
+    stream_ranges: int = field(default=0, metadata={"parse": _positive(int)})
     gcs: GcsConfig = GcsConfig()
 
     def connections_to(self, host: str) -> int:

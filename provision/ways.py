@@ -2,11 +2,10 @@
 
 In order of preference (and, on a capped connection, of speed): archive mode with ``files_in_flight``
 archives on disk at once; archive mode with fewer in flight, down to one (the peak is then the unpacked
-data plus the largest archive, but unpacking no longer overlaps the next download); stream mode reading
-each archive as several member-aligned ranges at once (every connection busy; members CRC-checked, the
-whole-archive md5 only where members are pinned); stream mode with one range per archive (the md5 is
-checked, but only one connection per archive). ``data.mode: auto`` takes the first that fits; a mode the
-user set is used as set. Pure functions: the disk figures come from :mod:`provision.disk`.
+data plus the largest archive, but unpacking no longer overlaps the next download); stream mode, each
+archive's bytes fetched over several connections at once and inflated in order (its md5 checked as in
+archive mode; every connection busy even on the last archive). ``data.mode: auto`` takes the first that
+fits; a mode the user set is used as set. Pure functions: the disk figures come from :mod:`provision.disk`.
 """
 
 from __future__ import annotations
@@ -25,7 +24,7 @@ INFLATE_BYTES_S = 300e6
 class Way:
     mode: str             # archive | stream
     files_in_flight: int  # archives on disk at once (archive mode)
-    stream_ranges: int    # member-aligned ranges read at once per archive (stream mode)
+    stream_ranges: int    # connections one archive's stream may use at once (stream mode)
     disk: DiskPlan
     seconds: float        # estimated, at nominal rates: only the ratios between ways mean something
 
@@ -33,7 +32,7 @@ class Way:
     def label(self) -> str:
         if self.mode == "archive":
             return f"archive, {self.files_in_flight} in flight"
-        return f"stream, {self.stream_ranges} range{'s' if self.stream_ranges > 1 else ''} per archive"
+        return f"stream, {self.stream_ranges} connection{'s' if self.stream_ranges > 1 else ''} per archive"
 
     @property
     def fits(self) -> bool:
@@ -66,26 +65,29 @@ def estimate_s(mode: str, files_in_flight: int, ranges: int, load: Load) -> floa
             return download + unpack
         return max(download, unpack) + unpack / max(1, load.archives)
     streams = max(1, min(load.connections, load.archives * ranges))
-    return max(load.download_bytes / (CONNECTION_BYTES_S * streams), load.unpacked_bytes / (INFLATE_BYTES_S * min(load.cores, streams)))
+    inflaters = max(1, min(load.cores, load.archives, streams_at_once(load.connections, ranges)))
+    return max(load.download_bytes / (CONNECTION_BYTES_S * streams), load.unpacked_bytes / (INFLATE_BYTES_S * inflaters))
 
 
-def auto_ranges(load: Load) -> int:
-    """Ranges per archive that keep every connection busy when streaming: connections / archives at once."""
-    return max(1, load.connections // max(1, min(load.connections, load.archives)))
+def streams_at_once(connections: int, ranges: int) -> int:
+    """Archives streamed at once: enough to use every connection, and two at least (two inflating cores) when every
+    connection may serve one archive (the last archive then still gets them all)."""
+    return max(min(2, connections), connections // max(1, ranges))
+
+
+def stream_connections(setting: int, connections: int) -> int:
+    """Connections per archive in stream mode: data.stream_ranges, or (0, the default) every connection there is."""
+    return min(setting, connections) if setting > 0 else connections
 
 
 def candidates(setting: str, files_in_flight: int, stream_ranges: int, load: Load) -> list[tuple[str, int, int]]:
     """(mode, files in flight, ranges) in order of preference; only ``auto`` offers more than the setting."""
     if setting == "archive":
         return [("archive", files_in_flight, 1)]
+    ranges = stream_connections(stream_ranges, load.connections)
     if setting == "stream":
-        return [("stream", 1, stream_ranges)]
-    ways = [("archive", k, 1) for k in range(max(1, min(files_in_flight, max(1, load.archives))), 0, -1)]
-    ranges = auto_ranges(load)
-    ways.append(("stream", 1, ranges))
-    if ranges > 1:
-        ways.append(("stream", 1, 1))
-    return ways
+        return [("stream", 1, ranges)]
+    return [("archive", k, 1) for k in range(max(1, min(files_in_flight, max(1, load.archives))), 0, -1)] + [("stream", 1, ranges)]
 
 
 def plan_ways(items: Sequence[DiskItem], rules: DiskRules, setting: str, stream_ranges: int, *, path: str, probe: str, free_bytes: int,
@@ -100,11 +102,11 @@ def plan_ways(items: Sequence[DiskItem], rules: DiskRules, setting: str, stream_
     return ways
 
 
-def choose(setting: str, ways: Sequence[Way], has_archives: bool, pinned: bool) -> tuple[Way, str]:
+def choose(setting: str, ways: Sequence[Way], has_archives: bool) -> tuple[Way, str]:
     """The first way that fits (the only one, for a mode set by hand), and why, in one line."""
     first = ways[0]
     if setting != "auto":
-        return first, f"data.mode is {setting}" + _integrity(first, pinned)
+        return first, f"data.mode is {setting}"
     if not has_archives:
         return first, "no archives to unpack"
     fastest = min(w.seconds for w in ways)
@@ -114,14 +116,5 @@ def choose(setting: str, ways: Sequence[Way], has_archives: bool, pinned: bool) 
                 return way, f"{way.label}: archives and unpacked data fit ({gb(way.disk.needed_bytes)} needed, {gb(way.disk.free_bytes)} free)"
             slower = f", about {way.seconds / fastest:.1f}x the time of {first.label}" if way.seconds > fastest * 1.05 else ""
             return way, (f"{way.label}: {first.label} would need {gb(first.disk.needed_bytes)} but {gb(first.disk.free_bytes)} is free; "
-                         f"this needs {gb(way.disk.needed_bytes)}{slower}" + _integrity(way, pinned))
+                         f"this needs {gb(way.disk.needed_bytes)}{slower}")
     return first, "no way fits"
-
-
-def _integrity(way: Way, pinned: bool) -> str:
-    if way.mode != "stream" or way.stream_ranges <= 1:
-        return ""
-    if pinned:
-        return "; every member checked against the data set's pinned sizes and CRC-32s"
-    return ("; every member is CRC-checked against the archive's own directory, but the archive's md5 is not checked "
-            "(pin the members with `provision pin` to check them against the data set)")

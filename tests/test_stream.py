@@ -49,8 +49,8 @@ def test_stream_stages_what_archive_mode_cannot_fit(tmp_path: Path, serve, write
     plan = json.loads(capsys.readouterr().out)
     assert plan["data"]["mode"] == "stream" and "would need" in plan["data"]["mode_reason"]
     needs = {w["label"]: w["needed_bytes"] for w in plan["data"]["ways"]}
-    assert needs["archive, 1 in flight"] > plan["disk"][0]["free_bytes"] >= needs["stream, 2 ranges per archive"], needs
-    assert plan["data"]["stream_ranges"] == 2, "three archives on eight connections: two ranges each"
+    assert needs["archive, 1 in flight"] > plan["disk"][0]["free_bytes"] >= needs["stream, 8 connections per archive"], needs
+    assert plan["data"]["stream_ranges"] == 8 and plan["data"]["files_at_once"] == 2, "two archives at once, sharing eight connections"
 
     code, report = stage_json(auto, capsys)
     assert code == 0, report
@@ -115,7 +115,7 @@ def test_sigkill_costs_at_most_the_member_in_progress(tmp_path: Path, write_prof
     data = build_luna_like(tmp_path / "d", subsets=2, scans=4, raw_bytes=1_000_000, extra_plain=False)
     total = total_bytes(data)
     with FileServer(data.folder, Faults(rate_per_conn=700_000)) as srv:
-        profile = write_profile({"dataset": str(data.manifest), "sources": [srv.url + "/mirror/"], "mode": "stream"})
+        profile = write_profile({"dataset": str(data.manifest), "sources": [srv.url + "/mirror/"], "mode": "stream", "stream_ranges": 1})
         stage_and_kill_half_way(profile, srv, total)
         first = srv.stats.bytes_sent
         target = tmp_path / "root" / "part2" / "luna"
@@ -203,21 +203,42 @@ def test_stream_mode_from_a_local_directory(built: Built, write_profile, capsys,
     assert all((built.folder / key).exists() for key in built.files), "the source copy is never touched"
 
 
-def test_parallel_ranges_per_archive(tmp_path: Path, serve, write_profile, capsys) -> None:
+def test_an_archive_over_several_connections_is_inflated_in_order_and_md5_checked(tmp_path: Path, serve, write_profile, capsys) -> None:
     data = build_luna_like(tmp_path / "d", subsets=1, scans=6, raw_bytes=300_000, extra_plain=False)
-    srv = serve(Faults(drop_rate=0.1, seed=9), folder=data.folder)
+    srv = serve(Faults(drop_rate=0.1, seed=9, rate_per_conn=2_000_000), folder=data.folder)
     profile = write_profile({"dataset": str(data.manifest), "sources": [srv.url + "/mirror/"], "mode": "stream", "stream_ranges": 3})
     code, report = stage_json(profile, capsys)
     assert code == 0, report
     assert tree_md5s(tmp_path / "root" / "part2" / "luna") == expected_tree(data)
-    ranges = {r["range"] for r in srv.stats.requests if r["key"] == "subset0.zip" and r["status"] == 206}
-    starts = {int(r.split("=")[1].split("-")[0]) for r in ranges}
+    ranged = [r for r in srv.stats.requests if r["key"] == "subset0.zip" and r["status"] == 206]
+    starts = {int(r["range"].split("=")[1].split("-")[0]) for r in ranged}
     with zipfile.ZipFile(data.folder / "subset0.zip") as zf:
         header_offsets = {i.header_offset for i in zf.infolist()}
-    assert len(starts & header_offsets) >= 3, "three member-aligned ranges were read"
+    assert len(starts - header_offsets) >= 6, "chunks that start inside members: the archive's bytes, not its members, were split"
+    assert srv.stats.max_in_flight >= 2, "several connections at once"
+    assert srv.stats.faults > 0 and any("continuing at byte" in r for r in report["files"][0]["retries"]), "a dropped chunk continued alone"
     state = json.loads((tmp_path / "root" / ".provision" / "state.json").read_text())
-    assert state["files"]["subset0.zip"]["md5_checked"] is False, "no whole-archive md5 with parallel ranges; members are CRC-checked"
+    assert state["files"]["subset0.zip"]["md5_checked"] is True, "in order: the archive's md5 covers every byte"
     assert srv.stats.bytes_sent <= 1.25 * total_bytes(data)
+
+
+def test_a_killed_stream_over_several_connections_fetches_little_twice(tmp_path: Path, write_profile) -> None:
+    data = build_luna_like(tmp_path / "d", subsets=2, scans=16, raw_bytes=400_000, extra_plain=False)
+    total = total_bytes(data)
+    with FileServer(data.folder, Faults(rate_per_conn=400_000)) as srv:
+        profile = write_profile({"dataset": str(data.manifest), "sources": [srv.url + "/mirror/"], "mode": "stream", "connections": 4})
+        stage_and_kill_half_way(profile, srv, total)
+        srv.faults.rate_per_conn = None
+        done = stage_in_child(profile)
+        assert done.returncode == 0, done.stderr
+        assert tree_md5s(tmp_path / "root" / "part2" / "luna") == expected_tree(data)
+        state = json.loads((tmp_path / "root" / ".provision" / "state.json").read_text())
+        assert all(f["md5_checked"] for f in state["files"].values()), "resumed in order: the md5 still covers every byte"
+        in_progress = max(largest_member_compressed(data.folder / k) for k in data.files)
+        read_ahead = 2 * 4 * 64 * 1024  # two chunks a connection, of 64 KiB for archives this small
+        directory_reads = 2 * len(data.files) * 2 * 64 * 1024
+        assert srv.stats.bytes_sent <= total + len(data.files) * in_progress + read_ahead + directory_reads
+        assert srv.stats.bytes_sent <= 1.25 * total, (srv.stats.bytes_sent, total)
 
 
 def test_split_runs_balances_compressed_bytes() -> None:

@@ -1,5 +1,5 @@
 """Tight disks at full speed: the plan picks the fastest way that fits (fewer archives in flight, then stream
-mode with parallel ranges), explains it, and checks members against pinned ones where there is no md5."""
+mode over every connection, its bytes inflated in order and its md5 checked), and explains it."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import yaml
 
 from provision.cli import main
 from provision.disk import GB
-from provision.ways import Load, auto_ranges, candidates, estimate_s
+from provision.ways import Load, candidates, estimate_s, stream_connections, streams_at_once
 from tests.support.dataset import build_luna_like, tree_md5s
 from tests.support.server import Faults
 from tests.test_stage import expected_tree, stage_json, total_bytes
@@ -44,7 +44,7 @@ def test_a_disk_for_one_archive_in_flight_gets_archive_mode_with_one(tmp_path: P
     assert not ways["archive, 3 in flight"]["fits"] and not ways["archive, 2 in flight"]["fits"] and ways["archive, 1 in flight"]["fits"]
     assert plan["data"]["mode"] == "archive" and plan["data"]["files_in_flight"] == 1 and ways["archive, 1 in flight"]["chosen"]
     assert "archive, 1 in flight: archive, 3 in flight would need" in plan["data"]["mode_reason"]
-    assert ways["stream, 2 ranges per archive"]["fits"], "stream fits too, but archive mode checks whole-archive md5s and comes first"
+    assert ways["stream, 8 connections per archive"]["fits"], "stream fits too, but archive mode comes first"
     code, report = stage_json(profile, capsys)
     assert code == 0, report
     assert tree_md5s(disk / "root" / "part2" / "luna") == expected_tree(data)
@@ -53,7 +53,7 @@ def test_a_disk_for_one_archive_in_flight_gets_archive_mode_with_one(tmp_path: P
     assert "<- chosen" in capsys.readouterr().out
 
 
-def test_where_only_streaming_fits_the_ranges_use_every_connection(tmp_path: Path, serve, write_profile, small_tmpfs, capsys) -> None:
+def test_where_only_streaming_fits_every_connection_is_used_and_the_md5_checked(tmp_path: Path, serve, write_profile, small_tmpfs, capsys) -> None:
     data = build_luna_like(tmp_path / "d", subsets=2, scans=4, raw_bytes=600_000, extra_plain=False)
     pin_unpacked_sizes(data)
     unpacked = sum(i["unpacked_size"] for i in data.files.values())
@@ -61,13 +61,17 @@ def test_where_only_streaming_fits_the_ranges_use_every_connection(tmp_path: Pat
     srv = serve(Faults(rate_per_conn=3_000_000), folder=data.folder)
     profile = write_profile({"dataset": str(data.manifest), "sources": [srv.url + "/mirror/"], "root": str(disk / "root"), "connections": 8})
     plan = plan_json(capsys, profile)
-    assert plan["data"]["mode"] == "stream" and plan["data"]["stream_ranges"] == 4, "two archives on eight connections"
-    assert "archive's md5 is not checked" in plan["data"]["mode_reason"] and "provision pin" in plan["data"]["mode_reason"]
+    assert plan["data"]["mode"] == "stream" and plan["data"]["stream_ranges"] == 8, "every connection may serve one archive"
+    assert plan["data"]["files_at_once"] == 2 and plan["data"]["stream_read_ahead_bytes"] == 2 * 8 * 2**20, "two chunks (data.segment_mb: 1) a connection"
+    assert main(["plan", "-c", str(profile)]) == 0
+    text = capsys.readouterr().out
+    assert "up to 8 connection(s) each, at most 17 MB read ahead in memory" in text and "md5 checked" in text
     code, report = stage_json(profile, capsys)
     assert code == 0, report
     assert tree_md5s(disk / "root" / "part2" / "luna") == expected_tree(data)
     assert srv.stats.max_in_flight >= 6, "the ranges kept the connections busy"
-    assert {f["checked"] for f in report["files"]} == {"members against the archive's own directory (archive md5 not checked)"}
+    assert {f["checked"] for f in report["files"]} == {"md5"}, "in order over several connections: the archive's md5 is checked"
+    assert srv.stats.bytes_sent <= total_bytes(data) + 2 * 2 * 64 * 1024, "each byte once, plus the directories"
 
 
 def test_with_pinned_members_a_source_serving_another_archive_is_refused(tmp_path: Path, serve, write_profile, small_tmpfs, capsys) -> None:
@@ -95,7 +99,7 @@ def test_with_pinned_members_a_source_serving_another_archive_is_refused(tmp_pat
     assert by_key["subset0.zip"]["source"] == good.url + "/mirror/subset0.zip"
     assert any("serves a different archive than the data set's subset0.zip" in r and "CRC" in r for r in by_key["subset0.zip"]["retries"])
     assert by_key["subset1.zip"]["source"] == impostor.url + "/mirror/subset1.zip", "the same archive is welcome from anywhere"
-    assert by_key["subset1.zip"]["checked"] == "members against the data set's pins"
+    assert by_key["subset1.zip"]["checked"] == "md5"
     assert tree_md5s(tmp_path / "root" / "part2" / "luna") == expected_tree(data)
 
 
@@ -115,10 +119,11 @@ def test_an_explicit_stream_with_one_range_is_honoured(tmp_path: Path, serve, wr
 
 def test_the_ways_and_their_estimates() -> None:
     load = Load(archives=2, download_bytes=13 * GB, unpacked_bytes=24 * GB, connections=8, cores=2)
-    assert auto_ranges(load) == 4
-    assert candidates("auto", 3, 1, load) == [("archive", 2, 1), ("archive", 1, 1), ("stream", 1, 4), ("stream", 1, 1)]
-    assert candidates("archive", 3, 1, load) == [("archive", 3, 1)] and candidates("stream", 3, 1, load) == [("stream", 1, 1)]
+    assert stream_connections(0, 8) == 8 and stream_connections(3, 8) == 3 and stream_connections(16, 4) == 4
+    assert streams_at_once(8, 8) == 2 and streams_at_once(8, 1) == 8 and streams_at_once(8, 3) == 2 and streams_at_once(1, 1) == 1
+    assert candidates("auto", 3, 0, load) == [("archive", 2, 1), ("archive", 1, 1), ("stream", 1, 8)]
+    assert candidates("archive", 3, 0, load) == [("archive", 3, 1)] and candidates("stream", 3, 1, load) == [("stream", 1, 1)]
     full = estimate_s("archive", 2, 1, load)
     assert estimate_s("archive", 1, 1, load) > full, "one archive in flight: unpacking no longer overlaps the download"
-    assert estimate_s("stream", 1, 4, load) <= 1.3 * full, "ranges on every connection: close to archive mode"
+    assert estimate_s("stream", 1, 8, load) <= 1.3 * full, "every connection on the archives: close to archive mode"
     assert estimate_s("stream", 1, 1, load) >= 3 * full, "one connection per archive, two archives: a quarter of the connections"

@@ -15,6 +15,7 @@ from ..planvalues import DataPlan
 from .signals import Stopped, TransientError
 from .state import partial_dir
 from .stop import StopSignal
+from .transport.ordered import ReadAhead
 from .transport.protocol import Retrier
 from .transport.throttle import Throttle
 from .transport.zenodo import ZenodoRecords
@@ -35,7 +36,7 @@ class FileResult:
     members: int = 0
     error: str | None = None
     hint: str | None = None
-    checked: str = "md5"  # what vouches for the bytes: the archive's md5, or (parallel ranges) its members' CRCs against ...
+    checked: str = "md5"  # what vouches for the bytes: the archive's md5, or (an unpacked copy) its members against the pins
 
 
 class StageContext:
@@ -49,6 +50,9 @@ class StageContext:
         self.stop = StopSignal()
         self.throttle = Throttle(data.connections_to, stop=self.stop)
         self.zenodo = ZenodoRecords(data.zenodo_url, data.timeout_s, self.throttle)
+        chunk = data.segment_mb << 20
+        # stream mode over several connections: the chunks fetched ahead of the inflating readers, every archive's together
+        self.read_ahead = ReadAhead(chunk, plan.stream_read_ahead_bytes // chunk) if plan.stream_read_ahead_bytes >= chunk else None
         self._emit = emit or (lambda event, **info: None)
         self._emit_lock = threading.Lock()
 

@@ -85,7 +85,7 @@ def stream_file(ctx: StageContext, f: FilePlan, only: frozenset[str] | None, sta
 
         hooks = StreamHooks(ctx.retrier, ctx.sleep, lambda n: ctx.count(result, f.key, n), result.retries.append, ctx.stop, ctx.free_bytes,
                             on_start=starting, on_member=lambda m: ctx.emit("unpacked", key=f.key, n=m.size))
-        return stream_archive(transfer, layout, hooks, only=only, expected_md5=md5, parallel=ctx.plan.stream_ranges,
+        return stream_archive(transfer, layout, hooks, only=only, expected_md5=md5, parallel=ctx.plan.stream_ranges, budget=ctx.read_ahead,
                               checkpoints=CheckpointFile(ctx.partial / f"{f.key}.stream.json", size, md5), target=ctx.target)
 
     try:
@@ -99,8 +99,6 @@ def stream_file(ctx: StageContext, f: FilePlan, only: frozenset[str] | None, sta
         raise
     state.streamed(f.key, member_sizes(outcome.members), only, md5_checked=outcome.md5 is not None,
                    unpacked_bytes=sum(m.size for m in outcome.members))
-    if outcome.md5 is None and only is None:
-        result.checked = "members against the data set's pins" if f.pinned else "members against the archive's own directory (archive md5 not checked)"
     result.source = source
     result.members = outcome.written
     result.outcome = "repaired" if only is not None else "staged"

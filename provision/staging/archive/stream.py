@@ -25,6 +25,7 @@ from ...errors import ExtractError, OutOfSpaceError
 from ...manifest import PinnedMember
 from ..signals import CannotStream, PermanentError, Stopped, StreamCorrupt, TransientError
 from ..transport.opening import BLOCK_BYTES, RangeReader
+from ..transport.ordered import OrderedHooks, ReadAhead, read_ordered
 from ..transport.protocol import BUFFER_BYTES, Retrier, Transfer
 from . import md5state
 from .checkpoint import Checkpoint, CheckpointFile, directory_digest, resume_point
@@ -200,18 +201,19 @@ class StreamHooks:
 
 
 def stream_archive(transfer: Transfer, layout: Layout, run: StreamHooks, *, only: frozenset[str] | None, expected_md5: str | None,
-                   parallel: int = 1, checkpoints: CheckpointFile | None = None, target: Path | None = None) -> StreamOutcome:
+                   parallel: int = 1, budget: ReadAhead | None = None, checkpoints: CheckpointFile | None = None,
+                   target: Path | None = None) -> StreamOutcome:
     """Fetch and unpack the members still missing; verify the archive md5 when it is read whole.
 
-    One range (``parallel`` 1, not a repair): the archive is read from its first byte, or from the checkpoint a killed
-    run saved (its md5 state restored), so the md5 always covers every byte and vouches for every member, resumed or
-    not; a mismatch removes every member of the archive. With ``parallel`` > 1 the archive is read as that many
-    member-aligned ranges at once (faster under a per-connection cap); each member is still CRC-checked, but no
-    whole-archive md5 exists.
+    A whole stream (not a repair) is read from its first byte, or from the checkpoint a killed run saved (its md5 state
+    restored), so the md5 always covers every byte and vouches for every member, resumed or not; a mismatch removes
+    every member of the archive. With ``parallel`` > 1 and a read-ahead ``budget`` its bytes come over that many
+    connections at once, handed to the one inflating reader in order. A repair reads the members it rewrites as up to
+    ``parallel`` member-aligned ranges at once, each member CRC-checked (no archive md5 exists for a part).
     """
     members = [sm.member for sm in layout.members]
-    whole = parallel <= 1 and only is None
-    resume, runs = _runs(layout, only, whole, checkpoints.load() if checkpoints is not None and only is None else None, target or Path("."))
+    whole = only is None
+    resume, runs = _runs(layout, only, whole, checkpoints.load() if checkpoints is not None and whole else None, target or Path("."))
     if not whole and not runs:
         return StreamOutcome(members, 0, None)
     to_write = sum(layout.members[i].member.size for first, last in runs for i in range(first, last))
@@ -220,12 +222,12 @@ def stream_archive(transfer: Transfer, layout: Layout, run: StreamHooks, *, only
     md5: Any = None
     if whole:
         md5 = md5state.ResumableMd5(resume.md5_state if resume else None) if md5state.available() else hashlib.md5()
-    saver = _Checkpointing(checkpoints, layout, md5) if checkpoints is not None and only is None else None
+    saver = _Checkpointing(checkpoints, layout, md5) if checkpoints is not None and whole else None
 
     def member_written(member: Member) -> None:
         if run.on_member is not None:
             run.on_member(member)
-        if whole and saver is not None:
+        if saver is not None:
             saver.after(parsers[0])
 
     parsers = [StreamUnpacker(layout, first, last, md5, member_written) for first, last in split_runs(layout, runs, 1 if whole else parallel)]
@@ -235,13 +237,16 @@ def stream_archive(transfer: Transfer, layout: Layout, run: StreamHooks, *, only
         saver.start(resume, parsers[0].pos)
     if run.on_start is not None:
         run.on_start(sum(last - first for first, last in runs), to_write, sum(p.end - p.pos for p in parsers))
-    errors = _pump_all(parsers, lambda parser: _pump(transfer, parser, run.retrier(), run.sleep, run.on_bytes, run.note_retry, run.stop),
-                       at_once=1 if whole else parallel)
+    if whole and parallel > 1 and budget is not None:
+        errors = _pump_all(parsers, lambda parser: _pump_ordered(transfer, parser, parallel, budget, run), at_once=1)
+    else:
+        errors = _pump_all(parsers, lambda parser: _pump(transfer, parser, run.retrier(), run.sleep, run.on_bytes, run.note_retry, run.stop),
+                           at_once=1 if whole else parallel)
     written = [m for p in parsers for m in p.written]
     if errors:
         corrupt = next((e for e in errors if isinstance(e, StreamCorrupt)), None)
         if corrupt is not None and not whole:
-            _remove(written)  # nothing from a damaged stream survives (a whole stream keeps CRC-good members: its md5 judges them)
+            _remove(written)  # nothing from a damaged repair survives (a whole stream keeps CRC-good members: its md5 judges them)
         raise corrupt or errors[0]
     digest = md5.hexdigest() if md5 is not None else None
     if checkpoints is not None:
@@ -330,6 +335,16 @@ def _pump(transfer: Transfer, parser: StreamUnpacker, retrier: Retrier, sleep: C
             delay = retrier.after(exc, progressed=parser.pos > before)
             note_retry(f"{transfer.label} bytes {parser.pos}-{parser.end - 1}: {exc.reason} (continuing at byte {parser.pos})")
             sleep(delay)
+
+
+def _pump_ordered(transfer: Transfer, parser: StreamUnpacker, ranges: int, budget: ReadAhead, run: StreamHooks) -> None:
+    """Feed the parser from ``parser.pos`` to ``parser.end`` over up to ``ranges`` connections, in order."""
+
+    def sink(chunk: bytes) -> None:
+        parser.feed(chunk)
+        run.on_bytes(len(chunk))
+
+    read_ordered(transfer, parser.pos, parser.end, sink, ranges=ranges, budget=budget, hooks=OrderedHooks(run.retrier, run.note_retry, run.stop))
 
 
 def _remove(members: list[Member]) -> None:

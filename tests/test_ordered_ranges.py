@@ -1,0 +1,156 @@
+"""transport/ordered.py: one range over several connections, handed on in order, in bounded memory."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable
+
+import pytest
+
+from provision.staging.signals import PermanentError, StreamCorrupt, TransientError
+from provision.staging.transport.ordered import OrderedHooks, ReadAhead, chunk_for, read_ordered
+from provision.staging.transport.protocol import RemoteInfo, Retrier, Sink
+
+
+class FakeTransfer:
+    """Serves ``data`` with random delays (chunks finish out of order); ``faults`` maps a request number to what goes
+    wrong in it: "short" (half the bytes, then a dropped connection) or "permanent"."""
+
+    label = "fake"
+
+    def __init__(self, data: bytes, faults: dict[int, str] | None = None, seed: int = 5) -> None:
+        self.data = data
+        self.faults = faults or {}
+        self.rng = random.Random(seed)
+        self.lock = threading.Lock()
+        self.requests: list[tuple[int, int]] = []
+        self.in_flight = 0
+        self.max_in_flight = 0
+
+    def info(self) -> RemoteInfo:
+        return RemoteInfo(len(self.data), True)
+
+    def read_range(self, start: int, end: int, sink: Sink, on_open: Callable[[bool], None] | None = None, whole_size: int | None = None) -> None:
+        with self.lock:
+            n = len(self.requests)
+            self.requests.append((start, end))
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            delay = self.rng.random() * 0.01
+        try:
+            time.sleep(delay)
+            fault = self.faults.get(n)
+            if fault == "permanent":
+                raise PermanentError("gone")
+            if fault == "short":
+                sink(self.data[start : start + (end - start) // 2])
+                raise TransientError("dropped")
+            for at in range(start, end, 1000):
+                sink(self.data[at : min(at + 1000, end)])
+        finally:
+            with self.lock:
+                self.in_flight -= 1
+
+    def read_all(self, sink: Sink, size: int | None = None) -> None:
+        sink(self.data)
+
+
+def hooks(notes: list[str] | None = None, stop: threading.Event | None = None) -> OrderedHooks:
+    return OrderedHooks(lambda: Retrier(3, 0.0, 60.0), (notes if notes is not None else []).append, stop or threading.Event())
+
+
+def test_bytes_arrive_in_order_over_several_connections_in_bounded_memory() -> None:
+    data = random.Random(1).randbytes(3_000_000)
+    transfer = FakeTransfer(data)
+    budget = ReadAhead(64 * 1024, 6)
+    got = bytearray()
+    held: list[int] = []
+
+    def sink(chunk: bytes) -> None:
+        got.extend(chunk)
+        held.append(6 - budget.slots._value)  # type: ignore[attr-defined] # slots taken: chunks in memory
+
+    read_ordered(transfer, 1000, len(data), sink, ranges=4, budget=budget, hooks=hooks())
+    assert bytes(got) == data[1000:], "every byte once, in order"
+    assert transfer.max_in_flight >= 2, "several connections at once"
+    assert max(held) <= 6, "never more chunks in memory than the budget"
+    assert budget.slots._value == 6, "every slot given back"  # type: ignore[attr-defined]
+    assert len(transfer.requests) == len(range(1000, len(data), 64 * 1024)), "one request a chunk"
+
+
+def test_a_short_chunk_is_retried_alone_at_the_exact_byte() -> None:
+    data = random.Random(2).randbytes(1_000_000)
+    transfer = FakeTransfer(data, faults={3: "short"})
+    notes: list[str] = []
+    got = bytearray()
+    read_ordered(transfer, 0, len(data), got.extend, ranges=3, budget=ReadAhead(64 * 1024, 6), hooks=hooks(notes))
+    assert bytes(got) == data
+    broken = transfer.requests[3]
+    resumed = [r for r in transfer.requests[4:] if r[1] == broken[1]]
+    assert resumed == [(broken[0] + (broken[1] - broken[0]) // 2, broken[1])], "the rest of that chunk only, from the byte it stopped at"
+    assert len(notes) == 1 and "continuing at byte" in notes[0]
+
+
+def test_an_error_ends_the_read_and_gives_every_slot_back() -> None:
+    data = random.Random(3).randbytes(2_000_000)
+    budget = ReadAhead(64 * 1024, 8)
+    got = bytearray()
+    with pytest.raises(PermanentError):
+        read_ordered(FakeTransfer(data, faults={5: "permanent"}), 0, len(data), got.extend, ranges=4, budget=budget, hooks=hooks())
+    assert len(got) < len(data) and data.startswith(bytes(got)), "what was handed on is a prefix: nothing out of order"
+    assert budget.slots._value == 8  # type: ignore[attr-defined]
+    assert not [t for t in threading.enumerate() if t.name.startswith("chunk-")], "no worker left behind"
+
+
+def test_damage_found_by_the_reader_stops_the_workers() -> None:
+    data = random.Random(4).randbytes(2_000_000)
+    transfer = FakeTransfer(data)
+    budget = ReadAhead(64 * 1024, 8)
+    fed = 0
+
+    def sink(chunk: bytes) -> None:
+        nonlocal fed
+        fed += 1
+        if fed == 3:
+            raise StreamCorrupt("member x: bad CRC")
+
+    with pytest.raises(StreamCorrupt):
+        read_ordered(transfer, 0, len(data), sink, ranges=4, budget=budget, hooks=hooks())
+    assert len(transfer.requests) <= 3 + 8, "no chunk fetched beyond the read-ahead after the damage"
+    assert budget.slots._value == 8  # type: ignore[attr-defined]
+
+
+def test_a_stop_ends_a_read_whose_workers_wait() -> None:
+    data = random.Random(5).randbytes(500_000)
+    stop = threading.Event()
+    started = time.monotonic()
+
+    def sink(chunk: bytes) -> None:
+        stop.set()
+
+    with pytest.raises(Exception, match="stopping"):
+        read_ordered(FakeTransfer(data), 0, len(data), sink, ranges=2, budget=ReadAhead(64 * 1024, 2), hooks=hooks(stop=stop))
+    assert time.monotonic() - started < 5
+
+
+def test_two_reads_share_one_budget_without_deadlock() -> None:
+    data = random.Random(6).randbytes(1_500_000)
+    budget = ReadAhead(64 * 1024, 3)
+    outs = [bytearray(), bytearray()]
+    threads = [threading.Thread(target=read_ordered, args=(FakeTransfer(data, seed=i), 0, len(data), outs[i].extend),
+                                kwargs={"ranges": 4, "budget": budget, "hooks": hooks()}) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not any(t.is_alive() for t in threads), "both finished"
+    assert outs[0] == data and outs[1] == data
+
+
+def test_chunks_scale_down_for_short_ranges() -> None:
+    budget = ReadAhead(4 << 20, 16)
+    assert chunk_for(budget, 7 << 30, 8) == 4 << 20, "a LUNA16 archive: the full chunk"
+    assert chunk_for(budget, 2 << 20, 8) == 64 * 1024, "a small archive: 64 KiB chunks, so every connection gets some"
+    assert budget.memory_bytes == 64 << 20
