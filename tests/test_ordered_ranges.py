@@ -77,7 +77,8 @@ def test_bytes_arrive_in_order_over_several_connections_in_bounded_memory() -> N
     assert transfer.max_in_flight >= 2, "several connections at once"
     assert max(held) <= 6, "never more chunks in memory than the budget"
     assert budget.slots._value == 6, "every slot given back"  # type: ignore[attr-defined]
-    assert len(transfer.requests) == len(range(1000, len(data), 64 * 1024)), "one request a chunk"
+    chunk = chunk_for(budget, len(data) - 1000, 4)
+    assert 16 * 1024 <= chunk <= 64 * 1024 and len(transfer.requests) == len(range(1000, len(data), chunk)), "one request a chunk"
 
 
 def test_a_short_chunk_is_retried_alone_at_the_exact_byte() -> None:
@@ -152,5 +153,6 @@ def test_two_reads_share_one_budget_without_deadlock() -> None:
 def test_chunks_scale_down_for_short_ranges() -> None:
     budget = ReadAhead(4 << 20, 16)
     assert chunk_for(budget, 7 << 30, 8) == 4 << 20, "a LUNA16 archive: the full chunk"
-    assert chunk_for(budget, 2 << 20, 8) == 64 * 1024, "a small archive: 64 KiB chunks, so every connection gets some"
+    assert chunk_for(budget, 2 << 20, 8) == 16 * 1024, "a small archive: small chunks, so every connection gets some"
+    assert chunk_for(budget, 100_000, 8) == 16 * 1024, "never under 16 KiB"
     assert budget.memory_bytes == 64 << 20

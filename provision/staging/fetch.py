@@ -54,8 +54,13 @@ def download(ctx: StageContext, f: FilePlan, loc: FileLocation, final: Path, siz
     transfer, size, md5, ranges = open_source(ctx, f, loc, size, md5, result)
     if size is None or not ranges:
         return download_whole(ctx, f, transfer, part, progress_path, final, size, md5, result)
+    durable = ctx.plan.keep_archives or not f.unpack
+
+    def finish(part: Path, final: Path, size: int | None, md5: str | None, digest: str, label: str) -> str:
+        return verify_and_rename(part, final, size, md5, digest, label, durable=durable)
+
     job = SegmentContext(segment_min_bytes=ctx.cfg.segment_mb << 20, connections=ctx.plan.connections, retrier=ctx.retrier,
-                         stop=ctx.stop, emit=ctx.emit, finish=verify_and_rename)
+                         stop=ctx.stop, emit=ctx.emit, finish=finish)
     try:
         return SegmentedDownload(job, f, transfer, part, progress_path, final, size, md5, result, conns).run()
     except NoRangeSupport:
@@ -97,7 +102,7 @@ def download_whole(ctx: StageContext, f: FilePlan, transfer: Transfer, part: Pat
     """For sources without ranges: one stream from byte 0, hashed as it arrives; a retry starts over."""
     progress_path.unlink(missing_ok=True)
     digest = ctx.with_retries(lambda: _stream_once(ctx, f, transfer, part, size, result), f"{transfer.label} (whole file, from its start)", result)
-    return verify_and_rename(part, final, size, md5, digest, transfer.label)
+    return verify_and_rename(part, final, size, md5, digest, transfer.label, durable=ctx.plan.keep_archives or not f.unpack)
 
 
 def _stream_once(ctx: StageContext, f: FilePlan, transfer: Transfer, part: Path, size: int | None, result: FileResult) -> str:
@@ -122,15 +127,18 @@ def _stream_once(ctx: StageContext, f: FilePlan, transfer: Transfer, part: Path,
     return hasher.hexdigest()
 
 
-def verify_and_rename(part: Path, final: Path, size: int | None, md5: str | None, got_md5: str, label: str) -> str:
-    """The file takes its final name only when its size and md5 are the data set's."""
+def verify_and_rename(part: Path, final: Path, size: int | None, md5: str | None, got_md5: str, label: str, *, durable: bool = True) -> str:
+    """The file takes its final name only when its size and md5 are the data set's; on disk first (fsync) when it is
+    kept. An archive that is unpacked and deleted a moment later is not forced to disk: its md5 was computed as its
+    bytes arrived, each member's CRC is checked as it is unpacked, and one that a power cut damaged is fetched again."""
     got_size = os.stat(part).st_size
     if (size is not None and got_size != size) or (md5 and got_md5 != md5):
         part.unlink(missing_ok=True)
         (part.parent / (part.name[: -len(".part")] + ".progress.json")).unlink(missing_ok=True)
         raise ChecksumMismatch(f"md5 mismatch from {label}: got {got_md5} ({got_size} bytes), expected {md5} ({size} bytes)")
-    with open(part, "rb+") as fh:
-        os.fsync(fh.fileno())
+    if durable:
+        with open(part, "rb+") as fh:
+            os.fsync(fh.fileno())
     os.replace(part, final)
     return got_md5
 

@@ -167,6 +167,7 @@ class MemberWriter:
                 raise StreamCorrupt(f"member {self.member.name}: its compressed data is damaged ({type(exc).__name__}: {exc})") from None
             self._emit(tail)
         try:
+            os.fsync(self.out.fileno())  # the member is on disk before it takes its final name (and a checkpoint names it)
             self.out.close()
         except OSError as exc:
             self.discard()

@@ -21,7 +21,7 @@ from ..signals import Stopped, TransientError
 from .protocol import Retrier, Sink, Transfer
 
 WAIT_S = 0.1  # how often a waiting thread looks at the stop signal
-SMALLEST_CHUNK = 64 * 1024
+SMALLEST_CHUNK = 16 * 1024  # only for ranges under 2 MB a connection; a LUNA16 archive gets data.segment_mb chunks
 
 
 @dataclass
@@ -49,7 +49,7 @@ class OrderedHooks:
 
 
 def chunk_for(budget: ReadAhead, length: int, ranges: int) -> int:
-    """The budget's chunk, smaller for a short range so that its connections all get a share (64 KiB at least)."""
+    """The budget's chunk, smaller for a short range so that its connections all get a share (16 KiB at least)."""
     return max(1, min(budget.chunk_bytes, max(SMALLEST_CHUNK, length // (16 * max(1, ranges)))))
 
 
