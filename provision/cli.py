@@ -225,8 +225,8 @@ def cmd_up(ctx: Ctx) -> Outcome:
     if ctx.args.dry_run:
         return _plan_outcome(_plan_of(ctx))
     selected = [s for s in STEPS if (not ctx.args.only or s in ctx.args.only) and s not in ctx.args.skip]
-    summary, error = steps.up(ctx.config, _plan_of(ctx), ctx.env, ctx.environ, selected)
-    return Outcome(summary, report.up_text(summary), summary["exit_code"], error)
+    result = steps.up(ctx.config, _plan_of(ctx), ctx.env, ctx.environ, selected)
+    return Outcome(result.to_dict(), report.up_text(result), result.exit_code, result.error)
 
 
 def cmd_install(ctx: Ctx) -> Outcome:
@@ -286,7 +286,7 @@ def cmd_cache(ctx: Ctx) -> Outcome:
 
 def cmd_pin(ctx: Ctx) -> Outcome:
     pinned = steps.pin(ctx.config, dry_run=ctx.args.dry_run)
-    return Outcome(pinned, report.pin_text(pinned))
+    return Outcome(pinned.to_dict(), report.pin_text(pinned))
 
 
 def cmd_vm(ctx: Ctx) -> Outcome:

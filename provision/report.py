@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from .bookreport import book_plan_text, cache_plan_lines
 from .disk import gb
 from .planvalues import FilePlan, Plan
-from .results import StatusResult, VerifyResult
+from .results import PinResult, StatusResult, UpResult, VerifyResult
 
 if TYPE_CHECKING:  # annotations only: rendering a value never needs the code that made it
     from .cacheplan import CachePlan
@@ -250,53 +250,53 @@ def source_lines(sources: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def up_text(summary: dict[str, Any]) -> str:
+def up_text(result: UpResult) -> str:
     lines = []
-    for step, info in summary["steps"].items():
-        if step == "data":
-            lines.append(stage_text_from_dict(info))
-        elif step == "book":
-            lines.append(f"book       ok: {info['dir']} at {(info['commit'] or '?')[:10]}, {len(info['changed_files'])} file(s) fixed now")
-        elif step == "cuda":
-            lines.append(f"cuda       {cuda_line(info)}")
-        elif step == "cache":
-            lines += [f"cache      ch{c['chapter']}: {c['complete_before'] + c['built']} of {c['series']} series, {c['entries']:,} entries built now"
-                      + "".join(f"; FAILED {f['subset']}/{f['series']}: {f['error']}" for f in c["failed"]) for c in info["chapters"]]
+    for step in result.steps:
+        if step == "data" and result.data is not None:
+            lines.append(_data_summary(result.data))
+        elif step == "book" and result.book is not None:
+            lines.append(f"book       ok: {result.book.dir} at {(result.book.commit or '?')[:10]}, {len(result.book.changed_files)} file(s) fixed now")
+        elif step == "cuda" and result.gpu is not None:
+            lines.append(f"cuda       {cuda_line(result.gpu)}")
+        elif step == "cache" and result.cache is not None:
+            lines += [f"cache      ch{c.chapter}: {c.complete_before + c.built} of {c.series} series, {c.entries:,} entries built now"
+                      + "".join(f"; FAILED {f['subset']}/{f['series']}: {f['error']}" for f in c.failed) for c in result.cache.chapters]
         else:
-            lines.append(f"{step:<10} {'ok' if info.get('ok') else 'FAILED'}")
+            lines.append(f"{step:<10} ok")
     return "\n".join(lines)
 
 
-def cuda_line(info: dict[str, Any]) -> str:
+def cuda_line(report: GpuReport) -> str:
     """What the GPU check found, in one line: the devices and the matrix product, or that there is no GPU and why that is fine."""
-    if not info.get("ok"):
+    if not report.ok:
         return "FAILED"
-    devices = info.get("devices") or []
+    devices = report.probe.get("devices") or []
     if not devices:
         return "no GPU; not required by this profile (the book's code runs on the CPU, slowly)"
     names = ", ".join(f"{d['name']} ({d['total_memory_bytes'] / 1e9:.0f} GB)" for d in devices)
-    smoke = info.get("smoke") or {}
+    smoke = report.probe.get("smoke") or {}
     checked = "; a matrix product on it matches the CPU" if smoke.get("matches_cpu") else ""
-    return f"ok: torch {info.get('torch')} sees {names}{checked}"
+    return f"ok: torch {report.probe.get('torch')} sees {names}{checked}"
 
 
-def stage_text_from_dict(info: dict[str, Any]) -> str:
-    done = sum(1 for f in info["files"] if f["outcome"] in ("already staged", "staged", "linked", "repaired"))
-    lines = [f"data       {'ok' if info['ok'] else 'FAILED'}: {done} of {len(info['files'])} files staged in {info['target_dir']}"]
-    for f in info["files"]:
-        if f.get("error"):
-            lines.append(f"  {f['key']}: {f['error']}")
-            if f.get("hint"):
-                lines.append(f"  hint: {f['hint']}")
+def _data_summary(result: StageResult) -> str:
+    done = sum(1 for f in result.files if f.outcome in ("already staged", "staged", "linked", "repaired"))
+    lines = [f"data       {'ok' if result.ok else 'FAILED'}: {done} of {len(result.files)} files staged in {result.target_dir}"]
+    for f in result.files:
+        if f.error:
+            lines.append(f"  {f.key}: {f.error}")
+            if f.hint:
+                lines.append(f"  hint: {f.hint}")
     return "\n".join(lines)
 
 
-def pin_text(result: dict[str, Any]) -> str:
-    lines = [f"{key:<24} {info['members']} members, {gb(info['unpacked_bytes'])} unpacked" for key, info in result["archives"].items()]
-    if not result["changed"]:
-        lines.append(f"{result['path']} already has these")
+def pin_text(result: PinResult) -> str:
+    lines = [f"{key:<24} {a.members} members, {gb(a.unpacked_bytes)} unpacked" for key, a in sorted(result.archives.items())]
+    if not result.changed:
+        lines.append(f"{result.path} already has these")
     else:
-        lines.append(f"would write {result['path']}" if result["dry_run"] else f"wrote {result['path']} ({len(result['changed'])} archive(s) changed)")
+        lines.append(f"would write {result.path}" if result.dry_run else f"wrote {result.path} ({len(result.changed)} archive(s) changed)")
     return "\n".join(lines)
 
 

@@ -3,10 +3,15 @@ The JSON keeps its shape: optional figures appear only where they apply."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from .book.cache import ChapterBuild, DroppedCache
+
+if TYPE_CHECKING:
+    from .errors import ProvisionError
+    from .gpu import GpuReport
+    from .staging.engine import StageResult
 
 
 def _without_none(raw: dict[str, Any], optional: tuple[str, ...]) -> dict[str, Any]:
@@ -115,3 +120,61 @@ class CacheResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {"dropped": [asdict(d) for d in self.dropped], "chapters": [c.to_dict() for c in self.chapters], "ok": self.ok}
+
+
+@dataclass(frozen=True)
+class PinnedArchive:
+    members: int
+    unpacked_bytes: int
+
+
+@dataclass(frozen=True)
+class PinResult:
+    """`provision pin`: the pins file, the archives read (members, unpacked bytes) and those whose pins changed."""
+
+    path: str
+    dry_run: bool
+    changed: tuple[str, ...]
+    archives: dict[str, PinnedArchive]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "dry_run": self.dry_run, "changed": list(self.changed),
+                "archives": {key: asdict(a) for key, a in sorted(self.archives.items())}}
+
+
+@dataclass
+class UpResult:
+    """`provision up`: each step's result as it completes (None: not run), the error that stopped the rest, the exit code."""
+
+    profile: str
+    preflight: bool | None = None
+    installed: tuple[str, ...] | None = None
+    gpu: GpuReport | None = None
+    book: BookResult | None = None
+    data: StageResult | None = None
+    cache: CacheResult | None = None
+    error: ProvisionError | None = None
+    exit_code: int = 0
+    steps: list[str] = field(default_factory=list)  # the steps that ran, in order
+
+    def to_dict(self) -> dict[str, Any]:
+        from .report import gpu_dict  # the GPU report's JSON shape lives with its text
+
+        steps: dict[str, Any] = {}
+        for step in self.steps:
+            if step == "preflight":
+                steps[step] = {"ok": True}
+            elif step == "install":
+                steps[step] = {"ok": True, "installed": list(self.installed or ())}
+            elif step == "cuda" and self.gpu is not None:
+                steps[step] = {"ok": self.gpu.ok, **gpu_dict(self.gpu)}
+            elif step == "book" and self.book is not None:
+                steps[step] = self.book.to_dict()
+            elif step == "data" and self.data is not None:
+                steps[step] = self.data.to_dict()
+            elif step == "cache" and self.cache is not None:
+                steps[step] = self.cache.to_dict()
+        out: dict[str, Any] = {"profile": self.profile, "steps": steps, "exit_code": self.exit_code}
+        if self.error is not None:
+            out["error"] = self.error.to_dict()
+        return out

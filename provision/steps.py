@@ -10,7 +10,7 @@ import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .book.cache import ChapterBuild
 from .config import Config
@@ -19,9 +19,26 @@ from .errors import BookError, DiskSpaceError, GpuError, PreflightError, Provisi
 from .gpu import GpuReport
 from .manifest import load_manifest
 from .planvalues import Plan
-from .results import BookResult, CacheResult, CacheRow, FileRow, FixRow, StatusResult, VerifyResult, VerifyRow
+from .results import (
+    BookResult,
+    CacheResult,
+    CacheRow,
+    FileRow,
+    FixRow,
+    PinnedArchive,
+    PinResult,
+    StatusResult,
+    UpResult,
+    VerifyResult,
+    VerifyRow,
+)
 from .staging.engine import Stager, StageResult
 from .staging.state import FileRecord, StateStore, file_statuses, partial_bytes, run_lock
+
+if TYPE_CHECKING:  # annotations only: the book's and the mirror's code is imported when a command needs it
+    from .book.cache import Overlapped
+    from .book.smoke import SmokeResult
+    from .staging.mirror import MirrorResult
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +120,7 @@ def book(config: Config, plan: Plan, *, undo: bool = False) -> BookResult:
                       tuple(changed), tuple(rows))
 
 
-def smoke(config: Config, plan: Plan, env: Environment) -> Any:
+def smoke(config: Config, plan: Plan, env: Environment) -> SmokeResult:
     """Run each of the book's Part 2 entry points for a few batches on the staged scans (see :mod:`provision.book.smoke`)."""
 
     from .book.fixes import load_book_manifest
@@ -122,7 +139,7 @@ def smoke(config: Config, plan: Plan, env: Environment) -> Any:
     return result
 
 
-def record_epoch_timings(root: Path, result: Any, samples: int, trainings: set[str]) -> None:
+def record_epoch_timings(root: Path, result: SmokeResult, samples: int, trainings: set[str]) -> None:
     """Seconds per training sample of each chapter's smoke training run, less the start-up the chapter 10 sample run
     measures (an upper bound: each run also builds its model and reads its scans), for the plan's epoch estimates."""
     from .staging.state import record_timing
@@ -171,7 +188,7 @@ def record_cache_timings(root: Path, built: Sequence[ChapterBuild], workers: int
             record_timing(root, "cache", str(c.chapter), {"core_s_per_entry": c.seconds * workers / c.entries, "measured_on": f"{workers} worker(s)"})
 
 
-def start_cache(config: Config, plan: Plan, env: Environment) -> Any:
+def start_cache(config: Config, plan: Plan, env: Environment) -> Overlapped | None:
     """The caches of book.cache, built subset by subset while the data lands (None when there are none to build, or no book)."""
     from .book import cache as caching
     from .book.fixes import load_book_manifest
@@ -189,46 +206,46 @@ def start_cache(config: Config, plan: Plan, env: Environment) -> Any:
                               lambda line: print(line, file=sys.stderr, flush=True))
 
 
-def up(config: Config, plan: Plan, env: Environment, environ: Mapping[str, str], steps: Sequence[str]) -> tuple[dict[str, Any], ProvisionError | None]:
-    """Run the chosen steps in order; stop at the first that fails. Returns a summary with the exit code (the steps done,
-    and the error that stopped the others, also in the summary for --json) and that error, for the command to show."""
-    from .report import gpu_dict
-
-    summary: dict[str, Any] = {"profile": plan.profile, "steps": {}, "exit_code": 0}
+def up(config: Config, plan: Plan, env: Environment, environ: Mapping[str, str], steps: Sequence[str]) -> UpResult:
+    """Run the chosen steps in order; stop at the first that fails. The result holds each step's outcome, the exit code,
+    and the error that stopped the others (for the command to show, and in --json)."""
+    result = UpResult(plan.profile)
     try:
         if "preflight" in steps:
             preflight(plan, steps)
-            summary["steps"]["preflight"] = {"ok": True}
+            result.preflight = True
+            result.steps.append("preflight")
         if "install" in steps:
             install(plan, environ)
-            summary["steps"]["install"] = {"ok": True, "installed": [r.requirement for r in plan.install.to_install]}
+            result.installed = tuple(r.requirement for r in plan.install.to_install)
+            result.steps.append("install")
         if "cuda" in steps:
-            report = check_gpu(config, env)
-            summary["steps"]["cuda"] = {"ok": report.ok, **gpu_dict(report)}
-            if not report.ok:
-                first = next(f for f in report.findings if f.fatal)
+            result.gpu = check_gpu(config, env)
+            result.steps.append("cuda")
+            if not result.gpu.ok:
+                first = next(f for f in result.gpu.findings if f.fatal)
                 raise GpuError(first.problem, hint=first.fix)
         if "book" in steps and plan.book is not None and plan.book.enabled:
-            summary["steps"]["book"] = book(config, plan).to_dict()
+            result.book = book(config, plan)
+            result.steps.append("book")
         overlapped = start_cache(config, plan, env) if "cache" in steps else None
         if "data" in steps:
-            result = stage(config, plan, overlapped.landed if overlapped is not None else None)
-            summary["steps"]["data"] = result.to_dict()
-            if not result.ok:
-                summary["exit_code"] = 1
+            result.data = stage(config, plan, overlapped.landed if overlapped is not None else None)
+            result.steps.append("data")
+            if not result.data.ok:
+                result.exit_code = 1
         if overlapped is not None:
-            built = CacheResult(chapters=tuple(overlapped.finish()))
-            summary["steps"]["cache"] = built.to_dict()
-            if not built.ok:
-                summary["exit_code"] = 1
+            result.cache = CacheResult(chapters=tuple(overlapped.finish()))
+            result.steps.append("cache")
+            if not result.cache.ok:
+                result.exit_code = 1
     except ProvisionError as exc:
-        summary["error"] = exc.to_dict()
-        summary["exit_code"] = exc.exit_code
-        return summary, exc
-    return summary, None
+        result.error = exc
+        result.exit_code = exc.exit_code
+    return result
 
 
-def mirror(config: Config, plan: Plan, destination: str, *, dry_run: bool) -> Any:
+def mirror(config: Config, plan: Plan, destination: str, *, dry_run: bool) -> MirrorResult:
     """Fill a bucket (gs://BUCKET/PREFIX/) or a folder (Google Drive, a share) with the selected files, verified."""
     from .errors import ConfigError
     from .progress import Progress
@@ -245,7 +262,7 @@ def mirror(config: Config, plan: Plan, destination: str, *, dry_run: bool) -> An
         progress.close()
 
 
-def pin(config: Config, *, dry_run: bool) -> dict[str, Any]:
+def pin(config: Config, *, dry_run: bool) -> PinResult:
     """Read each selected archive's members from the sources and write them to ``<manifest>.members.yaml``
     (merged with what it pinned before), so staging can check members against the data set itself."""
     from .atomicfile import atomic_write_text
@@ -261,8 +278,7 @@ def pin(config: Config, *, dry_run: bool) -> dict[str, Any]:
     merged.update(found)
     if not dry_run and changed:
         atomic_write_text(path, dump_pins(merged))
-    return {"path": str(path), "dry_run": dry_run, "changed": changed,
-            "archives": {key: {"members": len(m), "unpacked_bytes": sum(x.size for x in m)} for key, m in sorted(found.items())}}
+    return PinResult(str(path), dry_run, tuple(changed), {key: PinnedArchive(len(m), sum(x.size for x in m)) for key, m in found.items()})
 
 
 def status(config: Config) -> StatusResult:

@@ -21,7 +21,7 @@ def test_quick_benchmark_prints_the_table(tmp_path) -> None:
         table = out.split(scenario, 1)[1].split("\n\n", 1)[0]
         assert "wall s" in table and "peak RSS MB" in table and "x provision" in table
         rows = {line.split()[0]: line for line in table.splitlines()[2:] if line.strip()}
-        for tool in ("naive", "provision", "stream", "stream4"):
+        for tool in ("naive", "provision", "stream", "stream1"):
             assert re.match(rf"{tool}\s+\d+\.\d+\s+\d+\.\d", rows[tool]), rows[tool]
             assert rows[tool].split()[7] == "yes", f"{tool} staged wrong bytes: {rows[tool]}"
         if shutil.which("aria2c"):
@@ -30,10 +30,10 @@ def test_quick_benchmark_prints_the_table(tmp_path) -> None:
             assert "aria2c not installed" in rows["aria2c"]
         assert rows["limit"] and rows["target"]
     assert "the cores' limit for this data" in out and "x the cores' limit" in out and "the zlib path" in out
-    assert "re-run on the staged set" in out
+    assert "re-run on the staged set" in out and "of the capped line rate" in out and "peak RSS of provision.s runs" in out
     tight = out.split("tight disk (two archives of 16 scans", 1)[1]
     if "skipped" not in tight.splitlines()[1]:
-        assert "auto, tight disk" in tight and "way: stream," in tight and "ranges per archive" in tight
+        assert "auto, tight disk" in tight and "way: stream," in tight and "connections per archive" in tight and "of the line" in tight
         assert "ok: NO" not in tight and "tight / large = " in tight
 
 

@@ -2,11 +2,12 @@
 
 The central directory is read first (one ranged request of the archive's tail), so every
 member's offset, sizes and CRC are known before a byte is written. The archive is then read as
-one ordered byte stream: each member is inflated into a temporary name and renamed once its
-size and CRC-32 check out, and the archive's md5 is computed over the same stream. A dropped
-connection continues at the exact byte (the parser keeps its state); a new run after an
-interruption continues at the first member not yet complete, so it costs at most the member in
-progress. Peak disk is the unpacked data plus the members being written.
+one ordered byte stream (over several connections at once, :mod:`..transport.ordered`): each
+member is inflated into a temporary name, fsync'd and renamed once its size and CRC-32 check out,
+and the archive's md5 is computed over the same stream. A dropped connection continues at the
+exact byte (the parser keeps its state); a new run after an interruption continues at the first
+member not yet complete, so it costs at most the member in progress and the read-ahead. Peak
+disk is the unpacked data plus the members being written.
 """
 
 from __future__ import annotations
