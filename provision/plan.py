@@ -118,7 +118,7 @@ def plan_staging(config: Config, manifest: Manifest, facts: Facts) -> tuple[Data
                      free_bytes=facts.data_fs.free_bytes, connections=connections, cores=facts.cores)
     way, reason = choose_way(config.data.mode, ways, any(f.unpack for f in data.files))
     fastest = min(w.seconds for w in ways) or 1.0
-    at_once = streams_at_once(connections, way.stream_ranges) if way.mode == "stream" else max(1, way.files_in_flight)
+    at_once = streams_at_once(connections, way.stream_ranges, facts.cores) if way.mode == "stream" else max(1, way.files_in_flight)
     read_ahead = 2 * connections * config.data.segment_mb * (1 << 20) if way.mode == "stream" and way.stream_ranges > 1 else 0
     data = replace(data, mode=way.mode, mode_reason=reason, files_in_flight=way.files_in_flight, stream_ranges=way.stream_ranges,
                    files_at_once=at_once, stream_read_ahead_bytes=read_ahead,

@@ -65,14 +65,15 @@ def estimate_s(mode: str, files_in_flight: int, ranges: int, load: Load) -> floa
             return download + unpack
         return max(download, unpack) + unpack / max(1, load.archives)
     streams = max(1, min(load.connections, load.archives * ranges))
-    inflaters = max(1, min(load.cores, load.archives, streams_at_once(load.connections, ranges)))
+    inflaters = max(1, min(load.cores, load.archives, streams_at_once(load.connections, ranges, load.cores)))
     return max(load.download_bytes / (CONNECTION_BYTES_S * streams), load.unpacked_bytes / (INFLATE_BYTES_S * inflaters))
 
 
-def streams_at_once(connections: int, ranges: int) -> int:
-    """Archives streamed at once: enough to use every connection, and two at least (two inflating cores) when every
-    connection may serve one archive (the last archive then still gets them all)."""
-    return max(min(2, connections), connections // max(1, ranges))
+def streams_at_once(connections: int, ranges: int, cores: int) -> int:
+    """Archives streamed at once: enough to use every connection, and, where every connection may serve one archive
+    (the last one then still gets them all), two per core up to the connections, so that the cores inflate while
+    some of the readers wait on a write (each archive is inflated by one reader, in order)."""
+    return max(min(2 * max(1, cores), connections), connections // max(1, ranges))
 
 
 def stream_connections(setting: int, connections: int) -> int:

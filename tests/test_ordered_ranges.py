@@ -68,15 +68,15 @@ def test_bytes_arrive_in_order_over_several_connections_in_bounded_memory() -> N
     got = bytearray()
     held: list[int] = []
 
-    def sink(chunk: bytes) -> None:
+    def sink(chunk: memoryview) -> None:
         got.extend(chunk)
-        held.append(6 - budget.slots._value)  # type: ignore[attr-defined] # slots taken: chunks in memory
+        held.append(budget.in_use)  # buffers taken: chunks in memory, the one being handed on included
 
     read_ordered(transfer, 1000, len(data), sink, ranges=4, budget=budget, hooks=hooks())
     assert bytes(got) == data[1000:], "every byte once, in order"
     assert transfer.max_in_flight >= 2, "several connections at once"
     assert max(held) <= 6, "never more chunks in memory than the budget"
-    assert budget.slots._value == 6, "every slot given back"  # type: ignore[attr-defined]
+    assert budget.in_use == 0, "every buffer given back"
     chunk = chunk_for(budget, len(data) - 1000, 4)
     assert 16 * 1024 <= chunk <= 64 * 1024 and len(transfer.requests) == len(range(1000, len(data), chunk)), "one request a chunk"
 
@@ -101,7 +101,7 @@ def test_an_error_ends_the_read_and_gives_every_slot_back() -> None:
     with pytest.raises(PermanentError):
         read_ordered(FakeTransfer(data, faults={5: "permanent"}), 0, len(data), got.extend, ranges=4, budget=budget, hooks=hooks())
     assert len(got) < len(data) and data.startswith(bytes(got)), "what was handed on is a prefix: nothing out of order"
-    assert budget.slots._value == 8  # type: ignore[attr-defined]
+    assert budget.in_use == 0
     assert not [t for t in threading.enumerate() if t.name.startswith("chunk-")], "no worker left behind"
 
 
@@ -111,7 +111,7 @@ def test_damage_found_by_the_reader_stops_the_workers() -> None:
     budget = ReadAhead(64 * 1024, 8)
     fed = 0
 
-    def sink(chunk: bytes) -> None:
+    def sink(chunk: memoryview) -> None:
         nonlocal fed
         fed += 1
         if fed == 3:
@@ -120,7 +120,7 @@ def test_damage_found_by_the_reader_stops_the_workers() -> None:
     with pytest.raises(StreamCorrupt):
         read_ordered(transfer, 0, len(data), sink, ranges=4, budget=budget, hooks=hooks())
     assert len(transfer.requests) <= 3 + 8, "no chunk fetched beyond the read-ahead after the damage"
-    assert budget.slots._value == 8  # type: ignore[attr-defined]
+    assert budget.in_use == 0
 
 
 def test_a_stop_ends_a_read_whose_workers_wait() -> None:
@@ -128,7 +128,7 @@ def test_a_stop_ends_a_read_whose_workers_wait() -> None:
     stop = threading.Event()
     started = time.monotonic()
 
-    def sink(chunk: bytes) -> None:
+    def sink(chunk: memoryview) -> None:
         stop.set()
 
     with pytest.raises(Exception, match="stopping"):

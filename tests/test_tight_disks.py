@@ -4,6 +4,7 @@ mode over every connection, its bytes inflated in order and its md5 checked), an
 from __future__ import annotations
 
 import json
+import os
 import zipfile
 from pathlib import Path
 
@@ -62,7 +63,8 @@ def test_where_only_streaming_fits_every_connection_is_used_and_the_md5_checked(
     profile = write_profile({"dataset": str(data.manifest), "sources": [srv.url + "/mirror/"], "root": str(disk / "root"), "connections": 8})
     plan = plan_json(capsys, profile)
     assert plan["data"]["mode"] == "stream" and plan["data"]["stream_ranges"] == 8, "every connection may serve one archive"
-    assert plan["data"]["files_at_once"] == 2 and plan["data"]["stream_read_ahead_bytes"] == 2 * 8 * 2**20, "two chunks (data.segment_mb: 1) a connection"
+    assert plan["data"]["files_at_once"] == min(8, 2 * (os.cpu_count() or 1)), "two archives a core, sharing eight connections"
+    assert plan["data"]["stream_read_ahead_bytes"] == 2 * 8 * 2**20, "two chunks (data.segment_mb: 1) a connection"
     assert main(["plan", "-c", str(profile)]) == 0
     text = capsys.readouterr().out
     assert "up to 8 connection(s) each, at most 17 MB read ahead in memory" in text and "md5 checked" in text
@@ -120,7 +122,8 @@ def test_an_explicit_stream_with_one_range_is_honoured(tmp_path: Path, serve, wr
 def test_the_ways_and_their_estimates() -> None:
     load = Load(archives=2, download_bytes=13 * GB, unpacked_bytes=24 * GB, connections=8, cores=2)
     assert stream_connections(0, 8) == 8 and stream_connections(3, 8) == 3 and stream_connections(16, 4) == 4
-    assert streams_at_once(8, 8) == 2 and streams_at_once(8, 1) == 8 and streams_at_once(8, 3) == 2 and streams_at_once(1, 1) == 1
+    assert streams_at_once(8, 8, 2) == 4 and streams_at_once(8, 8, 16) == 8 and streams_at_once(4, 4, 16) == 4, "two a core, up to the connections"
+    assert streams_at_once(8, 1, 2) == 8 and streams_at_once(8, 3, 1) == 2 and streams_at_once(1, 1, 4) == 1
     assert candidates("auto", 3, 0, load) == [("archive", 2, 1), ("archive", 1, 1), ("stream", 1, 8)]
     assert candidates("archive", 3, 0, load) == [("archive", 3, 1)] and candidates("stream", 3, 1, load) == [("stream", 1, 1)]
     full = estimate_s("archive", 2, 1, load)

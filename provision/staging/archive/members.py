@@ -19,7 +19,7 @@ from ...errors import ExtractError, OutOfSpaceError
 from ..signals import StreamCorrupt
 from . import codec
 
-OUTPUT_PIECE_BYTES = 4 << 20  # bound on inflated bytes held at once
+OUTPUT_PIECE_BYTES = 512 << 10  # inflated bytes at a time: held at once, and small enough to stay in the cache until written
 TMP_SUFFIX = ".provision-tmp"
 LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")
 LOCAL_SIGNATURE = b"PK\x03\x04"

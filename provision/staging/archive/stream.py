@@ -82,7 +82,7 @@ class StreamUnpacker:
             return self.layout.members[self.last].header_offset
         return self.layout.directory_offset
 
-    def feed(self, chunk: bytes) -> None:
+    def feed(self, chunk: bytes | memoryview) -> None:
         view = memoryview(chunk)
         while view:
             if self.index >= self.last:  # past the members to write: descriptors, directory
@@ -341,7 +341,7 @@ def _pump(transfer: Transfer, parser: StreamUnpacker, retrier: Retrier, sleep: C
 def _pump_ordered(transfer: Transfer, parser: StreamUnpacker, ranges: int, budget: ReadAhead, run: StreamHooks) -> None:
     """Feed the parser from ``parser.pos`` to ``parser.end`` over up to ``ranges`` connections, in order."""
 
-    def sink(chunk: bytes) -> None:
+    def sink(chunk: memoryview) -> None:
         parser.feed(chunk)
         run.on_bytes(len(chunk))
 

@@ -3,9 +3,10 @@
 Stream mode inflates an archive as its bytes arrive, so its reader must see them in order; a per-connection cap
 (Zenodo's) would then hold one archive to one connection's rate. Here the range is cut into chunks that up to
 ``ranges`` workers fetch at once (each over the host's gate, so the host's connection cap still holds), and the
-caller's thread hands them to the sink strictly in order. A chunk is fetched only when a slot of the run's read-ahead
-budget is free (:class:`ReadAhead`, shared by every archive streaming at once), so memory is at most the budget
-whatever the archives' layout, and the next chunk in order is always being fetched or already here: no deadlock.
+caller's thread hands them to the sink strictly in order. A chunk is fetched only into a free buffer of the run's
+read-ahead budget (:class:`ReadAhead`, shared by every archive streaming at once, its buffers used again and again),
+so memory is at most the budget whatever the archives' layout; a chunk is claimed only once its buffer is taken, so
+the next chunk in order is always being fetched or already here: no deadlock.
 
 A dropped connection or a short answer in one chunk is retried alone, at the exact byte; bytes reach the sink only in
 order and only once; an error that is not retried ends the whole read (the other workers stop at their next piece).
@@ -18,25 +19,46 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..signals import Stopped, TransientError
-from .protocol import Retrier, Sink, Transfer
+from .protocol import Retrier, Transfer
 
 WAIT_S = 0.1  # how often a waiting thread looks at the stop signal
 SMALLEST_CHUNK = 16 * 1024  # only for ranges under 2 MB a connection; a LUNA16 archive gets data.segment_mb chunks
 
 
-@dataclass
 class ReadAhead:
-    """The run's read-ahead budget: ``chunks`` slots of ``chunk_bytes``, shared by every ordered read."""
+    """The run's read-ahead budget: at most ``chunks`` buffers of ``chunk_bytes``, shared by every ordered read, made
+    when first needed and used again and again (so memory stays at the budget: no allocation per chunk)."""
 
-    chunk_bytes: int
-    chunks: int
-
-    def __post_init__(self) -> None:
-        self.slots = threading.BoundedSemaphore(max(1, self.chunks))
+    def __init__(self, chunk_bytes: int, chunks: int) -> None:
+        self.chunk_bytes = chunk_bytes
+        self.chunks = max(1, chunks)
+        self._free: list[bytearray] = []
+        self._made = 0
+        self._cond = threading.Condition()
 
     @property
     def memory_bytes(self) -> int:
         return self.chunk_bytes * self.chunks
+
+    @property
+    def in_use(self) -> int:
+        with self._cond:
+            return self._made - len(self._free)
+
+    def take(self, timeout: float) -> bytearray | None:
+        """A free buffer, or None when none came free within ``timeout``."""
+        with self._cond:
+            if not self._free and self._made >= self.chunks and not self._cond.wait_for(lambda: bool(self._free), timeout):
+                return None
+            if self._free:
+                return self._free.pop()
+            self._made += 1
+        return bytearray(self.chunk_bytes)
+
+    def give(self, buf: bytearray) -> None:
+        with self._cond:
+            self._free.append(buf)
+            self._cond.notify()
 
 
 @dataclass(frozen=True)
@@ -59,8 +81,8 @@ class _Read:
     def __init__(self, start: int, end: int, chunk_bytes: int) -> None:
         self.bounds = [(s, min(s + chunk_bytes, end)) for s in range(start, end, chunk_bytes)]
         self.claimed = 0
-        self.ready: dict[int, bytes] = {}
-        self.slots_held = 0
+        self.ready: dict[int, bytearray] = {}
+        self.held: list[bytearray] = []  # buffers taken from the budget and not yet given back
         self.error: BaseException | None = None
         self.over = threading.Event()
         self.cond = threading.Condition()
@@ -80,19 +102,20 @@ class _Read:
             self.cond.notify_all()
 
 
-def read_ordered(transfer: Transfer, start: int, end: int, sink: Sink, *, ranges: int, budget: ReadAhead, hooks: OrderedHooks) -> None:
-    """Deliver bytes [start, end) of ``transfer`` to ``sink`` in order, fetched over up to ``ranges`` connections."""
+def read_ordered(transfer: Transfer, start: int, end: int, sink: Callable[[memoryview], None], *, ranges: int, budget: ReadAhead,
+                 hooks: OrderedHooks) -> None:
+    """Deliver bytes [start, end) of ``transfer`` to ``sink`` in order, fetched over up to ``ranges`` connections. The
+    sink gets a view of a buffer that is used again once it returns: it must copy what it keeps."""
     read = _Read(start, end, chunk_for(budget, end - start, ranges))
     workers = [threading.Thread(target=_work, args=(transfer, read, budget, hooks), name=f"chunk-{i}", daemon=True)
                for i in range(max(1, min(ranges, len(read.bounds))))]
     for w in workers:
         w.start()
     try:
-        for index in range(len(read.bounds)):
-            sink(_next_chunk(read, index, hooks.stop))
-            with read.cond:  # fed: its slot goes back (memory is the slots, the chunk being fed included)
-                read.slots_held -= 1
-            budget.slots.release()
+        for index, (first, last) in enumerate(read.bounds):
+            buf = _next_chunk(read, index, hooks.stop)
+            sink(memoryview(buf)[: last - first])
+            _give_back(read, budget, buf)
     except BaseException as exc:
         read.fail(exc)
         raise
@@ -100,14 +123,20 @@ def read_ordered(transfer: Transfer, start: int, end: int, sink: Sink, *, ranges
         read.over.set()
         for w in workers:
             w.join()
-        with read.cond:  # chunks fetched but never handed on give their slots back
-            for _ in range(read.slots_held):
-                budget.slots.release()
-            read.slots_held = 0
+        with read.cond:  # buffers fetched but never handed on go back too
+            for buf in read.held:
+                budget.give(buf)
+            read.held.clear()
             read.ready.clear()
 
 
-def _next_chunk(read: _Read, index: int, stop: threading.Event) -> bytes:
+def _give_back(read: _Read, budget: ReadAhead, buf: bytearray) -> None:
+    with read.cond:
+        read.held.remove(buf)
+    budget.give(buf)
+
+
+def _next_chunk(read: _Read, index: int, stop: threading.Event) -> bytearray:
     with read.cond:
         while index not in read.ready:
             if read.error is not None:
@@ -119,44 +148,50 @@ def _next_chunk(read: _Read, index: int, stop: threading.Event) -> bytes:
 
 
 def _work(transfer: Transfer, read: _Read, budget: ReadAhead, hooks: OrderedHooks) -> None:
-    """Take a slot, claim the next chunk, fetch it whole (retrying at the exact byte), hand it over; until none is left."""
+    """Take a buffer, claim the next chunk, fetch it whole into the buffer (retrying at the exact byte), hand it over;
+    until no chunk is left."""
     while not read.over.is_set():
-        if not budget.slots.acquire(timeout=WAIT_S):
+        buf = budget.take(WAIT_S)
+        if buf is None:
             continue
         index = read.claim()
         if index is None:
-            budget.slots.release()
+            budget.give(buf)
             return
         with read.cond:
-            read.slots_held += 1
+            read.held.append(buf)
         try:
-            data = _fetch(transfer, *read.bounds[index], read, hooks)
+            _fetch(transfer, *read.bounds[index], buf, read, hooks)
         except BaseException as exc:  # noqa: BLE001 - handed to the reader's thread, which raises it
             read.fail(exc)
             return
         with read.cond:
-            read.ready[index] = data
+            read.ready[index] = buf
             read.cond.notify_all()
 
 
-def _fetch(transfer: Transfer, start: int, end: int, read: _Read, hooks: OrderedHooks) -> bytes:
-    buf = bytearray()
+def _fetch(transfer: Transfer, start: int, end: int, buf: bytearray, read: _Read, hooks: OrderedHooks) -> None:
+    """Bytes [start, end) into the start of ``buf``."""
+    view = memoryview(buf)
+    got = 0
     retrier = hooks.retrier()
 
     def collect(piece: bytes) -> None:
+        nonlocal got
         if read.over.is_set() or hooks.stop.is_set():
             raise Stopped("the run is stopping")
-        buf.extend(piece)
+        piece = piece[: end - start - got]  # never past the chunk, whatever a source sends
+        view[got : got + len(piece)] = piece
+        got += len(piece)
 
-    while len(buf) < end - start:
-        before = len(buf)
+    while got < end - start:
+        before = got
         try:
             transfer.read_range(start + before, end, collect)
-            if len(buf) == before:
+            if got == before:
                 raise TransientError(f"{transfer.label} ended bytes {start + before}-{end - 1} without sending any")
         except TransientError as exc:
-            delay = retrier.after(exc, progressed=len(buf) > before)
-            hooks.note_retry(f"{transfer.label} bytes {start + len(buf)}-{end - 1}: {exc.reason} (continuing at byte {start + len(buf)})")
+            delay = retrier.after(exc, progressed=got > before)
+            hooks.note_retry(f"{transfer.label} bytes {start + got}-{end - 1}: {exc.reason} (continuing at byte {start + got})")
             if read.over.wait(delay) or hooks.stop.is_set():
                 raise Stopped("the run is stopping") from None
-    return bytes(buf)
