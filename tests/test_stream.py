@@ -215,7 +215,7 @@ def test_stream_mode_from_a_local_directory(built: Built, write_profile, capsys,
 
 def test_an_archive_over_several_connections_is_inflated_in_order_and_md5_checked(tmp_path: Path, serve, write_profile, capsys) -> None:
     data = build_luna_like(tmp_path / "d", subsets=1, scans=6, raw_bytes=300_000, extra_plain=False)
-    srv = serve(Faults(drop_rate=0.1, seed=9, rate_per_conn=2_000_000), folder=data.folder)
+    srv = serve(Faults(drop_rate=0.2, seed=9, rate_per_conn=2_000_000), folder=data.folder)
     profile = write_profile({"dataset": str(data.manifest), "sources": [srv.url + "/mirror/"], "mode": "stream", "stream_ranges": 3})
     code, report = stage_json(profile, capsys)
     assert code == 0, report

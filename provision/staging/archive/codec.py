@@ -29,5 +29,5 @@ def raw_inflater() -> Any:
     return _impl.decompressobj(-15)
 
 
-def crc32(data: bytes, value: int = 0) -> int:
+def crc32(data: bytes | memoryview, value: int = 0) -> int:
     return int(_impl.crc32(data, value))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import queue
 import stat
@@ -9,7 +10,6 @@ import threading
 import zipfile
 from collections.abc import Callable, Iterable
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO
 
 from ...errors import ExtractError, OutOfSpaceError
 from ..signals import Stopped, StreamCorrupt
@@ -180,7 +180,7 @@ def _run_parallel(archive_path: Path, todo: list[Member], infos: dict[str, zipfi
         raise Stopped(f"{archive_path.name}: unpacking stopped with {jobs.qsize()} member(s) still to write")
 
 
-def write_member(fh: BinaryIO, info: zipfile.ZipInfo, member: Member, archive: str) -> None:
+def write_member(fh: io.BufferedIOBase, info: zipfile.ZipInfo, member: Member, archive: str) -> None:
     """Inflate one member from the archive file into a temp name beside its destination; renamed once its CRC checks out."""
     if info.flag_bits & 0x1 or info.compress_type not in METHODS:
         what = "is encrypted" if info.flag_bits & 0x1 else f"uses compression method {info.compress_type}, which is not supported"
@@ -194,14 +194,15 @@ def write_member(fh: BinaryIO, info: zipfile.ZipInfo, member: Member, archive: s
     name_len, extra_len = LOCAL_HEADER.unpack(header)[9:11]
     fh.seek(info.header_offset + LOCAL_HEADER.size + name_len + extra_len)
     writer = MemberWriter(StreamMember(member, info.header_offset, info.compress_size, info.compress_type), archive)
+    buf = memoryview(bytearray(min(BUFFER_BYTES, max(1, info.compress_size))))  # one buffer, read into again and again
     try:
         left = info.compress_size
         while left:
-            chunk = fh.read(min(BUFFER_BYTES, left))
-            if not chunk:
+            got = fh.readinto(buf[: min(len(buf), left)])
+            if not got:
                 raise StreamCorrupt(f"the archive ends {left} bytes into member {member.name}")
-            writer.feed(chunk)
-            left -= len(chunk)
+            writer.feed(buf[:got])
+            left -= got
         writer.finish()
     except StreamCorrupt as exc:
         writer.discard()

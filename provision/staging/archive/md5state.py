@@ -46,6 +46,9 @@ class ResumableMd5:
             ctypes.memmove(self._ctx, state, CTX_BYTES)
 
     def update(self, data: bytes | memoryview) -> None:
+        if isinstance(data, memoryview) and not data.readonly and data.contiguous:  # a view of a buffer: no copy
+            self._lib.MD5_Update(self._ctx, (ctypes.c_char * data.nbytes).from_buffer(data), data.nbytes)
+            return
         chunk = bytes(data) if isinstance(data, memoryview) else data
         self._lib.MD5_Update(self._ctx, chunk, len(chunk))
 

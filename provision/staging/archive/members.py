@@ -19,6 +19,7 @@ from ...errors import ExtractError, OutOfSpaceError
 from ..signals import StreamCorrupt
 from . import codec
 
+INPUT_PIECE_BYTES = 128 << 10  # compressed bytes per call to the inflater
 OUTPUT_PIECE_BYTES = 512 << 10  # inflated bytes at a time: held at once, and small enough to stay in the cache until written
 TMP_SUFFIX = ".provision-tmp"
 LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")
@@ -131,22 +132,25 @@ class MemberWriter:
         self.written = 0
         self.inflater = _decompressor(sm.compress_type)
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes | memoryview) -> None:
+        """Inflate and write ``data`` (not kept: a view of a buffer that is used again is fine)."""
         if self.inflater is None:
             self._emit(data)
             return
-        pending = data
-        while pending:
-            try:
-                out = self.inflater.decompress(pending, OUTPUT_PIECE_BYTES)
-            except DECODE_ERRORS as exc:  # damaged compressed data: damaged bytes, as a bad CRC would say
-                raise StreamCorrupt(f"member {self.member.name}: its compressed data is damaged ({type(exc).__name__}: {exc})") from None
-            self._emit(out)
-            pending = getattr(self.inflater, "unconsumed_tail", b"")
-            if not out and not pending:
-                break
+        view = memoryview(data)
+        for at in range(0, len(view), INPUT_PIECE_BYTES):  # small pieces: what the output bound leaves over is small too
+            pending: bytes | memoryview = view[at : at + INPUT_PIECE_BYTES]
+            while pending:
+                try:
+                    out = self.inflater.decompress(pending, OUTPUT_PIECE_BYTES)
+                except DECODE_ERRORS as exc:  # damaged compressed data: damaged bytes, as a bad CRC would say
+                    raise StreamCorrupt(f"member {self.member.name}: its compressed data is damaged ({type(exc).__name__}: {exc})") from None
+                self._emit(out)
+                pending = getattr(self.inflater, "unconsumed_tail", b"")
+                if not out and not pending:
+                    break
 
-    def _emit(self, data: bytes) -> None:
+    def _emit(self, data: bytes | memoryview) -> None:
         if not data:
             return
         if self.written + len(data) > self.member.size:

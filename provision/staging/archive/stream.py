@@ -98,7 +98,7 @@ class StreamUnpacker:
             data_end = self.data_start + sm.compress_size
             take = min(len(view), data_end - self.pos)
             if self.writer is not None:
-                self.writer.feed(bytes(view[:take]))
+                self.writer.feed(view[:take])
             view = self._advance(view, take)
             if self.pos == data_end:
                 self._member_done()
