@@ -38,7 +38,7 @@ from .sources import Source
 from .staging.state import FileStatus
 from .torch_wheels import INDEX_BASE, choose, gpus_from_smi
 from .ways import choose as choose_way
-from .ways import plan_ways, streams_at_once
+from .ways import plan_ways, read_ahead_chunks, streams_at_once
 
 
 def make_plan(config: Config, manifest: Manifest, facts: Facts) -> Plan:
@@ -119,9 +119,10 @@ def plan_staging(config: Config, manifest: Manifest, facts: Facts) -> tuple[Data
     way, reason = choose_way(config.data.mode, ways, any(f.unpack for f in data.files))
     fastest = min(w.seconds for w in ways) or 1.0
     at_once = streams_at_once(connections, way.stream_ranges, facts.cores) if way.mode == "stream" else max(1, way.files_in_flight)
-    read_ahead = 2 * connections * config.data.segment_mb * (1 << 20) if way.mode == "stream" and way.stream_ranges > 1 else 0
+    chunk, chunks = read_ahead_chunks(config.data.stream_read_ahead_mb << 20, config.data.segment_mb << 20, connections)
+    read_ahead = chunk * chunks if way.mode == "stream" and way.stream_ranges > 1 else 0
     data = replace(data, mode=way.mode, mode_reason=reason, files_in_flight=way.files_in_flight, stream_ranges=way.stream_ranges,
-                   files_at_once=at_once, stream_read_ahead_bytes=read_ahead,
+                   files_at_once=at_once, stream_read_ahead_bytes=read_ahead, stream_chunk_bytes=chunk if read_ahead else 0,
                    ways=tuple(WayPlan(w.label, w.mode, w.files_in_flight, w.stream_ranges, w.disk.needed_bytes, w.fits,
                                       round(w.seconds / fastest, 2), w is way) for w in ways))
     return data, way.disk, cache, way.mode == "archive"

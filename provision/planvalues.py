@@ -128,6 +128,7 @@ class DataPlan:
     ways: tuple[WayPlan, ...] = ()  # every way the setting allows: its disk need and time relative to the fastest
     files_at_once: int = 1  # files staged at once: archives in flight, or archives streamed at once
     stream_read_ahead_bytes: int = 0  # stream mode over several connections: the chunks fetched ahead, all archives together
+    stream_chunk_bytes: int = 0  # ... in chunks of this many bytes, one request each
     subsets_reason: str = ""  # data.subsets: fit -> which subsets were chosen, and why
 
 

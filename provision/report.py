@@ -77,7 +77,8 @@ def _data_lines(plan: Plan) -> list[str]:
     if data.subsets_reason:
         lines.append(f"  subsets    {data.subsets_reason}")
     if data.mode == "stream":
-        ahead = f", at most {data.stream_read_ahead_bytes / 1e6:.0f} MB read ahead in memory" if data.stream_read_ahead_bytes else ""
+        ahead = (f", at most {data.stream_read_ahead_bytes / 1e6:.0f} MB read ahead in memory "
+                 f"(chunks of {data.stream_chunk_bytes / 1e6:.0f} MB, a request each)" if data.stream_read_ahead_bytes else "")
         lines.append(f"  streams    {data.files_at_once} archive(s) at once, up to {data.stream_ranges} connection(s) each{ahead}; "
                      "each archive inflated in order and its md5 checked")
     if len(data.ways) > 1:

@@ -50,9 +50,9 @@ class StageContext:
         self.stop = StopSignal()
         self.throttle = Throttle(data.connections_to, stop=self.stop)
         self.zenodo = ZenodoRecords(data.zenodo_url, data.timeout_s, self.throttle)
-        chunk = data.segment_mb << 20
         # stream mode over several connections: the chunks fetched ahead of the inflating readers, every archive's together
-        self.read_ahead = ReadAhead(chunk, plan.stream_read_ahead_bytes // chunk) if plan.stream_read_ahead_bytes >= chunk else None
+        self.read_ahead = (ReadAhead(plan.stream_chunk_bytes, plan.stream_read_ahead_bytes // plan.stream_chunk_bytes)
+                           if plan.stream_chunk_bytes and plan.stream_read_ahead_bytes >= plan.stream_chunk_bytes else None)
         self._emit = emit or (lambda event, **info: None)
         self._emit_lock = threading.Lock()
 
