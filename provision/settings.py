@@ -153,8 +153,8 @@ class DataConfig:
     # stream mode: connections one archive may use at once (its bytes still inflated in order); 0: every connection
     stream_ranges: int = field(default=0, metadata={"parse": _positive(int)})
     # stream mode: memory for the bytes fetched ahead of the inflating readers, all archives together; its chunks are
-    # this over two per connection (data.segment_mb at least), so a host that counts requests (Zenodo) sees few
-    stream_read_ahead_mb: int = field(default=192, metadata={"parse": _positive(int, above_zero=True)})
+    # this over 1.5 per connection (data.segment_mb at least), so a host that counts requests (Zenodo) sees few
+    stream_read_ahead_mb: int = field(default=144, metadata={"parse": _positive(int, above_zero=True)})
     gcs: GcsConfig = GcsConfig()
 
     def connections_to(self, host: str) -> int:

@@ -64,10 +64,10 @@ def test_where_only_streaming_fits_every_connection_is_used_and_the_md5_checked(
     plan = plan_json(capsys, profile)
     assert plan["data"]["mode"] == "stream" and plan["data"]["stream_ranges"] == 8, "every connection may serve one archive"
     assert plan["data"]["files_at_once"] == min(8, 2 * (os.cpu_count() or 1)), "two archives a core, sharing eight connections"
-    assert plan["data"]["stream_read_ahead_bytes"] == 192 * 2**20 and plan["data"]["stream_chunk_bytes"] == 12 * 2**20, "two chunks a connection"
+    assert plan["data"]["stream_read_ahead_bytes"] == 144 * 2**20 and plan["data"]["stream_chunk_bytes"] == 12 * 2**20, "1.5 chunks a connection"
     assert main(["plan", "-c", str(profile)]) == 0
     text = capsys.readouterr().out
-    assert "up to 8 connection(s) each, at most 201 MB read ahead in memory (chunks of 13 MB, a request each)" in text and "md5 checked" in text
+    assert "up to 8 connection(s) each, at most 151 MB read ahead in memory (chunks of 13 MB, a request each)" in text and "md5 checked" in text
     code, report = stage_json(profile, capsys)
     assert code == 0, report
     assert tree_md5s(disk / "root" / "part2" / "luna") == expected_tree(data)
@@ -124,10 +124,10 @@ def test_the_ways_and_their_estimates() -> None:
     assert stream_connections(0, 8) == 8 and stream_connections(3, 8) == 3 and stream_connections(16, 4) == 4
     assert streams_at_once(8, 8, 2) == 4 and streams_at_once(8, 8, 16) == 8 and streams_at_once(4, 4, 16) == 4, "two a core, up to the connections"
     assert streams_at_once(8, 1, 2) == 8 and streams_at_once(8, 3, 1) == 2 and streams_at_once(1, 1, 4) == 1
-    zenodo_chunk, chunks = read_ahead_chunks(192 << 20, 4 << 20, 4)  # the default budget over Zenodo's 4 connections
-    assert zenodo_chunk * chunks <= 192 << 20 and chunks >= 5
+    zenodo_chunk, chunks = read_ahead_chunks(144 << 20, 4 << 20, 4)  # the default budget over Zenodo's 4 connections
+    assert zenodo_chunk * chunks <= 144 << 20 and chunks >= 5
     assert 4 * 10e6 / zenodo_chunk * 60 <= 133 * 0.8, "a request a chunk at 10 MB/s a connection: well under Zenodo's 133 a minute"
-    assert read_ahead_chunks(192 << 20, 4 << 20, 8) == (12 << 20, 16)
+    assert read_ahead_chunks(144 << 20, 4 << 20, 8) == (12 << 20, 12)
     assert read_ahead_chunks(16 << 20, 4 << 20, 8) == (4 << 20, 9), "a small budget: chunks of data.segment_mb, one a connection and one more"
     assert candidates("auto", 3, 0, load) == [("archive", 2, 1), ("archive", 1, 1), ("stream", 1, 8)]
     assert candidates("archive", 3, 0, load) == [("archive", 3, 1)] and candidates("stream", 3, 1, load) == [("stream", 1, 1)]

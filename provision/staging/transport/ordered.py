@@ -45,15 +45,19 @@ class ReadAhead:
         with self._cond:
             return self._made - len(self._free)
 
-    def take(self, timeout: float) -> bytearray | None:
-        """A free buffer, or None when none came free within ``timeout``."""
+    def take(self, size: int, timeout: float) -> bytearray | None:
+        """A free buffer of at least ``size`` bytes (at most ``chunk_bytes``), or None when none came free in ``timeout``.
+        Buffers are made as large as the reads need, so short archives do not hold the budget's full chunks."""
         with self._cond:
             if not self._free and self._made >= self.chunks and not self._cond.wait_for(lambda: bool(self._free), timeout):
                 return None
             if self._free:
-                return self._free.pop()
-            self._made += 1
-        return bytearray(self.chunk_bytes)
+                buf = self._free.pop()
+                if len(buf) >= size:
+                    return buf
+            else:
+                self._made += 1
+        return bytearray(min(max(size, 1), self.chunk_bytes))  # a new one, or a larger one in place of one too small
 
     def give(self, buf: bytearray) -> None:
         with self._cond:
@@ -79,6 +83,7 @@ class _Read:
     """The shared state of one ordered read: the next chunk to claim, the chunks fetched, the first error."""
 
     def __init__(self, start: int, end: int, chunk_bytes: int) -> None:
+        self.chunk_bytes = chunk_bytes
         self.bounds = [(s, min(s + chunk_bytes, end)) for s in range(start, end, chunk_bytes)]
         self.claimed = 0
         self.ready: dict[int, bytearray] = {}
@@ -151,7 +156,7 @@ def _work(transfer: Transfer, read: _Read, budget: ReadAhead, hooks: OrderedHook
     """Take a buffer, claim the next chunk, fetch it whole into the buffer (retrying at the exact byte), hand it over;
     until no chunk is left."""
     while not read.over.is_set():
-        buf = budget.take(WAIT_S)
+        buf = budget.take(read.chunk_bytes, WAIT_S)
         if buf is None:
             continue
         index = read.claim()
