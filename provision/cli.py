@@ -238,7 +238,7 @@ def cmd_install(ctx: Ctx) -> Outcome:
 
 def cmd_check(ctx: Ctx) -> Outcome:
     gpu_report = steps.check_gpu(ctx.config, ctx.env)
-    return Outcome(report.gpu_dict(gpu_report), report.gpu_text(gpu_report, ctx.config.cuda.required), EXIT_OK if gpu_report.ok else EXIT_REFUSED)
+    return Outcome(gpu_report.to_dict(), report.gpu_text(gpu_report, ctx.config.cuda.required), EXIT_OK if gpu_report.ok else EXIT_REFUSED)
 
 
 def cmd_stage(ctx: Ctx) -> Outcome:

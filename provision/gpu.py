@@ -37,6 +37,22 @@ class GpuReport:
     def ok(self) -> bool:
         return not any(f.fatal for f in self.findings)
 
+    def to_dict(self) -> dict[str, Any]:
+        """The check's JSON: the probe's figures at the top, the whole probe and the findings below."""
+        probe = self.probe
+        return {
+            "ok": self.ok,
+            "torch": probe.get("torch"),
+            "cuda_build": probe.get("cuda_build"),
+            "cuda_available": probe.get("cuda_available", False),
+            "gpu": bool(probe.get("devices")),
+            "devices": probe.get("devices", []),
+            "smoke": probe.get("smoke"),
+            "nvidia_smi": self.nvidia_smi,
+            "probe": probe,
+            "findings": [{"problem": f.problem, "fix": f.fix, "fatal": f.fatal} for f in self.findings],
+        }
+
 
 def read_nvidia_smi(timeout_s: float = 20.0) -> dict[str, Any] | None:
     """Driver version, CUDA version the driver supports, and GPUs (with compute capability), or None without nvidia-smi."""

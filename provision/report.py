@@ -157,22 +157,6 @@ def verify_text(result: VerifyResult) -> str:
     return "\n".join(lines)
 
 
-def gpu_dict(report: GpuReport) -> dict[str, Any]:
-    probe = report.probe
-    return {
-        "ok": report.ok,
-        "torch": probe.get("torch"),
-        "cuda_build": probe.get("cuda_build"),
-        "cuda_available": probe.get("cuda_available", False),
-        "gpu": bool(probe.get("devices")),
-        "devices": probe.get("devices", []),
-        "smoke": probe.get("smoke"),
-        "nvidia_smi": report.nvidia_smi,
-        "probe": probe,
-        "findings": [{"problem": f.problem, "fix": f.fix, "fatal": f.fatal} for f in report.findings],
-    }
-
-
 def gpu_text(report: GpuReport, required: bool) -> str:
     probe = report.probe
     lines = [f"torch        {probe.get('torch') or 'not installed'}" + (f" (CUDA build {probe['cuda_build']})" if probe.get("cuda_build") else "")]

@@ -158,8 +158,6 @@ class UpResult:
     steps: list[str] = field(default_factory=list)  # the steps that ran, in order
 
     def to_dict(self) -> dict[str, Any]:
-        from .report import gpu_dict  # the GPU report's JSON shape lives with its text
-
         steps: dict[str, Any] = {}
         for step in self.steps:
             if step == "preflight":
@@ -167,7 +165,7 @@ class UpResult:
             elif step == "install":
                 steps[step] = {"ok": True, "installed": list(self.installed or ())}
             elif step == "cuda" and self.gpu is not None:
-                steps[step] = {"ok": self.gpu.ok, **gpu_dict(self.gpu)}
+                steps[step] = self.gpu.to_dict()
             elif step == "book" and self.book is not None:
                 steps[step] = self.book.to_dict()
             elif step == "data" and self.data is not None:

@@ -20,8 +20,9 @@ class FakeTransfer:
 
     label = "fake"
 
-    def __init__(self, data: bytes, faults: dict[int, str] | None = None, seed: int = 5) -> None:
+    def __init__(self, data: bytes, faults: dict[int, str] | None = None, seed: int = 5, delay_s: float | None = None) -> None:
         self.data = data
+        self.delay_s = delay_s
         self.faults = faults or {}
         self.rng = random.Random(seed)
         self.lock = threading.Lock()
@@ -38,7 +39,7 @@ class FakeTransfer:
             self.requests.append((start, end))
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
-            delay = self.rng.random() * 0.01
+            delay = self.rng.random() * 0.01 if self.delay_s is None else self.delay_s
         try:
             time.sleep(delay)
             fault = self.faults.get(n)
@@ -148,6 +149,21 @@ def test_two_reads_share_one_budget_without_deadlock() -> None:
         t.join(timeout=60)
     assert not any(t.is_alive() for t in threads), "both finished"
     assert outs[0] == data and outs[1] == data
+
+
+def test_connections_open_while_the_reader_waits_for_bytes() -> None:
+    data = random.Random(7).randbytes(2_000_000)
+
+    def slow_reader(chunk: memoryview) -> None:
+        time.sleep(0.01)
+
+    fast = FakeTransfer(data, delay_s=0.0)
+    read_ordered(fast, 0, len(data), slow_reader, ranges=6, budget=ReadAhead(64 * 1024, 12), hooks=hooks())
+    assert fast.max_in_flight <= 2, "a source faster than the reader: no more connections than it needs"
+    slow = FakeTransfer(data, delay_s=0.03)
+    got = bytearray()
+    read_ordered(slow, 0, len(data), got.extend, ranges=6, budget=ReadAhead(64 * 1024, 12), hooks=hooks())
+    assert bytes(got) == data and slow.max_in_flight == 6, "a slow source: every connection allowed"
 
 
 def test_chunks_scale_down_for_short_ranges() -> None:

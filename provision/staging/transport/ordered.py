@@ -3,7 +3,9 @@
 Stream mode inflates an archive as its bytes arrive, so its reader must see them in order; a per-connection cap
 (Zenodo's) would then hold one archive to one connection's rate. Here the range is cut into chunks that up to
 ``ranges`` workers fetch at once (each over the host's gate, so the host's connection cap still holds), and the
-caller's thread hands them to the sink strictly in order. A chunk is fetched only into a free buffer of the run's
+caller's thread hands them to the sink strictly in order. A read starts with one connection and opens another
+each time its reader has to wait for bytes, up to ``ranges``: a source faster than the reader gets one or two
+(each request costs a little), a capped one gets them all within a few chunks. A chunk is fetched only into a free buffer of the run's
 read-ahead budget (:class:`ReadAhead`, shared by every archive streaming at once, its buffers used again and again),
 so memory is at most the budget whatever the archives' layout; a chunk is claimed only once its buffer is taken, so
 the next chunk in order is always being fetched or already here: no deadlock.
@@ -112,13 +114,19 @@ def read_ordered(transfer: Transfer, start: int, end: int, sink: Callable[[memor
     """Deliver bytes [start, end) of ``transfer`` to ``sink`` in order, fetched over up to ``ranges`` connections. The
     sink gets a view of a buffer that is used again once it returns: it must copy what it keeps."""
     read = _Read(start, end, chunk_for(budget, end - start, ranges))
-    workers = [threading.Thread(target=_work, args=(transfer, read, budget, hooks), name=f"chunk-{i}", daemon=True)
-               for i in range(max(1, min(ranges, len(read.bounds))))]
-    for w in workers:
-        w.start()
+    most = max(1, min(ranges, len(read.bounds)))
+    workers: list[threading.Thread] = []
+
+    def another() -> None:
+        """One more connection, while the reader waits for bytes and fewer than ``ranges`` are open."""
+        if len(workers) < most:
+            workers.append(threading.Thread(target=_work, args=(transfer, read, budget, hooks), name=f"chunk-{len(workers)}", daemon=True))
+            workers[-1].start()
+
+    another()
     try:
         for index, (first, last) in enumerate(read.bounds):
-            buf = _next_chunk(read, index, hooks.stop)
+            buf = _next_chunk(read, index, hooks.stop, another)
             sink(memoryview(buf)[: last - first])
             _give_back(read, budget, buf)
     except BaseException as exc:
@@ -141,8 +149,11 @@ def _give_back(read: _Read, budget: ReadAhead, buf: bytearray) -> None:
     budget.give(buf)
 
 
-def _next_chunk(read: _Read, index: int, stop: threading.Event) -> bytearray:
+def _next_chunk(read: _Read, index: int, stop: threading.Event, starved: Callable[[], None]) -> bytearray:
+    """Chunk ``index`` once it is here; ``starved`` is called when the reader has to wait for it."""
     with read.cond:
+        if index not in read.ready and read.error is None:
+            starved()
         while index not in read.ready:
             if read.error is not None:
                 raise read.error
