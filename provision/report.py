@@ -79,7 +79,7 @@ def _data_lines(plan: Plan) -> list[str]:
     if data.mode == "stream":
         ahead = (f", at most {data.stream_read_ahead_bytes / 1e6:.0f} MB read ahead in memory "
                  f"(chunks of {data.stream_chunk_bytes / 1e6:.0f} MB, a request each)" if data.stream_read_ahead_bytes else "")
-        lines.append(f"  streams    {data.files_at_once} archive(s) at once, up to {data.stream_ranges} connection(s) each{ahead}; "
+        lines.append(f"  streams    up to {data.files_at_once} archive(s) at once, up to {data.stream_ranges} connection(s) each{ahead}; "
                      "each archive inflated in order and its md5 checked")
     if len(data.ways) > 1:
         lines.append("  ways       the first that fits is used; time relative to the fastest, at nominal rates")
