@@ -166,6 +166,22 @@ def test_connections_open_while_the_reader_waits_for_bytes() -> None:
     assert bytes(got) == data and slow.max_in_flight == 6, "a slow source: every connection allowed"
 
 
+def test_buffers_are_told_apart_by_identity_not_by_their_bytes() -> None:
+    """CT data has long runs of zeros: a buffer handed back must be that buffer, not another with equal bytes that a
+    worker holds (it would go back to the pool while still being filled)."""
+    from provision.staging.transport.ordered import _give_back, _hold, _Read
+
+    budget = ReadAhead(8, 2)
+    read = _Read(0, 16, 8)
+    first, second = budget.take(8, 0.1), budget.take(8, 0.1)
+    assert first is not None and second is not None and first == second and first is not second
+    _hold(read, second)  # two workers' buffers, held in the other order than they are handed on
+    _hold(read, first)
+    _give_back(read, budget, first)
+    assert list(read.held.values()) == [second] and read.held[id(second)] is second
+    assert budget.in_use == 1 and budget.take(8, 0.1) is first, "the pool got back the buffer that was handed back"
+
+
 def test_chunks_scale_down_for_short_ranges() -> None:
     budget = ReadAhead(4 << 20, 16)
     assert chunk_for(budget, 7 << 30, 8) == 4 << 20, "a LUNA16 archive: the full chunk"

@@ -89,7 +89,7 @@ class _Read:
         self.bounds = [(s, min(s + chunk_bytes, end)) for s in range(start, end, chunk_bytes)]
         self.claimed = 0
         self.ready: dict[int, bytearray] = {}
-        self.held: list[bytearray] = []  # buffers taken from the budget and not yet given back
+        self.held: dict[int, bytearray] = {}  # buffers taken from the budget and not yet given back, by identity
         self.error: BaseException | None = None
         self.over = threading.Event()
         self.cond = threading.Condition()
@@ -137,15 +137,20 @@ def read_ordered(transfer: Transfer, start: int, end: int, sink: Callable[[memor
         for w in workers:
             w.join()
         with read.cond:  # buffers fetched but never handed on go back too
-            for buf in read.held:
+            for buf in read.held.values():
                 budget.give(buf)
             read.held.clear()
             read.ready.clear()
 
 
+def _hold(read: _Read, buf: bytearray) -> None:
+    with read.cond:
+        read.held[id(buf)] = buf
+
+
 def _give_back(read: _Read, budget: ReadAhead, buf: bytearray) -> None:
     with read.cond:
-        read.held.remove(buf)
+        del read.held[id(buf)]  # by identity: two buffers may hold equal bytes
     budget.give(buf)
 
 
@@ -174,8 +179,7 @@ def _work(transfer: Transfer, read: _Read, budget: ReadAhead, hooks: OrderedHook
         if index is None:
             budget.give(buf)
             return
-        with read.cond:
-            read.held.append(buf)
+        _hold(read, buf)
         try:
             _fetch(transfer, *read.bounds[index], buf, read, hooks)
         except BaseException as exc:  # noqa: BLE001 - handed to the reader's thread, which raises it
