@@ -131,6 +131,11 @@ class DataPlan:
     stream_chunk_bytes: int = 0  # ... in chunks of this many bytes, one request each
     subsets_reason: str = ""  # data.subsets: fit -> which subsets were chosen, and why
 
+    def keeps(self, f: FilePlan) -> bool:
+        """Whether ``f`` stays on disk under its own name once staged: a plain file, or an archive with keep_archives
+        (an archive that is unpacked is otherwise deleted, and is not worth forcing to disk before that)."""
+        return self.keep_archives or not f.unpack
+
 
 @dataclass(frozen=True)
 class WayPlan:

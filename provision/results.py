@@ -147,7 +147,6 @@ class UpResult:
     """`provision up`: each step's result as it completes (None: not run), the error that stopped the rest, the exit code."""
 
     profile: str
-    preflight: bool | None = None
     installed: tuple[str, ...] | None = None
     gpu: GpuReport | None = None
     book: BookResult | None = None

@@ -213,7 +213,6 @@ def up(config: Config, plan: Plan, env: Environment, environ: Mapping[str, str],
     try:
         if "preflight" in steps:
             preflight(plan, steps)
-            result.preflight = True
             result.steps.append("preflight")
         if "install" in steps:
             install(plan, environ)

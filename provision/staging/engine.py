@@ -177,7 +177,7 @@ class Stager:
         if need.extract:
             members = extract_file(ctx, f, final, need.only, result)
             state.unpacked(f.key, member_sizes(members), need.only, sum(m.size for m in members))
-            if not self.plan.keep_archives:
+            if not self.plan.keeps(f):
                 final.unlink(missing_ok=True)
                 state.archive_removed(f.key)
         result.outcome = "repaired" if repairing else "staged"

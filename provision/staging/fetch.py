@@ -54,10 +54,8 @@ def download(ctx: StageContext, f: FilePlan, loc: FileLocation, final: Path, siz
     transfer, size, md5, ranges = open_source(ctx, f, loc, size, md5, result)
     if size is None or not ranges:
         return download_whole(ctx, f, transfer, part, progress_path, final, size, md5, result)
-    durable = ctx.plan.keep_archives or not f.unpack
-
     def finish(part: Path, final: Path, size: int | None, md5: str | None, digest: str, label: str) -> str:
-        return verify_and_rename(part, final, size, md5, digest, label, durable=durable)
+        return verify_and_rename(part, final, size, md5, digest, label, durable=ctx.plan.keeps(f))
 
     job = SegmentContext(segment_min_bytes=ctx.cfg.segment_mb << 20, connections=ctx.plan.connections, retrier=ctx.retrier,
                          stop=ctx.stop, emit=ctx.emit, finish=finish)
@@ -102,7 +100,7 @@ def download_whole(ctx: StageContext, f: FilePlan, transfer: Transfer, part: Pat
     """For sources without ranges: one stream from byte 0, hashed as it arrives; a retry starts over."""
     progress_path.unlink(missing_ok=True)
     digest = ctx.with_retries(lambda: _stream_once(ctx, f, transfer, part, size, result), f"{transfer.label} (whole file, from its start)", result)
-    return verify_and_rename(part, final, size, md5, digest, transfer.label, durable=ctx.plan.keep_archives or not f.unpack)
+    return verify_and_rename(part, final, size, md5, digest, transfer.label, durable=ctx.plan.keeps(f))
 
 
 def _stream_once(ctx: StageContext, f: FilePlan, transfer: Transfer, part: Path, size: int | None, result: FileResult) -> str:

@@ -24,10 +24,10 @@ from typing import Any
 
 from ...errors import ExtractError, OutOfSpaceError
 from ...manifest import PinnedMember
-from ..signals import CannotStream, PermanentError, Stopped, StreamCorrupt, TransientError
+from ..signals import CannotStream, PermanentError, Stopped, StreamCorrupt
 from ..transport.opening import BLOCK_BYTES, RangeReader
 from ..transport.ordered import OrderedHooks, ReadAhead, read_ordered
-from ..transport.protocol import BUFFER_BYTES, Retrier, Transfer
+from ..transport.protocol import BUFFER_BYTES, Retrier, Transfer, read_resuming
 from . import md5state
 from .checkpoint import Checkpoint, CheckpointFile, directory_digest, resume_point
 from .extract import list_members, member_done
@@ -324,18 +324,9 @@ def _pump(transfer: Transfer, parser: StreamUnpacker, retrier: Retrier, sleep: C
         parser.feed(chunk)
         on_bytes(len(chunk))
 
-    while parser.pos < parser.end:
-        if stop.is_set():
-            raise Stopped("the run is stopping")
-        before = parser.pos
-        try:
-            transfer.read_range(parser.pos, parser.end, sink)
-            if parser.pos == before:
-                raise TransientError(f"{transfer.label} ended bytes {parser.pos}-{parser.end - 1} without sending any")
-        except TransientError as exc:
-            delay = retrier.after(exc, progressed=parser.pos > before)
-            note_retry(f"{transfer.label} bytes {parser.pos}-{parser.end - 1}: {exc.reason} (continuing at byte {parser.pos})")
-            sleep(delay)
+    if stop.is_set():
+        raise Stopped("the run is stopping")
+    read_resuming(transfer, parser.pos, parser.end, sink, retrier, note_retry, sleep)
 
 
 def _pump_ordered(transfer: Transfer, parser: StreamUnpacker, ranges: int, budget: ReadAhead, run: StreamHooks) -> None:

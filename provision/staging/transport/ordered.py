@@ -20,8 +20,8 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..signals import Stopped, TransientError
-from .protocol import Retrier, Transfer
+from ..signals import Stopped
+from .protocol import Retrier, Transfer, read_resuming
 
 WAIT_S = 0.1  # how often a waiting thread looks at the stop signal
 SMALLEST_CHUNK = 16 * 1024  # only for ranges under 2 MB a connection; a LUNA16 archive gets data.segment_mb chunks
@@ -194,24 +194,16 @@ def _fetch(transfer: Transfer, start: int, end: int, buf: bytearray, read: _Read
     """Bytes [start, end) into the start of ``buf``."""
     view = memoryview(buf)
     got = 0
-    retrier = hooks.retrier()
 
     def collect(piece: bytes) -> None:
         nonlocal got
         if read.over.is_set() or hooks.stop.is_set():
             raise Stopped("the run is stopping")
-        piece = piece[: end - start - got]  # never past the chunk, whatever a source sends
         view[got : got + len(piece)] = piece
         got += len(piece)
 
-    while got < end - start:
-        before = got
-        try:
-            transfer.read_range(start + before, end, collect)
-            if got == before:
-                raise TransientError(f"{transfer.label} ended bytes {start + before}-{end - 1} without sending any")
-        except TransientError as exc:
-            delay = retrier.after(exc, progressed=got > before)
-            hooks.note_retry(f"{transfer.label} bytes {start + got}-{end - 1}: {exc.reason} (continuing at byte {start + got})")
-            if read.over.wait(delay) or hooks.stop.is_set():
-                raise Stopped("the run is stopping") from None
+    def pause(delay: float) -> None:
+        if read.over.wait(delay) or hooks.stop.is_set():
+            raise Stopped("the run is stopping")
+
+    read_resuming(transfer, start, end, collect, hooks.retrier(), hooks.note_retry, pause)

@@ -94,6 +94,31 @@ class Retrier:
         return backoff_s(self.idle or 1, exc.retry_after_s, self.base_s)
 
 
+def read_resuming(transfer: Transfer, start: int, end: int, sink: Sink, retrier: Retrier, note_retry: Callable[[str], None],
+                  pause: Callable[[float], None]) -> None:
+    """Deliver bytes [start, end) of ``transfer`` to ``sink`` in order, never past ``end``: a dropped connection or an
+    answer that ends early continues at the exact byte, after ``pause(delay)`` (which raises to stop), until
+    ``retrier`` gives up."""
+    pos = start
+
+    def counted(piece: bytes) -> None:
+        nonlocal pos
+        piece = piece[: end - pos]  # never past the range, whatever a source sends
+        sink(piece)
+        pos += len(piece)
+
+    while pos < end:
+        before = pos
+        try:
+            transfer.read_range(pos, end, counted)
+            if pos == before:
+                raise TransientError(f"{transfer.label} ended bytes {pos}-{end - 1} without sending any")
+        except TransientError as exc:
+            delay = retrier.after(exc, progressed=pos > before)
+            note_retry(f"{transfer.label} bytes {pos}-{end - 1}: {exc.reason} (continuing at byte {pos})")
+            pause(delay)
+
+
 def backoff_s(attempt: int, retry_after_s: float | None, base_s: float) -> float:
     """Exponential backoff with jitter; the server's Retry-After wins (capped at two minutes)."""
     if retry_after_s is not None:
