@@ -150,6 +150,8 @@ class DataConfig:
     zenodo_url: str = "https://zenodo.org"
     allow_insecure: bool = False
     extract_workers: int = field(default=0, metadata={"parse": _positive(int)})
+    # archive mode: unpack each member as soon as its bytes have landed, not once the whole archive is there
+    unpack_while_downloading: bool = True
     # stream mode: connections one archive may use at once (its bytes still inflated in order); 0: every connection
     stream_ranges: int = field(default=0, metadata={"parse": _positive(int)})
     # stream mode: memory for the bytes fetched ahead of the inflating readers, all archives together; its chunks are

@@ -63,16 +63,16 @@ def test_ctrl_c_while_unpacking_keeps_the_archive_and_an_honest_state(built: Bui
     real = extract.write_member
     written = []
 
-    def interrupted_after_two(fh, info, member, archive):  # noqa: ANN001, ANN202
-        real(fh, info, member, archive)
-        written.append(member.name)
+    def interrupted_after_two(fd, sm, archive, stop=None):  # noqa: ANN001, ANN202
+        real(fd, sm, archive, stop)
+        written.append(sm.member.name)
         if archive == "subset0.zip" and len(written) == 2:
             os.kill(os.getpid(), signal.SIGINT)
 
     monkeypatch.setattr(extract, "write_member", interrupted_after_two)
     srv = serve()
     profile = write_profile({"dataset": str(built.manifest), "sources": [srv.url + "/mirror/"], "subsets": "0", "mode": "archive",
-                             "extract_workers": 1})
+                             "extract_workers": 1, "unpack_while_downloading": False})
     code = main(["stage", "-c", str(profile)])
     err = capsys.readouterr().err
     assert code == 130 and "interrupted" in err, err
@@ -446,16 +446,16 @@ def test_a_rerun_after_the_disk_filled_during_unpacking_counts_what_is_already_u
     real = extract.write_member
     written: list[str] = []
 
-    def interrupted_after_two(fh, zinfo, member, archive):  # noqa: ANN001, ANN202
-        real(fh, zinfo, member, archive)
-        written.append(member.name)
+    def interrupted_after_two(fd, sm, archive, stop=None):  # noqa: ANN001, ANN202
+        real(fd, sm, archive, stop)
+        written.append(sm.member.name)
         if len(written) == 2:
             os.kill(os.getpid(), signal.SIGINT)
 
     monkeypatch.setattr(extract, "write_member", interrupted_after_two)
     srv = serve()
     profile = write_profile({"dataset": str(built.manifest), "sources": [srv.url + "/mirror/"], "subsets": "0", "mode": "archive",
-                             "extract_workers": 1, "root": str(disk / "data")})
+                             "extract_workers": 1, "unpack_while_downloading": False, "root": str(disk / "data")})
     manifest = yaml.safe_load(built.manifest.read_text())
     manifest["files"] = [f for f in manifest["files"] if f["key"] == "subset0.zip"]
     built.manifest.write_text(yaml.safe_dump(manifest))

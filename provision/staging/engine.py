@@ -26,7 +26,7 @@ from .context import Emit, FileResult, StageContext
 from .fetch import fetch
 from .signals import Stopped
 from .state import FileRecord, StateStore, run_lock, size_of, stat_stamp, work_dir
-from .unpack import extract_file, link_from_copies, member_sizes, stream_file
+from .unpack import UnpackWhileLanding, extract_file, link_from_copies, member_sizes, stream_file
 
 log = logging.getLogger(__name__)
 
@@ -165,17 +165,24 @@ class Stager:
             if stream_file(ctx, f, need.only, state, result):
                 ctx.emit("file_done", key=f.key, message=f"{f.key}: {result.outcome} from {result.source} ({result.members} members unpacked while downloading)")
                 return
+        # archive mode unpacks members as their bytes land (a repair writes only some, once the archive is whole)
+        landing = UnpackWhileLanding(ctx, f, result) if need.fetch and need.extract and not repairing and self.cfg.unpack_while_downloading else None
         if need.fetch:
             if repairing:  # the whole archive again: bytes the plan did not count
                 ctx.emit("expect", key=f.key, n=f.size or 0)
-            source, md5 = fetch(ctx, f, final, result, conns)
+            try:
+                source, md5 = fetch(ctx, f, final, result, conns, landing)
+            except BaseException:
+                if landing is not None:
+                    landing.abandon(damaged=False)
+                raise
             state.fetched(f.key, md5=md5, size=os.stat(final).st_size, source=source, unpack=f.unpack, stamp=stat_stamp(final),
                           repairing=repairing)
             result.source = source
         else:
             result.source = rec.source if (rec := state.record(f.key)) is not None else None
         if need.extract:
-            members = extract_file(ctx, f, final, need.only, result)
+            members = (landing.finish(final) if landing is not None else None) or extract_file(ctx, f, final, need.only, result)
             state.unpacked(f.key, member_sizes(members), need.only, sum(m.size for m in members))
             if not self.plan.keeps(f):
                 final.unlink(missing_ok=True)

@@ -11,7 +11,7 @@ import hashlib
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from ..errors import OutOfSpaceError
 from ..planvalues import FileLocation, FilePlan
@@ -26,12 +26,24 @@ from .transport.protocol import BUFFER_BYTES, Transfer
 from .transport.zenodo import fill_from_records
 
 
-def fetch(ctx: StageContext, f: FilePlan, final: Path, result: FileResult, conns: ThreadPoolExecutor) -> tuple[str, str]:
-    """Bring ``f`` to ``final``, verified; returns (the source that delivered it, its md5)."""
+class Follower(Protocol):
+    """Work that follows a download as its bytes land (archive mode's unpacking): begun once the partial file exists,
+    with the download, which says whether its source honours ranges and which bytes are written; abandoned when the attempt fails (with ``damaged``, when its bytes
+    turned out wrong or are written again from the start)."""
+
+    def begin(self, transfer: Transfer, size: int, part: Path, download: SegmentedDownload) -> None: ...
+
+    def abandon(self, damaged: bool) -> None: ...
+
+
+def fetch(ctx: StageContext, f: FilePlan, final: Path, result: FileResult, conns: ThreadPoolExecutor,
+          follower: Follower | None = None) -> tuple[str, str]:
+    """Bring ``f`` to ``final``, verified; returns (the source that delivered it, its md5). A ``follower`` is begun with
+    each ranged download (and abandoned with it when it fails)."""
 
     def attempt(loc: FileLocation) -> str:
         size, md5 = expected(ctx, f, loc)
-        return download(ctx, f, loc, final, size, md5, result, conns)
+        return download(ctx, f, loc, final, size, md5, result, conns, follower)
 
     return from_sources(ctx, f, result, attempt, damaged=ChecksumMismatch)
 
@@ -42,7 +54,7 @@ def expected(ctx: StageContext, f: FilePlan, loc: FileLocation) -> tuple[int | N
 
 
 def download(ctx: StageContext, f: FilePlan, loc: FileLocation, final: Path, size: int | None, md5: str | None,
-             result: FileResult, conns: ThreadPoolExecutor) -> str:
+             result: FileResult, conns: ThreadPoolExecutor, follower: Follower | None = None) -> str:
     pdir = ctx.partial
     pdir.mkdir(parents=True, exist_ok=True)
     part = pdir / f"{f.key}.part"
@@ -59,11 +71,20 @@ def download(ctx: StageContext, f: FilePlan, loc: FileLocation, final: Path, siz
 
     job = SegmentContext(segment_min_bytes=ctx.cfg.segment_mb << 20, connections=ctx.plan.connections, retrier=ctx.retrier,
                          stop=ctx.stop, emit=ctx.emit, finish=finish)
+    segmented = SegmentedDownload(job, f, transfer, part, progress_path, final, size, md5, result, conns)
+    if follower is not None:
+        follower.begin(transfer, size, part, segmented)
     try:
-        return SegmentedDownload(job, f, transfer, part, progress_path, final, size, md5, result, conns).run()
+        return segmented.run()
     except NoRangeSupport:
+        if follower is not None:
+            follower.abandon(damaged=True)  # the file is written again from its first byte
         result.retries.append(f"{loc.url} ignores byte ranges: fetching it whole")
         return download_whole(ctx, f, transfer, part, progress_path, final, size, md5, result)
+    except BaseException as exc:
+        if follower is not None:
+            follower.abandon(damaged=isinstance(exc, ChecksumMismatch))
+        raise
 
 
 def open_source(ctx: StageContext, f: FilePlan, loc: FileLocation, size: int | None, md5: str | None,

@@ -68,6 +68,8 @@ class SegmentedDownload:
         # only the first request goes out until the source has shown it honours ranges; otherwise that
         # first answer carries the whole file and the other segments are never requested
         self.gate = threading.Event()
+        self.answered = threading.Event()  # the first answer came (or none will)
+        self.held = False  # the gate opens when a follower says so (it reads the directory first, on a connection of its own)
         self.whole = False
         self.errors: list[BaseException] = []
         self.workers_left = 0  # the md5 follower stops waiting once no worker is left to deliver bytes
@@ -106,6 +108,30 @@ class SegmentedDownload:
     def _length(self, start: int) -> int:
         return min(self.segment, self.size - start)
 
+    def honours_ranges(self, halt: threading.Event) -> bool:
+        """Whether the source honours byte ranges, once its first answer is in (False when the download or ``halt``
+        ends first, or nothing was left to fetch)."""
+        while not self.answered.wait(0.1):
+            if halt.is_set() or self.cancel.is_set() or self.s.stop.is_set():
+                return False
+        return not self.whole and not self.cancel.is_set()
+
+    def hold_others(self) -> Callable[[], None]:
+        """Keep the segments after the first from asking until the returned call (made once the source has answered):
+        a follower's own request then gets one of the host's connections before they take them all."""
+        self.held = True
+        return self.gate.set
+
+    def has(self, start: int, end: int) -> bool:
+        """Whether bytes [start, end) of the file are all written (they may lie in several segments)."""
+        with self.cond:
+            seg = start - start % self.segment
+            while seg < end:
+                if self.done[seg] < min(end, seg + self._length(seg)) - seg:
+                    return False
+                seg += self.segment
+            return True
+
     def run(self) -> str:
         fd = os.open(self.part, os.O_WRONLY)
         try:
@@ -117,6 +143,8 @@ class SegmentedDownload:
             finally:
                 if self.errors or self.s.stop.is_set():
                     self.cancel.set()
+                self.answered.set()  # whoever waits for the first answer (nothing was left to ask for) waits no longer
+                self.gate.set()
                 for fut in futures:
                     fut.exception()
                 with self.cond:
@@ -152,7 +180,9 @@ class SegmentedDownload:
 
     def _opened(self, ranged: bool) -> None:
         self.whole = not ranged
-        self.gate.set()
+        self.answered.set()
+        if not ranged or not self.held:
+            self.gate.set()
 
     def _account(self, pos: int, n: int) -> None:
         """Credit ``n`` bytes written at ``pos`` to the segments they fall in (a whole-file answer spans them all)."""
@@ -227,6 +257,7 @@ class SegmentedDownload:
             if isinstance(exc, OutOfSpaceError):
                 self.s.stop.set(exc.message, exc)
             self.cancel.set()
+            self.answered.set()
             self.gate.set()
 
 

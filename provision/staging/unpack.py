@@ -6,13 +6,17 @@ arrives, never stored), or linking the scans of an unpacked copy. Each records w
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
 from pathlib import Path
 
-from ..errors import ChecksumError, DownloadError, ExtractError
+from ..errors import ChecksumError, DownloadError, ExtractError, ProvisionError
 from ..planvalues import FileLocation, FilePlan
 from .archive import extract as extracting
+from .archive import landing
 from .archive.checkpoint import CheckpointFile, discard_stream
+from .archive.landing import Landing
 from .archive.members import Layout
 from .archive.stream import (
     StreamHooks,
@@ -25,8 +29,12 @@ from .archive.stream import (
 from .context import FileResult, StageContext
 from .fallback import from_sources
 from .fetch import expected, md5_of, open_source
-from .signals import CannotStream, CopyDamaged, NoRangeSupport, PermanentError, StreamCorrupt
+from .segments import SegmentedDownload
+from .signals import CannotStream, CopyDamaged, NoRangeSupport, PermanentError, StagingSignal, StreamCorrupt, TransientError
 from .state import FileRecord, StateStore
+from .transport.protocol import Transfer
+
+log = logging.getLogger(__name__)
 
 
 def member_sizes(members: list[extracting.Member]) -> dict[str, tuple[int, int | None]]:
@@ -58,6 +66,86 @@ def extract_file(ctx: StageContext, f: FilePlan, archive: Path, only: frozenset[
         raise
     result.members = count
     return members
+
+
+class UnpackWhileLanding:
+    """Archive mode's unpacking while the archive downloads (a :class:`.fetch.Follower`): each attempt at a ranged
+    source begins a :class:`.archive.landing.Landing`; ``finish`` hands over its members once the archive is verified,
+    or None, and then the archive is unpacked the ordinary way (:func:`extract_file`)."""
+
+    def __init__(self, ctx: StageContext, f: FilePlan, result: FileResult) -> None:
+        self.ctx = ctx
+        self.f = f
+        self.result = result
+        self.current: Landing | None = None
+
+    def begin(self, transfer: Transfer, size: int, part: Path, download: SegmentedDownload) -> None:
+        self.abandon(damaged=False)
+        if size < landing.MIN_ARCHIVE_BYTES:
+            return
+        ctx, f = self.ctx, self.f
+
+        def layout(halt: threading.Event) -> Layout | None:
+            """The directory, read while the download starts; None to unpack the archive once it is whole (a source
+            without ranges, whose answers are whole files; a directory that cannot be read or does not match the data
+            set's, which the ordinary way then reports; too little room for archive and members)."""
+            try:
+                if not download.honours_ranges(halt):
+                    return None
+                retrier = ctx.retrier()
+                while True:
+                    try:
+                        found = read_layout(transfer, size, ctx.target, f.key)
+                        break
+                    except TransientError as exc:
+                        others_go()  # the download does not wait for a directory that is slow to come
+                        try:
+                            delay = retrier.after(exc)
+                        except TransientError:
+                            return None
+                        if halt.wait(delay):
+                            return None
+            except (ProvisionError, StagingSignal) as exc:
+                log.info("%s: not unpacked while it downloads: %s", f.key, exc)
+                return None
+            finally:
+                others_go()
+            try:
+                if not f.unpacked_estimated:
+                    check_streamable_size(found, f.unpacked_bytes, f.key)
+                if f.pinned:
+                    check_layout_against_pins(found, f.pinned, transfer.label)
+            except (ProvisionError, StagingSignal) as exc:
+                log.info("%s: not unpacked while it downloads: %s", f.key, exc)
+                return None
+            to_write = sum(sm.member.size for sm in found.members)
+            if to_write + size > ctx.free_bytes():
+                return None
+            ctx.emit("unpack", key=f.key, members=len(found.members), bytes=to_write)
+            return found
+
+        def landed(member: extracting.Member) -> None:
+            ctx.emit("unpacked", key=f.key, n=member.size)
+
+        others_go = download.hold_others()
+
+        self.current = Landing(layout, part, download.has, workers=ctx.cfg.extract_workers or (os.cpu_count() or 1), stop=ctx.stop,
+                               on_member=landed)
+
+    def abandon(self, damaged: bool) -> None:
+        if self.current is not None:
+            self.current.abandon(remove=damaged)
+            self.current = None
+
+    def finish(self, archive: Path) -> list[extracting.Member] | None:
+        """The archive's members, all on disk, once the last is written; None when it is to be unpacked the ordinary way."""
+        if self.current is None:
+            return None
+        done, self.current = self.current, None
+        members = done.finish(archive)
+        if members is not None:
+            self.result.members = len(done.written)
+        return members
 
 
 def stream_file(ctx: StageContext, f: FilePlan, only: frozenset[str] | None, state: StateStore, result: FileResult) -> bool:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import os
 import queue
 import stat
@@ -118,7 +117,7 @@ def extract(
     """Extract ``archive_path`` into ``target``, skipping members already complete; return all members.
 
     ``only`` limits writing to those member names (repairs). Members are written in parallel by
-    ``workers`` threads, each with its own handle on the archive. ``on_start(members, bytes)`` says how
+    ``workers`` threads, each reading the archive at its own offsets. ``on_start(members, bytes)`` says how
     much is about to be written, ``on_member`` each member done.
     """
     archive = archive_path.name
@@ -138,70 +137,83 @@ def extract(
     wanted = set(only) if only is not None else None
     # the archive's md5 vouches for its directory, and so each CRC: a member already on disk stays only when it matches
     todo = [m for m in members if (wanted is None or m.name in wanted) and (wanted is not None or not member_done(m, check_crc=True))]
+    located = [stream_member(infos[m.name], m, archive) for m in sorted(todo, key=lambda m: -m.size)]
     remaining = sum(m.size for m in todo)
     if free_bytes is not None and remaining > free_bytes():
         raise OutOfSpaceError.disk_full(target, f"unpacking {archive} (it is kept)", needed=remaining, free=free_bytes())
     if on_start is not None:
         on_start(len(todo), remaining)
-    _run_parallel(archive_path, sorted(todo, key=lambda m: -m.size), infos, max(1, workers), on_member, stop)
+    _run_parallel(archive_path, located, max(1, workers), on_member, stop)
     return members
 
 
-def _run_parallel(archive_path: Path, todo: list[Member], infos: dict[str, zipfile.ZipInfo], workers: int,
-                  on_member: Callable[[Member], None] | None, stop: threading.Event | None) -> None:
-    jobs: queue.Queue[Member] = queue.Queue()
-    for m in todo:
-        jobs.put(m)
+def stream_member(info: zipfile.ZipInfo, member: Member, archive: str) -> StreamMember:
+    """Where ``member``'s bytes are and how they are compressed; an encrypted member, or an unknown method, is refused."""
+    if info.flag_bits & 0x1 or info.compress_type not in METHODS:
+        what = "is encrypted" if info.flag_bits & 0x1 else f"uses compression method {info.compress_type}, which is not supported"
+        raise ExtractError(f"{archive}: member {member.name} {what}", hint="this is not an archive of the data set; nothing of it was written",
+                           archive=archive, member=member.name)
+    return StreamMember(member, info.header_offset, info.compress_size, info.compress_type)
+
+
+def _run_parallel(archive_path: Path, todo: list[StreamMember], workers: int, on_member: Callable[[Member], None] | None,
+                  stop: threading.Event | None) -> None:
+    jobs: queue.Queue[StreamMember] = queue.Queue()
+    for sm in todo:
+        jobs.put(sm)
     errors: list[BaseException] = []
     halt = stop or threading.Event()
 
-    def work() -> None:
+    def work(fd: int) -> None:
         try:
-            with open(archive_path, "rb") as fh:
-                while not halt.is_set() and not errors:
-                    try:
-                        member = jobs.get_nowait()
-                    except queue.Empty:
-                        return
-                    write_member(fh, infos[member.name], member, archive_path.name)
-                    if on_member:
-                        on_member(member)
+            while not halt.is_set() and not errors:
+                try:
+                    sm = jobs.get_nowait()
+                except queue.Empty:
+                    return
+                write_member(fd, sm, archive_path.name, halt)
+                if on_member:
+                    on_member(sm.member)
         except BaseException as exc:  # noqa: BLE001 - handed to the caller below
             errors.append(exc)
 
-    threads = [threading.Thread(target=work, name=f"extract-{i}", daemon=True) for i in range(min(workers, max(1, len(todo))))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    fd = os.open(archive_path, os.O_RDONLY)
+    try:
+        threads = [threading.Thread(target=work, args=(fd,), name=f"extract-{i}", daemon=True) for i in range(min(workers, max(1, len(todo))))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        os.close(fd)
     if errors:
         raise errors[0]
     if not jobs.empty():  # the run is stopping (Ctrl-C, another file's error): this archive is not unpacked, and says so
         raise Stopped(f"{archive_path.name}: unpacking stopped with {jobs.qsize()} member(s) still to write")
 
 
-def write_member(fh: io.BufferedIOBase, info: zipfile.ZipInfo, member: Member, archive: str) -> None:
-    """Inflate one member from the archive file into a temp name beside its destination; renamed once its CRC checks out."""
-    if info.flag_bits & 0x1 or info.compress_type not in METHODS:
-        what = "is encrypted" if info.flag_bits & 0x1 else f"uses compression method {info.compress_type}, which is not supported"
-        raise ExtractError(f"{archive}: member {member.name} {what}", hint="this is not an archive of the data set; nothing of it was written",
-                           archive=archive, member=member.name)
-    fh.seek(info.header_offset)
-    header = fh.read(LOCAL_HEADER.size)
+def write_member(fd: int, sm: StreamMember, archive: str, stop: threading.Event | None = None) -> None:
+    """Inflate one member, read at its offsets from the archive open at ``fd``, into a temp name beside its
+    destination; renamed once its CRC checks out. ``stop`` ends it between two reads (the temp file goes)."""
+    member = sm.member
+    header = os.pread(fd, LOCAL_HEADER.size, sm.header_offset)
     if len(header) < LOCAL_HEADER.size or header[:4] != LOCAL_SIGNATURE:
-        raise ExtractError(f"{archive}: member {member.name} is damaged (no local header at byte {info.header_offset})",
+        raise ExtractError(f"{archive}: member {member.name} is damaged (no local header at byte {sm.header_offset})",
                            hint="the archive will be fetched again on the next stage", archive=archive, member=member.name)
     name_len, extra_len = LOCAL_HEADER.unpack(header)[9:11]
-    fh.seek(info.header_offset + LOCAL_HEADER.size + name_len + extra_len)
-    writer = MemberWriter(StreamMember(member, info.header_offset, info.compress_size, info.compress_type), archive)
-    buf = memoryview(bytearray(min(BUFFER_BYTES, max(1, info.compress_size))))  # one buffer, read into again and again
+    pos = sm.header_offset + LOCAL_HEADER.size + name_len + extra_len
+    writer = MemberWriter(sm, archive)
+    buf = memoryview(bytearray(min(BUFFER_BYTES, max(1, sm.compress_size))))  # one buffer, read into again and again
     try:
-        left = info.compress_size
+        left = sm.compress_size
         while left:
-            got = fh.readinto(buf[: min(len(buf), left)])
+            if stop is not None and stop.is_set():
+                raise Stopped(f"{archive}: stopped while unpacking {member.name}")
+            got = os.preadv(fd, [buf[: min(len(buf), left)]], pos)
             if not got:
                 raise StreamCorrupt(f"the archive ends {left} bytes into member {member.name}")
             writer.feed(buf[:got])
+            pos += got
             left -= got
         writer.finish()
     except StreamCorrupt as exc:

@@ -1,0 +1,170 @@
+"""Archive mode unpacks an archive while it lands: each member is inflated as soon as every byte of it is on disk,
+on as many threads as unpacking uses, instead of once the whole archive is there.
+
+The central directory is read first (ranged reads of the tail, as stream mode does, on a thread of its own so the
+download does not wait for it). Members are then taken in any order their bytes complete (the download's segments
+arrive side by side), read back from the partial file (the page cache) and written under temporary names, each
+renamed once its size and CRC-32 check out. Nothing here decides what is trusted: the archive's md5 is still checked
+as a whole, the directory the members were cut by must be the downloaded archive's own, and on any doubt the members
+this landing wrote are removed and the archive is unpacked the ordinary way once it is whole.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+from ...errors import ExtractError, OutOfSpaceError
+from ..signals import Stopped
+from ..stop import StopSignal
+from ..transport.opening import BLOCK_BYTES
+from .extract import list_members, member_done, write_member
+from .members import Layout, Member, StreamMember
+
+log = logging.getLogger(__name__)
+POLL_S = 0.05  # how often an idle worker looks for a member whose bytes have all landed
+# smaller archives (under 1 MiB) are unpacked once whole: reading the directory first costs a block (64 KiB) or two,
+# and their unpacking takes a moment anyway
+MIN_ARCHIVE_BYTES = 16 * BLOCK_BYTES
+
+
+class Landing:
+    """One archive's members unpacked as its download lands. ``have(start, end)`` says whether bytes [start, end) of the
+    partial file are all written; ``layout(halt)`` reads the directory, on a thread of its own (None: do not unpack
+    early, the archive is unpacked once it is whole; ``halt`` says the landing was abandoned). ``finish`` waits for the last members, ``abandon`` stops them."""
+
+    def __init__(self, layout: Callable[[threading.Event], Layout | None], part: Path, have: Callable[[int, int], bool], *, workers: int, stop: StopSignal,
+                 on_member: Callable[[Member], None] | None = None) -> None:
+        self.read_layout = layout
+        self.have = have
+        self.workers = max(1, workers)
+        self.on_member = on_member
+        self.stop = stop
+        self.halt = threading.Event()
+        stop.on_set(self.halt.set)
+        self.fd = os.open(part, os.O_RDONLY)  # opened now: the partial file is renamed once verified, its readers go on
+        self.layout: Layout | None = None
+        self.pending: list[tuple[StreamMember, int]] = []  # each member with the end of its bytes, in archive order
+        self.lock = threading.Condition()
+        self.errors: list[BaseException] = []
+        self.written: list[Member] = []
+        self.kept: list[Member] = []  # already on disk from a run that was stopped, its CRC matching
+        self.threads: list[threading.Thread] = []
+        self.starter = threading.Thread(target=self._start, name="landing", daemon=True)
+        self.starter.start()
+
+    def _start(self) -> None:
+        try:
+            layout = self.read_layout(self.halt)
+        except BaseException as exc:  # noqa: BLE001 - a bug in reading the directory: reported by finish()
+            self.errors.append(exc)
+            return
+        if layout is None:
+            return
+        ends = [sm.header_offset for sm in layout.members[1:]] + [layout.directory_offset]
+        with self.lock:  # under the lock: once abandon() has halted, no worker starts
+            if self.halt.is_set():
+                return
+            self.layout = layout
+            self.pending = list(zip(layout.members, ends, strict=True))
+            for i in range(min(self.workers, len(self.pending))):
+                thread = threading.Thread(target=self._work, name=f"landing-{i}", daemon=True)
+                self.threads.append(thread)
+                thread.start()
+
+    def _next(self) -> StreamMember | None:
+        """The next member whose bytes are all on disk (waiting for one); None when none is left or the work stops."""
+        with self.lock:
+            while self.pending and not self.halt.is_set():
+                for i, (sm, end) in enumerate(self.pending):
+                    if self.have(sm.header_offset, end):
+                        del self.pending[i]
+                        return sm
+                self.lock.wait(POLL_S)
+            return None
+
+    def _work(self) -> None:
+        try:
+            while (sm := self._next()) is not None:
+                if member_done(sm.member, check_crc=True):  # a stopped run wrote it from these bytes' archive
+                    with self.lock:
+                        self.kept.append(sm.member)
+                else:
+                    assert self.layout is not None
+                    write_member(self.fd, sm, self.layout.archive, self.halt)
+                    with self.lock:
+                        self.written.append(sm.member)
+                if self.on_member is not None:
+                    self.on_member(sm.member)
+        except BaseException as exc:  # noqa: BLE001 - handed to finish()
+            with self.lock:
+                self.errors.append(exc)
+                self.lock.notify_all()
+            self.halt.set()
+            if isinstance(exc, OutOfSpaceError):  # the disk is full: the download stops too
+                self.stop.set(exc.message, exc)
+
+    def _join(self) -> None:
+        """Wait for the workers (the directory's reader, if it still reads, ends on its own: it starts none now)."""
+        for thread in self.threads:
+            thread.join()
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def finish(self, archive: Path) -> list[Member] | None:
+        """Every member of the verified ``archive``, once the last is written; None when it is to be unpacked the
+        ordinary way (its directory could not be read first, or differs from the one the members were cut by)."""
+        self.have = lambda start, end: True  # the download is complete
+        self.starter.join()
+        with self.lock:
+            self.lock.notify_all()
+        self._join()
+        if self.stop.is_set():
+            raise Stopped(self.stop.reason)
+        damaged = [e for e in self.errors if isinstance(e, ExtractError)]
+        if self.errors and len(damaged) < len(self.errors):
+            raise next(e for e in self.errors if not isinstance(e, ExtractError))
+        if self.layout is None or damaged or self.pending:
+            return None  # unpacked once whole: the ordinary way tells what is wrong (and keeps what checked out)
+        if not same_directory(archive, self.layout):
+            log.warning("%s: its directory differs from the one read before the download: unpacking it again", archive.name)
+            self._remove()
+            return None
+        return [sm.member for sm in self.layout.members]
+
+    def abandon(self, remove: bool) -> None:
+        """Stop; with ``remove``, the members this landing wrote or kept go too (their archive turned out damaged)."""
+        with self.lock:
+            self.halt.set()
+            self.lock.notify_all()
+        self._join()
+        if remove:
+            self._remove()
+
+    def _remove(self) -> None:
+        for member in self.written + self.kept:
+            member.dest.unlink(missing_ok=True)
+        self.written, self.kept = [], []
+
+
+def same_directory(archive: Path, layout: Layout) -> bool:
+    """Whether ``archive``'s own directory lists the members ``layout`` did, at the same offsets, sizes and CRCs."""
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            names = {m.name for m in list_members(zf, archive.parent, archive.name)}
+            infos = {i.filename: i for i in zf.infolist()}
+    except (zipfile.BadZipFile, ExtractError, OSError):
+        return False
+    if names != {sm.member.name for sm in layout.members}:
+        return False
+    for sm in layout.members:
+        info = infos[sm.member.name]
+        if (info.header_offset, info.compress_size, info.compress_type, info.file_size, info.CRC) != \
+                (sm.header_offset, sm.compress_size, sm.compress_type, sm.member.size, sm.member.crc):
+            return False
+    return True

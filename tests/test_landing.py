@@ -1,0 +1,157 @@
+"""Archive mode unpacks each member as soon as its bytes have landed, not once the whole archive is there; the archive's
+md5 still vouches for every member, and a damaged download, a lying directory or a signal leaves no member it cannot."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from provision.staging.archive import landing
+from provision.staging.archive.stream import read_layout
+from provision.staging.stop import StopSignal
+from provision.staging.transport.local import LocalTransfer
+from tests.conftest import REPO, stage_in_child
+from tests.support.dataset import build_luna_like, records_of, tree_md5s
+from tests.support.server import Faults, FileServer
+from tests.test_progress_and_archives import collect
+from tests.test_stage import expected_tree, stage_json
+
+
+def temp_files(target: Path) -> list[Path]:
+    return [p for p in target.rglob("*") if p.name.endswith(".provision-tmp")]
+
+
+@pytest.mark.parametrize("early", [True, False])
+def test_members_are_unpacked_while_the_archive_downloads(tmp_path: Path, write_profile, early: bool) -> None:
+    data = build_luna_like(tmp_path / "d", subsets=1, scans=4, raw_bytes=700_000, extra_plain=False)
+    assert data.files["subset0.zip"]["size"] > landing.MIN_ARCHIVE_BYTES
+    with FileServer(data.folder, Faults(rate_per_conn=500_000), records=records_of(data)) as srv:
+        profile = write_profile({"dataset": str(data.manifest), "sources": [srv.url + "/mirror/"], "mode": "archive",
+                                 "connections": 4, "unpack_while_downloading": early})
+        events = collect(profile)
+    target = tmp_path / "root" / "part2" / "luna"
+    assert tree_md5s(target) == expected_tree(data)
+    last_byte = max(i for i, (event, _) in enumerate(events) if event == "bytes")
+    unpacked = [i for i, (event, _) in enumerate(events) if event == "unpacked"]
+    assert len(unpacked) == 8
+    if early:
+        assert unpacked[0] < last_byte, "the first member was unpacked before the archive's last byte arrived"
+    else:
+        assert unpacked[0] > last_byte, "with unpack_while_downloading: false, only once the archive is whole"
+    assert not (target / "subset0.zip").exists() and not temp_files(target)
+    state = json.loads((tmp_path / "root" / ".provision" / "state.json").read_text())["files"]["subset0.zip"]
+    assert state["extracted"] is True and len(state["members"]) == 8
+
+
+def test_a_damaged_download_leaves_no_member_it_unpacked(tmp_path: Path, write_profile, capsys) -> None:
+    """Every copy of the archive has a byte flipped in its last member: the members before it land (their CRCs are
+    right), the md5 then fails on every try, and not one of them keeps its name."""
+    data = build_luna_like(tmp_path / "d", subsets=1, scans=4, raw_bytes=700_000, extra_plain=False)
+    with zipfile.ZipFile(data.folder / "subset0.zip") as zf:
+        last = max(zf.infolist(), key=lambda i: i.header_offset)
+    with FileServer(data.folder, Faults(rate_per_conn=2_000_000, corrupt_at={"subset0.zip": last.header_offset + 200}),
+                    records=records_of(data)) as srv:
+        profile = write_profile({"dataset": str(data.manifest), "sources": [srv.url + "/mirror/"], "mode": "archive", "connections": 4})
+        events = collect(profile)  # the engine's run: the file fails, the run goes on
+        code, report = stage_json(profile, capsys)
+    assert code != 0 and "md5" in json.dumps(report)
+    target = tmp_path / "root" / "part2" / "luna"
+    assert any(event == "unpacked" for event, _ in events), "members did land before the md5 failed"
+    assert not [p for p in target.rglob("*") if p.is_file()], "no member of a damaged archive keeps a final name"
+
+
+def test_a_body_damaged_once_is_fetched_again_and_its_members_unpacked_again(tmp_path: Path, write_profile, capsys) -> None:
+    data = build_luna_like(tmp_path / "d", subsets=2, scans=3, raw_bytes=600_000, extra_plain=False)
+    with FileServer(data.folder, Faults(corrupt_once_at={"subset1.zip": 5000}), records=records_of(data)) as srv:
+        profile = write_profile({"dataset": str(data.manifest), "sources": [srv.url + "/mirror/"], "mode": "archive", "connections": 4})
+        code, report = stage_json(profile, capsys)
+    assert code == 0, report
+    target = tmp_path / "root" / "part2" / "luna"
+    assert tree_md5s(target) == expected_tree(data) and not temp_files(target)
+    retried = next(f for f in report["files"] if f["key"] == "subset1.zip")["retries"]
+    assert any("md5" in r for r in retried), retried
+
+
+def two_archives(folder: Path) -> tuple[Path, Path]:
+    """An archive of two members, and one of the same two (same bytes, same offsets) and a third after them."""
+    folder.mkdir(parents=True)
+    members = [(f"subset0/scan{i}.raw", bytes([i]) * 300_000 + os.urandom(50_000)) for i in range(3)]
+    paths = []
+    for name, count in (("two.zip", 2), ("three.zip", 3)):
+        with zipfile.ZipFile(folder / name, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+            for member, blob in members[:count]:
+                zf.writestr(member, blob)
+        paths.append(folder / name)
+    return paths[0], paths[1]
+
+
+def test_members_cut_by_another_directory_than_the_archive_own_are_removed(tmp_path: Path) -> None:
+    """The directory read before the download (a mirror's tail that lied) lists two members; the archive that arrived
+    (md5 and all) holds three. Both members check out against the directory they were cut by, yet they go, and the
+    archive is left to be unpacked the ordinary way."""
+    two, three = two_archives(tmp_path / "zips")
+    target = tmp_path / "target"
+    layout = read_layout(LocalTransfer(str(two)), two.stat().st_size, target, "subset0.zip")
+    run = landing.Landing(lambda halt: layout, three, lambda start, end: True, workers=2, stop=StopSignal())
+    assert run.finish(three) is None
+    assert len(run.written) == 0 and not [p for p in target.rglob("*") if p.is_file()]
+    assert landing.same_directory(three, read_layout(LocalTransfer(str(three)), three.stat().st_size, target, "subset0.zip"))
+
+
+def test_a_landing_takes_a_member_only_once_all_its_bytes_are_there(tmp_path: Path) -> None:
+    two, _ = two_archives(tmp_path / "zips")
+    target = tmp_path / "target"
+    layout = read_layout(LocalTransfer(str(two)), two.stat().st_size, target, "subset0.zip")
+    second = layout.members[1].header_offset
+    landed = {"upto": second}  # the first member's bytes are there, the second's not yet
+    run = landing.Landing(lambda halt: layout, two, lambda start, end: end <= landed["upto"], workers=2, stop=StopSignal())
+    deadline = time.monotonic() + 10
+    while not (target / "subset0" / "scan0.raw").exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.2)
+    assert (target / "subset0" / "scan0.raw").exists() and not (target / "subset0" / "scan1.raw").exists()
+    members = run.finish(two)
+    assert members is not None and {m.name for m in members} == {"subset0/scan0.raw", "subset0/scan1.raw"}
+    with zipfile.ZipFile(two) as zf:
+        assert all((target / name).read_bytes() == zf.read(name) for name in zf.namelist())
+
+
+def test_ctrl_c_while_members_land_stops_at_once_and_the_rerun_resumes(tmp_path: Path, write_profile) -> None:
+    """SIGINT half way through an archive whose first members have landed: exit 130 promptly, no temporary file, no
+    archive under its final name; the rerun resumes the download and ends with the whole tree."""
+    data = build_luna_like(tmp_path / "d", subsets=1, scans=6, raw_bytes=700_000, extra_plain=False)
+    size = data.files["subset0.zip"]["size"]
+    target = tmp_path / "root" / "part2" / "luna"
+    with FileServer(data.folder, Faults(rate_per_conn=1_000_000, hold_after=size // 2), records=records_of(data)) as srv:
+        profile = write_profile({"dataset": str(data.manifest), "sources": [srv.url + "/mirror/"], "mode": "archive", "connections": 2})
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        proc = subprocess.Popen([sys.executable, "-m", "provision", "stage", "-c", str(profile)], env=env, cwd=REPO,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 60
+            while not list(target.rglob("*.raw")) and time.monotonic() < deadline and proc.poll() is None:
+                time.sleep(0.02)
+            assert list(target.rglob("*.raw")), "a member landed before the download was half done"
+            proc.send_signal(signal.SIGINT)
+            out, err = proc.communicate(timeout=20)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert proc.returncode == 130, out + err
+        assert "Traceback" not in err, err
+        assert not temp_files(target) and not (target / "subset0.zip").exists()
+        srv.release()
+        srv.faults.rate_per_conn = None
+        done = stage_in_child(profile)
+        assert done.returncode == 0, done.stderr
+        assert srv.stats.bytes_sent <= 1.25 * size + 4 * 64 * 1024, "the rerun fetched little twice"
+    assert tree_md5s(target) == expected_tree(data) and not temp_files(target)
