@@ -115,7 +115,8 @@ def plan_staging(config: Config, manifest: Manifest, facts: Facts) -> tuple[Data
     connections = connections_to(config, data)
     ways = plan_ways([disk_item(f) for f in data.files], disk_rules(config, stream=False, cache_bytes_per_subset=cache.bytes_per_subset),
                      config.data.mode, config.data.stream_ranges, path=config.data.root, probe=facts.data_fs.probe,
-                     free_bytes=facts.data_fs.free_bytes, connections=connections, cores=facts.cores)
+                     free_bytes=facts.data_fs.free_bytes, connections=connections, cores=facts.cores,
+                     landing=config.data.unpack_while_downloading)
     way, reason = choose_way(config.data.mode, ways, any(f.unpack for f in data.files))
     fastest = min(w.seconds for w in ways) or 1.0
     at_once = streams_at_once(connections, way.stream_ranges, facts.cores) if way.mode == "stream" else max(1, way.files_in_flight)

@@ -2,7 +2,8 @@
 
 In order of preference (and, on a capped connection, of speed): archive mode with ``files_in_flight``
 archives on disk at once; archive mode with fewer in flight, down to one (the peak is then the unpacked
-data plus the largest archive, but unpacking no longer overlaps the next download); stream mode, each
+data plus the largest archive; each member is still unpacked as it lands, but the next download waits for an
+archive's last members); stream mode, each
 archive's bytes fetched over several connections at once and inflated in order (its md5 checked as in
 archive mode; every connection busy even on the last archive). ``data.mode: auto`` takes the first that
 fits; a mode the user set is used as set. Pure functions: the disk figures come from :mod:`provision.disk`.
@@ -55,12 +56,15 @@ def load_of(items: Sequence[DiskItem], connections: int, cores: int) -> Load:
     return Load(len(archives), sum(i.archive_bytes for i in items), sum(i.unpacked_bytes for i in items), max(1, connections), max(1, cores))
 
 
-def estimate_s(mode: str, files_in_flight: int, ranges: int, load: Load) -> float:
-    """Seconds at nominal rates. Archive mode downloads on every connection and unpacks on every core, the two
-    overlapping once two archives are in flight; stream mode inflates as it reads, one thread per range."""
+def estimate_s(mode: str, files_in_flight: int, ranges: int, load: Load, landing: bool = True) -> float:
+    """Seconds at nominal rates. Archive mode downloads on every connection and unpacks on every core: each member as
+    it lands (``landing``, data.unpack_while_downloading), so the two overlap however many archives are in flight;
+    otherwise only once two archives are in flight. Stream mode inflates as it reads, one thread per archive."""
     if mode == "archive":
         download = load.download_bytes / (CONNECTION_BYTES_S * load.connections)
         unpack = load.unpacked_bytes / (INFLATE_BYTES_S * load.cores)
+        if landing:
+            return max(download, unpack)
         if files_in_flight <= 1:
             return download + unpack
         return max(download, unpack) + unpack / max(1, load.archives)
@@ -102,14 +106,14 @@ def candidates(setting: str, files_in_flight: int, stream_ranges: int, load: Loa
 
 
 def plan_ways(items: Sequence[DiskItem], rules: DiskRules, setting: str, stream_ranges: int, *, path: str, probe: str, free_bytes: int,
-              connections: int, cores: int) -> list[Way]:
+              connections: int, cores: int, landing: bool = True) -> list[Way]:
     """Every way the setting allows, with its disk plan and time estimate, in order of preference."""
     load = load_of(items, connections, cores)
     ways = []
     for mode, in_flight, ranges in candidates(setting, rules.files_in_flight, stream_ranges, load):
         disk = plan_disk(items, path=path, probe=probe, free_bytes=free_bytes,
                          rules=replace(rules, files_in_flight=in_flight, stream=mode == "stream"))
-        ways.append(Way(mode, in_flight, ranges, disk, estimate_s(mode, in_flight, ranges, load)))
+        ways.append(Way(mode, in_flight, ranges, disk, estimate_s(mode, in_flight, ranges, load, landing)))
     return ways
 
 

@@ -132,6 +132,8 @@ def test_the_ways_and_their_estimates() -> None:
     assert candidates("auto", 3, 0, load) == [("archive", 2, 1), ("archive", 1, 1), ("stream", 1, 8)]
     assert candidates("archive", 3, 0, load) == [("archive", 3, 1)] and candidates("stream", 3, 1, load) == [("stream", 1, 1)]
     full = estimate_s("archive", 2, 1, load)
-    assert estimate_s("archive", 1, 1, load) > full, "one archive in flight: unpacking no longer overlaps the download"
+    assert estimate_s("archive", 1, 1, load) == full, "members unpacked as they land: one archive in flight overlaps as well"
+    assert estimate_s("archive", 1, 1, load, landing=False) > estimate_s("archive", 2, 1, load, landing=False) >= full, \
+        "unpacked once whole: with one archive in flight, unpacking no longer overlaps the download"
     assert estimate_s("stream", 1, 8, load) <= 1.3 * full, "every connection on the archives: close to archive mode"
     assert estimate_s("stream", 1, 1, load) >= 3 * full, "one connection per archive, two archives: a quarter of the connections"

@@ -128,9 +128,12 @@ class UnpackWhileLanding:
             ctx.emit("unpacked", key=f.key, n=member.size)
 
         others_go = download.hold_others()
-
-        self.current = Landing(layout, part, download.has, workers=ctx.cfg.extract_workers or (os.cpu_count() or 1), stop=ctx.stop,
-                               on_member=landed)
+        try:
+            self.current = Landing(layout, part, download.has, workers=ctx.cfg.extract_workers or (os.cpu_count() or 1), stop=ctx.stop,
+                                   on_member=landed)
+        except BaseException:
+            others_go()  # the download never waits for a landing that did not start
+            raise
 
     def abandon(self, damaged: bool) -> None:
         if self.current is not None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -50,6 +51,7 @@ class Landing:
         self.layout: Layout | None = None
         self.pending: list[tuple[StreamMember, int]] = []  # each member with the end of its bytes, in archive order
         self.lock = threading.Condition()
+        self.next_look = 0.0  # when the next look for landed members is due
         self.errors: list[BaseException] = []
         self.written: list[Member] = []
         self.kept: list[Member] = []  # already on disk from a run that was stopped, its CRC matching
@@ -77,14 +79,20 @@ class Landing:
                 thread.start()
 
     def _next(self) -> StreamMember | None:
-        """The next member whose bytes are all on disk (waiting for one); None when none is left or the work stops."""
+        """The next member whose bytes are all on disk (waiting for one); None when none is left or the work stops.
+        One look over the members waiting every POLL_S, whatever the number of workers (and again at once after a
+        look that found one: more may have landed)."""
         with self.lock:
             while self.pending and not self.halt.is_set():
-                for i, (sm, end) in enumerate(self.pending):
-                    if self.have(sm.header_offset, end):
-                        del self.pending[i]
-                        return sm
-                self.lock.wait(POLL_S)
+                now = time.monotonic()
+                if now >= self.next_look:
+                    for i, (sm, end) in enumerate(self.pending):
+                        if self.have(sm.header_offset, end):
+                            del self.pending[i]
+                            self.lock.notify()
+                            return sm
+                    self.next_look = now + POLL_S
+                self.lock.wait(self.next_look - now if self.next_look > now else POLL_S)
             return None
 
     def _work(self) -> None:
@@ -122,6 +130,7 @@ class Landing:
         self.have = lambda start, end: True  # the download is complete
         self.starter.join()
         with self.lock:
+            self.next_look = 0.0
             self.lock.notify_all()
         self._join()
         if self.stop.is_set():
