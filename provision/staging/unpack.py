@@ -129,7 +129,7 @@ class UnpackWhileLanding:
 
         others_go = download.hold_others()
         try:
-            self.current = Landing(layout, part, download.has, workers=ctx.cfg.extract_workers or (os.cpu_count() or 1), stop=ctx.stop,
+            self.current = Landing(layout, part, download.has, target=ctx.target, workers=ctx.cfg.extract_workers or (os.cpu_count() or 1), stop=ctx.stop,
                                    on_member=landed)
         except BaseException:
             others_go()  # the download never waits for a landing that did not start

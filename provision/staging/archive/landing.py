@@ -38,9 +38,10 @@ class Landing:
     partial file are all written; ``layout(halt)`` reads the directory, on a thread of its own (None: do not unpack
     early, the archive is unpacked once it is whole; ``halt`` says the landing was abandoned). ``finish`` waits for the last members, ``abandon`` stops them."""
 
-    def __init__(self, layout: Callable[[threading.Event], Layout | None], part: Path, have: Callable[[int, int], bool], *, workers: int, stop: StopSignal,
-                 on_member: Callable[[Member], None] | None = None) -> None:
+    def __init__(self, layout: Callable[[threading.Event], Layout | None], part: Path, have: Callable[[int, int], bool], *, target: Path,
+                 workers: int, stop: StopSignal, on_member: Callable[[Member], None] | None = None) -> None:
         self.read_layout = layout
+        self.target = target
         self.have = have
         self.workers = max(1, workers)
         self.on_member = on_member
@@ -156,8 +157,16 @@ class Landing:
             self._remove()
 
     def _remove(self) -> None:
+        """The members written or kept go, and the folders left empty by them, up to the target."""
+        folders: set[Path] = set()
         for member in self.written + self.kept:
             member.dest.unlink(missing_ok=True)
+            folders.update(p for p in member.dest.parents if p.is_relative_to(self.target) and p != self.target)
+        for folder in sorted(folders, key=lambda p: -len(p.parts)):
+            try:
+                folder.rmdir()
+            except OSError:  # not empty: something else is in it
+                pass
         self.written, self.kept = [], []
 
 
