@@ -156,3 +156,22 @@ def test_ctrl_c_while_members_land_stops_at_once_and_the_rerun_resumes(tmp_path:
         assert done.returncode == 0, done.stderr
         assert srv.stats.bytes_sent <= 1.25 * size + 4 * 64 * 1024, "the rerun fetched little twice"
     assert tree_md5s(target) == expected_tree(data) and not temp_files(target)
+
+
+def test_the_directory_read_takes_no_connection_beyond_the_host_cap(tmp_path: Path, write_profile) -> None:
+    """A host that blocks a client opening more connections than it allows (Zenodo): the directory is read on one of
+    the allowed connections right after the first answer, while the other byte ranges wait for it (not once a range
+    has ended), so nothing is refused and members land early."""
+    data = build_luna_like(tmp_path / "d", subsets=1, scans=4, raw_bytes=700_000, extra_plain=False)
+    with FileServer(data.folder, Faults(rate_per_conn=500_000, max_conns=2), records=records_of(data)) as srv:
+        profile = write_profile({"dataset": str(data.manifest), "sources": [srv.url + "/mirror/"], "mode": "archive", "connections": 2})
+        events = collect(profile)
+    assert tree_md5s(tmp_path / "root" / "part2" / "luna") == expected_tree(data)
+    assert srv.stats.max_in_flight <= 2 and 403 not in srv.stats.statuses(), srv.stats.statuses()
+    last_byte = max(i for i, (event, _) in enumerate(events) if event == "bytes")
+    assert min(i for i, (event, _) in enumerate(events) if event == "unpacked") < last_byte
+    ranges = [r["range"] for r in sorted(srv.stats.requests, key=lambda r: r["started"]) if r["key"] == "subset0.zip"]
+    assert len(ranges) <= 4 + 2, ranges  # two segments a connection, and the directory's block or two
+    size = data.files["subset0.zip"]["size"]
+    first, second = (int(r.split("=")[1].split("-")[0]) for r in ranges[:2])
+    assert first == 0 and second >= size - 2 * 64 * 1024, f"the directory is asked for right after the first answer: {ranges}"

@@ -155,7 +155,8 @@ class FileServer:
         """Log a finished request (its body bytes were counted in ``bytes_sent`` as they went out)."""
         with self.stats.lock:
             self.stats.requests.append({"key": key, "status": status, "sent": sent, "range": h.headers.get("Range"),
-                                        "user_agent": h.headers.get("User-Agent"), "authorization": h.headers.get("Authorization")})
+                                        "user_agent": h.headers.get("User-Agent"), "authorization": h.headers.get("Authorization"),
+                                        "started": getattr(h, "started", None)})
 
     def _simple(self, h: BaseHTTPRequestHandler, status: int, body: bytes, headers: dict[str, str] | None = None, key: str = "") -> None:
         h.send_response(status)
@@ -183,6 +184,7 @@ class FileServer:
         return headers, (max(1, int(reset - now + 0.999)) if over else None)
 
     def _handle(self, h: BaseHTTPRequestHandler, head: bool = False) -> None:
+        h.started = time.monotonic()  # type: ignore[attr-defined]
         rate_headers, retry_after = self._rate()
         if retry_after is not None:
             return self._simple(h, 429, b"too many requests", {**rate_headers, "Retry-After": str(retry_after)}, key="rate")
@@ -289,7 +291,7 @@ class FileServer:
                         h.close_connection = True
                         break
                     rate = self.faults.rate_per_conn
-                    if rate:
+                    if rate and sent < length:  # pacing the next write: once the body is out the answer is over, as a real one is
                         ahead = sent / rate - (time.monotonic() - t0)
                         if ahead > 0:
                             time.sleep(ahead)
