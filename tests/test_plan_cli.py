@@ -45,7 +45,7 @@ def test_colab_plan_is_complete_json(capsys: pytest.CaptureFixture[str]) -> None
     assert first["dest"] == "/content/dlwpt-code/data-unversioned/part2/luna"
     disk = plan["disk"][0]
     assert disk["path"] == "/content/dlwpt-code/data-unversioned"
-    assert disk["archive_bytes"] == sum(f["size"] for f in plan["data"]["files"]) > 6811924508 + 136986
+    assert disk["archive_bytes"] == sum(f["size"] for f in plan["data"]["files"]) >= 6811924508 + 136986  # subset 0 at least: what fits here
     assert {"needed_bytes", "free_bytes", "fits", "peak_bytes", "reserve_bytes"} <= set(disk)
     assert plan["gpu"]["required"] is True and plan["gpu"]["min_memory_gb"] == 8
 

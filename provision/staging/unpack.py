@@ -105,8 +105,8 @@ class UnpackWhileLanding:
                             return None
                         if halt.wait(delay):
                             return None
-            except (ProvisionError, StagingSignal) as exc:
-                log.info("%s: not unpacked while it downloads: %s", f.key, exc)
+            except Exception as exc:  # noqa: BLE001 - whatever a damaged or hostile directory raises, the ordinary way reports
+                log.info("%s: not unpacked while it downloads: %s: %s", f.key, type(exc).__name__, exc)
                 return None
             finally:
                 others_go()

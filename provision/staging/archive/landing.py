@@ -36,7 +36,8 @@ MIN_ARCHIVE_BYTES = 16 * BLOCK_BYTES
 class Landing:
     """One archive's members unpacked as its download lands. ``have(start, end)`` says whether bytes [start, end) of the
     partial file are all written; ``layout(halt)`` reads the directory, on a thread of its own (None: do not unpack
-    early, the archive is unpacked once it is whole; ``halt`` says the landing was abandoned). ``finish`` waits for the last members, ``abandon`` stops them."""
+    early, the archive is unpacked once it is whole; ``halt`` says the landing was abandoned). ``finish`` waits for
+    the last members, ``abandon`` stops them."""
 
     def __init__(self, layout: Callable[[threading.Event], Layout | None], part: Path, have: Callable[[int, int], bool], *, target: Path,
                  workers: int, stop: StopSignal, on_member: Callable[[Member], None] | None = None) -> None:
