@@ -282,6 +282,13 @@ class FileServer:
                     if flip is not None and start + sent <= flip < start + sent + len(chunk):
                         i = flip - start - sent
                         chunk = chunk[:i] + bytes([chunk[i] ^ 0xFF]) + chunk[i + 1 :]
+                    rate = self.faults.rate_per_conn
+                    if rate:  # paced before the write: the last byte goes out when the cap says, and the answer is then over
+                        ahead = (sent + len(chunk)) / rate - (time.monotonic() - t0)
+                        if ahead > 0:
+                            time.sleep(ahead)
+                        elif ahead < -0.05:  # a client that stalled gets no burst to catch up: a capped link has none
+                            t0 = time.monotonic() - (sent + len(chunk)) / rate
                     h.wfile.write(chunk)
                     sent += len(chunk)
                     with self.stats.lock:
@@ -290,13 +297,6 @@ class FileServer:
                         h.wfile.flush()
                         h.close_connection = True
                         break
-                    rate = self.faults.rate_per_conn
-                    if rate and sent < length:  # pacing the next write: once the body is out the answer is over, as a real one is
-                        ahead = sent / rate - (time.monotonic() - t0)
-                        if ahead > 0:
-                            time.sleep(ahead)
-                        elif ahead < -0.05:  # a client that stalled gets no burst to catch up: a capped link has none
-                            t0 = time.monotonic() - sent / rate
         except (BrokenPipeError, ConnectionResetError):
             h.close_connection = True
         finally:
