@@ -167,22 +167,22 @@ class Stager:
                 return
         # archive mode unpacks members as their bytes land (a repair writes only some, once the archive is whole)
         landing = UnpackWhileLanding(ctx, f, result) if need.fetch and need.extract and not repairing and self.cfg.unpack_while_downloading else None
-        if need.fetch:
-            if repairing:  # the whole archive again: bytes the plan did not count
-                ctx.emit("expect", key=f.key, n=f.size or 0)
-            try:
+        try:
+            if need.fetch:
+                if repairing:  # the whole archive again: bytes the plan did not count
+                    ctx.emit("expect", key=f.key, n=f.size or 0)
                 source, md5 = fetch(ctx, f, final, result, conns, landing)
-            except BaseException:
-                if landing is not None:
-                    landing.abandon(damaged=False)
-                raise
-            state.fetched(f.key, md5=md5, size=os.stat(final).st_size, source=source, unpack=f.unpack, stamp=stat_stamp(final),
-                          repairing=repairing)
-            result.source = source
-        else:
-            result.source = rec.source if (rec := state.record(f.key)) is not None else None
+                state.fetched(f.key, md5=md5, size=os.stat(final).st_size, source=source, unpack=f.unpack, stamp=stat_stamp(final),
+                              repairing=repairing)
+                result.source = source
+            else:
+                result.source = rec.source if (rec := state.record(f.key)) is not None else None
+            members = ((landing.finish(final) if landing is not None else None) or extract_file(ctx, f, final, need.only, result)
+                       if need.extract else [])
+        finally:
+            if landing is not None:  # whatever failed on the way, no member is still being written behind it (a no-op after finish)
+                landing.abandon(damaged=False)
         if need.extract:
-            members = (landing.finish(final) if landing is not None else None) or extract_file(ctx, f, final, need.only, result)
             state.unpacked(f.key, member_sizes(members), need.only, sum(m.size for m in members))
             if not self.plan.keeps(f):
                 final.unlink(missing_ok=True)

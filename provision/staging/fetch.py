@@ -28,8 +28,8 @@ from .transport.zenodo import fill_from_records
 
 class Follower(Protocol):
     """Work that follows a download as its bytes land (archive mode's unpacking): begun once the partial file exists,
-    with the download, which says whether its source honours ranges and which bytes are written; abandoned when the attempt fails (with ``damaged``, when its bytes
-    turned out wrong or are written again from the start)."""
+    with the download, which says whether its source honours ranges and which bytes are written; abandoned when the
+    attempt fails (with ``damaged``, when its bytes turned out wrong or are written again from the start)."""
 
     def begin(self, transfer: Transfer, size: int, part: Path, download: SegmentedDownload) -> None: ...
 

@@ -11,12 +11,11 @@ import os
 import threading
 from pathlib import Path
 
-from ..errors import ChecksumError, DownloadError, ExtractError, ProvisionError
+from ..errors import ChecksumError, DownloadError, ExtractError
 from ..planvalues import FileLocation, FilePlan
 from .archive import extract as extracting
 from .archive import landing
 from .archive.checkpoint import CheckpointFile, discard_stream
-from .archive.landing import Landing
 from .archive.members import Layout
 from .archive.stream import (
     StreamHooks,
@@ -30,7 +29,7 @@ from .context import FileResult, StageContext
 from .fallback import from_sources
 from .fetch import expected, md5_of, open_source
 from .segments import SegmentedDownload
-from .signals import CannotStream, CopyDamaged, NoRangeSupport, PermanentError, StagingSignal, StreamCorrupt, TransientError
+from .signals import CannotStream, CopyDamaged, NoRangeSupport, PermanentError, StreamCorrupt, TransientError
 from .state import FileRecord, StateStore
 from .transport.protocol import Transfer
 
@@ -77,7 +76,7 @@ class UnpackWhileLanding:
         self.ctx = ctx
         self.f = f
         self.result = result
-        self.current: Landing | None = None
+        self.current: landing.Landing | None = None
 
     def begin(self, transfer: Transfer, size: int, part: Path, download: SegmentedDownload) -> None:
         self.abandon(damaged=False)
@@ -105,19 +104,12 @@ class UnpackWhileLanding:
                             return None
                         if halt.wait(delay):
                             return None
-            except Exception as exc:  # noqa: BLE001 - whatever a damaged or hostile directory raises, the ordinary way reports
+                check_layout(found, f, transfer.label)
+            except Exception as exc:  # noqa: BLE001 - whatever a damaged, hostile or other archive raises, the ordinary way reports
                 log.info("%s: not unpacked while it downloads: %s: %s", f.key, type(exc).__name__, exc)
                 return None
             finally:
                 others_go()
-            try:
-                if not f.unpacked_estimated:
-                    check_streamable_size(found, f.unpacked_bytes, f.key)
-                if f.pinned:
-                    check_layout_against_pins(found, f.pinned, transfer.label)
-            except (ProvisionError, StagingSignal) as exc:
-                log.info("%s: not unpacked while it downloads: %s", f.key, exc)
-                return None
             to_write = sum(sm.member.size for sm in found.members)
             if to_write + size > ctx.free_bytes():
                 return None
@@ -129,8 +121,8 @@ class UnpackWhileLanding:
 
         others_go = download.hold_others()
         try:
-            self.current = Landing(layout, part, download.has, target=ctx.target, workers=ctx.cfg.extract_workers or (os.cpu_count() or 1), stop=ctx.stop,
-                                   on_member=landed)
+            self.current = landing.Landing(layout, part, download.has, target=ctx.target, stop=ctx.stop, on_member=landed,
+                                           workers=ctx.cfg.extract_workers or (os.cpu_count() or 1))
         except BaseException:
             others_go()  # the download never waits for a landing that did not start
             raise
@@ -160,10 +152,7 @@ def stream_file(ctx: StageContext, f: FilePlan, only: frozenset[str] | None, sta
         if size is None or not ranges:
             raise CannotStream(f"{loc.url} does not serve byte ranges or a size")
         layout = ctx.with_retries(lambda: read_layout(transfer, size, ctx.target, f.key), f"{f.key}: reading the directory at {loc.url}", result)
-        if not f.unpacked_estimated:
-            check_streamable_size(layout, f.unpacked_bytes, f.key)
-        if f.pinned:
-            check_layout_against_pins(layout, f.pinned, loc.url)
+        check_layout(layout, f, loc.url)
         if only is not None:
             check_repair_source(state.record(f.key), layout, only, loc.url)
         if only is None:
@@ -194,6 +183,15 @@ def stream_file(ctx: StageContext, f: FilePlan, only: frozenset[str] | None, sta
     result.members = outcome.written
     result.outcome = "repaired" if only is not None else "staged"
     return True
+
+
+def check_layout(layout: Layout, f: FilePlan, url: str) -> None:
+    """A directory read before the archive is whole must declare the manifest's unpacked size (when it is exact) and
+    list the data set's pinned members."""
+    if not f.unpacked_estimated:
+        check_streamable_size(layout, f.unpacked_bytes, f.key)
+    if f.pinned:
+        check_layout_against_pins(layout, f.pinned, url)
 
 
 def check_repair_source(staged: FileRecord | None, layout: Layout, only: frozenset[str], url: str) -> None:

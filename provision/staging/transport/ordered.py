@@ -5,8 +5,8 @@ Stream mode inflates an archive as its bytes arrive, so its reader must see them
 ``ranges`` workers fetch at once (each over the host's gate, so the host's connection cap still holds), and the
 caller's thread hands them to the sink strictly in order. A read starts with one connection and opens another
 each time its reader has to wait for bytes, up to ``ranges``: a source faster than the reader gets one or two
-(each request costs a little), a capped one gets them all within a few chunks. A chunk is fetched only into a free buffer of the run's
-read-ahead budget (:class:`ReadAhead`, shared by every archive streaming at once, its buffers used again and again),
+(each request costs a little), a capped one gets them all within a few chunks. A chunk is fetched only into a free
+buffer of the run's read-ahead budget (:class:`ReadAhead`, shared by every archive streaming at once, its buffers used again and again),
 so memory is at most the budget whatever the archives' layout; a chunk is claimed only once its buffer is taken, so
 the next chunk in order is always being fetched or already here: no deadlock.
 
