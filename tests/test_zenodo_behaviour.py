@@ -108,6 +108,24 @@ def test_the_zenodo_host_starts_at_four_connections() -> None:
     assert throttle.gate("https://storage.googleapis.com/b/x").record.cap == 8
 
 
+def test_a_kept_alive_connection_answers_without_nagles_wait(built: Built, serve) -> None:
+    """Real front ends send an answer's last short segment at once (nginx's tcp_nodelay, on by default); a stand-in
+    that did not would add the client's delayed ACK, 40 ms, to every request after a connection's first, and make
+    small chunks look costly where they are not."""
+    from provision.staging.transport.http import HttpTransfer
+
+    srv = serve()
+    key = max(built.files, key=lambda k: (built.folder / k).stat().st_size)
+    step = (built.folder / key).stat().st_size // 20
+    transfer = HttpTransfer(f"{srv.url}/mirror/{key}", 30.0)
+    transfer.read_range(0, 1000, lambda piece: None)  # the connection is open and kept
+    start = time.monotonic()
+    for i in range(20):
+        transfer.read_range(i * step, (i + 1) * step, lambda piece: None)
+    took = time.monotonic() - start
+    assert took < 0.4, f"20 requests on a kept-alive connection took {took:.2f} s: 40 ms each is Nagle's algorithm"
+
+
 @pytest.mark.parametrize("answer", [
     {"files": [{"key": "subset0.zip", "size": 10, "checksum": "md5:AA11"}]},
     {"files": [{"filename": "subset0.zip", "filesize": 10, "checksum": "aa11"}]},
