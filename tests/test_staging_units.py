@@ -17,7 +17,7 @@ import pytest
 from provision.config import DataConfig
 from provision.errors import ChecksumError, DownloadError
 from provision.planvalues import DataPlan, FileLocation, FilePlan
-from provision.staging.archive import checkpoint, md5state
+from provision.staging.archive import checkpoint, md5state, members, writeback
 from provision.staging.archive.members import Layout, Member, MemberWriter, StreamMember, lzma1_filter
 from provision.staging.context import FileResult, StageContext
 from provision.staging.fallback import from_sources
@@ -106,6 +106,25 @@ def test_a_member_takes_its_name_only_when_its_crc_checks_out(tmp_path: Path) ->
     with pytest.raises(StreamCorrupt, match="inflates past"):
         MemberWriter(StreamMember(Member("s/c.raw", tmp_path / "s" / "c.raw", 10, 0), 0, len(raw), zipfile.ZIP_DEFLATED), "x.zip").feed(raw)
     assert lzma1_filter(bytes([93, 0, 0, 16, 0]))["dict_size"] == 1 << 20
+
+
+def test_a_member_is_whole_on_disk_when_synced_and_its_writing_starts_early(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fsync before a member's final name sees every byte (none left in the file object's buffer), and the disk
+    is asked to write each 8 MiB as it is written, so that the fsync waits for the last few only."""
+    synced: list[int] = []
+    started: list[tuple[int, int]] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(members.os, "fsync", lambda fd: (synced.append(os.fstat(fd).st_size), real_fsync(fd)))
+    monkeypatch.setattr(writeback, "_START", lambda fd, offset, length: started.append((offset, length)))
+    for name, data in (("small.raw", b"one short slice"), ("large.raw", b"CT slice " * (2 << 20))):
+        packed = zlib.compressobj(1, zlib.DEFLATED, -15)
+        raw = packed.compress(data) + packed.flush()
+        dest = tmp_path / name
+        writer = MemberWriter(StreamMember(Member(name, dest, len(data), zlib.crc32(data)), 0, len(raw), zipfile.ZIP_DEFLATED), "x.zip")
+        writer.feed(raw)
+        writer.finish()
+        assert synced[-1] == len(data) and dest.read_bytes() == data, f"{name}: all of it on disk before it takes its name"
+    assert started == [(0, 8 << 20), (8 << 20, 8 << 20)], "the large member's first two full windows were handed to the disk early"
 
 
 # ---------------------------------------------------------------- stop, context, fallback

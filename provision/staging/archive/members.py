@@ -18,6 +18,7 @@ from typing import Any
 from ...errors import ExtractError, OutOfSpaceError
 from ..signals import StreamCorrupt
 from . import codec
+from .writeback import EarlyWriteback
 
 INPUT_PIECE_BYTES = 128 << 10  # compressed bytes per call to the inflater
 OUTPUT_PIECE_BYTES = 512 << 10  # inflated bytes at a time: held at once, and small enough to stay in the cache until written
@@ -128,6 +129,7 @@ class MemberWriter:
             self.out = os.fdopen(fd, "wb")
         except OSError as exc:
             raise write_error(exc, self.member, archive) from None
+        self.writeback = EarlyWriteback(fd)
         self.crc = 0
         self.written = 0
         self.inflater = _decompressor(sm.compress_type)
@@ -162,6 +164,7 @@ class MemberWriter:
             raise write_error(exc, self.member, self.archive) from None
         self.crc = codec.crc32(data, self.crc)
         self.written += len(data)
+        self.writeback.written(self.written)
 
     def finish(self) -> None:
         if self.inflater is not None and hasattr(self.inflater, "flush"):
@@ -171,6 +174,7 @@ class MemberWriter:
                 raise StreamCorrupt(f"member {self.member.name}: its compressed data is damaged ({type(exc).__name__}: {exc})") from None
             self._emit(tail)
         try:
+            self.out.flush()  # what the file object still holds goes to the kernel first: fsync sees only the kernel's
             os.fsync(self.out.fileno())  # the member is on disk before it takes its final name (and a checkpoint names it)
             self.out.close()
         except OSError as exc:
