@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 import threading
 import time
@@ -78,8 +79,11 @@ def test_bytes_arrive_in_order_over_several_connections_in_bounded_memory() -> N
     assert transfer.max_in_flight >= 2, "several connections at once"
     assert max(held) <= 6, "never more chunks in memory than the budget"
     assert budget.in_use == 0, "every buffer given back"
-    chunk = chunk_for(budget, len(data) - 1000, 4)
-    assert 16 * 1024 <= chunk <= 64 * 1024 and len(transfer.requests) == len(range(1000, len(data), chunk)), "one request a chunk"
+    smallest = chunk_for(budget, len(data) - 1000, 4)
+    asked = sorted(transfer.requests)
+    assert asked[0][0] == 1000 and asked[-1][1] == len(data) and all(a[1] == b[0] for a, b in itertools.pairwise(asked)), \
+        "one request a chunk: the chunks tile the range"
+    assert all(smallest <= e - s <= 64 * 1024 for s, e in asked[:-1]), "no chunk under the smallest nor over the budget's"
 
 
 def test_a_short_chunk_is_retried_alone_at_the_exact_byte() -> None:
@@ -172,7 +176,7 @@ def test_buffers_are_told_apart_by_identity_not_by_their_bytes() -> None:
     from provision.staging.transport.ordered import _give_back, _hold, _Read
 
     budget = ReadAhead(8, 2)
-    read = _Read(0, 16, 8)
+    read = _Read(0, 16, 8, 8)
     first, second = budget.take(8, 0.1), budget.take(8, 0.1)
     assert first is not None and second is not None and first == second and first is not second
     _hold(read, second)  # two workers' buffers, held in the other order than they are handed on
@@ -180,6 +184,41 @@ def test_buffers_are_told_apart_by_identity_not_by_their_bytes() -> None:
     _give_back(read, budget, first)
     assert list(read.held.values()) == [second] and read.held[id(second)] is second
     assert budget.in_use == 1 and budget.take(8, 0.1) is first, "the pool got back the buffer that was handed back"
+
+
+class PacedTransfer(FakeTransfer):
+    """Sends each request's bytes at ``rate`` bytes a second, in pieces of 1000 bytes (a capped connection)."""
+
+    def __init__(self, data: bytes, rate: float) -> None:
+        super().__init__(data, delay_s=0.0)
+        self.rate = rate
+
+    def read_range(self, start: int, end: int, sink: Sink, on_open: Callable[[bool], None] | None = None, whole_size: int | None = None) -> None:
+        with self.lock:
+            self.requests.append((start, end))
+        began = time.monotonic()
+        for at in range(start, end, 1000):
+            time.sleep(max(0.0, began + (at - start) / self.rate - time.monotonic()))
+            sink(self.data[at : min(at + 1000, end)])
+
+
+def test_chunks_grow_with_the_rate_seen_and_stay_small_on_a_slow_connection() -> None:
+    data = random.Random(6).randbytes(1_200_000)
+    budget = ReadAhead(256 * 1024, 8)
+    smallest = chunk_for(budget, len(data), 2)
+    assert smallest == 37_500
+    fast = FakeTransfer(data, delay_s=0.0)
+    got = bytearray()
+    read_ordered(fast, 0, len(data), got.extend, ranges=2, budget=budget, hooks=hooks())
+    sizes = [e - s for s, e in sorted(fast.requests)]
+    assert bytes(got) == data and sizes[0] == smallest, "the first chunk is the smallest: no rate is known yet"
+    assert max(sizes) == 4 * smallest and len(sizes) < len(data) // smallest / 2, "a fast source: four times the smallest, few requests"
+    slow = PacedTransfer(data, rate=400_000.0)  # a quarter of a second is 100 kB
+    got = bytearray()
+    read_ordered(slow, 0, len(data), got.extend, ranges=2, budget=budget, hooks=hooks())
+    sizes = [e - s for s, e in sorted(slow.requests)]
+    assert bytes(got) == data and all(size <= 150_000 for size in sizes), f"a slow connection keeps chunks of about a quarter second: {sizes}"
+    assert budget.in_use == 0
 
 
 def test_chunks_scale_down_for_short_ranges() -> None:

@@ -5,7 +5,11 @@ Stream mode inflates an archive as its bytes arrive, so its reader must see them
 ``ranges`` workers fetch at once (each over the host's gate, so the host's connection cap still holds), and the
 caller's thread hands them to the sink strictly in order. A read starts with one connection and opens another
 each time its reader has to wait for bytes, up to ``ranges``: a source faster than the reader gets one or two
-(each request costs a little), a capped one gets them all within a few chunks. A chunk is fetched only into a free
+(each request costs a little), a capped one gets them all within a few chunks. A chunk is sized by the rate its
+connection has shown: about a quarter of a second's bytes, from the smallest that still gives every connection a
+share of the range (:func:`chunk_for`) up to four times that, within the budget's chunk. A capped connection keeps
+small chunks, so that the last ones of a read end close together; a fast source gets the largest, so that it costs
+few requests (each is a round trip and about a millisecond of a core). A chunk is fetched only into a free
 buffer of the run's read-ahead budget (:class:`ReadAhead`, shared by every archive streaming at once, its buffers used again and again),
 so memory is at most the budget whatever the archives' layout; a chunk is claimed only once its buffer is taken, so
 the next chunk in order is always being fetched or already here: no deadlock.
@@ -17,6 +21,7 @@ order and only once; an error that is not retried ends the whole read (the other
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -25,6 +30,8 @@ from .protocol import Retrier, Transfer, read_resuming
 
 WAIT_S = 0.1  # how often a waiting thread looks at the stop signal
 SMALLEST_CHUNK = 16 * 1024  # only for ranges under 2 MB a connection; a LUNA16 archive gets data.segment_mb chunks
+CHUNK_S = 0.25  # a chunk is about this long on its connection at the rate seen (within chunk_for's and the budget's bounds)
+GROWTH = 4  # ... and at most this many times the smallest: a damaged chunk costs the bytes fetched ahead, which stay few
 
 
 class ReadAhead:
@@ -77,29 +84,51 @@ class OrderedHooks:
 
 
 def chunk_for(budget: ReadAhead, length: int, ranges: int) -> int:
-    """The budget's chunk, smaller for a short range so that its connections all get a share (16 KiB at least)."""
+    """The smallest chunk of a read: the budget's chunk, smaller for a short range so that its connections all get a
+    share (16 KiB at least). A faster source gets larger ones (see the module)."""
     return max(1, min(budget.chunk_bytes, max(SMALLEST_CHUNK, length // (16 * max(1, ranges)))))
 
 
 class _Read:
-    """The shared state of one ordered read: the next chunk to claim, the chunks fetched, the first error."""
+    """The shared state of one ordered read: the chunks claimed so far, the chunks fetched, the rate seen, the first
+    error."""
 
-    def __init__(self, start: int, end: int, chunk_bytes: int) -> None:
-        self.chunk_bytes = chunk_bytes
-        self.bounds = [(s, min(s + chunk_bytes, end)) for s in range(start, end, chunk_bytes)]
-        self.claimed = 0
+    def __init__(self, start: int, end: int, smallest: int, largest: int) -> None:
+        self.end = end
+        self.smallest = smallest
+        self.largest = max(smallest, largest)
+        self.bounds: list[tuple[int, int]] = []  # the chunks claimed so far, in order: a chunk's size is set when claimed
+        self.next_start = start
+        self.rate = 0.0  # bytes a second on one connection, over the last chunks (0: none measured yet)
         self.ready: dict[int, bytearray] = {}
         self.held: dict[int, bytearray] = {}  # buffers taken from the budget and not yet given back, by identity
         self.error: BaseException | None = None
         self.over = threading.Event()
         self.cond = threading.Condition()
 
-    def claim(self) -> int | None:
+    def chunk_bytes(self) -> int:
+        """The size the next chunk would have: CHUNK_S at the rate seen, within the read's bounds."""
         with self.cond:
-            if self.over.is_set() or self.claimed >= len(self.bounds):
+            return self._size()
+
+    def _size(self) -> int:
+        return max(self.smallest, min(self.largest, int(self.rate * CHUNK_S)))
+
+    def claim(self, room: int) -> int | None:
+        """The next chunk's index (its bytes in ``bounds``), at most ``room`` bytes; None when none is left."""
+        with self.cond:
+            if self.over.is_set() or self.next_start >= self.end:
                 return None
-            self.claimed += 1
-            return self.claimed - 1
+            size = max(1, min(room, self._size()))
+            self.bounds.append((self.next_start, min(self.end, self.next_start + size)))
+            self.next_start = self.bounds[-1][1]
+            return len(self.bounds) - 1
+
+    def measured(self, nbytes: int, seconds: float) -> None:
+        """A connection brought ``nbytes`` in ``seconds`` (after its first piece, so without the request's round trip)."""
+        with self.cond:
+            rate = nbytes / max(seconds, 1e-6)
+            self.rate = rate if self.rate == 0 else (self.rate + rate) / 2
 
     def fail(self, exc: BaseException) -> None:
         with self.cond:
@@ -113,8 +142,9 @@ def read_ordered(transfer: Transfer, start: int, end: int, sink: Callable[[memor
                  hooks: OrderedHooks) -> None:
     """Deliver bytes [start, end) of ``transfer`` to ``sink`` in order, fetched over up to ``ranges`` connections. The
     sink gets a view of a buffer that is used again once it returns: it must copy what it keeps."""
-    read = _Read(start, end, chunk_for(budget, end - start, ranges))
-    most = max(1, min(ranges, len(read.bounds)))
+    smallest = chunk_for(budget, end - start, ranges)
+    read = _Read(start, end, smallest, min(budget.chunk_bytes, GROWTH * smallest))
+    most = max(1, min(ranges, -(-(end - start) // smallest)))
     workers: list[threading.Thread] = []
 
     def another() -> None:
@@ -125,10 +155,13 @@ def read_ordered(transfer: Transfer, start: int, end: int, sink: Callable[[memor
 
     another()
     try:
-        for index, (first, last) in enumerate(read.bounds):
+        index, at = 0, start
+        while at < end:
             buf = _next_chunk(read, index, hooks.stop, another)
+            first, last = read.bounds[index]
             sink(memoryview(buf)[: last - first])
             _give_back(read, budget, buf)
+            index, at = index + 1, last
     except BaseException as exc:
         read.fail(exc)
         raise
@@ -172,10 +205,10 @@ def _work(transfer: Transfer, read: _Read, budget: ReadAhead, hooks: OrderedHook
     """Take a buffer, claim the next chunk, fetch it whole into the buffer (retrying at the exact byte), hand it over;
     until no chunk is left."""
     while not read.over.is_set():
-        buf = budget.take(read.chunk_bytes, WAIT_S)
+        buf = budget.take(read.chunk_bytes(), WAIT_S)
         if buf is None:
             continue
-        index = read.claim()
+        index = read.claim(len(buf))
         if index is None:
             budget.give(buf)
             return
@@ -194,16 +227,21 @@ def _fetch(transfer: Transfer, start: int, end: int, buf: bytearray, read: _Read
     """Bytes [start, end) into the start of ``buf``."""
     view = memoryview(buf)
     got = 0
+    first_at, first_bytes = 0.0, 0
 
     def collect(piece: bytes) -> None:
-        nonlocal got
+        nonlocal got, first_at, first_bytes
         if read.over.is_set() or hooks.stop.is_set():
             raise Stopped("the run is stopping")
         view[got : got + len(piece)] = piece
         got += len(piece)
+        if not first_bytes:
+            first_at, first_bytes = time.monotonic(), got
 
     def pause(delay: float) -> None:
         if read.over.wait(delay) or hooks.stop.is_set():
             raise Stopped("the run is stopping")
 
     read_resuming(transfer, start, end, collect, hooks.retrier(), hooks.note_retry, pause)
+    if got > first_bytes:
+        read.measured(got - first_bytes, time.monotonic() - first_at)
