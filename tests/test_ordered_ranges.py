@@ -29,6 +29,7 @@ class FakeTransfer:
         self.lock = threading.Lock()
         self.requests: list[tuple[int, int]] = []
         self.in_flight = 0
+        self.in_flight_at_start: list[int] = []  # requests in flight as each one started, its own included
         self.max_in_flight = 0
 
     def info(self) -> RemoteInfo:
@@ -39,6 +40,7 @@ class FakeTransfer:
             n = len(self.requests)
             self.requests.append((start, end))
             self.in_flight += 1
+            self.in_flight_at_start.append(self.in_flight)
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
             delay = self.rng.random() * 0.01 if self.delay_s is None else self.delay_s
         try:
@@ -168,6 +170,10 @@ def test_connections_open_while_the_reader_waits_for_bytes() -> None:
     got = bytearray()
     read_ordered(slow, 0, len(data), got.extend, ranges=6, budget=ReadAhead(64 * 1024, 12), hooks=hooks())
     assert bytes(got) == data and slow.max_in_flight == 6, "a slow source: every connection allowed"
+    opening = FakeTransfer(data, delay_s=0.3)  # a first answer that is slow to come: the reader waits on
+    read_ordered(opening, 0, len(data), bytearray().extend, ranges=8, budget=ReadAhead(64 * 1024, 12), hooks=hooks())
+    assert opening.in_flight_at_start[:8] == list(range(1, 9)), \
+        f"the first eight requests all open while the first chunk is awaited: {opening.in_flight_at_start[:8]}"
 
 
 def test_buffers_are_told_apart_by_identity_not_by_their_bytes() -> None:

@@ -3,9 +3,10 @@
 Stream mode inflates an archive as its bytes arrive, so its reader must see them in order; a per-connection cap
 (Zenodo's) would then hold one archive to one connection's rate. Here the range is cut into chunks that up to
 ``ranges`` workers fetch at once (each over the host's gate, so the host's connection cap still holds), and the
-caller's thread hands them to the sink strictly in order. A read starts with one connection and opens another
-each time its reader has to wait for bytes, up to ``ranges``: a source faster than the reader gets one or two
-(each request costs a little), a capped one gets them all within a few chunks. A chunk is sized by the rate its
+caller's thread hands them to the sink strictly in order. A read starts with one connection and, each time its
+reader has to wait for bytes and again each tenth of a second it goes on waiting, opens as many again as are open,
+up to ``ranges``: a source faster than the reader gets one or two (each request costs a little), a capped one gets
+them all within a few tenths of a second. A chunk is sized by the rate its
 connection has shown: about a quarter of a second's bytes, from the smallest that still gives every connection a
 share of the range (:func:`chunk_for`) up to four times that, within the budget's chunk. A capped connection keeps
 small chunks, so that the last ones of a read end close together; a fast source gets the largest, so that it costs
@@ -148,8 +149,9 @@ def read_ordered(transfer: Transfer, start: int, end: int, sink: Callable[[memor
     workers: list[threading.Thread] = []
 
     def another() -> None:
-        """One more connection, while the reader waits for bytes and fewer than ``ranges`` are open."""
-        if len(workers) < most:
+        """More connections, while the reader waits for bytes and fewer than ``ranges`` are open: as many again as are
+        open, so that a capped source has them all after a few waits."""
+        for _ in range(min(max(1, len(workers)), most - len(workers))):
             workers.append(threading.Thread(target=_work, args=(transfer, read, budget, hooks), name=f"chunk-{len(workers)}", daemon=True))
             workers[-1].start()
 
@@ -188,7 +190,8 @@ def _give_back(read: _Read, budget: ReadAhead, buf: bytearray) -> None:
 
 
 def _next_chunk(read: _Read, index: int, stop: threading.Event, starved: Callable[[], None]) -> bytearray:
-    """Chunk ``index`` once it is here; ``starved`` is called when the reader has to wait for it."""
+    """Chunk ``index`` once it is here; ``starved`` is called when the reader has to wait for it, and again each
+    WAIT_S it goes on waiting."""
     with read.cond:
         if index not in read.ready and read.error is None:
             starved()
@@ -197,7 +200,8 @@ def _next_chunk(read: _Read, index: int, stop: threading.Event, starved: Callabl
                 raise read.error
             if stop.is_set():
                 raise Stopped("the run is stopping")
-            read.cond.wait(WAIT_S)
+            if not read.cond.wait(WAIT_S):
+                starved()  # still waiting a while on: a slow source, which more connections help
         return read.ready.pop(index)
 
 
