@@ -100,7 +100,7 @@ def test_members_cut_by_another_directory_than_the_archive_own_are_removed(tmp_p
     two, three = two_archives(tmp_path / "zips")
     target = tmp_path / "target"
     layout = read_layout(LocalTransfer(str(two)), two.stat().st_size, target, "subset0.zip")
-    run = landing.Landing(lambda halt: layout, three, lambda start, end: True, target=target, workers=2, stop=StopSignal())
+    run = landing.Landing(lambda halt: layout, three, lambda start, end: end, target=target, workers=2, stop=StopSignal())
     assert run.finish(three) is None
     assert len(run.written) == 0 and not list(target.rglob("*"))
     assert landing.same_directory(three, read_layout(LocalTransfer(str(three)), three.stat().st_size, target, "subset0.zip"))
@@ -112,7 +112,7 @@ def test_a_landing_takes_a_member_only_once_all_its_bytes_are_there(tmp_path: Pa
     layout = read_layout(LocalTransfer(str(two)), two.stat().st_size, target, "subset0.zip")
     second = layout.members[1].header_offset
     landed = {"upto": second}  # the first member's bytes are there, the second's not yet
-    run = landing.Landing(lambda halt: layout, two, lambda start, end: end <= landed["upto"], target=target, workers=2,
+    run = landing.Landing(lambda halt: layout, two, lambda start, end: min(end, max(start, landed["upto"])), target=target, workers=2,
                           stop=StopSignal())
     deadline = time.monotonic() + 10
     while not (target / "subset0" / "scan0.raw").exists() and time.monotonic() < deadline:
@@ -123,6 +123,35 @@ def test_a_landing_takes_a_member_only_once_all_its_bytes_are_there(tmp_path: Pa
     assert members is not None and {m.name for m in members} == {"subset0/scan0.raw", "subset0/scan1.raw"}
     with zipfile.ZipFile(two) as zf:
         assert all((target / name).read_bytes() == zf.read(name) for name in zf.namelist())
+
+
+def test_a_member_still_landing_is_followed_and_named_only_once_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Half of the first member's bytes have landed: its inflation is under way (a temporary file with bytes in it),
+    it has no name yet; once the rest lands it takes its name, whole. A landing abandoned with a member half way
+    leaves no temporary file."""
+    monkeypatch.setattr(landing, "FOLLOW_BYTES", 8 * 1024)
+    two, _ = two_archives(tmp_path / "zips")
+    with zipfile.ZipFile(two) as zf:
+        want = {name: zf.read(name) for name in zf.namelist()}
+    for finish in (True, False):
+        target = tmp_path / f"target-{finish}"
+        layout = read_layout(LocalTransfer(str(two)), two.stat().st_size, target, "subset0.zip")
+        half = layout.members[0].header_offset + (layout.members[1].header_offset - layout.members[0].header_offset) // 2
+        landed = {"upto": half}
+        run = landing.Landing(lambda halt, layout=layout: layout, two, lambda start, end, landed=landed: min(end, max(start, landed["upto"])),
+                              target=target, workers=2, stop=StopSignal())
+        deadline = time.monotonic() + 10
+        while not [t for t in target.rglob("*.provision-tmp") if t.stat().st_size] and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert [t for t in target.rglob("*.provision-tmp") if t.stat().st_size], "the first member is being inflated"
+        assert not (target / "subset0" / "scan0.raw").exists(), "no name before all its bytes are in"
+        if finish:
+            landed["upto"] = two.stat().st_size
+            members = run.finish(two)
+            assert members is not None and all((target / name).read_bytes() == blob for name, blob in want.items())
+        else:
+            run.abandon(remove=True)
+        assert not list(target.rglob("*.provision-tmp")), "no temporary file left, finished or abandoned"
 
 
 def test_ctrl_c_while_members_land_stops_at_once_and_the_rerun_resumes(tmp_path: Path, write_profile) -> None:

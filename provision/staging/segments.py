@@ -124,15 +124,17 @@ class SegmentedDownload:
         self.held = True
         return self.gate.set
 
-    def has(self, start: int, end: int) -> bool:
-        """Whether bytes [start, end) of the file are all written (they may lie in several segments)."""
+    def landed(self, start: int, end: int) -> int:
+        """Up to which byte the file is written from ``start`` on, without a gap (``end`` at most; the bytes may lie in
+        several segments)."""
         with self.cond:
             seg = start - start % self.segment
             while seg < end:
-                if self.done[seg] < min(end, seg + self._length(seg)) - seg:
-                    return False
+                written = seg + self.done[seg]
+                if written < min(end, seg + self._length(seg)):
+                    return min(end, max(start, written))
                 seg += self.segment
-            return True
+            return end
 
     def run(self) -> str:
         fd = os.open(self.part, os.O_WRONLY)

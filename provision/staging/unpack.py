@@ -121,7 +121,7 @@ class UnpackWhileLanding:
 
         others_go = download.hold_others()
         try:
-            self.current = landing.Landing(layout, part, download.has, target=ctx.target, stop=ctx.stop, on_member=landed,
+            self.current = landing.Landing(layout, part, download.landed, target=ctx.target, stop=ctx.stop, on_member=landed,
                                            workers=ctx.cfg.extract_workers or (os.cpu_count() or 1))
         except BaseException:
             others_go()  # the download never waits for a landing that did not start

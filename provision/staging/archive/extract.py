@@ -192,37 +192,74 @@ def _run_parallel(archive_path: Path, todo: list[StreamMember], workers: int, on
         raise Stopped(f"{archive_path.name}: unpacking stopped with {jobs.qsize()} member(s) still to write")
 
 
-def write_member(fd: int, sm: StreamMember, archive: str, stop: threading.Event | None = None) -> None:
-    """Inflate one member, read at its offsets from the archive open at ``fd``, into a temp name beside its
-    destination; renamed once its CRC checks out. ``stop`` ends it between two reads (the temp file goes)."""
+def data_offset(fd: int, sm: StreamMember, archive: str) -> int:
+    """Where member ``sm``'s compressed bytes start in the archive open at ``fd`` (after its local header, read there)."""
     member = sm.member
     header = os.pread(fd, LOCAL_HEADER.size, sm.header_offset)
     if len(header) < LOCAL_HEADER.size or header[:4] != LOCAL_SIGNATURE:
         raise ExtractError(f"{archive}: member {member.name} is damaged (no local header at byte {sm.header_offset})",
                            hint="the archive will be fetched again on the next stage", archive=archive, member=member.name)
     name_len, extra_len = LOCAL_HEADER.unpack(header)[9:11]
-    pos = sm.header_offset + LOCAL_HEADER.size + name_len + extra_len
-    writer = MemberWriter(sm, archive)
-    buf = memoryview(bytearray(min(BUFFER_BYTES, max(1, sm.compress_size))))  # one buffer, read into again and again
-    try:
-        left = sm.compress_size
-        while left:
-            if stop is not None and stop.is_set():
-                raise Stopped(f"{archive}: stopped while unpacking {member.name}")
-            got = os.preadv(fd, [buf[: min(len(buf), left)]], pos)
-            if not got:
-                raise StreamCorrupt(f"the archive ends {left} bytes into member {member.name}")
-            writer.feed(buf[:got])
-            pos += got
-            left -= got
-        writer.finish()
-    except StreamCorrupt as exc:
-        writer.discard()
-        raise ExtractError(f"{archive}: member {member.name} is damaged ({exc})", hint="the archive will be fetched again on the next stage",
-                           archive=archive, member=member.name) from None
-    except BaseException:
-        writer.discard()
-        raise
+    return sm.header_offset + LOCAL_HEADER.size + name_len + extra_len
+
+
+class MemberFromFile:
+    """One member inflated from the archive open at ``fd``, in as many steps as its bytes take to land: ``feed(upto)``
+    inflates what lies before byte ``upto``, ``finish`` checks and renames once all of it has been fed. Any failure
+    leaves no temporary file; ``discard`` drops one that is given up on."""
+
+    def __init__(self, fd: int, sm: StreamMember, archive: str) -> None:
+        self.fd = fd
+        self.sm = sm
+        self.archive = archive
+        self.pos = data_offset(fd, sm, archive)
+        self.end = self.pos + sm.compress_size
+        self.writer = MemberWriter(sm, archive)
+        self.buf = memoryview(bytearray(min(BUFFER_BYTES, max(1, sm.compress_size))))  # read into again and again
+
+    def feed(self, upto: int, stop: threading.Event | None = None) -> None:
+        """Inflate the member's bytes from where the last feed ended up to ``upto`` (all of them at most); ``stop``
+        ends it between two reads."""
+        try:
+            while self.pos < min(upto, self.end):
+                if stop is not None and stop.is_set():
+                    raise Stopped(f"{self.archive}: stopped while unpacking {self.sm.member.name}")
+                got = os.preadv(self.fd, [self.buf[: min(len(self.buf), min(upto, self.end) - self.pos)]], self.pos)
+                if not got:
+                    raise StreamCorrupt(f"the archive ends {self.end - self.pos} bytes into member {self.sm.member.name}")
+                self.writer.feed(self.buf[:got])
+                self.pos += got
+        except BaseException as exc:
+            raise self._failed(exc) from None
+
+    @property
+    def fed(self) -> bool:
+        return self.pos >= self.end
+
+    def finish(self) -> None:
+        try:
+            self.writer.finish()
+        except BaseException as exc:
+            raise self._failed(exc) from None
+
+    def discard(self) -> None:
+        self.writer.discard()
+
+    def _failed(self, exc: BaseException) -> BaseException:
+        self.writer.discard()
+        if isinstance(exc, StreamCorrupt):
+            name = self.sm.member.name
+            return ExtractError(f"{self.archive}: member {name} is damaged ({exc})", hint="the archive will be fetched again on the next stage",
+                                archive=self.archive, member=name)
+        return exc
+
+
+def write_member(fd: int, sm: StreamMember, archive: str, stop: threading.Event | None = None) -> None:
+    """Inflate one member, read at its offsets from the archive open at ``fd``, into a temp name beside its
+    destination; renamed once its CRC checks out. ``stop`` ends it between two reads (the temp file goes)."""
+    member = MemberFromFile(fd, sm, archive)
+    member.feed(member.end, stop)
+    member.finish()
 
 
 def crc_of(path: Path) -> int:

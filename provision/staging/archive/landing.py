@@ -1,9 +1,12 @@
-"""Archive mode unpacks an archive while it lands: each member is inflated as soon as every byte of it is on disk,
-on as many threads as unpacking uses, instead of once the whole archive is there.
+"""Archive mode unpacks an archive while it lands: each member is inflated as its bytes land on disk, on as many
+threads as unpacking uses, instead of once the whole archive is there.
 
 The central directory is read first (ranged reads of the tail, as stream mode does, on a thread of its own so the
-download does not wait for it). Members are then taken in any order their bytes complete (the download's segments
-arrive side by side), read back from the partial file (the page cache) and written under temporary names, each
+download does not wait for it). Members are then inflated in any order their bytes land (the download's segments
+arrive side by side): a worker takes the member with the most landed bytes not yet inflated (all of its rest, or
+FOLLOW_BYTES at least), inflates them and puts it back if more are to come, so a member that a segment is still
+bringing is followed a few MiB behind, and the last byte of the archive leaves a few MiB a member to inflate, not
+whole members. Bytes are read back from the partial file (the page cache) and written under temporary names, each
 renamed once its size and CRC-32 check out. Nothing here decides what is trusted: the archive's md5 is still checked
 as a whole, the directory the members were cut by must be the downloaded archive's own, and on any doubt the members
 this landing wrote are removed and the archive is unpacked the ordinary way once it is whole.
@@ -23,27 +26,44 @@ from ...errors import ExtractError, OutOfSpaceError
 from ..signals import Stopped
 from ..stop import StopSignal
 from ..transport.opening import BLOCK_BYTES
-from .extract import list_members, member_done, write_member
+from .extract import MemberFromFile, list_members, member_done
 from .members import Layout, Member, StreamMember
 
 log = logging.getLogger(__name__)
-POLL_S = 0.05  # how often an idle worker looks for a member whose bytes have all landed
+POLL_S = 0.05  # how often an idle worker looks for a member with bytes to inflate
+FOLLOW_BYTES = 4 << 20  # a member still landing is inflated on once this many of its bytes wait (or all of its rest)
 # smaller archives (under 1 MiB) are unpacked once whole: reading the directory first costs a block (64 KiB) or two,
 # and their unpacking takes a moment anyway
 MIN_ARCHIVE_BYTES = 16 * BLOCK_BYTES
 
 
-class Landing:
-    """One archive's members unpacked as its download lands. ``have(start, end)`` says whether bytes [start, end) of the
-    partial file are all written; ``layout(halt)`` reads the directory, on a thread of its own (None: do not unpack
-    early, the archive is unpacked once it is whole; ``halt`` says the landing was abandoned). ``finish`` waits for
-    the last members, ``abandon`` stops them."""
+class _Job:
+    """A member on its way: where its bytes end in the archive (the next member's header), and its inflation once
+    begun."""
 
-    def __init__(self, layout: Callable[[threading.Event], Layout | None], part: Path, have: Callable[[int, int], bool], *, target: Path,
+    def __init__(self, sm: StreamMember, end: int) -> None:
+        self.sm = sm
+        self.end = end
+        self.member: MemberFromFile | None = None
+        self.upto = 0  # the landed bytes it was taken for
+
+    @property
+    def at(self) -> int:
+        """The first byte it still needs (its local header until it is begun)."""
+        return self.member.pos if self.member is not None else self.sm.header_offset
+
+
+class Landing:
+    """One archive's members unpacked as its download lands. ``landed(start, end)`` says up to which byte the partial
+    file is written from ``start`` on, without a gap (``end`` at most); ``layout(halt)`` reads the directory, on a
+    thread of its own (None: do not unpack early, the archive is unpacked once it is whole; ``halt`` says the landing
+    was abandoned). ``finish`` waits for the last members, ``abandon`` stops them."""
+
+    def __init__(self, layout: Callable[[threading.Event], Layout | None], part: Path, landed: Callable[[int, int], int], *, target: Path,
                  workers: int, stop: StopSignal, on_member: Callable[[Member], None] | None = None) -> None:
         self.read_layout = layout
         self.target = target
-        self.have = have
+        self.landed = landed
         self.workers = max(1, workers)
         self.on_member = on_member
         self.stop = stop
@@ -51,7 +71,8 @@ class Landing:
         stop.on_set(self.halt.set)
         self.fd = os.open(part, os.O_RDONLY)  # opened now: the partial file is renamed once verified, its readers go on
         self.layout: Layout | None = None
-        self.pending: list[tuple[StreamMember, int]] = []  # each member with the end of its bytes, in archive order
+        self.pending: list[_Job] = []  # the members not written yet and not in a worker's hands
+        self.in_hand = 0  # members in a worker's hands: a worker with none to take waits while one may be put back
         self.lock = threading.Condition()
         self.next_look = 0.0  # when the next look for landed members is due
         self.errors: list[BaseException] = []
@@ -74,43 +95,43 @@ class Landing:
             if self.halt.is_set():
                 return
             self.layout = layout
-            self.pending = list(zip(layout.members, ends, strict=True))
+            self.pending = [_Job(sm, end) for sm, end in zip(layout.members, ends, strict=True)]
             for i in range(min(self.workers, len(self.pending))):
                 thread = threading.Thread(target=self._work, name=f"landing-{i}", daemon=True)
                 self.threads.append(thread)
                 thread.start()
 
-    def _next(self) -> StreamMember | None:
-        """The next member whose bytes are all on disk (waiting for one); None when none is left or the work stops.
-        One look over the members waiting every POLL_S, whatever the number of workers (and again at once after a
-        look that found one: more may have landed)."""
+    def _next(self) -> _Job | None:
+        """The member with the most landed bytes not yet inflated (all of its rest, or FOLLOW_BYTES at least), waiting
+        for one; None when none is left or the work stops. One look over the members every POLL_S, whatever the
+        number of workers (and again at once after a look that found one: more may have landed)."""
         with self.lock:
-            while self.pending and not self.halt.is_set():
+            while (self.pending or self.in_hand) and not self.halt.is_set():
                 now = time.monotonic()
-                if now >= self.next_look:
-                    for i, (sm, end) in enumerate(self.pending):
-                        if self.have(sm.header_offset, end):
-                            del self.pending[i]
-                            self.lock.notify()
-                            return sm
+                if self.pending and now >= self.next_look:
+                    best, best_upto, best_bytes = -1, 0, 0
+                    for i, job in enumerate(self.pending):
+                        upto = self.landed(job.at, job.end)
+                        if upto - job.at >= min(FOLLOW_BYTES, job.end - job.at) and upto - job.at > best_bytes:
+                            best, best_upto, best_bytes = i, upto, upto - job.at
+                    if best >= 0:
+                        self.lock.notify()
+                        self.in_hand += 1
+                        job = self.pending.pop(best)
+                        job.upto = best_upto
+                        return job
                     self.next_look = now + POLL_S
                 self.lock.wait(self.next_look - now if self.next_look > now else POLL_S)
             return None
 
     def _work(self) -> None:
+        job: _Job | None = None
         try:
-            while (sm := self._next()) is not None:
-                if member_done(sm.member, check_crc=True):  # a stopped run wrote it from these bytes' archive
-                    with self.lock:
-                        self.kept.append(sm.member)
-                else:
-                    assert self.layout is not None
-                    write_member(self.fd, sm, self.layout.archive, self.halt)
-                    with self.lock:
-                        self.written.append(sm.member)
-                if self.on_member is not None:
-                    self.on_member(sm.member)
+            while (job := self._next()) is not None:
+                self._advance(job)
         except BaseException as exc:  # noqa: BLE001 - handed to finish()
+            if job is not None and job.member is not None:
+                job.member.discard()
             with self.lock:
                 self.errors.append(exc)
                 self.lock.notify_all()
@@ -118,10 +139,42 @@ class Landing:
             if isinstance(exc, OutOfSpaceError):  # the disk is full: the download stops too
                 self.stop.set(exc.message, exc)
 
+    def _advance(self, job: _Job) -> None:
+        """Inflate the bytes ``job`` was taken for; written and named once all are in, put back while more are to come."""
+        assert self.layout is not None
+        if job.member is None:
+            if member_done(job.sm.member, check_crc=True):  # a stopped run wrote it from these bytes' archive
+                with self.lock:
+                    self.kept.append(job.sm.member)
+                self._done(job.sm.member)
+                return
+            job.member = MemberFromFile(self.fd, job.sm, self.layout.archive)
+        job.member.feed(job.upto, self.halt)
+        if not job.member.fed:
+            with self.lock:
+                self.pending.append(job)
+                self.in_hand -= 1
+                self.lock.notify()
+            return
+        job.member.finish()
+        with self.lock:
+            self.written.append(job.sm.member)
+        self._done(job.sm.member)
+
+    def _done(self, member: Member) -> None:
+        with self.lock:
+            self.in_hand -= 1
+            self.lock.notify_all()  # when it was the last, the workers waiting for one end
+        if self.on_member is not None:
+            self.on_member(member)
+
     def _join(self) -> None:
         """Wait for the workers (the directory's reader, if it still reads, ends on its own: it starts none now)."""
         for thread in self.threads:
             thread.join()
+        for job in self.pending:  # begun and put back, never finished: their temporary files go
+            if job.member is not None:
+                job.member.discard()
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
@@ -129,7 +182,7 @@ class Landing:
     def finish(self, archive: Path) -> list[Member] | None:
         """Every member of the verified ``archive``, once the last is written; None when it is to be unpacked the
         ordinary way (its directory could not be read first, or differs from the one the members were cut by)."""
-        self.have = lambda start, end: True  # the download is complete
+        self.landed = lambda start, end: end  # the download is complete
         self.starter.join()
         with self.lock:
             self.next_look = 0.0
