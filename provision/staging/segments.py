@@ -164,6 +164,7 @@ class SegmentedDownload:
         """md5 of the file, read as its contiguous prefix grows (from the page cache, not a second disk pass)."""
         hasher = hashlib.md5()
         hashed = 0
+        view = memoryview(bytearray(BUFFER_BYTES))  # read into again and again: small enough to stay in the cache for the md5
         # unbuffered: a buffered reader could serve bytes it read before the download wrote them
         with open(self.part, "rb", buffering=0) as reader:
             while hashed < self.size:
@@ -177,9 +178,11 @@ class SegmentedDownload:
                     if upto <= hashed:  # every worker has returned, yet bytes are missing: never wait for them
                         raise TransientError(f"{self.transfer.label} delivered {upto} of {self.size} bytes in order")
                 while hashed < upto:
-                    chunk = os.pread(reader.fileno(), min(BUFFER_BYTES * 8, upto - hashed), hashed)
-                    hasher.update(chunk)
-                    hashed += len(chunk)
+                    got = os.preadv(reader.fileno(), [view[: min(len(view), upto - hashed)]], hashed)
+                    if not got:
+                        raise TransientError(f"{self.part.name} ends at byte {hashed}, before its {self.size} bytes")
+                    hasher.update(view[:got])
+                    hashed += got
         return hasher.hexdigest()
 
     def _opened(self, ranged: bool) -> None:
