@@ -107,8 +107,12 @@ class _Read:
         self.over = threading.Event()
         self.cond = threading.Condition()
 
-    def _size(self) -> int:
+    def chunk_bytes(self) -> int:
         """The size the next chunk would have: CHUNK_S at the rate seen, within the read's bounds."""
+        with self.cond:
+            return self._size()
+
+    def _size(self) -> int:
         return max(self.smallest, min(self.largest, int(self.rate * CHUNK_S)))
 
     def claim(self, room: int) -> int | None:
@@ -205,7 +209,7 @@ def _work(transfer: Transfer, read: _Read, budget: ReadAhead, hooks: OrderedHook
     """Take a buffer, claim the next chunk, fetch it whole into the buffer (retrying at the exact byte), hand it over;
     until no chunk is left."""
     while not read.over.is_set():
-        buf = budget.take(read.largest, WAIT_S)  # the largest a chunk of this read may be: no buffer made again as chunks grow
+        buf = budget.take(read.chunk_bytes(), WAIT_S)
         if buf is None:
             continue
         index = read.claim(len(buf))
