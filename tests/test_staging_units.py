@@ -115,7 +115,7 @@ def test_a_member_is_whole_on_disk_when_synced_and_its_writing_starts_early(tmp_
     started: list[tuple[int, int]] = []
     real_fsync = os.fsync
     monkeypatch.setattr(members.os, "fsync", lambda fd: (synced.append(os.fstat(fd).st_size), real_fsync(fd)))
-    monkeypatch.setattr(writeback, "_START", lambda fd, offset, length: started.append((offset, length)))
+    monkeypatch.setattr(writeback, "_load", lambda: lambda fd, offset, length: started.append((offset, length)))
     for name, data in (("small.raw", b"one short slice"), ("large.raw", b"CT slice " * (2 << 20))):
         packed = zlib.compressobj(1, zlib.DEFLATED, -15)
         raw = packed.compress(data) + packed.flush()

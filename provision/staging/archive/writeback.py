@@ -8,7 +8,7 @@ refused, nothing changes but the wait, and the fsync still makes every byte dura
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
+import functools
 import sys
 from collections.abc import Callable
 
@@ -16,12 +16,14 @@ WINDOW_BYTES = 8 << 20  # written bytes handed to the disk at a time: small enou
 SYNC_FILE_RANGE_WRITE = 2
 
 
+@functools.cache
 def _load() -> Callable[[int, int, int], None] | None:
+    """The call, looked up on first use (not at import: every command imports this) in the C library the process
+    already has (``CDLL(None)``, no search for it on disk)."""
     if not sys.platform.startswith("linux"):
         return None
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        call = libc.sync_file_range
+        call = ctypes.CDLL(None, use_errno=True).sync_file_range
     except (OSError, AttributeError):
         return None
     call.argtypes = (ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint)
@@ -33,9 +35,6 @@ def _load() -> Callable[[int, int, int], None] | None:
     return start
 
 
-_START = _load()
-
-
 class EarlyWriteback:
     """Hands each full window of a file being written to the disk as soon as it is written (see the module)."""
 
@@ -45,10 +44,11 @@ class EarlyWriteback:
         self.started = 0  # bytes from the start of the file whose writing has been asked for
 
     def written(self, total: int) -> None:
-        """``total`` bytes of the file are in the kernel's hands now (written, not in a user-space buffer)."""
-        if _START is None or total - self.started < self.window_bytes:
+        """``total`` bytes of the file are written (a few KiB of them may still be in a file object's buffer: those
+        are left to the fsync, like the bytes after the last full window)."""
+        if total - self.started < self.window_bytes or (start := _load()) is None:
             return
         end = total - total % self.window_bytes
-        _START(self.fd, self.started, end - self.started)
+        start(self.fd, self.started, end - self.started)
         self.started = end
 
