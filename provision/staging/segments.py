@@ -169,12 +169,13 @@ class SegmentedDownload:
         with open(self.part, "rb", buffering=0) as reader:
             while hashed < self.size:
                 with self.cond:
+                    # the bytes before ``hashed`` are all written (done counts only grow): look on from there
                     while (not self.errors and not self.s.stop.is_set() and self.workers_left > 0
-                           and _contiguous(self.done, self.segment, self.size) <= hashed):
+                           and self.landed(hashed, self.size) <= hashed):
                         self.cond.wait(0.5)
                     if self.errors or self.s.stop.is_set():
                         raise self.errors[0] if self.errors else Stopped("the run is stopping")
-                    upto = _contiguous(self.done, self.segment, self.size)
+                    upto = self.landed(hashed, self.size)
                     if upto <= hashed:  # every worker has returned, yet bytes are missing: never wait for them
                         raise TransientError(f"{self.transfer.label} delivered {upto} of {self.size} bytes in order")
                 while hashed < upto:
