@@ -19,8 +19,14 @@ auto on a size-limited tmpfs where only stream mode fits, against archive mode o
 
 plus the machine's limits measured in the same run: loopback read rate, extraction alone
 (unzip of the same archives from local disk), disk write rate, and the cores' limit for this data
-(inflate, md5 and CRC-32 per core, measured, divided over the cores). Prints wall time,
-throughput, peak RSS, bytes written to disk and each tool's time as a ratio to provision's.
+(inflate, md5 and CRC-32 per core, measured before each repetition, divided over the cores). Prints wall time,
+throughput, peak RSS, CPU time, bytes written to disk and each tool's time as a ratio to provision's.
+
+Uncapped, provision's rows are bound by the cores, and this machine's speed drifts from minute to minute (other
+guests on the host; new memory is slow to touch for the first time, and every page a run fills in the page cache
+is such memory). So each of those runs is also compared with a reference extraction run just before it, in the
+same state of the machine: every core inflating the same archives from local disk with the same library, md5 and
+CRC-32 taken, the members written, the writeback waited for. It has no network and no resume to keep.
 
     python benchmarks/stage_bench.py                 # about 2 GB, 3 repetitions (several minutes)
     python benchmarks/stage_bench.py --quick         # a small set, one repetition, under a minute
@@ -56,6 +62,9 @@ class Run:
     written_bytes: int
     ok: bool
     peak_disk_bytes: int = 0
+    cpu_s: float = 0.0  # user + system time of the command and its children
+    limit_s: float = 0.0  # (uncapped) the cores' limit measured just before this run's repetition
+    reference_s: float = 0.0  # (uncapped) the reference extraction, run just before this run
 
 
 @dataclass
@@ -79,6 +88,18 @@ class Row:
     @property
     def peak_disk_mb(self) -> float:
         return max(r.peak_disk_bytes for r in self.runs) / 1e6
+
+    @property
+    def cpu_s(self) -> float:
+        return statistics.median(r.cpu_s for r in self.runs)
+
+    def limit_ratios(self) -> list[float]:
+        """Each run's time over the cores' limit measured in its own repetition (the machine's speed drifts)."""
+        return sorted(r.seconds / r.limit_s for r in self.runs if r.limit_s)
+
+    def reference_ratios(self) -> list[float]:
+        """Each run's time over the reference extraction's, run just before it."""
+        return sorted(r.seconds / r.reference_s for r in self.runs if r.reference_s)
 
 
 class DiskWatch:
@@ -134,7 +155,7 @@ def measured(argv: list[str], cwd: Path, env: dict[str, str] | None = None) -> R
         if len(fields) >= 2 and fields[-2].isdigit():
             max_rss_kb, out_blocks = int(fields[-2]), int(fields[-1])
         report.unlink()
-    return Run(seconds, max_rss_kb, out_blocks * 512, code == 0)
+    return Run(seconds, max_rss_kb, out_blocks * 512, code == 0, cpu_s=usage.ru_utime + usage.ru_stime)
 
 
 def naive_script(urls: list[str], target: Path) -> list[str]:
@@ -250,6 +271,74 @@ def per_core_rates(archive: Path) -> dict[str, float]:
             "library": codec.LIBRARY}
 
 
+def cores_limit_s(rates: dict[str, float], total: int, unpacked: int) -> float:
+    """Seconds the cores need for this data's inflate, md5 and CRC-32 at ``rates``, spread over every core."""
+    return (unpacked / rates["inflate"] + total / rates["md5"] + unpacked / rates["crc"]) / (os.cpu_count() or 1)
+
+
+def fresh_memory_rate(size: int = 1 << 30) -> float:
+    """MB/s at which one core touches memory for the first time, in a fresh process: on a VM whose host takes freed
+    memory back (a balloon's free page reporting), every page a run newly fills, the page cache's included, costs this."""
+    code = (f"import mmap, time; m = mmap.mmap(-1, {size}); t = time.perf_counter()\n"
+            "for i in range(0, len(m), 4096): m[i] = 1\n"
+            "print(time.perf_counter() - t)")
+    took = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    return size / took / 1e6
+
+
+def reference_worker(out: Path, archives: list[Path]) -> None:
+    """One core's share of the reference extraction: each archive read from local disk once (md5), each member
+    inflated with the library provision uses, its CRC-32 taken, and written (the caller's sync counts the writeback,
+    once for every file: no fsync stalls a core here, as provision's one per member may)."""
+    import zipfile
+
+    from provision.staging.archive import codec
+
+    for archive in archives:
+        md5 = hashlib.md5()
+        with open(archive, "rb") as fh:
+            while piece := fh.read(1 << 20):
+                md5.update(piece)
+        with zipfile.ZipFile(archive) as zf:
+            infos = [i for i in zf.infolist() if not i.is_dir()]
+        with open(archive, "rb", buffering=0) as fh:
+            for info in infos:
+                header = os.pread(fh.fileno(), 30, info.header_offset)
+                pos = info.header_offset + 30 + int.from_bytes(header[26:28], "little") + int.from_bytes(header[28:30], "little")
+                end = pos + info.compress_size
+                dest = out / info.filename
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                inflater, crc = (codec.raw_inflater() if info.compress_type == zipfile.ZIP_DEFLATED else None), 0
+                with open(dest, "wb") as target:
+                    while pos < end:
+                        piece = os.pread(fh.fileno(), min(1 << 20, end - pos), pos)
+                        pos += len(piece)
+                        data = inflater.decompress(piece) if inflater else piece
+                        crc = codec.crc32(data, crc)
+                        target.write(data)
+                if crc != info.CRC:
+                    raise SystemExit(f"reference extraction: {info.filename} has the wrong CRC-32")
+
+
+def reference_extract(archives: list[Path], out: Path) -> float:
+    """Seconds for the reference extraction on every core at once (archives dealt out in turn): the cores' limit with
+    the unpacked bytes written, measured on this machine as it is now, from local disk and without a network."""
+    cores = os.cpu_count() or 1
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    os.sync()
+    start = time.perf_counter()
+    procs = [subprocess.Popen([sys.executable, __file__, "--reference-worker", str(out), *map(str, archives[i::cores])])
+             for i in range(min(cores, len(archives)))]
+    codes = [p.wait() for p in procs]
+    os.sync()
+    took = time.perf_counter() - start
+    shutil.rmtree(out, ignore_errors=True)
+    if any(codes):
+        raise SystemExit("the reference extraction failed")
+    return took
+
+
 def limits(data_dir: Path, url: str, keys: list[str], work: Path) -> dict[str, float]:
     """Loopback read rate, extraction alone, and disk write rate, measured now."""
     total = sum((data_dir / k).stat().st_size for k in keys)
@@ -282,7 +371,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=None, help="folder for the data and the runs (default: a temp folder)")
     parser.add_argument("--scenarios", default="capped,uncapped,tight",
                         help="which to run, comma-separated (the uncapped rows vary most between runs: run them with more --reps)")
+    parser.add_argument("--reference-worker", nargs="+", metavar="PATH", help=argparse.SUPPRESS)  # OUT ARCHIVE...: one core's share
     args = parser.parse_args(argv)
+    if args.reference_worker:
+        reference_worker(Path(args.reference_worker[0]), [Path(a) for a in args.reference_worker[1:]])
+        return 0
     scenarios = {name.strip() for name in args.scenarios.split(",") if name.strip()}
     if not scenarios or scenarios - {"capped", "uncapped", "tight"}:
         parser.error(f"--scenarios takes capped, uncapped and tight, comma-separated; got {args.scenarios!r}")
@@ -312,10 +405,20 @@ def main(argv: list[str] | None = None) -> int:
             rows = {name: Row(name) for name in names}
             if not have_aria2:
                 rows["aria2c"].note = "aria2c not installed"
+            rep_limits = []
             for rep in range(args.reps):
-                for name, row in rows.items():
+                rep_limit = 0.0
+                if cap is None:  # the cores' limit of this repetition, measured just before its runs
+                    rep_limit = cores_limit_s(per_core_rates(built.folder / keys[0]), total, unpacked)
+                    rep_limits.append(rep_limit)
+                order = list(rows.items())
+                order = order[rep % len(order):] + order[:rep % len(order)]  # no tool always follows the same one
+                for name, row in order:
                     if name == "aria2c" and not have_aria2:
                         continue
+                    reference = 0.0
+                    if cap is None and name in ("provision", "stream", "stream1"):
+                        reference = reference_extract([built.folder / k for k in keys], work / "reference-out")
                     target_root = work / f"{scenario}-{name}-{rep}"
                     shutil.rmtree(target_root, ignore_errors=True)
                     target = target_root / "part2" / "luna"
@@ -331,6 +434,8 @@ def main(argv: list[str] | None = None) -> int:
                             inflate = {"PROVISION_INFLATE": "zlib"} if name == "zlib" else {}
                             run = measured(provision_cmd(profile, mode), REPO, env={**os.environ, "PYTHONPATH": str(REPO), **inflate})
                     run.peak_disk_bytes = watch.peak
+                    run.limit_s = rep_limit
+                    run.reference_s = reference
                     run.ok = run.ok and check_tree(target, expected)
                     row.runs.append(run)
                     print(f"  {scenario:<8} {name:<10} rep {rep + 1}: {run.seconds:6.2f} s{'' if run.ok else '  (FAILED or wrong bytes)'}", flush=True)
@@ -341,6 +446,9 @@ def main(argv: list[str] | None = None) -> int:
                     if rep > 0 or args.reps == 1:
                         shutil.rmtree(target_root, ignore_errors=True)
             limit = limits(built.folder, srv.url, keys, work)
+            if cap is None:
+                limit["fresh_mb_s"] = fresh_memory_rate()
+                limit["rep_limits"] = rep_limits  # type: ignore[assignment]
         tables.append((scenario, cap, rows, limit))
     rates = per_core_rates(built.folder / keys[0])
 
@@ -366,18 +474,24 @@ def main(argv: list[str] | None = None) -> int:
               f"extraction alone {limit['extract_s']:.2f} s; disk write {limit['disk_mb_s']:.0f} MB/s")
         if cap is None:
             cores = os.cpu_count() or 1
-            cpu_s = unpacked / rates["inflate"] + total / rates["md5"] + unpacked / rates["crc"]
-            cores_limit = cpu_s / cores
+            cores_limit = cores_limit_s(rates, total, unpacked)
             print(f"{'limit':<11}the cores' limit for this data: {cores_limit:.2f} s ({cores} cores; per core: inflate "
                   f"{rates['inflate'] / 1e6:.0f} MB/s out with {rates['library']} ({rates['inflate_zlib'] / 1e6:.0f} with zlib), "
-                  f"md5 {rates['md5'] / 1e6:.0f} MB/s, CRC-32 {rates['crc'] / 1e6:.0f} MB/s)")
+                  f"md5 {rates['md5'] / 1e6:.0f} MB/s, CRC-32 {rates['crc'] / 1e6:.0f} MB/s); measured before each repetition: "
+                  + ", ".join(f"{x:.2f}" for x in limit["rep_limits"]) + " s")  # type: ignore[attr-defined]
             with_writes = cores_limit + unpacked / rates["write"] / cores
             print(f"{'limit':<11}with the unpacked bytes' write (the kernel's copy into the page cache, {rates['write'] / 1e6:.0f} MB/s "
-                  f"a core): {with_writes:.2f} s")
+                  f"a core): {with_writes:.2f} s; new memory (first touch, one core): {limit['fresh_mb_s']:.0f} MB/s")
+            work_cpu = cores_limit * cores
             for name in ("provision", "stream", "stream1"):
-                took = rows[name].seconds
-                print(f"{'target':<11}{name} {took:.2f} s = {took / cores_limit:.2f} x the cores' limit (want <= 1.15); "
-                      f"{took / with_writes:.2f} x with the writes")
+                ratios = rows[name].limit_ratios()
+                spread = f" ({', '.join(f'{r:.2f}' for r in ratios)} in the repetitions)" if len(ratios) > 1 else ""
+                print(f"{'target':<11}{name} {rows[name].seconds:.2f} s = {statistics.median(ratios):.2f} x the cores' limit of its "
+                      f"repetition{spread} (want <= 1.15); CPU {rows[name].cpu_s:.1f} s = {rows[name].cpu_s / work_cpu:.2f} x the work's "
+                      f"{work_cpu:.1f} s (inflate, md5, CRC-32)")
+                ratios = rows[name].reference_ratios()
+                print(f"{'':<11}{name} = {statistics.median(ratios):.2f} x the reference extraction run just before it "
+                      f"({', '.join(f'{r:.2f}' for r in ratios)}; reference {statistics.median(r.reference_s for r in rows[name].runs):.2f} s)")
             zlib_s = rows["zlib"].seconds
             print(f"{'target':<11}the zlib path (PROVISION_INFLATE=zlib) {zlib_s:.2f} s: provision is {zlib_s / base:.2f}x faster (want >= 1.4)")
         else:
