@@ -51,6 +51,27 @@ def test_members_are_unpacked_while_the_archive_downloads(tmp_path: Path, write_
     assert state["extracted"] is True and len(state["members"]) == 8
 
 
+def test_the_segments_after_the_first_start_at_member_headers(tmp_path: Path, write_profile) -> None:
+    """Once the directory is read, and before they ask, the segments after the first are moved to the nearest member
+    headers: a member then lands from its head on, and is unpacked as it lands, instead of waiting for a head that
+    would come with the last bytes of the segment before it."""
+    data = build_luna_like(tmp_path / "d", subsets=1, scans=8, raw_bytes=2_000_000, extra_plain=False)
+    size = data.files["subset0.zip"]["size"]
+    with zipfile.ZipFile(data.folder / "subset0.zip") as zf:
+        heads = {i.header_offset for i in zf.infolist()}
+    with FileServer(data.folder, Faults(rate_per_conn=4_000_000), records=records_of(data)) as srv:
+        profile = write_profile({"dataset": str(data.manifest), "sources": [srv.url + "/mirror/"], "mode": "archive", "connections": 4})
+        collect(profile)
+    assert tree_md5s(tmp_path / "root" / "part2" / "luna") == expected_tree(data)
+    asked = sorted(srv.stats.requests, key=lambda r: r["started"])
+    spans = [tuple(int(x) for x in r["range"].split("=")[1].split("-")) for r in asked if r["key"] == "subset0.zip"]
+    lead_end = spans[0][1] + 1
+    segments = [(a, b) for a, b in spans[1:] if a < size - 2 * 64 * 1024]  # not the directory's block
+    assert spans[0][0] == 0 and len(segments) >= 4, spans
+    assert all(a in heads | {lead_end} for a, _ in segments), f"every later segment starts at a member header: {spans}"
+    assert sum(b - a + 1 for a, b in segments) + lead_end == size, "the segments cover the archive once"
+
+
 def test_a_damaged_download_leaves_no_member_it_unpacked(tmp_path: Path, write_profile, capsys) -> None:
     """Every copy of the archive has a byte flipped in its last member: the members before it land (their CRCs are
     right), the md5 then fails on every try, and not one of them keeps its name."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import socket
 import zipfile
@@ -218,6 +219,37 @@ def test_a_segmented_download_of_a_local_file_is_verified_and_named(tmp_path: Pa
         got = SegmentedDownload(job, file_plan("a.bin"), LocalTransfer(str(source)), part, tmp_path / "a.progress.json", final, len(data), md5,
                                 FileResult("a.bin"), conns).run()
     assert got == md5 and final.read_bytes() == data and names == [final] and not (tmp_path / "a.progress.json").exists()
+
+
+@pytest.mark.parametrize("saved", ["starts", "segment"])
+def test_a_resumed_download_keeps_the_segments_it_saved_whatever_their_bounds(tmp_path: Path, saved: str) -> None:
+    """A progress file with bounds of its own (moved to member headers; or, from an older version, another segment size)
+    resumes with them: only the bytes it lacks are fetched. One that makes no sense starts the file over."""
+    data = os.urandom(3_000_000)
+    source = tmp_path / "source.bin"
+    source.write_bytes(data)
+    part, final, progress = tmp_path / "a.bin.part", tmp_path / "a.bin", tmp_path / "a.progress.json"
+    starts = [0, 700_001, 1_500_007, 2_300_003] if saved == "starts" else [0, 900_000, 1_800_000, 2_700_000]
+    done = {0: 700_001, 700_001: 12_345, 1_500_007: 0, 2_300_003: 699_997} if saved == "starts" else \
+        {0: 900_000, 900_000: 4_000, 1_800_000: 0, 2_700_000: 300_000}
+    part.write_bytes(b"".join(data[s:s + n] + bytes(e - s - n) for (s, n), e in zip(done.items(), [*starts[1:], len(data)], strict=True)))
+    layout = {"starts": starts} if saved == "starts" else {"segment": 900_000}
+    md5 = hashlib.md5(data).hexdigest()
+    progress.write_text(json.dumps({"size": len(data), "md5": md5, **layout, "done": {str(k): v for k, v in done.items()}}))
+    job = SegmentContext(segment_min_bytes=256 << 10, connections=4, retrier=lambda: Retrier(2, 0.01, 1.0), stop=StopSignal(),
+                         emit=lambda *a, **k: None, finish=lambda p, f, size, md5, got, label: (p.replace(f), got)[1])
+    result = FileResult("a.bin")
+    with ThreadPoolExecutor(4) as conns:
+        got = SegmentedDownload(job, file_plan("a.bin"), LocalTransfer(str(source)), part, progress, final, len(data), md5, result, conns).run()
+    assert got == md5 and final.read_bytes() == data
+    assert result.bytes_fetched == len(data) - sum(done.values()), "only what the saved segments lacked"
+
+    part.write_bytes(bytes(len(data)))  # bounds that overlap: nothing of the file is trusted
+    progress.write_text(json.dumps({"size": len(data), "md5": md5, "starts": [0, 900_000, 800_000], "done": {"0": 900_000}}))
+    result = FileResult("a.bin")
+    with ThreadPoolExecutor(4) as conns:
+        got = SegmentedDownload(job, file_plan("a.bin"), LocalTransfer(str(source)), part, progress, final, len(data), md5, result, conns).run()
+    assert got == md5 and final.read_bytes() == data and result.bytes_fetched == len(data)
 
 
 def test_a_range_reader_reads_a_remote_file_as_a_seekable_one(tmp_path: Path) -> None:

@@ -3,22 +3,27 @@
 Segments are large (few requests: Zenodo throttles) and their progress is saved beside the
 partial file, so a run killed at any moment continues where it was. Only the first request
 goes out until the source shows it honours ranges; a source that ignores them answers that
-first request with the whole file, which is then taken as it is. The md5 is computed over the
-contiguous downloaded prefix while later segments still arrive, from the page cache rather
-than a second pass over the disk.
+first request with the whole file, which is then taken as it is. Until the others ask, a
+follower that knows the file's layout may move their bounds (an archive's to member headers:
+a member is then unpacked from the start of a segment while the segment lands, instead of
+from a head that lands with a segment's last bytes). The md5 is computed over the contiguous
+downloaded prefix while later segments still arrive, from the page cache rather than a
+second pass over the disk.
 """
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..errors import OutOfSpaceError
 from ..planvalues import FilePlan
@@ -76,22 +81,21 @@ class SegmentedDownload:
         self.errors: list[BaseException] = []
         self.workers_left = 0  # the md5 follower stops waiting once no worker is left to deliver bytes
         self._saved_at = 0.0
-        self.done = self._resume()
+        self.done = self._resume()  # bytes written from each segment's start, in start order
+        self.starts = list(self.done)
+        self._ends = dict(zip(self.starts, [*self.starts[1:], self.size], strict=True))
+        self._queue: list[int] = []  # the segments after the first still to be asked for, taken in turn once the gate opens
 
     def _resume(self) -> dict[int, int]:
-        starts = list(range(0, self.size, self.segment)) or [0]
+        """The segments and their progress: as the progress file saved them (whatever their bounds: another segment
+        size, or moved to member headers), or fresh ones over a new, empty partial file."""
         saved = read_json(self.progress_path)
-        fresh = {s: 0 for s in starts}
-        ok = (isinstance(saved, dict) and saved.get("size") == self.size and saved.get("md5") == self.md5
-              and size_of(self.part) == self.size)
-        if ok and saved.get("segment") != self.segment:
-            # segment size changed (other config): keep only the fully contiguous prefix
-            prefix = _contiguous({int(k): int(v) for k, v in saved["done"].items()}, int(saved["segment"]), self.size)
-            done = {s: max(0, min(prefix - s, min(self.segment, self.size - s))) for s in starts}
-        elif ok:
-            done = {s: int(saved["done"].get(str(s), 0)) for s in starts}
-        else:
-            done = fresh
+        done = None
+        if (isinstance(saved, dict) and saved.get("size") == self.size and saved.get("md5") == self.md5
+                and size_of(self.part) == self.size):
+            done = _saved_segments(saved, self.size)
+        if done is None:
+            done = {s: 0 for s in (list(range(0, self.size, self.segment)) or [0])}
             with open(self.part, "wb") as fh:
                 fh.truncate(self.size)
         if any(done.values()):
@@ -104,11 +108,40 @@ class SegmentedDownload:
             return
         self._saved_at = now
         # no fsync: the data itself is not fsync'd either; after a power cut the md5 check catches any gap
-        atomic_write_json(self.progress_path, {"size": self.size, "md5": self.md5, "segment": self.segment,
+        atomic_write_json(self.progress_path, {"size": self.size, "md5": self.md5, "starts": self.starts,
                                                "done": {str(k): v for k, v in self.done.items()}, "source": self.transfer.label}, fsync=False)
 
     def _length(self, start: int) -> int:
-        return min(self.segment, self.size - start)
+        return self._ends[start] - start
+
+    def _segment_of(self, pos: int) -> int:
+        return self.starts[bisect.bisect_right(self.starts, pos) - 1]
+
+    def align(self, heads: Iterable[int]) -> bool:
+        """Move the bounds of the segments not yet asked for to the nearest of ``heads`` (an archive's member headers)
+        within half a segment; the first segment, asked for already, keeps its end. Only before the gate opens, on a
+        download that has written nothing beyond its first segment (a resumed one keeps its saved bounds); the new
+        bounds are saved at once, so a run killed from here on resumes with them. Whether they moved."""
+        with self.cond:
+            if (self.gate.is_set() or self.whole or len(self.starts) < 3
+                    or any(self.done[s] for s in self.starts[1:]) or self._queue != self.starts[1:]):
+                return False
+            marks = sorted({h for h in heads if self.starts[1] < h < self.size})
+            starts = self.starts[:2]
+            for even in self.starts[2:]:
+                at = bisect.bisect_left(marks, even)
+                near = [h for h in marks[max(0, at - 1):at + 1] if abs(h - even) <= self.segment // 2]
+                bound = min(near, key=lambda h: abs(h - even)) if near else even
+                if bound > starts[-1]:
+                    starts.append(bound)
+            if starts == self.starts:
+                return False
+            self.done = {s: self.done.get(s, 0) if s == 0 else 0 for s in starts}
+            self.starts = starts
+            self._ends = dict(zip(starts, [*starts[1:], self.size], strict=True))
+            self._queue = starts[1:]
+            self._save(force=True)
+            return True
 
     def honours_ranges(self, halt: threading.Event) -> bool:
         """Whether the source honours byte ranges, once its first answer is in (False when the download or ``halt``
@@ -128,20 +161,22 @@ class SegmentedDownload:
         """Up to which byte the file is written from ``start`` on, without a gap (``end`` at most; the bytes may lie in
         several segments)."""
         with self.cond:
-            seg = start - start % self.segment
-            while seg < end:
+            at = bisect.bisect_right(self.starts, start) - 1
+            while at < len(self.starts) and self.starts[at] < end:
+                seg = self.starts[at]
                 written = seg + self.done[seg]
-                if written < min(end, seg + self._length(seg)):
+                if written < min(end, self._ends[seg]):
                     return min(end, max(start, written))
-                seg += self.segment
+                at += 1
             return end
 
     def run(self) -> str:
         fd = os.open(self.part, os.O_WRONLY)
         try:
-            pending = [s for s in sorted(self.done) if self.done[s] < self._length(s)]
+            pending = [s for s in self.starts if self.done[s] < self._length(s)]
             self.workers_left = len(pending)
-            futures = [self.conns.submit(self._segment_worker, fd, s, i == 0) for i, s in enumerate(pending)]
+            self._queue = pending[1:]
+            futures = [self.conns.submit(self._segment_worker, fd, pending[0] if i == 0 else None) for i in range(len(pending))]
             try:
                 digest = self._hash_following()
             finally:
@@ -195,28 +230,36 @@ class SegmentedDownload:
     def _account(self, pos: int, n: int) -> None:
         """Credit ``n`` bytes written at ``pos`` to the segments they fall in (a whole-file answer spans them all)."""
         while n > 0:
-            seg = pos - pos % self.segment
-            take = min(n, seg + self._length(seg) - pos)
+            seg = self._segment_of(pos)
+            take = min(n, self._ends[seg] - pos)
             self.done[seg] += take
             pos += take
             n -= take
 
-    def _segment_worker(self, fd: int, start: int, lead: bool) -> None:
+    def _segment_worker(self, fd: int, lead: int | None) -> None:
+        """Fetch the first segment (``lead``), or once the gate opens the next segment still to be asked for."""
         try:
-            self._fetch_segment(fd, start, lead)
+            if lead is not None:
+                self._fetch_segment(fd, lead, lead=True)
+            elif self._through_gate():
+                with self.cond:
+                    start = self._queue.pop(0) if self._queue else None
+                if start is not None:
+                    self._fetch_segment(fd, start, lead=False)
         finally:
             with self.cond:
                 self.workers_left -= 1
                 self.cond.notify_all()
 
+    def _through_gate(self) -> bool:
+        """Wait until the others may ask; False when there is nothing for them to do (stopping, or a whole-file answer)."""
+        while not self.gate.wait(0.2):
+            if self.cancel.is_set() or self.s.stop.is_set():
+                return False
+        return not self.whole
+
     def _fetch_segment(self, fd: int, start: int, lead: bool) -> None:
-        if not lead:
-            while not self.gate.wait(0.2):
-                if self.cancel.is_set() or self.s.stop.is_set():
-                    return
-            if self.whole:
-                return
-        end = start + self._length(start)
+        end = self._ends[start]
         retrier = self.s.retrier()
         try:
             while not self.cancel.is_set() and not self.s.stop.is_set():
@@ -273,12 +316,23 @@ class _Cancelled(Exception):
     pass
 
 
-def _contiguous(done: dict[int, int], segment: int, size: int) -> int:
-    """Bytes from the start of the file that are all downloaded."""
-    total = 0
-    for start in sorted(done):
-        got = done[start]
-        total = start + got
-        if got < min(segment, size - start):
-            return total
-    return size
+def _saved_segments(saved: dict[str, Any], size: int) -> dict[int, int] | None:
+    """The segments a progress file saved, each start with its bytes written; None when they make no sense for a file
+    of ``size`` bytes. An older file saved one segment size (``segment``) instead of the bounds (``starts``)."""
+    try:
+        if isinstance(saved.get("starts"), list):
+            starts = [int(s) for s in saved["starts"]]
+        else:
+            step = int(saved["segment"])
+            starts = (list(range(0, size, step)) or [0]) if step > 0 else []
+        got = saved["done"]
+        if (not isinstance(got, dict) or not starts or starts[0] != 0 or starts[-1] >= max(size, 1)
+                or any(b <= a for a, b in zip(starts, starts[1:], strict=False))):
+            return None
+        ends = [*starts[1:], size]
+        done = {s: int(got.get(str(s), 0)) for s in starts}
+        if any(not 0 <= done[s] <= e - s for s, e in zip(starts, ends, strict=True)):
+            return None
+        return done
+    except (KeyError, TypeError, ValueError):
+        return None

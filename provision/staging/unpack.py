@@ -105,6 +105,8 @@ class UnpackWhileLanding:
                         if halt.wait(delay):
                             return None
                 check_layout(found, f, transfer.label)
+                # before the other segments ask: each then starts at a member's header, which lands first, not last
+                download.align(sm.header_offset for sm in found.members)
             except Exception as exc:  # noqa: BLE001 - whatever a damaged, hostile or other archive raises, the ordinary way reports
                 log.info("%s: not unpacked while it downloads: %s: %s", f.key, type(exc).__name__, exc)
                 return None
