@@ -30,6 +30,7 @@ def test_quick_benchmark_prints_the_table(tmp_path) -> None:
             assert "aria2c not installed" in rows["aria2c"]
         assert rows["limit"] and rows["target"]
     assert "the cores' limit for this data" in out and "x the cores' limit" in out and "with the writes" in out and "the zlib path" in out
+    assert "x the reference extraction run just before it" in out and "x the work's" in out and "new memory (first touch" in out
     assert "re-run on the staged set" in out and "of the capped line rate" in out and "peak RSS of provision's runs" in out
     tight = out.split("tight disk (two archives of 16 scans", 1)[1]
     if "skipped" not in tight.splitlines()[1]:
