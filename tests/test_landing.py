@@ -177,9 +177,12 @@ def test_a_member_still_landing_is_followed_and_named_only_once_whole(tmp_path: 
 
 def test_ctrl_c_while_members_land_stops_at_once_and_the_rerun_resumes(tmp_path: Path, write_profile) -> None:
     """SIGINT three quarters through an archive whose first members have landed: exit 130 promptly, no temporary file, no
-    archive under its final name; the rerun resumes the download and ends with the whole tree."""
-    data = build_luna_like(tmp_path / "d", subsets=1, scans=6, raw_bytes=700_000, extra_plain=False)
+    archive under its final name; the rerun resumes the download, with the range bounds it saved (moved to member
+    headers), and ends with the whole tree."""
+    data = build_luna_like(tmp_path / "d", subsets=1, scans=12, raw_bytes=700_000, extra_plain=False)
     size = data.files["subset0.zip"]["size"]
+    with zipfile.ZipFile(data.folder / "subset0.zip") as zf:
+        heads = {i.header_offset for i in zf.infolist()}
     target = tmp_path / "root" / "part2" / "luna"
     with FileServer(data.folder, Faults(rate_per_conn=1_000_000, hold_after=size * 3 // 4), records=records_of(data)) as srv:
         profile = write_profile({"dataset": str(data.manifest), "sources": [srv.url + "/mirror/"], "mode": "archive", "connections": 2})
@@ -200,6 +203,8 @@ def test_ctrl_c_while_members_land_stops_at_once_and_the_rerun_resumes(tmp_path:
         assert proc.returncode == 130, out + err
         assert "Traceback" not in err, err
         assert not temp_files(target) and not (target / "subset0.zip").exists()
+        saved = json.loads(next((tmp_path / "root").rglob("subset0.zip.progress.json")).read_text())
+        assert len(saved["starts"]) >= 3 and set(saved["starts"][2:]) <= heads, f"the bounds moved to member headers: {saved}"
         srv.release()
         srv.faults.rate_per_conn = None
         done = stage_in_child(profile)
