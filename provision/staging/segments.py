@@ -81,9 +81,7 @@ class SegmentedDownload:
         self.errors: list[BaseException] = []
         self.workers_left = 0  # the md5 follower stops waiting once no worker is left to deliver bytes
         self._saved_at = 0.0
-        self.done = self._resume()  # bytes written from each segment's start, in start order
-        self.starts = list(self.done)
-        self._ends = dict(zip(self.starts, [*self.starts[1:], self.size], strict=True))
+        self._lay_out(self._resume())
         self._queue: list[int] = []  # the segments after the first still to be asked for, taken in turn once the gate opens
 
     def _resume(self) -> dict[int, int]:
@@ -95,7 +93,7 @@ class SegmentedDownload:
                 and size_of(self.part) == self.size):
             done = _saved_segments(saved, self.size)
         if done is None:
-            done = {s: 0 for s in (list(range(0, self.size, self.segment)) or [0])}
+            done = {s: 0 for s in _even_starts(self.size, self.segment)}
             with open(self.part, "wb") as fh:
                 fh.truncate(self.size)
         if any(done.values()):
@@ -111,6 +109,12 @@ class SegmentedDownload:
         atomic_write_json(self.progress_path, {"size": self.size, "md5": self.md5, "starts": self.starts,
                                                "done": {str(k): v for k, v in self.done.items()}, "source": self.transfer.label}, fsync=False)
 
+    def _lay_out(self, done: dict[int, int]) -> None:
+        """Take ``done`` (the bytes written from each segment's start, in start order) as the segments."""
+        self.done = done
+        self.starts = list(done)
+        self._ends = dict(zip(self.starts, [*self.starts[1:], self.size], strict=True))
+
     def _length(self, start: int) -> int:
         return self._ends[start] - start
 
@@ -120,8 +124,9 @@ class SegmentedDownload:
     def align(self, heads: Iterable[int]) -> bool:
         """Move the bounds of the segments not yet asked for to the nearest of ``heads`` (an archive's member headers)
         within half a segment; the first segment, asked for already, keeps its end. Only before the gate opens, on a
-        download that has written nothing beyond its first segment (a resumed one keeps its saved bounds); the new
-        bounds are saved at once, so a run killed from here on resumes with them. Whether they moved."""
+        download whose first request is for the first segment and that has written nothing beyond it (a resumed one
+        keeps its saved bounds); the new bounds are saved at once, so a run killed from here on resumes with them.
+        Whether they moved."""
         with self.cond:
             if (self.gate.is_set() or self.whole or len(self.starts) < 3
                     or any(self.done[s] for s in self.starts[1:]) or self._queue != self.starts[1:]):
@@ -136,9 +141,7 @@ class SegmentedDownload:
                     starts.append(bound)
             if starts == self.starts:
                 return False
-            self.done = {s: self.done.get(s, 0) if s == 0 else 0 for s in starts}
-            self.starts = starts
-            self._ends = dict(zip(starts, [*starts[1:], self.size], strict=True))
+            self._lay_out({s: self.done[0] if s == 0 else 0 for s in starts})
             self._queue = starts[1:]
             self._save(force=True)
             return True
@@ -316,6 +319,11 @@ class _Cancelled(Exception):
     pass
 
 
+def _even_starts(size: int, step: int) -> list[int]:
+    """The starts of segments of ``step`` bytes over a file of ``size`` (one empty segment for an empty file)."""
+    return list(range(0, size, step)) or [0]
+
+
 def _saved_segments(saved: dict[str, Any], size: int) -> dict[int, int] | None:
     """The segments a progress file saved, each start with its bytes written; None when they make no sense for a file
     of ``size`` bytes. An older file saved one segment size (``segment``) instead of the bounds (``starts``)."""
@@ -324,7 +332,7 @@ def _saved_segments(saved: dict[str, Any], size: int) -> dict[int, int] | None:
             starts = [int(s) for s in saved["starts"]]
         else:
             step = int(saved["segment"])
-            starts = (list(range(0, size, step)) or [0]) if step > 0 else []
+            starts = _even_starts(size, step) if step > 0 else []
         got = saved["done"]
         if (not isinstance(got, dict) or not starts or starts[0] != 0 or starts[-1] >= max(size, 1)
                 or any(b <= a for a, b in zip(starts, starts[1:], strict=False))):
