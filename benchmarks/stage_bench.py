@@ -43,6 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -226,9 +227,14 @@ def write_copy_rate(folder: Path, data: bytes) -> float:
     return len(data) / max(took, 1e-6)
 
 
+def data_start(info: zipfile.ZipInfo, header: bytes) -> int:
+    """Where a zip member's compressed bytes start: after its 30-byte local ``header`` and the name and extra field
+    whose lengths it gives."""
+    return info.header_offset + 30 + int.from_bytes(header[26:28], "little") + int.from_bytes(header[28:30], "little")
+
+
 def per_core_rates(archive: Path) -> dict[str, float]:
     """Bytes per second on one core, measured on one archive: inflate (the library provision uses, and zlib), md5, CRC-32."""
-    import zipfile
     import zlib
 
     from provision.staging.archive import codec
@@ -238,8 +244,7 @@ def per_core_rates(archive: Path) -> dict[str, float]:
     raw = archive.read_bytes()
     streams = []
     for info in infos:
-        start = info.header_offset + 30 + int.from_bytes(raw[info.header_offset + 26:info.header_offset + 28], "little") \
-            + int.from_bytes(raw[info.header_offset + 28:info.header_offset + 30], "little")
+        start = data_start(info, raw[info.header_offset:info.header_offset + 30])
         streams.append(raw[start:start + info.compress_size])
 
     def inflate_rate(make) -> tuple[float, bytes]:  # type: ignore[no-untyped-def]
@@ -290,8 +295,6 @@ def reference_worker(out: Path, archives: list[Path]) -> None:
     """One core's share of the reference extraction: each archive read from local disk once (md5), each member
     inflated with the library provision uses, its CRC-32 taken, and written (the caller's sync counts the writeback,
     once for every file: no fsync stalls a core here, as provision's one per member may)."""
-    import zipfile
-
     from provision.staging.archive import codec
 
     for archive in archives:
@@ -303,8 +306,7 @@ def reference_worker(out: Path, archives: list[Path]) -> None:
             infos = [i for i in zf.infolist() if not i.is_dir()]
         with open(archive, "rb", buffering=0) as fh:
             for info in infos:
-                header = os.pread(fh.fileno(), 30, info.header_offset)
-                pos = info.header_offset + 30 + int.from_bytes(header[26:28], "little") + int.from_bytes(header[28:30], "little")
+                pos = data_start(info, os.pread(fh.fileno(), 30, info.header_offset))
                 end = pos + info.compress_size
                 dest = out / info.filename
                 dest.parent.mkdir(parents=True, exist_ok=True)
