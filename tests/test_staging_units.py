@@ -110,14 +110,19 @@ def test_a_member_takes_its_name_only_when_its_crc_checks_out(tmp_path: Path) ->
 
 
 def test_a_member_is_whole_on_disk_when_synced_and_its_writing_starts_early(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The fsync before a member's final name sees every byte (none left in the file object's buffer), and the disk
-    is asked to write each 8 MiB as it is written, so that the fsync waits for the last few only."""
+    """The fsync before a member's final name sees every byte (none left in the file object's buffer), the disk is
+    asked to write each 8 MiB as it is written, so that the fsync waits for the last few only, and what is on disk
+    leaves the page cache: a window once the disk had a window's time for it, the whole member after its fsync."""
     synced: list[int] = []
-    started: list[tuple[int, int]] = []
+    calls: list[tuple[str, int, int]] = []
     real_fsync = os.fsync
-    monkeypatch.setattr(members.os, "fsync", lambda fd: (synced.append(os.fstat(fd).st_size), real_fsync(fd)))
-    monkeypatch.setattr(writeback, "_load", lambda: lambda fd, offset, length: started.append((offset, length)))
-    for name, data in (("small.raw", b"one short slice"), ("large.raw", b"CT slice " * (2 << 20))):
+    monkeypatch.setattr(members.os, "fsync", lambda fd: (synced.append(os.fstat(fd).st_size), calls.append(("fsync", 0, 0)), real_fsync(fd)))
+    flags = {writeback.SYNC_FILE_RANGE_WRITE: "start", writeback.WRITTEN: "wait"}
+    monkeypatch.setattr(writeback, "_load", lambda: lambda fd, offset, length, how: calls.append((flags[how], offset, length)))
+    monkeypatch.setattr(writeback, "forget", lambda fd, offset=0, length=0: calls.append(("forget", offset, length)))
+    window = 8 << 20
+    for name, data in (("small.raw", b"one short slice"), ("large.raw", b"CT slice " * (3 << 20))):
+        calls.clear()
         packed = zlib.compressobj(1, zlib.DEFLATED, -15)
         raw = packed.compress(data) + packed.flush()
         dest = tmp_path / name
@@ -125,7 +130,30 @@ def test_a_member_is_whole_on_disk_when_synced_and_its_writing_starts_early(tmp_
         writer.feed(raw)
         writer.finish()
         assert synced[-1] == len(data) and dest.read_bytes() == data, f"{name}: all of it on disk before it takes its name"
-    assert started == [(0, 8 << 20), (8 << 20, 8 << 20)], "the large member's first two full windows were handed to the disk early"
+    assert len(data) > 3 * window
+    assert calls == [("start", 0, window), ("start", window, window),
+                     ("start", 2 * window, window), ("wait", 0, window), ("forget", 0, window),
+                     ("fsync", 0, 0), ("forget", 0, 0)], \
+        "the large member's three full windows were handed to the disk early, the first let go once the third was written"
+
+
+def test_what_is_on_disk_leaves_the_page_cache_and_a_refusal_is_only_a_lost_hint(tmp_path: Path) -> None:
+    """The real calls on a real file: they return, the file is whole, and a descriptor they refuse raises nothing."""
+    path = tmp_path / "member.raw"
+    data = os.urandom(3 << 20)
+    with open(path, "wb") as out:
+        early = writeback.EarlyWriteback(out.fileno(), window_bytes=1 << 20)
+        for at in range(0, len(data), 1 << 19):
+            out.write(data[at : at + (1 << 19)])
+            out.flush()
+            early.written(at + (1 << 19))
+        os.fsync(out.fileno())
+        early.synced()
+    assert early.started == 3 << 20 and early.forgotten == 1 << 20
+    assert path.read_bytes() == data
+    closed = os.open(path, os.O_RDONLY)
+    os.close(closed)
+    writeback.forget(closed)  # a closed descriptor: EBADF, swallowed
 
 
 # ---------------------------------------------------------------- stop, context, fallback

@@ -176,6 +176,7 @@ class MemberWriter:
         try:
             self.out.flush()  # what the file object still holds goes to the kernel first: fsync sees only the kernel's
             os.fsync(self.out.fileno())  # the member is on disk before it takes its final name (and a checkpoint names it)
+            self.writeback.synced()
             self.out.close()
         except OSError as exc:
             self.discard()
