@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from provision.staging.archive import writeback
 from tests.support.dataset import Built, tree_md5s
 from tests.test_stage import expected_tree, stage_json
 
@@ -26,9 +27,24 @@ def fsynced(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return names
 
 
+@pytest.fixture
+def forgotten(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of the files whose whole page cache was let go during the test (after their fsync)."""
+    names: list[str] = []
+    real = writeback.forget
+
+    def spy(fd: int, offset: int = 0, length: int = 0) -> None:
+        if offset == length == 0:
+            names.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real(fd, offset, length)
+
+    monkeypatch.setattr(writeback, "forget", spy)
+    return names
+
+
 @pytest.mark.parametrize("mode", ["archive", "stream"])
 def test_members_are_durable_and_a_deleted_archive_is_not_forced_to_disk(built: Built, serve, write_profile, capsys, tmp_path: Path,
-                                                                           fsynced: list[str], mode: str) -> None:
+                                                                           fsynced: list[str], forgotten: list[str], mode: str) -> None:
     srv = serve()
     profile = write_profile({"dataset": str(built.manifest), "sources": [srv.url + "/mirror/"], "mode": mode})
     code, report = stage_json(profile, capsys)
@@ -37,15 +53,19 @@ def test_members_are_durable_and_a_deleted_archive_is_not_forced_to_disk(built: 
     members = [n for f in built.files.values() for n in f.get("members", {})]
     synced_members = [n for n in fsynced if n.endswith(".provision-tmp")]
     assert len(synced_members) == len(members), "every member fsync'd under its temporary name, before the rename"
+    assert sorted(n for n in forgotten if n.endswith(".provision-tmp")) == sorted(synced_members), \
+        "every member's pages let go once it is on disk"
+    assert not [n for n in forgotten if n.endswith(".zip.part")], "an archive that is not on disk keeps its pages"
     assert not [n for n in fsynced if n.endswith(".zip.part")], "no archive that is deleted after unpacking is forced to disk"
     plain = [k for k, f in built.files.items() if not f.get("members")]
     assert all(any(n.endswith(f"{k}.part") for n in fsynced) for k in plain), "a file kept as it is, is"
 
 
-def test_kept_archives_are_durable(built: Built, serve, write_profile, capsys, fsynced: list[str]) -> None:
+def test_kept_archives_are_durable(built: Built, serve, write_profile, capsys, fsynced: list[str], forgotten: list[str]) -> None:
     srv = serve()
     profile = write_profile({"dataset": str(built.manifest), "sources": [srv.url + "/mirror/"], "mode": "archive", "keep_archives": True})
     code, report = stage_json(profile, capsys)
     assert code == 0, report
     archives = [k for k, f in built.files.items() if f.get("members")]
     assert archives and all(any(n.endswith(f"{k}.part") for n in fsynced) for k in archives)
+    assert all(any(n.endswith(f"{k}.part") for n in forgotten) for k in archives), "a kept archive's pages let go once it is on disk"

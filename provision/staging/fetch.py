@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 from ..errors import OutOfSpaceError
 from ..planvalues import FileLocation, FilePlan
+from .archive import writeback
 from .context import FileResult, StageContext
 from .fallback import from_sources
 from .segments import SegmentContext, SegmentedDownload
@@ -158,6 +159,7 @@ def verify_and_rename(part: Path, final: Path, size: int | None, md5: str | None
     if durable:
         with open(part, "rb+") as fh:
             os.fsync(fh.fileno())
+            writeback.forget(fh.fileno())  # on disk now: its pages go back for what comes next (see archive/writeback.py)
     os.replace(part, final)
     return got_md5
 
