@@ -285,9 +285,13 @@ def per_core_rates(archive: Path) -> dict[str, float]:
             "library": codec.LIBRARY}
 
 
-def cores_limit_s(rates: dict[str, float], total: int, unpacked: int) -> float:
-    """Seconds the cores need for this data's inflate, md5 and CRC-32 at ``rates``, spread over every core."""
-    return (unpacked / rates["inflate"] + total / rates["md5"] + unpacked / rates["crc"]) / (os.cpu_count() or 1)
+def cores_limit_s(rates: dict[str, float], total: int, unpacked: int, writes: bool = False) -> float:
+    """Seconds the cores need for this data's inflate, md5 and CRC-32 at ``rates``, spread over every core; with
+    ``writes``, the unpacked bytes' write as well (written as provision writes them)."""
+    per_core = unpacked / rates["inflate"] + total / rates["md5"] + unpacked / rates["crc"]
+    if writes:
+        per_core += unpacked / rates["write"]
+    return per_core / (os.cpu_count() or 1)
 
 
 def fresh_memory_rate(size: int = 1 << 30) -> float:
@@ -422,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
                 if cap is None:  # the cores' limit of this repetition, measured just before its runs
                     rep_rates = per_core_rates(built.folder / keys[0])
                     rep_limit = cores_limit_s(rep_rates, total, unpacked)
-                    rep_write_limit = rep_limit + unpacked / rep_rates["write"] / (os.cpu_count() or 1)
+                    rep_write_limit = cores_limit_s(rep_rates, total, unpacked, writes=True)
                     rep_limits.append(rep_limit)
                 order = list(rows.items())
                 order = order[rep % len(order):] + order[:rep % len(order)]  # no tool always follows the same one
@@ -493,7 +497,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{rates['inflate'] / 1e6:.0f} MB/s out with {rates['library']} ({rates['inflate_zlib'] / 1e6:.0f} with zlib), "
                   f"md5 {rates['md5'] / 1e6:.0f} MB/s, CRC-32 {rates['crc'] / 1e6:.0f} MB/s); measured before each repetition: "
                   + ", ".join(f"{x:.2f}" for x in limit["rep_limits"]) + " s")  # type: ignore[attr-defined]
-            with_writes = cores_limit + unpacked / rates["write"] / cores
+            with_writes = cores_limit_s(rates, total, unpacked, writes=True)
             print(f"{'limit':<11}with the unpacked bytes' write (as provision writes them, {rates['write'] / 1e6:.0f} MB/s "
                   f"a core): {with_writes:.2f} s; new memory (first touch, one core): {limit['fresh_mb_s']:.0f} MB/s")
             work_cpu = cores_limit * cores
