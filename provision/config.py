@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping, Sequence
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -55,11 +56,21 @@ __all__ = [
 
 
 def configs_dir() -> Path:
-    """The folder of shipped profiles (``configs/`` beside the package in a checkout)."""
+    """The folder of shipped profiles, manifests and tables: the package's ``_configs`` (``configs/`` in a checkout).
+
+    Package data, so a wheel, an sdist, a ``pip install git+...`` and an editable install all have it, and the
+    command works from any folder.
+    """
     override = os.environ.get("PROVISION_CONFIG_DIR")
     if override:
         return Path(override)
-    return Path(__file__).resolve().parent.parent / "configs"
+    shipped = resources.files("provision") / "_configs"
+    if not isinstance(shipped, Path):  # a zipped install: no folder to hand to the loaders
+        raise ConfigError(
+            f"the shipped profiles are not a folder on disk ({shipped})",
+            hint="install dlwpt-provision with pip (not as a zip), or set PROVISION_CONFIG_DIR to a checkout's configs/",
+        )
+    return shipped
 
 
 def resolve_profile(spec: str, base_dir: Path | None = None) -> Path:

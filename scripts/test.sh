@@ -9,6 +9,8 @@
 # - PROVISION_TEST_BOOK_BUNDLE: the book's code for the tests that run it: ../shared/book/dlwpt-code.bundle when
 #   there is one, else skipped (the end of the run says how many and how to run them); a clone URL works too.
 # - PROVISION_TEST_REQUIRE_BOOK: 1 when the book's bundle is there, so a missing part fails instead of skipping.
+# - PROVISION_TEST_WHEELS, PROVISION_TEST_TOOL_WHEELS: local wheel folders (the book's requirements; the tool's own
+#   and a kernel), filled here with `pip download` so that no test reaches the network.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -43,6 +45,20 @@ if [ ! -f "$wheels/.complete" ] || [ "$requirements" -nt "$wheels/.complete" ]; 
   fi
 fi
 [ -f "$wheels/.complete" ] && export PROVISION_TEST_WHEELS="$wheels"
+
+# What a reader's `pip install git+...` takes besides the tool itself (its requirements, the build backend) and a
+# kernel for the notebooks, as a local wheel folder: the tests install the tool for real, as a wheel, an sdist and
+# from git, into fresh virtual environments from there. Downloaded again when setup.cfg changes.
+tool_wheels="${PROVISION_TEST_TOOL_WHEELS:-$here/.cache/tool-wheels}"
+if [ ! -f "$tool_wheels/.complete" ] || [ "$here/setup.cfg" -nt "$tool_wheels/.complete" ]; then
+  mkdir -p "$tool_wheels"
+  if "$venv/bin/python" -m pip download --quiet --disable-pip-version-check -d "$tool_wheels" "$here" "setuptools>=64" wheel ipykernel; then
+    touch "$tool_wheels/.complete"
+  else
+    echo "test.sh: could not download the tool's requirements into $tool_wheels: the tests that install it for real are skipped" >&2
+  fi
+fi
+[ -f "$tool_wheels/.complete" ] && export PROVISION_TEST_TOOL_WHEELS="$tool_wheels"
 export PROVISION_TEST_BOOK_VENV="${PROVISION_TEST_BOOK_VENV:-$here/.venv-book}"   # the book's interpreter, kept between runs
 
 cd "$here"
