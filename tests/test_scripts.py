@@ -61,3 +61,20 @@ def test_provision_sh_without_a_suitable_python(tmp_path: Path) -> None:
     assert proc.returncode == 2, proc.stderr
     assert "Python 3.10 or newer" in proc.stderr and "hint:" in proc.stderr
     assert not (tmp_path / "no-venv").exists()
+
+
+def test_where_torch_cannot_be_installed_the_book_tests_skip_with_their_reason(tmp_path: Path) -> None:
+    """As scripts/test.sh says: no PyTorch index and no local wheel means a skip that says why, not an ERROR; with
+    PROVISION_TEST_REQUIRE_BOOK (the bundle is there, as in CI) the same is a failure that says why."""
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PROVISION_TEST_")}
+    env.update(PROVISION_TEST_TORCH="torch==0.0.1 --no-index", PROVISION_TEST_WHEELS=str(wheels),
+               PROVISION_TEST_BOOK_VENV=str(tmp_path / "book-venv"))
+    test = "tests/test_book_smoke.py::test_requirements_installed_for_the_book"
+    command = [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", test]
+    skipped = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert skipped.returncode == 0 and "1 skipped" in skipped.stdout, skipped.stdout[-2000:]
+    assert "could not install here" in skipped.stdout and "torch==0.0.1" in skipped.stdout
+    demanded = subprocess.run(command, cwd=REPO, env={**env, "PROVISION_TEST_REQUIRE_BOOK": "1"}, capture_output=True, text=True, timeout=300)
+    assert demanded.returncode != 0 and "these tests must run" in demanded.stdout, demanded.stdout[-2000:]
