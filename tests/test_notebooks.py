@@ -1,15 +1,18 @@
 """The Colab notebooks, executed by a real Jupyter kernel against a loopback mirror.
 
-The one part that cannot run here is Colab itself: a STAND-IN ``google.colab`` package
+The badge notebooks run as a reader runs them: in a fresh runtime (a new venv with only a kernel in it) that
+installs the tool itself from ``git+file://`` of this working tree, as the notebook's ``pip install git+https://...``
+does. The one part that cannot run here is Colab itself: a STAND-IN ``google.colab`` package
 (tests/support/colab_standin) on the kernel's path makes the tool detect Colab.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
-import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -18,6 +21,7 @@ import yaml
 from tests.conftest import REPO, Scans
 from tests.support.book_data import candidates_csv
 from tests.support.dataset import Built, tree_md5s
+from tests.support.package import fresh_venv, offline_pip_env, tool_wheels, working_tree_repo
 from tests.test_install import make_wheel
 
 nbformat = pytest.importorskip("nbformat")
@@ -27,12 +31,12 @@ pytest.importorskip("ipykernel")
 STANDIN = REPO / "tests" / "support" / "colab_standin"
 
 
-def execute(name: str, params: dict, tmp_path: Path) -> list[str]:
+def execute(name: str, params: dict, tmp_path: Path, kernel: str = "python3") -> list[str]:
     """Run a notebook with parameters injected after its `parameters` cell; return each cell's text output."""
     nb = nbformat.read(REPO / "colab" / name, as_version=4)
     index = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
     nb.cells.insert(index + 1, nbformat.v4.new_code_cell("\n".join(f"{k} = {v!r}" for k, v in params.items())))
-    client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
+    client = nbclient.NotebookClient(nb, timeout=600, kernel_name=kernel, resources={"metadata": {"path": str(tmp_path)}})
     client.execute()
     texts = []
     for cell in nb.cells:
@@ -60,51 +64,104 @@ def colab_kernel_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     return log
 
 
-def test_setup_notebook_end_to_end(built: Built, serve, tmp_path: Path, colab_kernel_env: Path) -> None:
+@dataclass(frozen=True)
+class Runtime:
+    python: Path       # the runtime's interpreter, which runs the notebook's kernel
+    kernel: str        # its kernel's name
+    tool_source: str   # what the notebook's TOOL_SOURCE installs: git+file:// of this working tree
+    colab_log: Path    # what the google.colab stand-in was asked to do
+
+
+@pytest.fixture(scope="session")
+def tool_repo(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return f"git+file://{working_tree_repo(tmp_path_factory.mktemp('tool') / 'dlwpt-provision')}"
+
+
+@pytest.fixture
+def fresh_runtime(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tool_repo: str) -> Runtime:
+    """A new venv holding only a kernel, as a fresh Colab runtime holds no dlwpt-provision: the notebook installs it."""
+    wheels = tool_wheels()
+    python = fresh_venv(tmp_path / "runtime", wheels, "ipykernel")
+    spec = tmp_path / "jupyter" / "kernels" / "fresh-runtime"
+    spec.mkdir(parents=True)
+    spec.joinpath("kernel.json").write_text(json.dumps({
+        "argv": [str(python), "-m", "ipykernel_launcher", "-f", "{connection_file}"], "display_name": "a fresh runtime", "language": "python"}))
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+    for name, value in offline_pip_env(wheels).items():  # the notebook's own pip install, from the wheel folder
+        monkeypatch.setenv(name, value)
+    log = tmp_path / "colab-standin.log"
+    monkeypatch.setenv("PYTHONPATH", str(STANDIN))  # google.colab only: the tool is what TOOL_SOURCE installs
+    monkeypatch.setenv("COLAB_STANDIN_LOG", str(log))
+    monkeypatch.delenv("CI", raising=False)
+    return Runtime(python, "fresh-runtime", tool_repo, log)
+
+
+def installed_in(runtime: Runtime) -> Path:
+    """Where the runtime's interpreter imports the tool from (its own site-packages, not this checkout)."""
+    where = subprocess.run([str(runtime.python), "-c", "import provision; print(provision.__file__)"], capture_output=True, text=True,
+                           env={"PATH": "/usr/bin:/bin"}, cwd=runtime.python.parent)
+    assert where.returncode == 0, where.stderr
+    path = Path(where.stdout.strip())
+    assert path.is_relative_to(runtime.python.parent.parent) and "site-packages" in path.parts, path
+    return path
+
+
+@pytest.mark.slow
+def test_setup_notebook_end_to_end(built: Built, serve, tmp_path: Path, fresh_runtime: Runtime) -> None:
     srv = serve()
     wheels = tmp_path / "wheels"
     wheels.mkdir()
     make_wheel(wheels, "dlwptstandinpkg", "1.0")
-    try:
-        import torch  # noqa: F401
-
-        has_torch = True
-    except ImportError:
-        has_torch = False
     reqs = tmp_path / "reqs.txt"
-    reqs.write_text("dlwptstandinpkg==1.0\n" + ("torch>=2.0\n" if has_torch else ""))
+    reqs.write_text("dlwptstandinpkg==1.0\n")
     root = tmp_path / "content" / "dlwpt-code" / "data-unversioned"
-    try:
-        outputs = execute("setup.ipynb", {
-            "SUBSETS": "0-1", "DATA_ROOT": str(root), "SOURCES": [srv.url + "/mirror/"], "CUDA_REQUIRED": False, "TOOL_SOURCE": "",
-            "BOOK": False, "SMOKE": False,
-            "EXTRA_SETS": small_data_sets(built.manifest, f"requirements.files=[{reqs}]", f"requirements.find_links=[{wheels}]",
-                                    "requirements.no_index=true", "requirements.installer=pip"),
-        }, tmp_path)
-        text = "\n".join(outputs)
-        assert "ERROR" not in text, text
-        assert "environment  colab" in text
-        if has_torch:
-            assert any(line.strip().startswith("ok") and "torch>=2.0" in line for line in text.splitlines()), "torch is kept, not reinstalled"
-        assert "add  dlwptstandinpkg==1.0" in text
-        installed = subprocess.run([sys.executable, "-c", "import dlwptstandinpkg; print(dlwptstandinpkg.VERSION)"], capture_output=True, text=True)
-        assert installed.stdout.strip() == "1.0"
-        summary = outputs[-1]
-        assert "installed:  dlwptstandinpkg==1.0" in summary
-        assert "staged:     subset0.zip, subset1.zip, annotations.csv" in summary
-        assert "GPU:        none (CPU only)" in summary and "free disk:" in summary
-        assert "book code:" not in summary and not (root.parent / ".git").exists(), "BOOK = False: no clone"
-        expected = {rel: md5 for key in ("subset0.zip", "subset1.zip") for rel, md5 in built.files[key]["members"].items()}
-        tree = tree_md5s(root / "part2" / "luna")
-        assert {k: v for k, v in tree.items() if k != "annotations.csv"} == expected
-        assert not colab_kernel_env.exists(), "no bucket: no sign-in"
-    finally:
-        subprocess.run([sys.executable, "-m", "pip", "uninstall", "-y", "-q", "dlwptstandinpkg"], capture_output=True)
+    outputs = execute("setup.ipynb", {
+        "SUBSETS": "0-1", "DATA_ROOT": str(root), "SOURCES": [srv.url + "/mirror/"], "CUDA_REQUIRED": False,
+        "TOOL_SOURCE": fresh_runtime.tool_source, "BOOK": False, "SMOKE": False,
+        "EXTRA_SETS": small_data_sets(built.manifest, f"requirements.files=[{reqs}]", f"requirements.find_links=[{wheels}]",
+                                      "requirements.no_index=true", "requirements.installer=pip"),
+    }, tmp_path, fresh_runtime.kernel)
+    text = "\n".join(outputs)
+    assert "ERROR" not in text, text
+    installed_in(fresh_runtime)
+    assert "environment  colab" in text and "profile      colab" in text
+    assert "add  dlwptstandinpkg==1.0" in text
+    installed = subprocess.run([str(fresh_runtime.python), "-c", "import dlwptstandinpkg; print(dlwptstandinpkg.VERSION)"],
+                               capture_output=True, text=True)
+    assert installed.stdout.strip() == "1.0", "installed into the runtime's interpreter"
+    summary = outputs[-1]
+    assert "installed:  dlwptstandinpkg==1.0" in summary
+    assert "staged:     subset0.zip, subset1.zip, annotations.csv" in summary
+    assert "GPU:        none (CPU only)" in summary and "free disk:" in summary
+    assert "book code:" not in summary and not (root.parent / ".git").exists(), "BOOK = False: no clone"
+    expected = {rel: md5 for key in ("subset0.zip", "subset1.zip") for rel, md5 in built.files[key]["members"].items()}
+    tree = tree_md5s(root / "part2" / "luna")
+    assert {k: v for k, v in tree.items() if k != "annotations.csv"} == expected
+    assert (root / "part2" / "luna" / "annotations.csv").read_bytes() == (built.folder / "annotations.csv").read_bytes()
+    assert not fresh_runtime.colab_log.exists(), "no bucket: no sign-in"
+
+
+def test_setup_notebook_keeps_colabs_torch(built: Built, serve, tmp_path: Path, colab_kernel_env: Path) -> None:
+    """Colab's own torch satisfies the book's requirement and is not reinstalled (the tool from this checkout)."""
+    pytest.importorskip("torch")
+    srv = serve()
+    reqs = tmp_path / "reqs.txt"
+    reqs.write_text("torch>=2.0\n")
+    outputs = execute("setup.ipynb", {
+        "SUBSETS": "0", "DATA_ROOT": str(tmp_path / "content" / "dlwpt-code" / "data-unversioned"), "SOURCES": [srv.url + "/mirror/"],
+        "CUDA_REQUIRED": False, "TOOL_SOURCE": "", "BOOK": False, "SMOKE": False,
+        "EXTRA_SETS": small_data_sets(built.manifest, f"requirements.files=[{reqs}]", "requirements.no_index=true", "requirements.installer=pip"),
+    }, tmp_path)
+    text = "\n".join(outputs)
+    assert "ERROR" not in text, text
+    assert any(line.strip().startswith("ok") and "torch>=2.0" in line for line in text.splitlines()), "torch is kept, not reinstalled"
+    assert "installed:  nothing was missing" in outputs[-1]
 
 
 @pytest.mark.slow
-def test_quickstart_notebook_stages_gets_the_book_smokes_and_trains(scans: Scans, book_bundle, book_python: str, tmp_path: Path,
-                                                                    colab_kernel_env: Path, capsys) -> None:
+def test_quickstart_notebook_installs_stages_gets_the_book_smokes_and_trains(scans: Scans, book_bundle, book_python: str, tmp_path: Path,
+                                                                             fresh_runtime: Runtime, capsys) -> None:
+    """Opened from its own badge in its own runtime: it installs the tool and the book's requirements itself."""
     from provision.cli import main
 
     bundle, commit = book_bundle
@@ -121,12 +178,16 @@ def test_quickstart_notebook_stages_gets_the_book_smokes_and_trains(scans: Scans
     fixes = tmp_path / "quick-fixes.yaml"
     fixes.write_text(yaml.safe_dump(quick))
     outputs = execute("part2_quickstart.ipynb", {
-        "SUBSETS": "0", "BOOK_DIR": str(book), "BOOK_REPO": str(bundle), "BOOK_REF": commit, "SOURCES": [str(scans.folder)], "TOOL_SOURCE": "",
-        "PYTHON": book_python, "WORKERS": 1,
-        "EXTRA_SETS": small_data_sets(scans.manifest, f"book.fixes={fixes}", f"requirements.venv={Path(book_python).parent.parent}"),
-    }, tmp_path)
+        "SUBSETS": "0", "BOOK_DIR": str(book), "BOOK_REPO": str(bundle), "BOOK_REF": commit, "SOURCES": [str(scans.folder)],
+        "TOOL_SOURCE": fresh_runtime.tool_source, "PYTHON": book_python, "WORKERS": 1,
+        "EXTRA_SETS": small_data_sets(scans.manifest, f"book.fixes={fixes}", f"requirements.venv={Path(book_python).parent.parent}",
+                                      f"requirements.files=[{REPO / 'configs' / 'requirements' / 'dlwpt.txt'}]",
+                                      f"requirements.find_links=[{os.environ.get('PROVISION_TEST_WHEELS', '')}]", "requirements.no_index=true"),
+    }, tmp_path, fresh_runtime.kernel)
     text = "\n".join(outputs)
     assert "ERROR" not in text, text
+    installed_in(fresh_runtime)
+    assert "install    ok" in text, "the install step ran in this notebook (the book's requirements: all there already)"
     assert "p2ch11 training" in text and "all entry points ran" in text
     assert "3 CT scans ready" in outputs[-1] and "chapter 11 trained for one epoch" in outputs[-1]
     runs = list((book / "runs" / "p2ch11").glob("*-trn_cls-*"))
@@ -169,7 +230,8 @@ def test_setup_notebook_stages_from_a_bucket_after_signing_in(built: Built, serv
     assert f"book code:  {root.parent} at {commit[:10]}" in outputs[-1]
 
 
-def test_kaggle_notebook_links_the_mounted_data_set_and_downloads_nothing(built: Built, serve, tmp_path: Path, colab_kernel_env: Path,
+@pytest.mark.slow
+def test_kaggle_notebook_links_the_mounted_data_set_and_downloads_nothing(built: Built, serve, tmp_path: Path, fresh_runtime: Runtime,
                                                                            monkeypatch, book_bundle, read_only) -> None:
     """A fake Kaggle: KAGGLE_KERNEL_RUN_TYPE set AND google.colab importable (Kaggle's image is Colab's), LUNA16 read-only."""
     from tests.test_kaggle_and_copies import tree_digest, unpack_like_kaggle
@@ -182,12 +244,13 @@ def test_kaggle_notebook_links_the_mounted_data_set_and_downloads_nothing(built:
     root = tmp_path / "kaggle" / "tmp" / "dlwpt-code" / "data-unversioned"
     bundle, commit = book_bundle
     outputs = execute("kaggle_setup.ipynb", {
-        "SUBSETS": "0-1", "INPUT": str(data_sets), "DATA_ROOT": str(root), "TOOL_SOURCE": "", "CUDA_REQUIRED": False,
+        "SUBSETS": "0-1", "INPUT": str(data_sets), "DATA_ROOT": str(root), "TOOL_SOURCE": fresh_runtime.tool_source, "CUDA_REQUIRED": False,
         "BOOK": True, "BOOK_REPO": str(bundle), "BOOK_REF": commit, "SMOKE": False, "CACHE": "",  # LUNA-like, not the book's scans
         "EXTRA_SETS": small_data_sets(built.manifest, "requirements.files=[]", f"data.zenodo_url={zenodo.url}"),
-    }, tmp_path)
+    }, tmp_path, fresh_runtime.kernel)
     text = "\n".join(outputs)
     assert "ERROR" not in text, text
+    installed_in(fresh_runtime)
     assert "environment  kaggle" in text and "KAGGLE_KERNEL_RUN_TYPE is Interactive" in text
     assert "linked from " + str(data_sets) + ": subset0.zip, subset1.zip, annotations.csv" in outputs[-1]
     assert "downloaded:  nothing" in outputs[-1]
