@@ -42,7 +42,12 @@ def client(project: str | None = None, anonymous: bool = False, environ: Mapping
     key = (project, anonymous or bool(environ.get("STORAGE_EMULATOR_HOST")))
     with _clients_lock:
         if key not in _clients:
-            _clients[key] = _make_client(project, key[1])
+            made = _make_client(project, key[1])
+            # google-cloud-storage >= 3.x fetches a bucket's metadata in a thread of its own for its tracing attributes:
+            # a request outside the host's gate (a connection over the cap), for nothing this tool uses
+            if getattr(made, "_bucket_metadata_cache", None) is not None:
+                made._bucket_metadata_cache = None  # noqa: SLF001
+            _clients[key] = made
         return _clients[key]
 
 
