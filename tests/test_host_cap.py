@@ -50,7 +50,7 @@ def test_the_cap_holds_for_connections_and_transfers_and_the_summary_says_what_t
 
 class ConnectionCounter:
     """A loopback TCP relay in front of a server that cannot count for itself (the storage emulator): connections
-    open at once, from accept to close, and opened in all."""
+    open at once, from accept until either side ends them, and opened in all."""
 
     def __init__(self, upstream: str) -> None:
         host, _, port = upstream.removeprefix("http://").partition(":")
@@ -78,6 +78,15 @@ class ConnectionCounter:
 
     def _relay(self, client: socket.socket) -> None:
         server = socket.create_connection(self.upstream)
+        ended = threading.Event()
+
+        def end() -> None:
+            """The connection is over once either side ends it (counted before the other side can learn it: the
+            emulator closes after every answer, and the client's next connection must not overlap this one)."""
+            with self.lock:
+                if not ended.is_set():
+                    ended.set()
+                    self.open -= 1
 
         def pump(src: socket.socket, dst: socket.socket) -> None:
             try:
@@ -86,6 +95,7 @@ class ConnectionCounter:
             except OSError:
                 pass
             finally:
+                end()
                 for s in (src, dst):
                     try:
                         s.shutdown(socket.SHUT_RDWR)
@@ -94,10 +104,8 @@ class ConnectionCounter:
 
         back = threading.Thread(target=pump, args=(server, client), daemon=True)
         back.start()
-        pump(client, server)  # the client closed (or the server did, and the other pump shut this side)
+        pump(client, server)
         back.join()
-        with self.lock:
-            self.open -= 1
         client.close()
         server.close()
 

@@ -16,6 +16,7 @@ connection for a request to giving it back; the report shows those, not what was
 
 from __future__ import annotations
 
+import queue
 import threading
 from typing import Any
 
@@ -136,8 +137,27 @@ class HostPool:
         return s
 
     def close(self) -> None:
-        """Close every idle connection now; one still being read closes when it is given back."""
-        self.adapter.close()
+        """Close every idle connection now (their places stay: a later request opens one again). The pools themselves stay
+        open, so that a request between its gate and its connection never meets a closed one."""
+        manager = self.adapter.poolmanager
+        for key in manager.pools.keys():
+            pool = manager.pools.get(key)
+            places = getattr(pool, "pool", None)  # urllib3's queue of idle connections (None for a place never used)
+            if places is None:
+                continue
+            idle = []
+            while True:
+                try:
+                    idle.append(places.get(block=False))
+                except queue.Empty:
+                    break
+            for conn in idle:
+                if conn is not None:
+                    conn.close()
+                try:
+                    places.put(None, block=False)
+                except queue.Full:
+                    pass
 
 
 def mount(session: Any, prefix: str, gate: HostGate) -> None:

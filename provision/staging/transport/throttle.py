@@ -116,6 +116,7 @@ class HostGate:
 
     def throttled(self, reason: str, retry_after_s: float | None = None) -> None:
         """The host refused us (403, 429, a block page): halve the limit, leave it alone for a while."""
+        halved: Closable | None = None
         with self._cond:
             now = self._clock()
             self.record.throttle_events += 1
@@ -123,10 +124,13 @@ class HostGate:
             if now - self._last_change >= HALVE_AT_MOST_EVERY_S or self._last_event is None:
                 self.record.limit = max(1, self.record.limit // 2)
                 self._last_change = now
+                halved = self._kept
             self._last_event = now
             pause = min(retry_after_s if retry_after_s is not None else DEFAULT_PAUSE_S, MAX_PAUSE_S)
             self._paused_until = max(self._paused_until, now + pause)
             self._cond.notify_all()
+        if halved is not None:  # a host that counts connections sees no more than the new limit: the idle ones go now
+            halved.close()
 
     def rate_headers(self, headers: Mapping[str, str], wall_now: float | None = None) -> None:
         """X-RateLimit-Remaining/Reset: spend no more requests than the window has left, then wait for its reset."""
