@@ -220,10 +220,13 @@ def stage_text(result: StageResult) -> str:
 
 
 def source_lines(sources: list[dict[str, Any]]) -> list[str]:
-    """Per host: the connections used, and when it throttled us, how often, why, and the time spent waiting."""
+    """Per host: the transfers and connections at once, and when it throttled us, how often, why, and the time spent waiting."""
     lines = []
     for src in sources:
-        line = f"source {src['host']}: {src['requests']} requests, at most {src['connections_used']} at once (cap {src['connections_cap']})"
+        # as counted at the sockets: transfers on a connection at once, and connections open at once (idle ones too)
+        at_once = src.get("transfers_at_once", src["connections_used"])
+        line = (f"source {src['host']}: {src['requests']} requests, at most {at_once} at once over {src['connections_used']} "
+                f"connection(s) (cap {src['connections_cap']})")
         if src["throttle_events"]:
             why = ", ".join(f"{reason} x{n}" for reason, n in src["throttle_reasons"].items())
             line += (f"; throttled {src['throttle_events']} time(s) ({why}), down to {src['connections_now']} connection(s); "

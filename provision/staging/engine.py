@@ -101,7 +101,7 @@ class Stager:
             except OSError as exc:
                 raise PreflightError(f"cannot create {folder}: {exc.strerror}", hint="point data.root (--root) at a folder on a writable disk",
                                      path=str(folder)) from None
-        with run_lock(ctx.root):
+        with run_lock(ctx.root), ctx.throttle:  # the hosts' connections are closed with the run, none kept open behind it
             state = StateStore(ctx.root)
             results = {f.key: FileResult(f.key) for f in self.plan.files}
             work: list[tuple[FilePlan, Need]] = []

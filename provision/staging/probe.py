@@ -39,7 +39,11 @@ def archive_members(transfer: Transfer, size: int) -> tuple[PinnedMember, ...]:
 def pin_members(config: Config, manifest: Manifest) -> dict[str, tuple[PinnedMember, ...]]:
     """The members of each selected archive, read from the first source that serves byte ranges."""
 
-    throttle = Throttle(config.data.connections_to)
+    with Throttle(config.data.connections_to) as throttle:  # its connections closed before staging opens its own
+        return _pin_members(config, manifest, throttle)
+
+
+def _pin_members(config: Config, manifest: Manifest, throttle: Throttle) -> dict[str, tuple[PinnedMember, ...]]:
     pins: dict[str, tuple[PinnedMember, ...]] = {}
     failures: list[str] = []
     for f in manifest.select(config.data.subsets):
@@ -65,8 +69,11 @@ def probe_remote(config: Config, manifest: Manifest) -> dict[str, RemoteFacts]:
     """What the sources say about each selected file: sizes and md5s the manifest leaves open, exact
     unpacked sizes, and for a bucket source whether it holds the file (present / missing / differs)."""
 
-    throttle = Throttle(config.data.connections_to)
+    with Throttle(config.data.connections_to) as throttle:  # its connections closed before staging opens its own
+        return _probe_remote(config, manifest, throttle)
 
+
+def _probe_remote(config: Config, manifest: Manifest, throttle: Throttle) -> dict[str, RemoteFacts]:
     def opener(loc: FileLocation, cfg: Any) -> Transfer:
         return open_transfer(loc, cfg, throttle)
 

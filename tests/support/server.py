@@ -48,6 +48,9 @@ BLOCK_PAGE = (b"<!DOCTYPE html><html><head><title>Access blocked</title></head><
               + b"<!-- padding -->" * 300 + b"</body></html>")
 
 
+LAST_WRITE_BYTES = 64 * 1024  # an answer's last write, after which its request no longer counts in flight
+
+
 @dataclass
 class Stats:
     bytes_sent: int = 0
@@ -56,6 +59,13 @@ class Stats:
     lock: threading.Lock = field(default_factory=threading.Lock)
     in_flight: int = 0
     max_in_flight: int = 0          # file requests being answered at once (blocked ones included)
+    # what a proxy or Zenodo counts: connections open at once (idle keep-alives included), from accept to close, and
+    # requests of any kind (files, the API, errors) being answered at once
+    connections_open: int = 0
+    max_connections_open: int = 0
+    connections_opened: int = 0     # over the server's life: many more than the most open means connections were not reused
+    requests_in_flight: int = 0
+    max_requests_in_flight: int = 0
     served_per_window: dict[int, int] = field(default_factory=dict)  # rate window -> requests counted in it
 
     def statuses(self) -> dict[int, int]:
@@ -95,11 +105,21 @@ class FileServer:
             def log_message(self, *args: object) -> None:
                 pass
 
+            def setup(self) -> None:
+                super().setup()
+                server._connection(+1)
+
+            def finish(self) -> None:
+                try:
+                    super().finish()
+                finally:
+                    server._connection(-1)
+
             def do_GET(self) -> None:
-                server._handle(self)
+                server._counted(self)
 
             def do_HEAD(self) -> None:
-                server._handle(self, head=True)
+                server._counted(self, head=True)
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
@@ -166,7 +186,10 @@ class FileServer:
         for k, v in {**getattr(h, "rate_headers", {}), **(headers or {})}.items():
             h.send_header(k, v)
         h.send_header("Content-Length", str(len(body)))
+        if not body:
+            self._answered(h)
         h.end_headers()
+        self._answered(h)
         h.wfile.write(body)
         self._record(h, key, status, 0)
 
@@ -185,6 +208,35 @@ class FileServer:
             remaining = max(0, self.faults.rate_limit - used - (0 if over else 1))
         headers = {"X-RateLimit-Limit": str(self.faults.rate_limit), "X-RateLimit-Remaining": str(remaining), "X-RateLimit-Reset": str(int(reset + 0.999))}
         return headers, (max(1, int(reset - now + 0.999)) if over else None)
+
+    def _connection(self, change: int) -> None:
+        with self.stats.lock:
+            self.stats.connections_open += change
+            self.stats.connections_opened += max(0, change)
+            self.stats.max_connections_open = max(self.stats.max_connections_open, self.stats.connections_open)
+
+    def _counted(self, h: BaseHTTPRequestHandler, head: bool = False) -> None:
+        """One request, counted from its first line read until its last write begins: once that write is on its way a
+        client may have it all and send its next request before this thread runs again, so counting to the write's end
+        would count a client that keeps to its cap as over it."""
+        with self.stats.lock:
+            self.stats.requests_in_flight += 1
+            self.stats.max_requests_in_flight = max(self.stats.max_requests_in_flight, self.stats.requests_in_flight)
+        h.counted = ["request"]  # type: ignore[attr-defined]
+        try:
+            self._handle(h, head)
+        finally:
+            self._answered(h)
+
+    def _answered(self, h: BaseHTTPRequestHandler) -> None:
+        """The answer's last write begins (or it ended without one): the request is no longer counted in flight."""
+        with self.stats.lock:
+            for what in getattr(h, "counted", ()):
+                if what == "request":
+                    self.stats.requests_in_flight -= 1
+                else:
+                    self.stats.in_flight -= 1
+            h.counted = []  # type: ignore[attr-defined]
 
     def _handle(self, h: BaseHTTPRequestHandler, head: bool = False) -> None:
         h.started = time.monotonic()  # type: ignore[attr-defined]
@@ -207,15 +259,12 @@ class FileServer:
             self.stats.in_flight += 1
             self.stats.max_in_flight = max(self.stats.max_in_flight, self.stats.in_flight)
             crowded = self.faults.max_conns is not None and self.stats.in_flight > self.faults.max_conns
-        try:
-            if crowded:
-                return self._simple(h, 403, BLOCK_PAGE, {"Content-Type": "text/html; charset=utf-8"}, key=key)
-            if self.faults.html_200:
-                return self._simple(h, 200, BLOCK_PAGE, {"Content-Type": "text/html; charset=utf-8"}, key=key)
-            return self._serve_file(h, key, file, head)
-        finally:
-            with self.stats.lock:
-                self.stats.in_flight -= 1
+            h.counted.append("file")  # type: ignore[attr-defined]
+        if crowded:
+            return self._simple(h, 403, BLOCK_PAGE, {"Content-Type": "text/html; charset=utf-8"}, key=key)
+        if self.faults.html_200:
+            return self._simple(h, 200, BLOCK_PAGE, {"Content-Type": "text/html; charset=utf-8"}, key=key)
+        return self._serve_file(h, key, file, head)
 
     def _serve_file(self, h: BaseHTTPRequestHandler, key: str, file: Path, head: bool) -> None:
         if self._fault(self.faults.error_rate):
@@ -241,6 +290,8 @@ class FileServer:
         h.send_header("Accept-Ranges", "none" if self.faults.no_ranges else "bytes")
         if status == 206:
             h.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+        if head:
+            self._answered(h)
         h.end_headers()
         if head:
             return self._record(h, key, status, 0)
@@ -292,6 +343,8 @@ class FileServer:
                             time.sleep(ahead)
                         elif ahead < -0.05:  # a client that stalled gets no burst to catch up: a capped link has none
                             t0 = time.monotonic() - (sent + len(chunk)) / rate
+                    if sent + len(chunk) >= length or (drop_at is not None and sent + len(chunk) >= drop_at):
+                        self._answered(h)
                     h.wfile.write(chunk)
                     sent += len(chunk)
                     with self.stats.lock:
@@ -310,7 +363,12 @@ class FileServer:
         try:
             with open(file, "rb") as fh:
                 while sent < length:
-                    n = h.connection.sendfile(fh, offset=start + sent, count=min(8 << 20, length - sent))
+                    left = length - sent
+                    if left <= LAST_WRITE_BYTES:
+                        self._answered(h)
+                    # the last write short, so that the count ends close to when the client can have it all
+                    count = min(8 << 20, left if left <= LAST_WRITE_BYTES else left - LAST_WRITE_BYTES)
+                    n = h.connection.sendfile(fh, offset=start + sent, count=count)
                     if n == 0:
                         break
                     sent += n

@@ -4,6 +4,10 @@ Imported only when a ``gs://`` source or ``provision mirror`` is used (start-up 
 Credentials: Application Default Credentials; on Colab, ``google.colab.auth`` first; anonymous
 for public buckets (``data.gcs.anonymous`` or when no credentials exist) and for the emulator
 (``STORAGE_EMULATOR_HOST``). Credentials never appear in messages.
+
+Every request to the storage API goes through the endpoint host's gate (:mod:`.throttle`), so the run's cap holds
+here as for HTTP sources, and the client's session sends that host's requests over the gate's one pool
+(:mod:`.pool`), so that what the report counts is what the sockets did.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import Any
 
 from ..signals import PermanentError, TransientError
 from .protocol import RemoteInfo, Sink
+from .throttle import HostGate, Throttle
 
 log = logging.getLogger(__name__)
 _clients: dict[tuple[str | None, bool], Any] = {}
@@ -37,7 +42,12 @@ def client(project: str | None = None, anonymous: bool = False, environ: Mapping
     key = (project, anonymous or bool(environ.get("STORAGE_EMULATOR_HOST")))
     with _clients_lock:
         if key not in _clients:
-            _clients[key] = _make_client(project, key[1])
+            made = _make_client(project, key[1])
+            # google-cloud-storage >= 3.x fetches a bucket's metadata in a thread of its own for its tracing attributes:
+            # a request outside the host's gate (a connection over the cap), for nothing this tool uses
+            if getattr(made, "_bucket_metadata_cache", None) is not None:
+                made._bucket_metadata_cache = None  # noqa: SLF001
+            _clients[key] = made
         return _clients[key]
 
 
@@ -134,16 +144,17 @@ class GcsTransfer:
     """One object ``gs://bucket/name``."""
 
     def __init__(self, url: str, timeout_s: float = 60.0, project: str | None = None, anonymous: bool = False,
-                 user_project: str | None = None) -> None:
+                 user_project: str | None = None, throttle: Throttle | None = None) -> None:
         self.url = url
         self.label = url
         self.timeout_s = timeout_s
         self.bucket_name, self.name = split_gs(url)
         self.client = client(project, anonymous)
         self.bucket = self.client.bucket(self.bucket_name, user_project=user_project)
+        self.gate = _gate(self.client, throttle)
 
     def info(self) -> RemoteInfo:
-        with gcs_errors(self.url, self.bucket_name, self.client):
+        with self.gate.slot(), gcs_errors(self.url, self.bucket_name, self.client):
             blob = self.bucket.get_blob(self.name, timeout=self.timeout_s)
         if blob is None:
             raise PermanentError(f"{self.url}: no such object")
@@ -159,11 +170,26 @@ class GcsTransfer:
             got += len(data)
             sink(data)
 
-        with gcs_errors(self.url, self.bucket_name, self.client):
+        with self.gate.slot(), gcs_errors(self.url, self.bucket_name, self.client):
             self.bucket.blob(self.name).download_to_file(_SinkFile(counted), start=start, end=end - 1, checksum=None, timeout=self.timeout_s)
         if got != end - start:
             raise TransientError(f"{self.url} sent {got} of {end - start} bytes")
 
     def read_all(self, sink: Sink, size: int | None = None) -> None:
-        with gcs_errors(self.url, self.bucket_name, self.client):
+        with self.gate.slot(), gcs_errors(self.url, self.bucket_name, self.client):
             self.bucket.blob(self.name).download_to_file(_SinkFile(sink), checksum=None, timeout=self.timeout_s)
+
+
+def _gate(gcs_client: Any, throttle: Throttle | None) -> HostGate:
+    """The storage endpoint's gate in the run's ``throttle``, its pool mounted on the client's session for that origin
+    (the client is the process's: each run mounts its own pool in place of the last one's, closed with its run)."""
+    from urllib.parse import urlsplit
+
+    from .pool import mount
+
+    endpoint = urlsplit(gcs_client.api_endpoint or "https://storage.googleapis.com")
+    origin = f"{endpoint.scheme}://{endpoint.netloc}/"
+    gate = throttle.gate(origin) if throttle is not None else HostGate(endpoint.hostname or origin, 64)
+    with _clients_lock:
+        mount(gcs_client._http, origin, gate)  # noqa: SLF001 - the client's session is where its requests go
+    return gate

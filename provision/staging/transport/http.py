@@ -1,6 +1,8 @@
-"""HTTP(S) transfers: ranged GETs on keep-alive sessions (one per thread), with errors sorted for retry.
+"""HTTP(S) transfers: ranged GETs on kept-alive connections, one pool per host (:mod:`.pool`), with errors sorted for
+retry.
 
-Every request goes through its host's gate (:mod:`.throttle`). An answer is only taken as the file
+Every request goes through its host's gate (:mod:`.throttle`), and every answer is read to its end (or its connection
+closed) before the gate's slot is given back, so that the connection goes back to the pool for the next request. An answer is only taken as the file
 when it is what was asked for: a 206 for the range, or a 200 whose length is the file's size and
 whose type is not a web page. Anything else (a login page, Zenodo's "unusual traffic" page) fails
 that source at once, saying what came back.
@@ -10,7 +12,6 @@ from __future__ import annotations
 
 import email.utils
 import socket
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -29,24 +30,11 @@ BLOCK_WORDS = ("unusual traffic", "has been blocked", "too many requests", "rate
 PEEK_BYTES = 4096
 MIN_BYTES_PER_S = 1024  # slower than this over a whole data.timeout_s is a stalled transfer, not a slow one
 
-_local = threading.local()
+def session(gate: HostGate) -> Any:
+    """This thread's requests.Session for ``gate``'s host, on the host's one connection pool (:mod:`.pool`)."""
+    from .pool import HostPool
 
-
-def session() -> Any:
-    """A requests.Session for this thread (keep-alive connection reuse)."""
-    s = getattr(_local, "session", None)
-    if s is None:
-        import requests
-        from requests.adapters import HTTPAdapter
-
-        s = requests.Session()
-        s.headers["User-Agent"] = USER_AGENT
-        s.headers["Accept-Encoding"] = "identity"  # byte ranges must address the stored bytes
-        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=4, max_retries=0)
-        s.mount("http://", adapter)
-        s.mount("https://", adapter)
-        _local.session = s
-    return s
+    return gate.kept(HostPool).session()
 
 
 def _unresolved(exc: BaseException) -> bool:
@@ -126,7 +114,7 @@ class HttpTransfer:
         import requests
 
         try:
-            response = session().get(self.url, headers=headers, stream=True, timeout=(min(self.timeout_s, 30.0), self.timeout_s),
+            response = session(self.gate).get(self.url, headers=headers, stream=True, timeout=(min(self.timeout_s, 30.0), self.timeout_s),
                                      auth=credentials_for(self.url))
         except (requests.ConnectionError, requests.Timeout) as exc:
             host = urlsplit(self.url).hostname
@@ -137,7 +125,11 @@ class HttpTransfer:
             raise TransientError(f"cannot connect to {self.url}: {type(exc).__name__}", unreachable="refused") from None
         except requests.RequestException as exc:
             raise PermanentError(f"bad request for {self.url}: {exc}") from None
-        self.gate.rate_headers(response.headers)
+        try:
+            self.gate.rate_headers(response.headers)
+        except BaseException:
+            response.close()
+            raise
         return response
 
     def _refused(self, response: Any) -> None:
@@ -165,6 +157,7 @@ class HttpTransfer:
         with self.gate.slot(), self._get({"Range": "bytes=0-0"}) as response:
             if response.status_code == 206:
                 total = response.headers.get("Content-Range", "").rpartition("/")[2]
+                _drain(response, 1)  # the one byte: read, the connection goes back to the pool instead of being closed
                 return RemoteInfo(size=int(total) if total.isdigit() else None, ranges=True)
             if response.status_code == 200:
                 if _is_page(response, ""):
@@ -252,6 +245,14 @@ class HttpTransfer:
             raise TransientError(f"connection to {self.url} dropped after {got} bytes ({type(exc).__name__})") from None
         if expected is not None and got < expected:
             raise TransientError(f"{self.url} sent {got} of {expected} bytes")
+
+
+def _drain(response: Any, most: int) -> None:
+    """Read what is left of a short answer (at most ``most`` bytes), so that its connection can serve the next request."""
+    try:
+        response.raw.read(most, decode_content=False)
+    except Exception:  # noqa: BLE001 - a connection that fails here is closed with the answer, as before
+        pass
 
 
 def get_json(url: str, timeout_s: float = 30.0, gate: HostGate | None = None) -> Any:

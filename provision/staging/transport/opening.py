@@ -18,7 +18,8 @@ BLOCK_BYTES = 64 * 1024  # a LUNA16 central directory (178 entries) is about 20 
 
 
 def open_transfer(loc: FileLocation, cfg: DataConfig, throttle: Throttle | None = None, size: int | None = None) -> Transfer:
-    """The transfer that reads ``loc``; HTTP ones go through their host's gate in ``throttle``, and compare the size the
+    """The transfer that reads ``loc``; HTTP and gs:// ones go through their host's gate in ``throttle`` (and its one
+    connection pool), and HTTP ones compare the size the
     server states with ``size`` (the manifest's), so a wrong manifest is named as such rather than as a checksum or 416."""
     if loc.kind == "local":
         from .local import LocalTransfer
@@ -32,7 +33,7 @@ def open_transfer(loc: FileLocation, cfg: DataConfig, throttle: Throttle | None 
         from .gcs import GcsTransfer
 
         try:
-            return GcsTransfer(loc.url, cfg.timeout_s, cfg.gcs.project, cfg.gcs.anonymous, cfg.gcs.user_project)
+            return GcsTransfer(loc.url, cfg.timeout_s, cfg.gcs.project, cfg.gcs.anonymous, cfg.gcs.user_project, throttle)
         except Exception as exc:  # noqa: BLE001 - a client that cannot start is one failed source
             raise PermanentError(f"cannot open {loc.url}: {type(exc).__name__}: {exc}") from None
     raise PermanentError(f"no transfer for source kind {loc.kind}")

@@ -4,7 +4,9 @@ Zenodo blocks clients that open many downloads at once (403 and an HTML page) an
 requests per minute (429 with Retry-After, X-RateLimit-* headers on every answer). So each host
 gets a gate: at most ``limit`` requests at once, starting at the host's cap, halved when the host
 throttles us and grown back by one after each quiet period; paused while a Retry-After runs or its
-rate-limit budget is spent. The gates also keep what happened, for the report.
+rate-limit budget is spent. A gate also holds what a transport keeps for its host across requests and
+threads (HTTP's one connection pool, sized to the cap), and keeps what happened, for the report: the requests
+admitted, and what the transport saw at its sockets (connections open at once, transfers on them at once).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 from ..signals import Stopped
@@ -27,6 +29,13 @@ MAX_PAUSE_S = 900.0      # a Retry-After or rate-limit reset further away than t
 HALVE_AT_MOST_EVERY_S = 1.0  # one burst of refusals halves the limit once, not once per refused request
 
 
+class Closable(Protocol):
+    def close(self) -> None: ...
+
+
+C = TypeVar("C", bound=Closable)
+
+
 @dataclass
 class HostRecord:
     """What a host did to us during a run (the report's per-source lines)."""
@@ -34,14 +43,22 @@ class HostRecord:
     host: str
     cap: int
     limit: int
-    max_in_flight: int = 0
+    max_in_flight: int = 0   # requests admitted at once
     requests: int = 0
     throttle_events: int = 0
     reasons: dict[str, int] = field(default_factory=dict)
     waited_s: float = 0.0
+    # what the transport saw (None where it cannot tell, as for a local folder): a connection counts from its connect
+    # to its close, idle in the pool included; a transfer from taking a connection for a request to giving it back
+    max_connections: int | None = None
+    connections_opened: int | None = None
+    max_transfers: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"host": self.host, "connections_cap": self.cap, "connections_now": self.limit, "connections_used": self.max_in_flight,
+        return {"host": self.host, "connections_cap": self.cap, "connections_now": self.limit,
+                "connections_used": self.max_connections if self.max_connections is not None else self.max_in_flight,
+                "connections_opened": self.connections_opened,
+                "transfers_at_once": self.max_transfers if self.max_transfers is not None else self.max_in_flight,
                 "requests": self.requests, "throttle_events": self.throttle_events, "throttle_reasons": dict(self.reasons),
                 "waited_s": round(self.waited_s, 1)}
 
@@ -63,6 +80,9 @@ class HostGate:
         self._budget: int | None = None       # requests left in the host's rate-limit window, when it told us
         self._budget_reset: float | None = None
         self._open: set[Any] = set()          # responses being read: cut when the run stops
+        self._kept: Closable | None = None     # the transport's own for this host (HTTP: its connection pool)
+        self._connections = 0
+        self._transfers = 0
         if isinstance(stop, StopSignal):
             stop.on_set(self.abort_open)
 
@@ -96,6 +116,7 @@ class HostGate:
 
     def throttled(self, reason: str, retry_after_s: float | None = None) -> None:
         """The host refused us (403, 429, a block page): halve the limit, leave it alone for a while."""
+        halved: Closable | None = None
         with self._cond:
             now = self._clock()
             self.record.throttle_events += 1
@@ -103,10 +124,13 @@ class HostGate:
             if now - self._last_change >= HALVE_AT_MOST_EVERY_S or self._last_event is None:
                 self.record.limit = max(1, self.record.limit // 2)
                 self._last_change = now
+                halved = self._kept
             self._last_event = now
             pause = min(retry_after_s if retry_after_s is not None else DEFAULT_PAUSE_S, MAX_PAUSE_S)
             self._paused_until = max(self._paused_until, now + pause)
             self._cond.notify_all()
+        if halved is not None:  # a host that counts connections sees no more than the new limit: the idle ones go now
+            halved.close()
 
     def rate_headers(self, headers: Mapping[str, str], wall_now: float | None = None) -> None:
         """X-RateLimit-Remaining/Reset: spend no more requests than the window has left, then wait for its reset."""
@@ -157,6 +181,35 @@ class HostGate:
             except OSError:
                 pass
 
+    def kept(self, make: Callable[[HostGate], C]) -> C:
+        """What a transport keeps for this host across requests and threads (HTTP: the one connection pool every
+        archive and worker shares), made by ``make`` on first use and closed with the gate."""
+        with self._cond:
+            if self._kept is None:
+                self._kept = make(self)
+            return self._kept  # type: ignore[return-value]
+
+    def close(self) -> None:
+        """Close what the transport kept (its idle connections go now: a proxy counts them too)."""
+        with self._cond:
+            kept, self._kept = self._kept, None
+        if kept is not None:
+            kept.close()
+
+    def connection(self, change: int) -> None:
+        """A connection to the host was opened (+1) or closed (-1): the transport's count at its sockets."""
+        with self._cond:
+            self._connections += change
+            rec = self.record
+            rec.max_connections = max(rec.max_connections or 0, self._connections)
+            rec.connections_opened = (rec.connections_opened or 0) + max(0, change)
+
+    def transfer(self, change: int) -> None:
+        """A request took a connection (+1), or gave it back once its answer was read or dropped (-1)."""
+        with self._cond:
+            self._transfers += change
+            self.record.max_transfers = max(self.record.max_transfers or 0, self._transfers)
+
     @contextmanager
     def slot(self) -> Iterator[HostGate]:
         """Hold one of the host's slots for the duration of a request."""
@@ -197,3 +250,16 @@ class Throttle:
     def records(self) -> list[HostRecord]:
         with self._lock:
             return [g.record for g in self._gates.values()]
+
+    def close(self) -> None:
+        """The run is over: every host's kept connections are closed (none stays open behind it)."""
+        with self._lock:
+            gates = list(self._gates.values())
+        for g in gates:
+            g.close()
+
+    def __enter__(self) -> Throttle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
