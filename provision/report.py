@@ -201,6 +201,7 @@ def install_text(plan: InstallPlan, done: bool = False) -> str:
 
 def stage_text(result: StageResult) -> str:
     lines = []
+    hints: dict[str, None] = {}  # one hint per cause, not per file: a host that cannot be reached fails every file alike
     for f in result.files:
         line = f"{f.key:<24} {f.outcome}" + (f" from {f.source}" if f.source else "")
         if f.bytes_fetched:
@@ -213,7 +214,8 @@ def stage_text(result: StageResult) -> str:
         if f.error:
             lines.append(f"  error: {f.error}")
             if f.hint:
-                lines.append(f"  hint: {f.hint}")
+                hints[f.hint] = None
+    lines += [f"hint: {hint}" for hint in hints]
     lines += source_lines(result.sources)
     lines.append(f"{'done' if result.ok else 'FAILED'} in {result.elapsed_s:.1f} s; data in {result.target_dir}")
     return "\n".join(lines)
@@ -268,11 +270,8 @@ def cuda_line(report: GpuReport) -> str:
 def _data_summary(result: StageResult) -> str:
     done = sum(1 for f in result.files if f.outcome in ("already staged", "staged", "linked", "repaired"))
     lines = [f"data       {'ok' if result.ok else 'FAILED'}: {done} of {len(result.files)} files staged in {result.target_dir}"]
-    for f in result.files:
-        if f.error:
-            lines.append(f"  {f.key}: {f.error}")
-            if f.hint:
-                lines.append(f"  hint: {f.hint}")
+    lines += [f"  {f.key}: {f.error}" for f in result.files if f.error]
+    lines += [f"  hint: {hint}" for hint in dict.fromkeys(f.hint for f in result.files if f.error and f.hint)]
     return "\n".join(lines)
 
 
