@@ -17,11 +17,12 @@ from typing import Any, NoReturn, TextIO
 
 from . import bookreport, environment, report, steps
 from .atomicfile import atomic_write_text
-from .config import Config, load_config, parse_chapters
+from .config import Config, load_config, parse_chapters, shipped_profiles
 from .environment import Environment
 from .errors import BookError, ConfigError, ProvisionError
 from .facts import build_plan
 from .planvalues import Plan
+from .progress import Console
 from .sources import redact
 from .version import __version__
 
@@ -39,12 +40,14 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The command line: the options every command takes, then each command's own (its handler set as a default)."""
-    common = _common_options()
-    parser = _Parser(prog="provision", description="Get a machine ready for Deep Learning with PyTorch, Part 2: requirements, CUDA, LUNA16 data.")
+    """The command line: the options every command takes (before or after the command), then each command's own (its
+    handler set as a default)."""
+    parser = _Parser(prog="provision", description="Get a machine ready for Deep Learning with PyTorch, Part 2: requirements, CUDA, LUNA16 data.",
+                     parents=[_common_options(before_command=True)])
     parser.add_argument("--version", action="version", version=f"dlwpt-provision {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
+    common = _common_options(before_command=False)
     _add_setup_commands(sub, common)
     _add_book_and_cloud_commands(sub, common)
     for name, command in sub.choices.items():
@@ -52,15 +55,40 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _common_options() -> argparse.ArgumentParser:
+BEFORE = "before_command_"  # where the common options given before the command are kept until _merge_common
+
+
+def _common_options(*, before_command: bool) -> argparse.ArgumentParser:
+    """The options every command takes. Given after the command they leave no default behind (argparse would let a
+    command's defaults overwrite what was given before it); _merge_common joins the two places."""
     common = _Parser(add_help=False)
-    common.add_argument("-c", "--config", metavar="PROFILE_OR_PATH", help="profile name (colab, vm, local, ci) or YAML path; default: detected")
-    common.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. data.reserve_gb=20")
-    common.add_argument("--subsets", help="which subsets to stage: all, 0-3, 0,2,5 (same as --set data.subsets=...)")
-    common.add_argument("--root", help="data root folder (same as --set data.root=...)")
-    common.add_argument("--json", action="store_true", help="machine-readable output on stdout")
-    common.add_argument("-v", "--verbose", action="count", default=0, help="more log lines (repeat for debug)")
+
+    def add(*flags: str, dest: str, default: Any = None, **kwargs: Any) -> None:
+        common.add_argument(*flags, dest=BEFORE + dest if before_command else dest,
+                            default=default if before_command else argparse.SUPPRESS, **kwargs)
+
+    add("-c", "--config", dest="config", metavar="PROFILE_OR_PATH", help=f"profile name ({', '.join(shipped_profiles())}) or YAML path; default: detected")
+    add("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. data.reserve_gb=20")
+    add("--subsets", dest="subsets", help="which subsets: all, fit (as many as the disk holds), 0-3, 0,2,5 (same as --set data.subsets=...)")
+    add("--root", dest="root", help="data root folder (same as --set data.root=...)")
+    add("--json", dest="json", action="store_true", default=False, help="machine-readable output on stdout")
+    add("-q", "--quiet", dest="quiet", action="store_true", default=False, help="print only errors and the final summary (no progress)")
+    add("-v", "--verbose", dest="verbose", action="count", default=0, help="more log lines (repeat for debug)")
     return common
+
+
+def _merge_common(args: argparse.Namespace) -> argparse.Namespace:
+    """One value per common option: repeatable ones (--set, -v) add up, others given after the command win."""
+    for name, before in list(vars(args).items()):
+        if not name.startswith(BEFORE):
+            continue
+        dest = name[len(BEFORE):]
+        delattr(args, name)
+        if not hasattr(args, dest):
+            setattr(args, dest, before)
+        elif isinstance(before, (list, int)) and not isinstance(before, bool):
+            setattr(args, dest, before + getattr(args, dest))
+    return args
 
 
 def _add_setup_commands(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -134,6 +162,7 @@ class Ctx:
     config: Config
     env: Environment
     environ: Mapping[str, str]
+    console: Console  # where progress goes (nothing under --quiet)
 
 
 @dataclass(frozen=True)
@@ -155,11 +184,12 @@ def main(argv: Sequence[str] | None = None, *, environ: Mapping[str, str] | None
     as_json = False
     command = "?"
     try:
-        args = build_parser().parse_args(argv)
+        args = _merge_common(build_parser().parse_args(argv))
         as_json, command = args.json, args.command
-        logging.basicConfig(level=logging.WARNING - 10 * min(args.verbose, 2), format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+        level = logging.ERROR if args.quiet and not args.verbose else logging.WARNING - 10 * min(args.verbose, 2)
+        logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
         config, env = _load(args, environ)
-        outcome: Outcome = args.handler(Ctx(args, config, env, environ))
+        outcome: Outcome = args.handler(Ctx(args, config, env, environ, Console(quiet=args.quiet)))
     except SystemExit as exc:  # --help, --version
         return int(exc.code or 0)
     except ProvisionError as exc:
@@ -225,14 +255,14 @@ def cmd_up(ctx: Ctx) -> Outcome:
     if ctx.args.dry_run:
         return _plan_outcome(_plan_of(ctx))
     selected = [s for s in STEPS if (not ctx.args.only or s in ctx.args.only) and s not in ctx.args.skip]
-    result = steps.up(ctx.config, _plan_of(ctx), ctx.env, ctx.environ, selected)
+    result = steps.up(ctx.config, _plan_of(ctx), ctx.env, ctx.environ, selected, ctx.console)
     return Outcome(result.to_dict(), report.up_text(result), result.exit_code, result.error)
 
 
 def cmd_install(ctx: Ctx) -> Outcome:
     plan = _plan_of(ctx)
     if not ctx.args.dry_run:
-        steps.install(plan, ctx.environ)
+        steps.install(plan, ctx.environ, ctx.console)
     return Outcome(report.install_dict(plan.install), report.install_text(plan.install, done=not ctx.args.dry_run))
 
 
@@ -246,7 +276,7 @@ def cmd_stage(ctx: Ctx) -> Outcome:
     if ctx.args.dry_run:
         return _plan_outcome(plan, EXIT_OK if plan.feasible else EXIT_REFUSED)
     steps.preflight(plan, ("data",))
-    result = steps.stage(ctx.config, plan)
+    result = steps.stage(ctx.config, plan, console=ctx.console)
     return Outcome(result.to_dict(), report.stage_text(result), EXIT_OK if result.ok else EXIT_FAILED)
 
 
@@ -272,15 +302,15 @@ def cmd_book(ctx: Ctx) -> Outcome:
     result = steps.book(ctx.config, plan, undo=args.undo)
     if not args.smoke:
         return Outcome(result.to_dict(), bookreport.book_text(result))
-    print(bookreport.book_text(result), file=sys.stderr)
-    smoked = steps.smoke(ctx.config, _plan_of(ctx), ctx.env)
+    ctx.console.say(bookreport.book_text(result))
+    smoked = steps.smoke(ctx.config, _plan_of(ctx), ctx.env, ctx.console)
     return Outcome({**result.to_dict(), "smoke": smoked.to_dict()}, bookreport.smoke_text(smoked), EXIT_OK if smoked.ok else EXIT_FAILED)
 
 
 def cmd_cache(ctx: Ctx) -> Outcome:
     args = ctx.args
     built = steps.cache(ctx.config, _plan_of(ctx), ctx.env, args.chapters or ctx.config.book.cache or (11,), drop=args.drop or (),
-                        workers=args.workers)
+                        workers=args.workers, console=ctx.console)
     return Outcome(built.to_dict(), bookreport.cache_text(built), EXIT_OK if built.ok else EXIT_FAILED)
 
 
@@ -312,7 +342,7 @@ def cmd_export(ctx: Ctx) -> Outcome:
 
 
 def cmd_mirror(ctx: Ctx) -> Outcome:
-    result = steps.mirror(ctx.config, _plan_of(ctx), ctx.args.to, dry_run=ctx.args.dry_run)
+    result = steps.mirror(ctx.config, _plan_of(ctx), ctx.args.to, dry_run=ctx.args.dry_run, console=ctx.console)
     return Outcome(result.to_dict(), report.mirror_text(result), EXIT_OK if result.ok else EXIT_FAILED)
 
 
