@@ -113,6 +113,10 @@ def _add_setup_commands(sub: Any, common: argparse.ArgumentParser) -> None:
 
     sub.add_parser("status", parents=[common], help="where each file of the data set stands, and the book's caches")
 
+    p = sub.add_parser("clean", parents=[common], help="remove the staged data of --subsets (0-1, all): only what staging recorded")
+    p.add_argument("--dry-run", action="store_true", help="show what would be removed; remove nothing")
+    p.add_argument("-y", "--yes", action="store_true", help="remove without asking")
+
     p = sub.add_parser("mirror", parents=[common], help="copy the selected files once into a bucket or a folder (Google Drive)")
     p.add_argument("--to", required=True, metavar="GS_URL_OR_DIR", help="destination: gs://my-bucket/luna16/ or /content/drive/MyDrive/luna16/")
     p.add_argument("--dry-run", action="store_true", help="show what would be copied and how many bytes")
@@ -341,13 +345,34 @@ def cmd_export(ctx: Ctx) -> Outcome:
     return Outcome(exported.task, exported.yaml_text.rstrip("\n"))
 
 
+def cmd_clean(ctx: Ctx) -> Outcome:
+    from .clean import carry_out, plan_clean
+    from .config import configs_dir
+    from .disk import gb
+    from .manifest import load_manifest
+
+    root = Path(ctx.config.data.root)
+    plan = plan_clean(root, load_manifest(ctx.config.data.dataset, configs_dir()), ctx.args.subsets)
+    if ctx.args.dry_run or not plan.removals and not plan.keys:
+        return Outcome(plan.to_dict(), report.clean_text(plan))
+    if not ctx.args.yes:
+        if ctx.args.json or not sys.stdin.isatty():
+            raise ConfigError(f"clean would remove {len(plan.removals)} entries ({gb(plan.bytes)}) of subsets {plan.subsets} and asks first",
+                              hint="see them with --dry-run, then run it again with --yes")
+        print(report.clean_text(plan), file=sys.stderr)
+        if input("remove these? [y/N] ").strip().lower() not in ("y", "yes"):
+            return Outcome(plan.to_dict(), "nothing removed", EXIT_FAILED)
+    done = carry_out(plan, root)
+    return Outcome(done.to_dict(), report.clean_text(done))
+
+
 def cmd_mirror(ctx: Ctx) -> Outcome:
     result = steps.mirror(ctx.config, _plan_of(ctx), ctx.args.to, dry_run=ctx.args.dry_run, console=ctx.console)
     return Outcome(result.to_dict(), report.mirror_text(result), EXIT_OK if result.ok else EXIT_FAILED)
 
 
 HANDLERS = {"plan": cmd_plan, "up": cmd_up, "install": cmd_install, "check": cmd_check, "stage": cmd_stage, "verify": cmd_verify,
-            "status": cmd_status, "book": cmd_book, "cache": cmd_cache, "pin": cmd_pin, "vm": cmd_vm, "export": cmd_export,
+            "status": cmd_status, "clean": cmd_clean, "book": cmd_book, "cache": cmd_cache, "pin": cmd_pin, "vm": cmd_vm, "export": cmd_export,
             "mirror": cmd_mirror}
 
 

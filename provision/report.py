@@ -14,6 +14,7 @@ from .results import PinResult, StatusResult, UpResult, VerifyResult
 
 if TYPE_CHECKING:  # annotations only: rendering a value never needs the code that made it
     from .cacheplan import CachePlan
+    from .clean import CleanPlan
     from .disk import DiskPlan
     from .gpu import GpuReport
     from .install import InstallPlan
@@ -144,6 +145,25 @@ def status_text(status: StatusResult) -> str:
                 entries = (f"  {c.entries_built:,} of {'' if c.needed_exact else '~'}{c.entries_needed:,} entries built"
                            + (" (complete)" if c.entries_built >= c.entries_needed > 0 else ""))
             lines.append(f"  {c.name:<22} {gb(c.bytes):>9}  {c.path}{entries}")
+    return "\n".join(lines)
+
+
+def clean_text(plan: CleanPlan) -> str:
+    """What clean removes (or removed): per file, its entries and bytes; what it leaves and why."""
+    lines = []
+    for key in dict.fromkeys([*plan.keys, *(r.key for r in plan.removals)]):
+        mine = [r for r in plan.removals if r.key == key]
+        links = sum(1 for r in mine if r.kind == "link")
+        what = f"{len(mine) - links} files ({gb(sum(r.bytes for r in mine))})" + (f", {links} links (the files they lead to are kept)" if links else "")
+        lines.append(f"{key:<24} {'removed' if plan.done else 'would remove'} {what}")
+    lines += [f"  left alone: {reason}" for reason in plan.refused]
+    if not plan.keys and not plan.removals:
+        lines.append(f"nothing staged of subsets {plan.subsets} in {plan.target}")
+    elif plan.done:
+        lines.append(f"removed {gb(plan.bytes)} from {plan.target}" + (f"; {len(plan.folders_removed)} emptied folder(s) removed" if plan.folders_removed else "")
+                     + "; the book's caches are kept (provision cache --drop N)")
+    else:
+        lines.append(f"would remove {gb(plan.bytes)} from {plan.target}; nothing else in it is touched")
     return "\n".join(lines)
 
 
