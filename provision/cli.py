@@ -106,7 +106,7 @@ def _add_setup_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     sub.add_parser("check", parents=[common], help="probe the GPU and CUDA and judge them against the profile")
 
     p = sub.add_parser("stage", parents=[common], help="download, verify and unpack the data set")
-    p.add_argument("--dry-run", action="store_true", help="print the data part of the plan only")
+    p.add_argument("--dry-run", action="store_true", help="print the data part of the plan only (files, sources, disk); writes nothing")
 
     p = sub.add_parser("verify", parents=[common], help="check staged files (sizes; --full re-checks contents)")
     p.add_argument("--full", action="store_true", help="re-read every unpacked member and compare its CRC")
@@ -277,8 +277,9 @@ def cmd_check(ctx: Ctx) -> Outcome:
 
 def cmd_stage(ctx: Ctx) -> Outcome:
     plan = _plan_of(ctx)
-    if ctx.args.dry_run:
-        return _plan_outcome(plan, EXIT_OK if plan.feasible else EXIT_REFUSED)
+    if ctx.args.dry_run:  # the data part of the plan, judged as staging would judge it
+        problems = [p for p in plan.problems if p.step in ("data", "preflight")]
+        return Outcome(report.stage_plan_dict(plan, problems), report.stage_plan_text(plan, problems), EXIT_REFUSED if problems else EXIT_OK)
     steps.preflight(plan, ("data",))
     result = steps.stage(ctx.config, plan, console=ctx.console)
     return Outcome(result.to_dict(), report.stage_text(result), EXIT_OK if result.ok else EXIT_FAILED)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from .bookreport import book_plan_text, cache_plan_lines
 from .disk import gb
-from .planvalues import FilePlan, Plan
+from .planvalues import FilePlan, Plan, Problem
 from .results import PinResult, StatusResult, UpResult, VerifyResult
 
 if TYPE_CHECKING:  # annotations only: rendering a value never needs the code that made it
@@ -52,6 +52,24 @@ def plan_text(plan: Plan) -> str:
     for p in plan.problems:
         lines += [f"  {p.message}", f"  hint: {p.hint}"]
     return "\n".join(lines)
+
+
+def stage_plan_text(plan: Plan, problems: list[Problem]) -> str:
+    """The data part of the plan (what `stage --dry-run` prints): each file with its source and destination, the way
+    chosen, the disk at the peak and the cache's reserve, and whether staging can run."""
+    lines = [f"profile      {plan.profile}", "", *_data_lines(plan)]
+    for disk in plan.disk:
+        lines += _disk_lines(disk, plan.cache)
+    lines += ["", "feasible     NO" if problems else "feasible     yes"]
+    for p in problems:
+        lines += [f"  {p.message}", f"  hint: {p.hint}"]
+    return "\n".join(lines)
+
+
+def stage_plan_dict(plan: Plan, problems: list[Problem]) -> dict[str, Any]:
+    whole = plan.to_dict()
+    return {"profile": plan.profile, "data": whole["data"], "disk": whole["disk"], "feasible": not problems,
+            "problems": [raw for raw, p in zip(whole["problems"], plan.problems, strict=True) if p in problems]}
 
 
 def _install_lines(plan: Plan) -> list[str]:

@@ -281,3 +281,17 @@ def test_quiet_prints_only_the_summary_and_errors(built, write_profile, serve, c
     assert main(["up", "-q", "-c", str(profile), "--only", "data"]) == 1
     failed = capsys.readouterr()
     assert "subset3.zip" in failed.out and "FAILED" in failed.out and "no other source" not in failed.err, failed
+
+
+def test_stage_dry_run_prints_the_data_part_of_the_plan_only(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["-c", "local", "--root", str(tmp_path / "r"), "--set", f"data.dataset={tiny_manifest(tmp_path)}"]
+    assert main(["stage", "--dry-run", *args]) == 0
+    text = capsys.readouterr().out
+    assert "subset0.zip" in text and "disk " in text and "feasible     yes" in text
+    assert "install " not in text and "gpu " not in text and "python " not in text, text
+    assert main(["stage", "--dry-run", "--json", *args]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert set(data) == {"profile", "data", "disk", "feasible", "problems"} and [f["key"] for f in data["data"]["files"]] == ["subset0.zip", "subset1.zip"]
+    assert main(["stage", "--dry-run", *args, "--set", "data.reserve_gb=100000000"]) == 3
+    assert "feasible     NO" in capsys.readouterr().out
+    assert not (tmp_path / "r").exists()
