@@ -64,6 +64,8 @@ def _common_options(*, before_command: bool) -> argparse.ArgumentParser:
     common = _Parser(add_help=False)
 
     def add(*flags: str, dest: str, default: Any = None, **kwargs: Any) -> None:
+        if kwargs.get("action") in (None, "append"):
+            kwargs.setdefault("metavar", dest.upper())  # not the name it is kept under
         common.add_argument(*flags, dest=BEFORE + dest if before_command else dest,
                             default=default if before_command else argparse.SUPPRESS, **kwargs)
 

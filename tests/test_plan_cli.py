@@ -265,6 +265,8 @@ def test_help_names_every_shipped_profile_and_fit() -> None:
     text = " ".join(run_cli("plan", "--help").stdout.split())
     assert f"profile name ({', '.join(profiles)})" in text, text
     assert "fit (as many as the disk holds)" in text, text
+    top = run_cli("--help").stdout
+    assert "[-c PROFILE_OR_PATH]" in top and "[--subsets SUBSETS]" in top and "BEFORE" not in top, "the options before the command, as users write them"
 
 
 def test_quiet_prints_only_the_summary_and_errors(built, write_profile, serve, capsys: pytest.CaptureFixture[str]) -> None:
