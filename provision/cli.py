@@ -17,11 +17,12 @@ from typing import Any, NoReturn, TextIO
 
 from . import bookreport, environment, report, steps
 from .atomicfile import atomic_write_text
-from .config import Config, load_config, parse_chapters
+from .config import Config, load_config, parse_chapters, shipped_profiles
 from .environment import Environment
 from .errors import BookError, ConfigError, ProvisionError
 from .facts import build_plan
 from .planvalues import Plan
+from .progress import Console
 from .sources import redact
 from .version import __version__
 
@@ -39,12 +40,14 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The command line: the options every command takes, then each command's own (its handler set as a default)."""
-    common = _common_options()
-    parser = _Parser(prog="provision", description="Get a machine ready for Deep Learning with PyTorch, Part 2: requirements, CUDA, LUNA16 data.")
+    """The command line: the options every command takes (before or after the command), then each command's own (its
+    handler set as a default)."""
+    parser = _Parser(prog="provision", description="Get a machine ready for Deep Learning with PyTorch, Part 2: requirements, CUDA, LUNA16 data.",
+                     parents=[_common_options(before_command=True)])
     parser.add_argument("--version", action="version", version=f"dlwpt-provision {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
+    common = _common_options(before_command=False)
     _add_setup_commands(sub, common)
     _add_book_and_cloud_commands(sub, common)
     for name, command in sub.choices.items():
@@ -52,15 +55,42 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _common_options() -> argparse.ArgumentParser:
+BEFORE = "before_command_"  # where the common options given before the command are kept until _merge_common
+
+
+def _common_options(*, before_command: bool) -> argparse.ArgumentParser:
+    """The options every command takes. Given after the command they leave no default behind (argparse would let a
+    command's defaults overwrite what was given before it); _merge_common joins the two places."""
     common = _Parser(add_help=False)
-    common.add_argument("-c", "--config", metavar="PROFILE_OR_PATH", help="profile name (colab, vm, local, ci) or YAML path; default: detected")
-    common.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. data.reserve_gb=20")
-    common.add_argument("--subsets", help="which subsets to stage: all, 0-3, 0,2,5 (same as --set data.subsets=...)")
-    common.add_argument("--root", help="data root folder (same as --set data.root=...)")
-    common.add_argument("--json", action="store_true", help="machine-readable output on stdout")
-    common.add_argument("-v", "--verbose", action="count", default=0, help="more log lines (repeat for debug)")
+
+    def add(*flags: str, dest: str, default: Any = None, **kwargs: Any) -> None:
+        if kwargs.get("action") in (None, "append"):
+            kwargs.setdefault("metavar", dest.upper())  # not the name it is kept under
+        common.add_argument(*flags, dest=BEFORE + dest if before_command else dest,
+                            default=default if before_command else argparse.SUPPRESS, **kwargs)
+
+    add("-c", "--config", dest="config", metavar="PROFILE_OR_PATH", help=f"profile name ({', '.join(shipped_profiles())}) or YAML path; default: detected")
+    add("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. data.reserve_gb=20")
+    add("--subsets", dest="subsets", help="which subsets: all, fit (as many as the disk holds), 0-3, 0,2,5 (same as --set data.subsets=...)")
+    add("--root", dest="root", help="data root folder (same as --set data.root=...)")
+    add("--json", dest="json", action="store_true", default=False, help="machine-readable output on stdout")
+    add("-q", "--quiet", dest="quiet", action="store_true", default=False, help="print only errors and the final summary (no progress)")
+    add("-v", "--verbose", dest="verbose", action="count", default=0, help="more log lines (repeat for debug)")
     return common
+
+
+def _merge_common(args: argparse.Namespace) -> argparse.Namespace:
+    """One value per common option: repeatable ones (--set, -v) add up, others given after the command win."""
+    for name, before in list(vars(args).items()):
+        if not name.startswith(BEFORE):
+            continue
+        dest = name[len(BEFORE):]
+        delattr(args, name)
+        if not hasattr(args, dest):
+            setattr(args, dest, before)
+        elif isinstance(before, (list, int)) and not isinstance(before, bool):
+            setattr(args, dest, before + getattr(args, dest))
+    return args
 
 
 def _add_setup_commands(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -78,12 +108,16 @@ def _add_setup_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     sub.add_parser("check", parents=[common], help="probe the GPU and CUDA and judge them against the profile")
 
     p = sub.add_parser("stage", parents=[common], help="download, verify and unpack the data set")
-    p.add_argument("--dry-run", action="store_true", help="print the data part of the plan only")
+    p.add_argument("--dry-run", action="store_true", help="print the data part of the plan only (files, sources, disk); writes nothing")
 
     p = sub.add_parser("verify", parents=[common], help="check staged files (sizes; --full re-checks contents)")
     p.add_argument("--full", action="store_true", help="re-read every unpacked member and compare its CRC")
 
     sub.add_parser("status", parents=[common], help="where each file of the data set stands, and the book's caches")
+
+    p = sub.add_parser("clean", parents=[common], help="remove the staged data of --subsets (0-1, all): only what staging recorded")
+    p.add_argument("--dry-run", action="store_true", help="show what would be removed; remove nothing")
+    p.add_argument("-y", "--yes", action="store_true", help="remove without asking")
 
     p = sub.add_parser("mirror", parents=[common], help="copy the selected files once into a bucket or a folder (Google Drive)")
     p.add_argument("--to", required=True, metavar="GS_URL_OR_DIR", help="destination: gs://my-bucket/luna16/ or /content/drive/MyDrive/luna16/")
@@ -134,6 +168,7 @@ class Ctx:
     config: Config
     env: Environment
     environ: Mapping[str, str]
+    console: Console  # where progress goes (nothing under --quiet)
 
 
 @dataclass(frozen=True)
@@ -155,11 +190,12 @@ def main(argv: Sequence[str] | None = None, *, environ: Mapping[str, str] | None
     as_json = False
     command = "?"
     try:
-        args = build_parser().parse_args(argv)
+        args = _merge_common(build_parser().parse_args(argv))
         as_json, command = args.json, args.command
-        logging.basicConfig(level=logging.WARNING - 10 * min(args.verbose, 2), format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+        level = logging.ERROR if args.quiet and not args.verbose else logging.WARNING - 10 * min(args.verbose, 2)
+        logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
         config, env = _load(args, environ)
-        outcome: Outcome = args.handler(Ctx(args, config, env, environ))
+        outcome: Outcome = args.handler(Ctx(args, config, env, environ, Console(quiet=args.quiet)))
     except SystemExit as exc:  # --help, --version
         return int(exc.code or 0)
     except ProvisionError as exc:
@@ -225,14 +261,14 @@ def cmd_up(ctx: Ctx) -> Outcome:
     if ctx.args.dry_run:
         return _plan_outcome(_plan_of(ctx))
     selected = [s for s in STEPS if (not ctx.args.only or s in ctx.args.only) and s not in ctx.args.skip]
-    result = steps.up(ctx.config, _plan_of(ctx), ctx.env, ctx.environ, selected)
+    result = steps.up(ctx.config, _plan_of(ctx), ctx.env, ctx.environ, selected, ctx.console)
     return Outcome(result.to_dict(), report.up_text(result), result.exit_code, result.error)
 
 
 def cmd_install(ctx: Ctx) -> Outcome:
     plan = _plan_of(ctx)
     if not ctx.args.dry_run:
-        steps.install(plan, ctx.environ)
+        steps.install(plan, ctx.environ, ctx.console)
     return Outcome(report.install_dict(plan.install), report.install_text(plan.install, done=not ctx.args.dry_run))
 
 
@@ -243,10 +279,11 @@ def cmd_check(ctx: Ctx) -> Outcome:
 
 def cmd_stage(ctx: Ctx) -> Outcome:
     plan = _plan_of(ctx)
-    if ctx.args.dry_run:
-        return _plan_outcome(plan, EXIT_OK if plan.feasible else EXIT_REFUSED)
+    if ctx.args.dry_run:  # the data part of the plan, judged as staging would judge it
+        problems = [p for p in plan.problems if p.step in ("data", "preflight")]
+        return Outcome(report.stage_plan_dict(plan, problems), report.stage_plan_text(plan, problems), EXIT_REFUSED if problems else EXIT_OK)
     steps.preflight(plan, ("data",))
-    result = steps.stage(ctx.config, plan)
+    result = steps.stage(ctx.config, plan, console=ctx.console)
     return Outcome(result.to_dict(), report.stage_text(result), EXIT_OK if result.ok else EXIT_FAILED)
 
 
@@ -272,15 +309,15 @@ def cmd_book(ctx: Ctx) -> Outcome:
     result = steps.book(ctx.config, plan, undo=args.undo)
     if not args.smoke:
         return Outcome(result.to_dict(), bookreport.book_text(result))
-    print(bookreport.book_text(result), file=sys.stderr)
-    smoked = steps.smoke(ctx.config, _plan_of(ctx), ctx.env)
+    ctx.console.say(bookreport.book_text(result))
+    smoked = steps.smoke(ctx.config, _plan_of(ctx), ctx.env, ctx.console)
     return Outcome({**result.to_dict(), "smoke": smoked.to_dict()}, bookreport.smoke_text(smoked), EXIT_OK if smoked.ok else EXIT_FAILED)
 
 
 def cmd_cache(ctx: Ctx) -> Outcome:
     args = ctx.args
     built = steps.cache(ctx.config, _plan_of(ctx), ctx.env, args.chapters or ctx.config.book.cache or (11,), drop=args.drop or (),
-                        workers=args.workers)
+                        workers=args.workers, console=ctx.console)
     return Outcome(built.to_dict(), bookreport.cache_text(built), EXIT_OK if built.ok else EXIT_FAILED)
 
 
@@ -311,13 +348,34 @@ def cmd_export(ctx: Ctx) -> Outcome:
     return Outcome(exported.task, exported.yaml_text.rstrip("\n"))
 
 
+def cmd_clean(ctx: Ctx) -> Outcome:
+    from .clean import carry_out, plan_clean
+    from .config import configs_dir
+    from .disk import gb
+    from .manifest import load_manifest
+
+    root = Path(ctx.config.data.root)
+    plan = plan_clean(root, load_manifest(ctx.config.data.dataset, configs_dir()), ctx.args.subsets)
+    if ctx.args.dry_run or not plan.removals and not plan.keys:
+        return Outcome(plan.to_dict(), report.clean_text(plan))
+    if not ctx.args.yes:
+        if ctx.args.json or not sys.stdin.isatty():
+            raise ConfigError(f"clean would remove {len(plan.removals)} entries ({gb(plan.bytes)}) of subsets {plan.subsets} and asks first",
+                              hint="see them with --dry-run, then run it again with --yes")
+        print(report.clean_text(plan), file=sys.stderr)
+        if input("remove these? [y/N] ").strip().lower() not in ("y", "yes"):
+            return Outcome(plan.to_dict(), "nothing removed", EXIT_FAILED)
+    done = carry_out(plan, root)
+    return Outcome(done.to_dict(), report.clean_text(done))
+
+
 def cmd_mirror(ctx: Ctx) -> Outcome:
-    result = steps.mirror(ctx.config, _plan_of(ctx), ctx.args.to, dry_run=ctx.args.dry_run)
+    result = steps.mirror(ctx.config, _plan_of(ctx), ctx.args.to, dry_run=ctx.args.dry_run, console=ctx.console)
     return Outcome(result.to_dict(), report.mirror_text(result), EXIT_OK if result.ok else EXIT_FAILED)
 
 
 HANDLERS = {"plan": cmd_plan, "up": cmd_up, "install": cmd_install, "check": cmd_check, "stage": cmd_stage, "verify": cmd_verify,
-            "status": cmd_status, "book": cmd_book, "cache": cmd_cache, "pin": cmd_pin, "vm": cmd_vm, "export": cmd_export,
+            "status": cmd_status, "clean": cmd_clean, "book": cmd_book, "cache": cmd_cache, "pin": cmd_pin, "vm": cmd_vm, "export": cmd_export,
             "mirror": cmd_mirror}
 
 

@@ -28,9 +28,8 @@ from .settings import (  # the schema, re-exported: callers import the types fro
 )
 from .yamlfile import load_text, read_yaml
 
-PROFILES = ("kaggle", "colab", "vm", "local", "ci")
 __all__ = [
-    "PROFILES",
+    "shipped_profiles",
     "apply_sets",
     "configs_dir",
     "deep_merge",
@@ -73,6 +72,12 @@ def configs_dir() -> Path:
     return shipped
 
 
+def shipped_profiles(base_dir: Path | None = None) -> list[str]:
+    """The profiles one can name with -c: every YAML file of the configs folder but base.yaml, which the others extend."""
+    base_dir = base_dir or configs_dir()
+    return sorted(p.stem for p in base_dir.glob("*.yaml") if p.stem != "base") if base_dir.is_dir() else []
+
+
 def resolve_profile(spec: str, base_dir: Path | None = None) -> Path:
     """``colab`` -> configs/colab.yaml; a path is taken as it is."""
     base_dir = base_dir or configs_dir()
@@ -85,7 +90,7 @@ def resolve_profile(spec: str, base_dir: Path | None = None) -> Path:
     named = base_dir / f"{spec}.yaml"
     if named.is_file():
         return named
-    available = sorted(p.stem for p in base_dir.glob("*.yaml")) if base_dir.is_dir() else []
+    available = shipped_profiles(base_dir)
     raise ConfigError(
         f"no profile named '{spec}'{did_you_mean(spec, available)}",
         hint=f"use one of: {', '.join(available) or '(none found)'} (in {base_dir}), or a path to a YAML file",

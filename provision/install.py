@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import collections
 import os
+import queue
 import re
 import shutil
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from .errors import CommandError, ConfigError
 
@@ -191,6 +196,8 @@ def choose_installer(setting: str, which: Callable[[str], str | None] = shutil.w
 
 UV_PRERELEASE_VALUES = frozenset({"disallow", "allow", "if-necessary", "explicit", "if-necessary-or-explicit"})
 UV_CONFIG_ERROR = 2  # uv's exit status when it cannot start (a bad setting); 1 is a failed resolution or install
+HEARTBEAT_S = 5.0  # an installer silent this long (a CUDA torch downloading) gets a line saying it is still at work
+TAIL_LINES = 15  # of the installer's output, in the error when it fails
 
 
 def broken_uv_env(environ: Mapping[str, str]) -> tuple[str, ...]:
@@ -296,23 +303,68 @@ def venv_python(venv: str) -> str:
 
 
 def run_install(plan: InstallPlan, environ: Mapping[str, str], progress: Callable[[str], None],
-                note: Callable[[str], None] | None = None) -> None:
+                note: Callable[[str], None] | None = None, heartbeat_s: float = HEARTBEAT_S) -> None:
     """Carry out the plan's commands; a failure raises CommandError with the installer's last lines. ``progress`` gets
-    each command line as it starts, ``note`` what went wrong but was got round (uv that cannot start)."""
+    each command line as it starts, the installer's output as it comes and, while it says nothing for ``heartbeat_s``,
+    what it is installing and for how long (a CUDA torch is gigabytes); ``note`` what went wrong but was got round (uv
+    that cannot start)."""
     env = {k: v for k, v in environ.items() if k not in plan.unset_env}
     for command in plan.commands:
         progress("running: " + " ".join(command.argv))
-        proc = subprocess.run(list(command.argv), env=env, capture_output=True, text=True)
-        if proc.returncode == UV_CONFIG_ERROR and command.fallback:
-            said = (proc.stderr.strip().splitlines() or ["no message"])[0]
+        status, first, tail = _run_shown(command, env, progress, heartbeat_s)
+        if status == UV_CONFIG_ERROR and command.fallback:
+            said = first or "no message"
             (note or progress)(f"uv could not start ({said}); installing with pip instead: {' '.join(command.fallback)}")
             command = InstallCommand(command.fallback, command.packages)
-            proc = subprocess.run(list(command.argv), env=env, capture_output=True, text=True)
-        if proc.returncode != 0:
-            tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
+            status, first, tail = _run_shown(command, env, progress, heartbeat_s)
+        if status != 0:
             raise CommandError(
-                f"installing {', '.join(command.packages)} failed (exit {proc.returncode}):\n{tail}",
+                f"installing {', '.join(command.packages)} failed (exit {status}):\n" + "\n".join(line for line in tail if line.strip()),
                 hint="read the installer's lines above; a version that does not exist for this Python can be relaxed in the requirements file",
                 command=" ".join(command.argv),
-                exit_status=proc.returncode,
+                exit_status=status,
             )
+
+
+def _run_shown(command: InstallCommand, env: Mapping[str, str], say: Callable[[str], None],
+               heartbeat_s: float) -> tuple[int, str, list[str]]:
+    """Run the installer with its output (stdout and stderr together) said line by line as it comes, and a line every
+    ``heartbeat_s`` it says nothing; returns its exit status, its first line and its last lines."""
+    from .progress import duration
+
+    lines: queue.Queue[str | None] = queue.Queue()
+    first = ""
+    tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+    started = time.monotonic()
+    what = ", ".join(command.packages)
+    with subprocess.Popen(list(command.argv), env=dict(env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                          text=True, errors="replace") as proc:
+        assert proc.stdout is not None  # stdout=PIPE
+        threading.Thread(target=_pump, args=(proc.stdout, lines), name="provision-install-output", daemon=True).start()
+        try:
+            while True:
+                try:
+                    line = lines.get(timeout=heartbeat_s)
+                except queue.Empty:
+                    say(f"still installing {what} ({duration(time.monotonic() - started)} so far)")
+                    continue
+                if line is None:
+                    break
+                line = line.rstrip()
+                first = first or line
+                tail.append(line)
+                if line:
+                    say(f"  {line}")
+        finally:
+            if proc.poll() is None:  # interrupted: the installer goes with us
+                proc.kill()
+    return proc.wait(), first, list(tail)
+
+
+def _pump(stream: IO[str], lines: queue.Queue[str | None]) -> None:
+    try:
+        for line in stream:
+            lines.put(line)
+    except (OSError, ValueError):  # closed under us: the installer was killed
+        pass
+    lines.put(None)

@@ -9,11 +9,12 @@ from typing import TYPE_CHECKING, Any
 
 from .bookreport import book_plan_text, cache_plan_lines
 from .disk import gb
-from .planvalues import FilePlan, Plan
+from .planvalues import FilePlan, Plan, Problem
 from .results import PinResult, StatusResult, UpResult, VerifyResult
 
 if TYPE_CHECKING:  # annotations only: rendering a value never needs the code that made it
     from .cacheplan import CachePlan
+    from .clean import CleanPlan
     from .disk import DiskPlan
     from .gpu import GpuReport
     from .install import InstallPlan
@@ -51,6 +52,24 @@ def plan_text(plan: Plan) -> str:
     for p in plan.problems:
         lines += [f"  {p.message}", f"  hint: {p.hint}"]
     return "\n".join(lines)
+
+
+def stage_plan_text(plan: Plan, problems: list[Problem]) -> str:
+    """The data part of the plan (what `stage --dry-run` prints): each file with its source and destination, the way
+    chosen, the disk at the peak and the cache's reserve, and whether staging can run."""
+    lines = [f"profile      {plan.profile}", "", *_data_lines(plan)]
+    for disk in plan.disk:
+        lines += _disk_lines(disk, plan.cache)
+    lines += ["", "feasible     NO" if problems else "feasible     yes"]
+    for p in problems:
+        lines += [f"  {p.message}", f"  hint: {p.hint}"]
+    return "\n".join(lines)
+
+
+def stage_plan_dict(plan: Plan, problems: list[Problem]) -> dict[str, Any]:
+    whole = plan.to_dict()
+    return {"profile": plan.profile, "data": whole["data"], "disk": whole["disk"], "feasible": not problems,
+            "problems": [raw for raw, p in zip(whole["problems"], plan.problems, strict=True) if p in problems]}
 
 
 def _install_lines(plan: Plan) -> list[str]:
@@ -147,6 +166,25 @@ def status_text(status: StatusResult) -> str:
     return "\n".join(lines)
 
 
+def clean_text(plan: CleanPlan) -> str:
+    """What clean removes (or removed): per file, its entries and bytes; what it leaves and why."""
+    lines = []
+    for key in dict.fromkeys([*plan.keys, *(r.key for r in plan.removals)]):
+        mine = [r for r in plan.removals if r.key == key]
+        links = sum(1 for r in mine if r.kind == "link")
+        what = f"{len(mine) - links} files ({gb(sum(r.bytes for r in mine))})" + (f", {links} links (the files they lead to are kept)" if links else "")
+        lines.append(f"{key:<24} {'removed' if plan.done else 'would remove'} {what}")
+    lines += [f"  left alone: {reason}" for reason in plan.refused]
+    if not plan.keys and not plan.removals:
+        lines.append(f"nothing staged of subsets {plan.subsets} in {plan.target}")
+    elif plan.done:
+        lines.append(f"removed {gb(plan.bytes)} from {plan.target}" + (f"; {len(plan.folders_removed)} emptied folder(s) removed" if plan.folders_removed else "")
+                     + "; the book's caches are kept (provision cache --drop N)")
+    else:
+        lines.append(f"would remove {gb(plan.bytes)} from {plan.target}; nothing else in it is touched")
+    return "\n".join(lines)
+
+
 def verify_text(result: VerifyResult) -> str:
     lines = []
     for r in result.files:
@@ -201,6 +239,7 @@ def install_text(plan: InstallPlan, done: bool = False) -> str:
 
 def stage_text(result: StageResult) -> str:
     lines = []
+    hints: dict[str, None] = {}  # one hint per cause, not per file: a host that cannot be reached fails every file alike
     for f in result.files:
         line = f"{f.key:<24} {f.outcome}" + (f" from {f.source}" if f.source else "")
         if f.bytes_fetched:
@@ -213,7 +252,8 @@ def stage_text(result: StageResult) -> str:
         if f.error:
             lines.append(f"  error: {f.error}")
             if f.hint:
-                lines.append(f"  hint: {f.hint}")
+                hints[f.hint] = None
+    lines += [f"hint: {hint}" for hint in hints]
     lines += source_lines(result.sources)
     lines.append(f"{'done' if result.ok else 'FAILED'} in {result.elapsed_s:.1f} s; data in {result.target_dir}")
     return "\n".join(lines)
@@ -271,11 +311,8 @@ def cuda_line(report: GpuReport) -> str:
 def _data_summary(result: StageResult) -> str:
     done = sum(1 for f in result.files if f.outcome in ("already staged", "staged", "linked", "repaired"))
     lines = [f"data       {'ok' if result.ok else 'FAILED'}: {done} of {len(result.files)} files staged in {result.target_dir}"]
-    for f in result.files:
-        if f.error:
-            lines.append(f"  {f.key}: {f.error}")
-            if f.hint:
-                lines.append(f"  hint: {f.hint}")
+    lines += [f"  {f.key}: {f.error}" for f in result.files if f.error]
+    lines += [f"  hint: {hint}" for hint in dict.fromkeys(f.hint for f in result.files if f.error and f.hint)]
     return "\n".join(lines)
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,6 +18,7 @@ from .errors import BookError, DiskSpaceError, GpuError, PreflightError, Provisi
 from .gpu import GpuReport
 from .manifest import load_manifest
 from .planvalues import Plan
+from .progress import Console, Progress
 from .results import (
     BookResult,
     CacheResult,
@@ -52,14 +52,16 @@ def preflight(plan: Plan, steps: Sequence[str]) -> None:
         raise cls(problem.message, hint=problem.hint)
 
 
-def install(plan: Plan, environ: Mapping[str, str]) -> None:
-    """Create the profile's venv if it asks for one and it is missing, then run the install commands."""
+def install(plan: Plan, environ: Mapping[str, str], console: Console | None = None) -> None:
+    """Create the profile's venv if it asks for one and it is missing, then run the install commands, their output
+    shown as it comes."""
     from .install import create_venv, run_install
 
+    console = console or Console()
     if plan.install.create_venv:
         create_venv(plan.install.create_venv)
     if plan.install.commands:
-        run_install(plan.install, environ, lambda line: print(f"install: {line}", file=sys.stderr, flush=True), log.warning)
+        run_install(plan.install, environ, lambda line: console.say(f"install: {line}"), log.warning)
 
 
 def check_gpu(config: Config, env: Environment) -> GpuReport:
@@ -69,12 +71,10 @@ def check_gpu(config: Config, env: Environment) -> GpuReport:
     return check(config.cuda, colab=env.kind == "colab", kaggle=env.kind == "kaggle", python=target_python(config.requirements.venv, env.python_executable))
 
 
-def stage(config: Config, plan: Plan, landed: Callable[[str], None] | None = None) -> StageResult:
+def stage(config: Config, plan: Plan, landed: Callable[[str], None] | None = None, console: Console | None = None) -> StageResult:
     """Stage the plan's files; ``landed(folder)`` is told each subset folder as it is complete (the cache builds it)."""
-    from .progress import Progress
-
     remaining = sum(max(0, (f.size or 0) - f.partial_bytes) for f in plan.data.files if f.stage in ("missing", "partial"))
-    progress = Progress(remaining)
+    progress = (console or Console()).progress(remaining)
     folders = {f.key: f"subset{f.subset}" for f in plan.data.files if f.unpack and f.subset is not None}
 
     def emit(event: str, **info: Any) -> None:
@@ -120,7 +120,7 @@ def book(config: Config, plan: Plan, *, undo: bool = False) -> BookResult:
                       tuple(changed), tuple(rows))
 
 
-def smoke(config: Config, plan: Plan, env: Environment) -> SmokeResult:
+def smoke(config: Config, plan: Plan, env: Environment, console: Console | None = None) -> SmokeResult:
     """Run each of the book's Part 2 entry points for a few batches on the staged scans (see :mod:`provision.book.smoke`)."""
 
     from .book.fixes import load_book_manifest
@@ -134,7 +134,7 @@ def smoke(config: Config, plan: Plan, env: Environment) -> SmokeResult:
     python = target_python(config.requirements.venv, env.python_executable)
     root = Path(config.data.root)
     result = run_smoke(Path(plan.book.dir), Path(plan.data.target_dir), manifest.smoke, config.book.smoke, python,
-                       work_dir(root) / "smoke", emit=lambda line: print(line, file=sys.stderr, flush=True))
+                       work_dir(root) / "smoke", emit=(console or Console()).say)
     record_epoch_timings(root, result, config.book.smoke.samples, {c.training for c in manifest.cache if c.training})
     return result
 
@@ -153,7 +153,7 @@ def record_epoch_timings(root: Path, result: SmokeResult, samples: int, training
 
 
 def cache(config: Config, plan: Plan, env: Environment, chapters: Sequence[int], *, drop: Sequence[int] = (),
-          workers: int | None = None) -> CacheResult:
+          workers: int | None = None, console: Console | None = None) -> CacheResult:
     """Build the book's caches of ``chapters`` for the staged scans (or, for ``drop``, delete them); see :mod:`provision.book.cache`."""
     from .book import cache as caching
     from .book.fixes import load_book_manifest
@@ -173,7 +173,7 @@ def cache(config: Config, plan: Plan, env: Environment, chapters: Sequence[int],
             raise PreflightError(problem.message, hint=problem.hint)
     python = target_python(config.requirements.venv, env.python_executable)
     count = workers or config.book.cache_workers or os.cpu_count() or 1
-    say = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731 - progress lines
+    say = (console or Console()).say
     built = tuple(caching.build(book_dir, chapter, python, count, say) for chapter in caching.chapters_named(manifest.cache, chapters))
     record_cache_timings(Path(config.data.root), built, count)
     return CacheResult(chapters=built)
@@ -188,8 +188,9 @@ def record_cache_timings(root: Path, built: Sequence[ChapterBuild], workers: int
             record_timing(root, "cache", str(c.chapter), {"core_s_per_entry": c.seconds * workers / c.entries, "measured_on": f"{workers} worker(s)"})
 
 
-def start_cache(config: Config, plan: Plan, env: Environment) -> Overlapped | None:
-    """The caches of book.cache, built subset by subset while the data lands (None when there are none to build, or no book)."""
+def start_cache(config: Config, plan: Plan, env: Environment, console: Console | None = None) -> Overlapped | None:
+    """The caches of book.cache, built subset by subset while the data lands (None when there are none to build, or no
+    book); its lines go to ``console``, above the staging bar."""
     from .book import cache as caching
     from .book.fixes import load_book_manifest
     from .config import configs_dir
@@ -203,19 +204,21 @@ def start_cache(config: Config, plan: Plan, env: Environment) -> Overlapped | No
     chapters = caching.chapters_named(load_book_manifest(config.book.fixes, configs_dir()).cache, config.book.cache)
     python = target_python(config.requirements.venv, env.python_executable)
     return caching.Overlapped(Path(plan.book.dir), chapters, python, config.book.cache_workers or os.cpu_count() or 1,
-                              lambda line: print(line, file=sys.stderr, flush=True))
+                              (console or Console()).say)
 
 
-def up(config: Config, plan: Plan, env: Environment, environ: Mapping[str, str], steps: Sequence[str]) -> UpResult:
+def up(config: Config, plan: Plan, env: Environment, environ: Mapping[str, str], steps: Sequence[str],
+       console: Console | None = None) -> UpResult:
     """Run the chosen steps in order; stop at the first that fails. The result holds each step's outcome, the exit code,
     and the error that stopped the others (for the command to show, and in --json)."""
     result = UpResult(plan.profile)
+    console = console or Console()
     try:
         if "preflight" in steps:
             preflight(plan, steps)
             result.steps.append("preflight")
         if "install" in steps:
-            install(plan, environ)
+            install(plan, environ, console)
             result.installed = tuple(r.requirement for r in plan.install.to_install)
             result.steps.append("install")
         if "cuda" in steps:
@@ -227,9 +230,9 @@ def up(config: Config, plan: Plan, env: Environment, environ: Mapping[str, str],
         if "book" in steps and plan.book is not None and plan.book.enabled:
             result.book = book(config, plan)
             result.steps.append("book")
-        overlapped = start_cache(config, plan, env) if "cache" in steps else None
+        overlapped = start_cache(config, plan, env, console) if "cache" in steps else None
         if "data" in steps:
-            result.data = stage(config, plan, overlapped.landed if overlapped is not None else None)
+            result.data = stage(config, plan, overlapped.landed if overlapped is not None else None, console)
             result.steps.append("data")
             if not result.data.ok:
                 result.exit_code = 1
@@ -244,17 +247,17 @@ def up(config: Config, plan: Plan, env: Environment, environ: Mapping[str, str],
     return result
 
 
-def mirror(config: Config, plan: Plan, destination: str, *, dry_run: bool) -> MirrorResult:
+def mirror(config: Config, plan: Plan, destination: str, *, dry_run: bool, console: Console | None = None) -> MirrorResult:
     """Fill a bucket (gs://BUCKET/PREFIX/) or a folder (Google Drive, a share) with the selected files, verified."""
     from .errors import ConfigError
-    from .progress import Progress
     from .staging.mirror import mirror_for
 
     if destination.startswith("gs://") and len(destination.rstrip("/")) <= len("gs://"):
         raise ConfigError(f"--to {destination!r} names no bucket", hint="write it as gs://BUCKET/PREFIX/")
     if "://" in destination and not destination.startswith("gs://"):
         raise ConfigError(f"--to {destination!r} is neither a bucket nor a folder", hint="write gs://BUCKET/PREFIX/ or a folder such as /content/drive/MyDrive/luna16/")
-    progress = Progress(0, bar=False)
+    console = console or Console()
+    progress = Progress(0, bar=False, console=console, silent=console.quiet)
     try:
         return mirror_for(config.data, plan.data, destination, emit=progress).run(dry_run)
     finally:

@@ -141,6 +141,8 @@ def test_data_elsewhere_is_linked_into_the_checkout(book_profile, tmp_path: Path
     link = book / "data-unversioned"
     assert link.is_symlink() and link.resolve() == root.resolve()
     assert (book / "p2ch11" / "training.py").is_file()
+    status = git(book, "status", "--porcelain", "--untracked-files=all").splitlines()
+    assert not [line for line in status if "data-unversioned" in line], f"the link is excluded as the folder is: {status}"
 
 
 def test_up_runs_the_book_step_where_the_profile_enables_it(book_profile, tmp_path: Path, capsys) -> None:

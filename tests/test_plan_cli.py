@@ -240,3 +240,60 @@ def test_the_plan_says_what_each_chapter_costs_from_what_was_measured_here() -> 
     text = plan_text(plan)
     line = text.split("  chapter 11:")[1].splitlines()[1]
     assert "cache build ~3 min" in line and "one epoch ~3 min" in line and "cuda" in line, line
+
+
+def test_the_common_options_go_before_or_after_the_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    manifest = tiny_manifest(tmp_path)
+    after = ["plan", "-c", "colab", "--root", str(tmp_path / "r"), "--set", f"data.dataset={manifest}", "--subsets", "1", "--json"]
+    before = ["-c", "colab", "--root", str(tmp_path / "r"), "--set", f"data.dataset={manifest}", "--subsets", "1", "--json", "plan"]
+    plans = []
+    for argv in (after, before):
+        main(argv, environ={"HOME": str(tmp_path)})
+        plans.append(json.loads(capsys.readouterr().out))
+    assert [p["profile"] for p in plans] == ["colab", "colab"] and plans[1]["data"]["subsets"] == [1]
+    assert plans[1]["data"]["target_dir"] == plans[0]["data"]["target_dir"] == str(tmp_path / "r" / "t")
+    # some before, some after: --set adds up, an option given after the command wins
+    main(["--set", f"data.dataset={manifest}", "-c", "local", "--subsets", "0", "plan", "--set", f"data.root={tmp_path / 'r2'}",
+          "--subsets", "1", "--json"], environ={"HOME": str(tmp_path)})
+    mixed = json.loads(capsys.readouterr().out)
+    assert mixed["profile"] == "local" and mixed["data"]["subsets"] == [1] and mixed["data"]["target_dir"] == str(tmp_path / "r2" / "t")
+
+
+def test_help_names_every_shipped_profile_and_fit() -> None:
+    profiles = sorted(p.stem for p in configs_dir().glob("*.yaml") if p.stem != "base")
+    assert {"kaggle", "colab", "vm", "vm-gcp", "local", "ci"} <= set(profiles) and "base" not in profiles
+    text = " ".join(run_cli("plan", "--help").stdout.split())
+    assert f"profile name ({', '.join(profiles)})" in text, text
+    assert "fit (as many as the disk holds)" in text, text
+    top = run_cli("--help").stdout
+    assert "[-c PROFILE_OR_PATH]" in top and "[--subsets SUBSETS]" in top and "BEFORE" not in top, "the options before the command, as users write them"
+
+
+def test_quiet_prints_only_the_summary_and_errors(built, write_profile, serve, capsys: pytest.CaptureFixture[str]) -> None:
+    srv = serve()
+    profile = write_profile({"dataset": str(built.manifest), "sources": [srv.url + "/mirror/"], "subsets": "0-1"})
+    assert main(["stage", "-c", str(profile), "--quiet"]) == 0
+    quiet = capsys.readouterr()
+    assert quiet.err == "" and "done in" in quiet.out, quiet
+    profile = write_profile({"dataset": str(built.manifest), "sources": [srv.url + "/mirror/"], "subsets": "2"}, name="p2.yaml")
+    assert main(["-q", "stage", "-c", str(profile)]) == 0
+    assert capsys.readouterr().err == ""
+    srv.faults.missing = {"subset3.zip"}
+    profile = write_profile({"dataset": str(built.manifest), "sources": [srv.url + "/mirror/"], "subsets": "3"}, name="p3.yaml")
+    assert main(["up", "-q", "-c", str(profile), "--only", "data"]) == 1
+    failed = capsys.readouterr()
+    assert "subset3.zip" in failed.out and "FAILED" in failed.out and "no other source" not in failed.err, failed
+
+
+def test_stage_dry_run_prints_the_data_part_of_the_plan_only(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["-c", "local", "--root", str(tmp_path / "r"), "--set", f"data.dataset={tiny_manifest(tmp_path)}"]
+    assert main(["stage", "--dry-run", *args]) == 0
+    text = capsys.readouterr().out
+    assert "subset0.zip" in text and "disk " in text and "feasible     yes" in text
+    assert "install " not in text and "gpu " not in text and "python " not in text, text
+    assert main(["stage", "--dry-run", "--json", *args]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert set(data) == {"profile", "data", "disk", "feasible", "problems"} and [f["key"] for f in data["data"]["files"]] == ["subset0.zip", "subset1.zip"]
+    assert main(["stage", "--dry-run", *args, "--set", "data.reserve_gb=100000000"]) == 3
+    assert "feasible     NO" in capsys.readouterr().out
+    assert not (tmp_path / "r").exists()

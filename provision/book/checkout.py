@@ -16,7 +16,7 @@ from ..errors import BookError
 
 GIT_TIMEOUT_S = 900.0
 DATA_FOLDER = "data-unversioned"  # the book's code reads data-unversioned/... relative to its folder
-LOCAL_EXCLUDES = (f"/{DATA_FOLDER}/", "/runs/")  # staged data and tensorboard logs: not the reader's changes
+LOCAL_EXCLUDES = (f"/{DATA_FOLDER}", "/runs/")  # staged data (a folder, or a link to data.root: no slash, which would match folders only) and tensorboard logs
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,8 @@ def from_sources(ctx: StageContext, f: FilePlan, result: FileResult, attempt: Ca
     failures: list[str] = []
     refused = False  # a host blocked or throttled us, or answered with a web page
     unreachable: list[str] = []  # sources this machine could not reach at all (no DNS answer, no connection)
-    for loc in f.locations:
+    for i, loc in enumerate(f.locations):
+        then = "trying the next source" if i + 1 < len(f.locations) else "no other source to try"
         for _ in range(DAMAGED_TRIES_PER_SOURCE):
             try:
                 return loc.url, attempt(loc)
@@ -42,7 +43,7 @@ def from_sources(ctx: StageContext, f: FilePlan, result: FileResult, attempt: Ca
                 if transient is not None and transient.unreachable:
                     unreachable.append(urlsplit(loc.url).hostname or loc.url)
                 result.retries.append(f"{loc.url}: gave up: {exc.reason}")
-                ctx.emit("retry", key=f.key, message=f"{f.key}: source {loc.url} failed ({exc.reason}); trying the next source")
+                ctx.emit("retry", key=f.key, message=f"{f.key}: source {loc.url} failed ({exc.reason}); {then}")
                 failures.append(f"{loc.url}: {exc.reason}")
                 break
             if ctx.stop.is_set():

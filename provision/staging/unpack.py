@@ -226,8 +226,9 @@ def link_from_copies(ctx: StageContext, f: FilePlan, state: StateStore, result: 
                 files, crcs = [CopyFile(f.key, Path(loc.url), os.stat(loc.url).st_size)], {}
         except (CopyDamaged, OSError) as exc:
             reason = exc.reason if isinstance(exc, CopyDamaged) else f"{loc.url}: {exc}"
-            result.retries.append(f"{reason}; trying the next source")
-            ctx.emit("retry", key=f.key, message=f"{f.key}: {reason}; trying the next source")
+            then = "trying the next source" if i + 1 < len(f.locations) else "no other source to try"
+            result.retries.append(f"{reason}; {then}")
+            ctx.emit("retry", key=f.key, message=f"{f.key}: {reason}; {then}")
             continue
         link_files(files, ctx.target)
         members = {c.name: (c.size, crcs.get(c.name)) for c in files}
