@@ -58,6 +58,7 @@ def _common_options() -> argparse.ArgumentParser:
     common.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. data.reserve_gb=20")
     common.add_argument("--subsets", help="which subsets to stage: all, 0-3, 0,2,5 (same as --set data.subsets=...)")
     common.add_argument("--root", help="data root folder (same as --set data.root=...)")
+    common.add_argument("--edition", help="the book's edition: 1 (dlwpt-code), 2 (dlwpt-code-2e) or auto (same as --set book.edition=...)")
     common.add_argument("--json", action="store_true", help="machine-readable output on stdout")
     common.add_argument("-v", "--verbose", action="count", default=0, help="more log lines (repeat for debug)")
     return common
@@ -202,6 +203,8 @@ def _sets(args: argparse.Namespace) -> list[str]:
         sets.append(f"data.subsets={args.subsets}")
     if args.root is not None:
         sets.append(f"data.root={args.root}")
+    if args.edition is not None:
+        sets.append(f"book.edition={args.edition}")
     return sets
 
 
