@@ -128,3 +128,48 @@ def test_unfixed_chapter_12_fails_where_the_fix_says(book2_profile, scans: Scans
     rows = {r.name: r for r in result.rows}
     assert rows["p2ch12 dataset"].outcome == "failed" and rows["p2ch12 dataset"].last_line == "IndexError: list index out of range"
     assert rows["p2ch13 prepcache"].outcome == "ok", "chapter 13 looks in subset*/ already"
+
+
+# ---------------------------------------------------------------- provision cache
+
+EPOCH_COUNTING_MISSES = """
+import json, runpy, sys
+sys.path.insert(0, "")
+import p2ch13.dsets as dsets
+real, misses = dsets.getCt, [0]
+def counting(uid):
+    misses[0] += 1
+    return real(uid)
+dsets.getCt = counting  # a crop that is not in the cache is computed from its scan: count those
+sys.argv = ["p2ch13.training", "--epochs", "1", "--num-workers", "0", "--batch-size", "8"]
+runpy.run_module("p2ch13.training", run_name="__main__", alter_sys=True)
+print(json.dumps({"misses": misses[0]}))
+"""
+
+
+@pytest.mark.slow
+def test_provision_cache_builds_the_second_editions_chapters(book2_profile, scans: Scans, book2_python: str, tmp_path: Path,
+                                                             capsys) -> None:
+    import csv
+    import os
+
+    profile = ready_book(book2_profile, scans, book2_python, "0", tmp_path)
+    checkout = tmp_path / "dlwpt-code-2e"
+    staged = {s.uid for s in scans.subsets[0]}
+    with open(checkout / "data" / "part2" / "luna" / "candidates.csv", newline="") as fh:
+        candidates = sum(1 for row in list(csv.reader(fh))[1:] if row[0] in staged)
+    capsys.readouterr()
+    assert main(["cache", "--json", "-c", str(profile), "--workers", "2"]) == 0
+    chapters = json.loads(capsys.readouterr().out)["chapters"]
+    assert [c["chapter"] for c in chapters] == [13], "without --chapters: the edition's first chapter with a cache"
+    assert (chapters[0]["series"], chapters[0]["built"], chapters[0]["entries"]) == (3, 3, candidates), chapters[0]
+    assert chapters[0]["bytes"] <= 0.5 * candidates * CROP_BYTES, "the cache fixes compress the crops"
+    assert (checkout / "data-unversioned" / "cache" / "part2ch13_raw").is_dir()
+    assert main(["cache", "--json", "-c", str(profile), "--chapters", "14"]) == 0
+    assert json.loads(capsys.readouterr().out)["chapters"][0]["scope"] == "part2ch14_raw"
+    epoch = subprocess.run([book2_python, "-c", EPOCH_COUNTING_MISSES], cwd=checkout, capture_output=True, text=True, timeout=900,
+                           env={**os.environ, "MPLBACKEND": "Agg"})
+    assert epoch.returncode == 0, epoch.stderr[-3000:]
+    assert json.loads(epoch.stdout.strip().splitlines()[-1]) == {"misses": 0}, "one epoch of chapter 13 computes no crop itself"
+    assert main(["cache", "-c", str(profile), "--chapters", "11"]) == 2
+    assert "chapter 11 has no cache to build (chapters with one: 13, 14)" in capsys.readouterr().err
