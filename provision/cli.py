@@ -101,7 +101,7 @@ def _add_book_and_cloud_commands(sub: Any, common: argparse.ArgumentParser) -> N
     p.add_argument("--dry-run", action="store_true", help="show the book part of the plan only")
 
     p = sub.add_parser("cache", parents=[common], help="build the book's per-chapter caches for the staged scans, on every core (resumable)")
-    p.add_argument("--chapters", type=_chapters, help="which chapters' caches: 11, 11,12, ... (default: book.cache, else 11)")
+    p.add_argument("--chapters", type=_chapters, help="which chapters' caches: 11, 11,12, ... (default: book.cache, else the edition's first: 11, or 13 in the second)")
     p.add_argument("--drop", type=_chapters, metavar="CHAPTERS", help="delete these chapters' caches instead (when you have moved on)")
     p.add_argument("--workers", type=int, help="children building at once (default: book.cache_workers, else every core)")
 
@@ -282,7 +282,7 @@ def cmd_book(ctx: Ctx) -> Outcome:
 
 def cmd_cache(ctx: Ctx) -> Outcome:
     args = ctx.args
-    built = steps.cache(ctx.config, _plan_of(ctx), ctx.env, args.chapters or ctx.config.book.cache or (11,), drop=args.drop or (),
+    built = steps.cache(ctx.config, _plan_of(ctx), ctx.env, args.chapters or ctx.config.book.cache or (), drop=args.drop or (),
                         workers=args.workers)
     return Outcome(built.to_dict(), bookreport.cache_text(built), EXIT_OK if built.ok else EXIT_FAILED)
 

@@ -175,6 +175,8 @@ def cache(config: Config, plan: Plan, env: Environment, chapters: Sequence[int],
     python = target_python(config.requirements.venv, env.python_executable)
     count = workers or config.book.cache_workers or os.cpu_count() or 1
     say = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731 - progress lines
+    if not chapters and manifest.cache:
+        chapters = (manifest.cache[0].chapter,)  # the edition's first chapter with a cache
     built = tuple(caching.build(book_dir, chapter, python, count, say) for chapter in caching.chapters_named(manifest.cache, chapters))
     record_cache_timings(Path(config.data.root), built, count)
     return CacheResult(chapters=built)
