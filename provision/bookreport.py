@@ -21,6 +21,8 @@ def book_plan_text(book: BookPlan, full: bool = True) -> str:
 
     step = "`provision up` runs it" if book.enabled else "not part of `provision up` in this profile: run `provision book`"
     lines = [f"book         {book.dir}: {describe(book.head, book.ref)} ({step})"]
+    if book.edition:
+        lines.append(f"  edition    {book.edition}; {book.other_edition}")
     if book.clone:
         lines.append(f"  clone      {book.repo} at {book.ref[:10]}" + (" (staged data already there is kept)" if book.data_link == "inside" else ""))
     link = {"inside": "data.root is its data-unversioned/", "linked": "data-unversioned/ links to data.root",

@@ -73,6 +73,7 @@ def _common_options(*, before_command: bool) -> argparse.ArgumentParser:
     add("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. data.reserve_gb=20")
     add("--subsets", dest="subsets", help="which subsets: all, fit (as many as the disk holds), 0-3, 0,2,5 (same as --set data.subsets=...)")
     add("--root", dest="root", help="data root folder (same as --set data.root=...)")
+    add("--edition", dest="edition", help="the book's edition: 1 (dlwpt-code), 2 (dlwpt-code-2e) or auto (same as --set book.edition=...)")
     add("--json", dest="json", action="store_true", default=False, help="machine-readable output on stdout")
     add("-q", "--quiet", dest="quiet", action="store_true", default=False, help="print only errors and the final summary (no progress)")
     add("-v", "--verbose", dest="verbose", action="count", default=0, help="more log lines (repeat for debug)")
@@ -134,7 +135,7 @@ def _add_book_and_cloud_commands(sub: Any, common: argparse.ArgumentParser) -> N
     p.add_argument("--dry-run", action="store_true", help="show the book part of the plan only")
 
     p = sub.add_parser("cache", parents=[common], help="build the book's per-chapter caches for the staged scans, on every core (resumable)")
-    p.add_argument("--chapters", type=_chapters, help="which chapters' caches: 11, 11,12, ... (default: book.cache, else 11)")
+    p.add_argument("--chapters", type=_chapters, help="which chapters' caches: 11, 11,12, ... (default: book.cache, else the edition's first: 11, or 13 in the second)")
     p.add_argument("--drop", type=_chapters, metavar="CHAPTERS", help="delete these chapters' caches instead (when you have moved on)")
     p.add_argument("--workers", type=int, help="children building at once (default: book.cache_workers, else every core)")
 
@@ -238,6 +239,8 @@ def _sets(args: argparse.Namespace) -> list[str]:
         sets.append(f"data.subsets={args.subsets}")
     if args.root is not None:
         sets.append(f"data.root={args.root}")
+    if args.edition is not None:
+        sets.append(f"book.edition={args.edition}")
     return sets
 
 
@@ -316,7 +319,7 @@ def cmd_book(ctx: Ctx) -> Outcome:
 
 def cmd_cache(ctx: Ctx) -> Outcome:
     args = ctx.args
-    built = steps.cache(ctx.config, _plan_of(ctx), ctx.env, args.chapters or ctx.config.book.cache or (11,), drop=args.drop or (),
+    built = steps.cache(ctx.config, _plan_of(ctx), ctx.env, args.chapters or ctx.config.book.cache or (), drop=args.drop or (),
                         workers=args.workers, console=ctx.console)
     return Outcome(built.to_dict(), bookreport.cache_text(built), EXIT_OK if built.ok else EXIT_FAILED)
 

@@ -270,7 +270,19 @@ def load_config(
     data = _expand_paths(data, environ, origins)
     config = build(Config, data, path="", origin=origins)
     _check_sources(config, origins)
-    return _with_identity(config, Path(path).stem, tuple(files))
+    return _with_identity(_with_edition(config), Path(path).stem, tuple(files))
+
+
+def _with_edition(config: Config) -> Config:
+    """The edition chosen (book.edition, else the checkout's on disk, else the first) and what it implies filled in."""
+    import dataclasses
+
+    from .book import checkout, editions
+
+    where = checkout.book_dir(config.book.dir, config.data.root)
+    found = editions.recognise(where, checkout.head_commit(where)) if where.is_dir() else None
+    book, files = editions.resolve(config.book, config.requirements.files, found)
+    return dataclasses.replace(config, book=book, requirements=dataclasses.replace(config.requirements, files=files))
 
 
 def _with_identity(config: Config, name: str, files: tuple[str, ...]) -> Config:

@@ -166,6 +166,18 @@ def torch_index(setting: str, auto: Callable[[], TorchIndex]) -> TorchIndex:
     return auto()
 
 
+def index_of_installed_torch(version: str) -> TorchIndex:
+    """Where torchvision comes from beside an installed torch: the index of that torch's build (``2.13.0+cpu``: cpu,
+    ``2.11.0+cu128``: cu128; none: the default index). PyPI's torchvision is a CUDA build, which fails to import beside
+    a +cpu torch ("operator torchvision::nms does not exist")."""
+    from .torch_wheels import INDEX_BASE
+
+    build = version.partition("+")[2]
+    if build == "cpu" or build.startswith(("cu", "rocm", "xpu")):
+        return TorchIndex(INDEX_BASE + build, "", f"torch {version} is installed: torchvision and the like from its index ({build}), with it held")
+    return TorchIndex(None, "", f"torch {version} is installed from the default index: torchvision from there too, with it held")
+
+
 def bounded(requirement: str, name: str, bound: str) -> str:
     """``torch>=2.3`` with the bound ``<2.15`` -> ``torch<2.15,>=2.3`` (torch only: torchvision has its own numbers)."""
     if not bound or name != "torch":
@@ -243,9 +255,15 @@ def plan_install(
     statuses = judge(requirements, installed, skip_satisfied)
     todo = [s for s in statuses if s.action == "install"]
     torch_req = next((s.requirement for s in todo if s.name == "torch"), "torch")
-    choice = torch_from(torch_req) if any(s.name in TORCH_PACKAGES for s in todo) else TorchIndex(None, "", "torch is already installed")
+    kept = installed.get("torch") if not any(s.name == "torch" for s in todo) else None
+    if kept and any(s.name in TORCH_PACKAGES for s in todo):  # torchvision beside an installed torch: from its index, holding it
+        choice = index_of_installed_torch(kept)
+        todo_torch = [f"torch=={kept}", *(s.requirement for s in todo if s.name in TORCH_PACKAGES)]
+    else:
+        choice = torch_from(torch_req) if any(s.name in TORCH_PACKAGES for s in todo) else TorchIndex(None, "", "torch is already installed")
+        todo_torch = [bounded(s.requirement, s.name, choice.bound) for s in todo if s.name in TORCH_PACKAGES]
     index, why = choice.url, choice.reason
-    torch_todo = [bounded(s.requirement, s.name, choice.bound) for s in todo if s.name in TORCH_PACKAGES]
+    torch_todo = todo_torch
     rest = [s.requirement for s in todo if s.name not in TORCH_PACKAGES]
     commands = []
     if torch_todo:

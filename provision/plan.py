@@ -156,8 +156,15 @@ def plan_book(config: Config, found: BookFacts) -> BookPlan:
         fixes = tuple(FixPlan(f.id, f.file, "after clone", f.why) for f in found.manifest.fixes)
     else:
         fixes = tuple(FixPlan(f.id, s.file, s.state, f.why, s.problem) for s in found.states for f in s.fixes)
+    from .book import editions
+
+    chosen, found_number = editions.of(config.book), config.book.found_edition
+    other = editions.other(chosen)
     return BookPlan(config.book.enabled, found.checkout.dir, config.book.repo, config.book.ref, found.checkout.head,
-                    found.checkout.data_link, fixes, found.manifest.path, found.checkout.foreign)
+                    found.checkout.data_link, fixes, found.manifest.path, found.checkout.foreign,
+                    edition=f"{chosen.label}, from {config.book.edition_from}",
+                    found_edition=editions.EDITIONS[found_number].label if found_number not in (None, chosen.number) else "",
+                    other_edition=f"--edition {other.number} (or book.edition: {other.number}) for {other.label}")
 
 
 def book_problems(book: BookPlan) -> list[Problem]:
@@ -166,6 +173,10 @@ def book_problems(book: BookPlan) -> list[Problem]:
     if book.foreign:
         problems.append(Problem("book", f"{book.dir} is not a checkout of the book's code but holds other files: {', '.join(book.foreign[:5])}",
                                 "move them away, or set book.dir to an empty folder (data.root is then linked into it)"))
+    if book.found_edition:
+        problems.append(Problem("book", f"{book.dir} holds {book.found_edition}, and the profile asks for {book.edition.split(', from ')[0]}",
+                                f"keep working with the checkout: {book.other_edition.split(' for ')[0]}; or set book.dir to another folder "
+                                "for this edition (the staged data can stay where it is: data.root is linked into it)"))
     if book.data_link == "conflict":
         problems.append(Problem("book", f"{book.dir}/data-unversioned exists and is not data.root: the book's code would not find the staged data",
                                 "set data.root to that folder, or move it away so that a link to data.root can take its place"))

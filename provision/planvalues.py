@@ -171,6 +171,9 @@ class BookPlan:
     fixes: tuple[FixPlan, ...]
     manifest: str
     foreign: tuple[str, ...] = ()  # files that stop a clone into a folder that is not a checkout
+    edition: str = ""              # the edition it prepares, in words, and why that one
+    found_edition: str = ""        # the edition of the checkout on disk when it is not that one
+    other_edition: str = ""        # how to pick the other edition
 
     @property
     def clone(self) -> bool:

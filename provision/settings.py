@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .book.editions import parse_edition
 from .manifest import parse_subsets
 from .schema import did_you_mean, set_by_tool
 from .sources import Source, parse_source
@@ -92,8 +93,8 @@ def parse_chapters(value: Any, path: str) -> tuple[int, ...]:
     chapters = []
     for item in items:
         text = str(item).strip()
-        if isinstance(item, bool) or not text.isdigit() or not 10 <= int(text) <= 14:
-            raise ValueError(f"{item!r} is not a chapter of Part 2 with a cache (11, 12, 13 or 14)")
+        if isinstance(item, bool) or not text.isdigit() or not 10 <= int(text) <= 15:
+            raise ValueError(f"{item!r} is not a chapter of Part 2 with a cache (11 to 14 in the first edition, 12 to 15 in the second)")
         chapters.append(int(text))
     return tuple(dict.fromkeys(chapters))
 
@@ -180,13 +181,18 @@ class BookConfig:
     """The book's code: where it is checked out, at which commit, and the compatibility fixes applied to it."""
 
     enabled: bool = False               # `provision up` runs the book step
-    repo: str = "https://github.com/deep-learning-with-pytorch/dlwpt-code"  # a URL, a local repository or a git bundle
-    ref: str = BOOK_COMMIT              # a commit, branch or tag
+    # 1 (dlwpt-code), 2 (dlwpt-code-2e), or auto: the edition of the checkout in book.dir, else the first (book/editions.py)
+    edition: int | None = field(default=None, metadata={"parse": parse_edition})
+    repo: str = ""                      # a URL, a local repository or a git bundle; "": the edition's
+    ref: str = ""                       # a commit, branch or tag; "": the edition's last commit
     dir: str | None = None              # default: the folder that holds data.root (~/dlwpt-code for ~/dlwpt-code/data-unversioned)
-    fixes: str = "book/dlwpt-code.yaml"  # relative to configs/, or a path
+    fixes: str = ""                     # relative to configs/, or a path; "": book/<the edition's repository>.yaml
+    extras: bool = False                # also the requirements of the chapters beyond LUNA classification (2nd edition: chapter 15)
     smoke: SmokeConfig = SmokeConfig()
     cache: tuple[int, ...] = field(default=(), metadata={"parse": parse_chapters})  # chapters whose cache `provision up` builds
     cache_workers: int = field(default=0, metadata={"parse": _positive(int)})  # children building it at once; 0: every core
+    edition_from: str = field(default="", metadata={"parse": set_by_tool})           # why this edition: book.edition, the checkout, the default
+    found_edition: int | None = field(default=None, metadata={"parse": set_by_tool})  # the edition of the checkout on disk, if any
 
 
 @dataclass(frozen=True)

@@ -135,17 +135,18 @@ def smoke(config: Config, plan: Plan, env: Environment, console: Console | None 
     root = Path(config.data.root)
     result = run_smoke(Path(plan.book.dir), Path(plan.data.target_dir), manifest.smoke, config.book.smoke, python,
                        work_dir(root) / "smoke", emit=(console or Console()).say)
-    record_epoch_timings(root, result, config.book.smoke.samples, {c.training for c in manifest.cache if c.training})
+    record_epoch_timings(root, result, config.book.smoke.samples, {c.training for c in manifest.cache if c.training},
+                         startup=next((e.name for e in manifest.smoke if e.sample), ""))
     return result
 
 
-def record_epoch_timings(root: Path, result: SmokeResult, samples: int, trainings: set[str]) -> None:
-    """Seconds per training sample of each chapter's smoke training run, less the start-up the chapter 10 sample run
-    measures (an upper bound: each run also builds its model and reads its scans), for the plan's epoch estimates."""
+def record_epoch_timings(root: Path, result: SmokeResult, samples: int, trainings: set[str], startup: str = "p2ch10 dataset") -> None:
+    """Seconds per training sample of each chapter's smoke training run, less the start-up the dataset sample run
+    (``startup``) measures (an upper bound: each run also builds its model and reads its scans), for the plan's epoch estimates."""
     from .staging.state import record_timing
 
     rows = {r.name: r for r in result.rows}
-    start = rows["p2ch10 dataset"].seconds if "p2ch10 dataset" in rows and rows["p2ch10 dataset"].outcome == "ok" else 0.0
+    start = rows[startup].seconds if startup in rows and rows[startup].outcome == "ok" else 0.0
     for name in trainings:
         row = rows.get(name)
         if row is not None and row.outcome == "ok":
@@ -174,6 +175,8 @@ def cache(config: Config, plan: Plan, env: Environment, chapters: Sequence[int],
     python = target_python(config.requirements.venv, env.python_executable)
     count = workers or config.book.cache_workers or os.cpu_count() or 1
     say = (console or Console()).say
+    if not chapters and manifest.cache:
+        chapters = (manifest.cache[0].chapter,)  # the edition's first chapter with a cache
     built = tuple(caching.build(book_dir, chapter, python, count, say) for chapter in caching.chapters_named(manifest.cache, chapters))
     record_cache_timings(Path(config.data.root), built, count)
     return CacheResult(chapters=built)

@@ -87,7 +87,7 @@ done
 
 step 150 "staging benchmark, $(nproc) cores" "$python" benchmarks/stage_bench.py --gb 1 --reps 1 --scenarios uncapped,tight
 if [ -x /tmp/book-dlwpt-code/bin/python ]; then
-  step 150 "cache benchmark, $(nproc) cores" "$python" benchmarks/cache_bench.py --scans "$(nproc)" --depth 96 \
+  step 150 "cache benchmark, $(nproc) cores" "$python" benchmarks/cache_bench.py --scans "$(nproc)" --depth 64 \
     --book-python /tmp/book-dlwpt-code/bin/python --bundle "$dev/book/dlwpt-code.bundle"
 fi
 

@@ -44,6 +44,18 @@ if [ ! -f "$wheels/.complete" ] || [ "$requirements" -nt "$wheels/.complete" ]; 
     echo "test.sh: could not download the book's requirements into $wheels: the tests that run the book are skipped" >&2
   fi
 fi
+# The second edition's (dlwpt-code-2e.txt) into the same folder, one line at a time: a pinned release the index lacks
+# is fetched unpinned instead (the tests install it so and name the pins they loosened).
+requirements2="$here/configs/requirements/dlwpt-2e.txt"
+if [ -f "$wheels/.complete" ] && { [ ! -f "$wheels/.complete-2e" ] || [ "$requirements2" -nt "$wheels/.complete-2e" ]; }; then
+  fetched=1
+  while IFS= read -r line; do
+    "$venv/bin/python" -m pip download --quiet --disable-pip-version-check -d "$wheels" "$line" 2>/dev/null ||
+      "$venv/bin/python" -m pip download --quiet --disable-pip-version-check -d "$wheels" "$(printf '%s' "$line" | sed -E 's/==[^;]*//')" ||
+      fetched=0
+  done < <(grep -v -E '^[[:space:]]*(#|$|torch([^a-zA-Z0-9_-]|$))' "$requirements2")
+  if [ "$fetched" = 1 ]; then touch "$wheels/.complete-2e"; else echo "test.sh: some of dlwpt-2e.txt could not be downloaded" >&2; fi
+fi
 [ -f "$wheels/.complete" ] && export PROVISION_TEST_WHEELS="$wheels"
 
 # What a reader's `pip install git+...` takes besides the tool itself (its requirements, the build backend) and a
@@ -59,6 +71,7 @@ if [ ! -f "$tool_wheels/.complete" ] || [ "$here/setup.cfg" -nt "$tool_wheels/.c
   fi
 fi
 [ -f "$tool_wheels/.complete" ] && export PROVISION_TEST_TOOL_WHEELS="$tool_wheels"
+export PROVISION_TEST_BOOK2_VENV="${PROVISION_TEST_BOOK2_VENV:-$here/.venv-book-2e}"   # the second edition's, kept too
 export PROVISION_TEST_BOOK_VENV="${PROVISION_TEST_BOOK_VENV:-$here/.venv-book}"   # the book's interpreter, kept between runs
 
 cd "$here"

@@ -220,7 +220,16 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 def book_bundle() -> tuple[str, str]:
     """The book's Part 2 code: a git bundle, a local clone or a clone URL (PROVISION_TEST_BOOK_BUNDLE, else
     ../shared/book/dlwpt-code.bundle), and its commit."""
-    spec = os.environ.get("PROVISION_TEST_BOOK_BUNDLE") or str(SHARED / "book" / "dlwpt-code.bundle")
+    return _bundle(os.environ.get("PROVISION_TEST_BOOK_BUNDLE") or str(SHARED / "book" / "dlwpt-code.bundle"))
+
+
+@pytest.fixture(scope="session")
+def book2_bundle() -> tuple[str, str]:
+    """The second edition's Part 2 code (PROVISION_TEST_BOOK2_BUNDLE, else ../shared/book/dlwpt-code-2e.bundle), and its commit."""
+    return _bundle(os.environ.get("PROVISION_TEST_BOOK2_BUNDLE") or str(SHARED / "book" / "dlwpt-code-2e.bundle"))
+
+
+def _bundle(spec: str) -> tuple[str, str]:
     if "://" in spec or Path(spec).is_dir():
         heads = subprocess.run(["git", "ls-remote", spec, "HEAD"], capture_output=True, text=True, timeout=120)
         if heads.returncode != 0 or not heads.stdout.split():
@@ -251,6 +260,74 @@ def book_profile(tmp_path: Path, book_bundle: tuple[str, str]) -> Callable[..., 
         return path
 
     return write
+
+
+@pytest.fixture
+def book2_profile(tmp_path: Path, book2_bundle: tuple[str, str]) -> Callable[..., Path]:
+    """A profile for the second edition from its bundle; data.root is <tmp>/dlwpt-code-2e/data-unversioned unless given."""
+
+    def write(book: dict | None = None, data: dict | None = None, name: str = "book2.yaml", **top: object) -> Path:
+        bundle, commit = book2_bundle
+        body = {
+            "extends": str(REPO / "configs" / "local.yaml"),
+            "requirements": {"files": []},
+            "data": {"root": str(tmp_path / "dlwpt-code-2e" / "data-unversioned"), "subsets": "0", "cache_gb_per_subset": 0, "margin_gb": 0,
+                     **(data or {})},
+            "book": {"edition": 2, "repo": str(bundle), "ref": commit, **(book or {})},
+            **top,
+        }
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump(body, sort_keys=False))
+        return path
+
+    return write
+
+
+def pins_here(requirements: Path, wheels: Path) -> tuple[str, list[str]]:
+    """``requirements`` with each ``name==version`` pin the wheel folder holds no wheel of left unpinned (a folder filled
+    from an index that lacks that release), and the pins so loosened."""
+    import re
+
+    held = {re.sub(r"[-_.]+", "-", w.name.split("-")[0]).lower() + "==" + w.name.split("-")[1] for w in wheels.glob("*.whl")}
+    out, loosened = [], []
+    for line in requirements.read_text().splitlines():
+        pin = re.match(r"^\s*([A-Za-z0-9_.-]+)==([^;\s]+)", line)
+        if pin and f"{re.sub(r'[-_.]+', '-', pin.group(1)).lower()}=={pin.group(2)}" not in held:
+            loosened.append(f"{pin.group(1)}=={pin.group(2)}")
+            line = pin.group(1) + line[pin.end():]
+        out.append(line)
+    return "\n".join(out) + "\n", loosened
+
+
+@pytest.fixture(scope="session")
+def book2_python(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """An interpreter with the second edition's requirements (configs/requirements/dlwpt-2e.txt), installed by a real
+    `provision install` from the local wheel folder; pins of releases that folder lacks are left unpinned (and named in
+    the install's log). PROVISION_TEST_BOOK2_VENV keeps it between runs."""
+    wheels = os.environ.get("PROVISION_TEST_WHEELS")
+    torch_spec = os.environ.get("PROVISION_TEST_TORCH")
+    if not wheels or not Path(wheels).is_dir():
+        skip_or_fail("a wheel folder of its requirements (PROVISION_TEST_WHEELS): run the tests with scripts/test.sh, which fills one")
+    venv = Path(os.environ.get("PROVISION_TEST_BOOK2_VENV") or tmp_path_factory.mktemp("book2-venv") / "venv")
+    python = venv / "bin" / "python"
+    if not python.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    if subprocess.run([str(python), "-c", "import torch"], capture_output=True).returncode != 0:
+        if not torch_spec:
+            skip_or_fail("torch for the book's interpreter (PROVISION_TEST_TORCH; scripts/test.sh sets a CPU build)")
+        subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", *torch_spec.split()], check=True)
+    where = tmp_path_factory.mktemp("book2-install")
+    text, loosened = pins_here(REPO / "configs" / "requirements" / "dlwpt-2e.txt", Path(wheels))
+    (where / "requirements-2e-here.txt").write_text(text)
+    (where / "install.yaml").write_text(yaml.safe_dump({
+        "extends": str(REPO / "configs" / "local.yaml"),
+        "requirements": {"files": [str(where / "requirements-2e-here.txt")], "venv": str(venv), "find_links": [wheels], "no_index": True},
+        "data": {"root": str(where / "root")},
+    }))
+    proc = run_cli("install", "-c", str(where / "install.yaml"), timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    print(f"book2_python: pins this wheel folder lacks, installed unpinned: {', '.join(loosened) or 'none'}")
+    return str(python)
 
 
 @pytest.fixture(scope="session")

@@ -214,3 +214,17 @@ def test_colab_dry_run_keeps_installed_torch(capsys: pytest.CaptureFixture[str])
     except ImportError:
         return
     assert "numpy" not in planned
+
+
+@pytest.mark.parametrize(("torch_version", "index"), [("2.13.0+cpu", "https://download.pytorch.org/whl/cpu"),
+                                                      ("2.11.0+cu128", "https://download.pytorch.org/whl/cu128"), ("2.14.0", None)])
+def test_torchvision_comes_from_the_index_of_the_torch_installed(torch_version: str, index: str | None) -> None:
+    """PyPI's torchvision beside a +cpu torch fails to import (operator torchvision::nms does not exist): one index for both."""
+    from provision.install import Requirement, plan_install
+
+    reqs = [Requirement("torch>=2.3", "torch", "a.txt:1"), Requirement("torchvision", "torchvision", "b.txt:1")]
+    plan = plan_install(reqs, installed={"torch": torch_version}, skip_satisfied=True, installer="pip", target_python="python",
+                        torch_from=lambda r: pytest.fail("the installed torch decides the index"), environ={})
+    torch_command = plan.commands[0]
+    assert torch_command.packages == (f"torch=={torch_version}", "torchvision"), "torch is held where it is"
+    assert plan.torch_index == index and (("--index-url", index) == torch_command.argv[-4:-2] if index else "--index-url" not in torch_command.argv)

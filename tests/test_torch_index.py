@@ -167,3 +167,17 @@ def test_check_says_torch_has_no_kernels_for_the_gpu_and_which_index_does(tmp_pa
     assert "has no kernels for NVIDIA GeForce GTX 1070 (compute capability 6.1)" in finding["problem"]
     assert "no kernel image is available" in finding["problem"] and "probe crashed" not in finding["problem"]
     assert "https://download.pytorch.org/whl/cu126" in finding["fix"] and "Pascal" in finding["fix"] and "torch<2.15" in finding["fix"]
+
+
+def test_the_table_knows_torch_2_15_on_cu130_and_cu132_only() -> None:
+    table = load_table(configs_dir())
+    assert table.latest == "2.15"
+    t4 = [Gpu("Tesla T4", 7.5)]
+    newest = choose(table, t4, 580, "13.0", "3.13", "==2.15.*")
+    assert (newest.tag, newest.torch_bound) == ("cu130", ""), newest.reason
+    assert choose(table, [Gpu("NVIDIA H100 80GB HBM3", 9.0)], 580, "13.0", "3.12", ">=2.15").tag == "cu130"
+    assert choose(table, t4, 570, "12.8", "3.13", "==2.15.*").tag == "cpu", "no CUDA 12 build of 2.15: a driver before 580 gets none"
+    pascal = choose(table, [Gpu("NVIDIA GeForce GTX 1070", 6.1)], 580, "13.0", "3.13", ">=2.3")
+    assert (pascal.tag, pascal.torch_bound) == ("cu126", "<2.15"), "a Pascal card keeps torch <= 2.14 on cu126"
+    volta = choose(table, [Gpu("Tesla V100-SXM2-16GB", 7.0)], 580, "13.0", "3.12", ">=2.3")
+    assert (volta.tag, volta.torch_bound) == ("cu126", "<2.15")

@@ -47,11 +47,13 @@ class Fix:
 
 @dataclass(frozen=True)
 class SmokeEntry:
-    """One entry point of the smoke run: a module run as ``python -m``, or a dataset class to sample."""
+    """One entry point of the smoke run: a module run as ``python -m``, a dataset class to sample, or a notebook whose
+    code cells are run in order."""
 
     name: str
     module: str | None = None
     sample: str | None = None
+    notebook: str | None = field(default=None, metadata={"parse": _parse_relative})
     args: tuple[str, ...] = ()
 
 
@@ -102,7 +104,8 @@ def load_book_manifest(spec: str, configs_dir: Path) -> BookManifest:
     repeated = sorted({i for i in ids if ids.count(i) > 1})
     problems = [f"repeated fix ids: {', '.join(repeated)}"] if repeated else []
     problems += [f"fix '{f.id}': 'before' and 'after' are the same" for f in manifest.fixes if f.before == f.after]
-    problems += [f"smoke entry '{e.name}': give exactly one of module or sample" for e in manifest.smoke if (e.module is None) == (e.sample is None)]
+    problems += [f"smoke entry '{e.name}': give exactly one of module, sample or notebook" for e in manifest.smoke
+                 if [e.module, e.sample, e.notebook].count(None) != 2]
     if problems:
         raise ConfigError(f"{path}: {'; '.join(problems)}", hint="fix the book's fixes file", file=str(path))
     return dataclasses.replace(manifest, path=str(path))

@@ -34,7 +34,7 @@ from .fixes import SmokeEntry
 
 log = logging.getLogger(__name__)
 CHILD = Path(__file__).with_name("smoke_child.py")
-CODE_FOLDERS = ("p2ch10", "p2ch11", "p2ch12", "p2ch13", "p2ch14", "util")
+CODE_FOLDERS = ("util",)  # besides every chapter's package (p2ch*): the first edition's p2ch10-p2ch14, the second's p2ch12-p2ch15
 CSV_FOLDER = Path("data") / "part2" / "luna"
 MAX_SERIES = 10  # the book validates on every tenth series (sorted), so up to ten keeps the first one as the only validation series
 Emit = Callable[[str], None]
@@ -141,14 +141,15 @@ def cut_candidates(source: Path, dest: Path, series: set[str], negatives: int) -
 
 def build_view(view: Path, book: Path, scans: dict[str, tuple[Path, Path]], chosen: Sequence[str], negatives: int) -> None:
     """A fresh view: the book's code, CSVs and models linked, the chosen scans linked, the rest its own."""
-    for name in ("data", DATA_FOLDER, "runs", *CODE_FOLDERS):
+    code = [*CODE_FOLDERS, *sorted(p.name for p in book.glob("p2ch*") if p.is_dir())]
+    for name in ("data", DATA_FOLDER, "runs", *CODE_FOLDERS, *sorted(p.name for p in view.glob("p2ch*"))):
         path = view / name
         if path.is_symlink() or path.is_file():
             path.unlink()
         elif path.is_dir():
             shutil.rmtree(path)
     view.mkdir(parents=True, exist_ok=True)
-    for name in CODE_FOLDERS:
+    for name in code:
         if (book / name).is_dir():
             os.symlink(book / name, view / name, target_is_directory=True)
     csv_dir = view / CSV_FOLDER
@@ -233,6 +234,8 @@ def child_command(entry: SmokeEntry, args: Sequence[str], cfg: SmokeConfig, pyth
     command = [python, str(CHILD), "--samples", str(cfg.samples)]
     if entry.sample:
         return [*command, "--sample", entry.sample]
+    if entry.notebook:
+        return [*command, "--notebook", entry.notebook]
     return [*command, "--module", str(entry.module), "--", "--num-workers", str(cfg.num_workers), *args]
 
 

@@ -48,12 +48,37 @@ def sample(target: str) -> None:
     print(f"{target}: {len(dataset)} samples; the first has tensors of shapes {shapes}")
 
 
+def run_notebook(path: str) -> None:
+    """Run a notebook's code cells in order in one namespace, as a kernel would (IPython's shell where it is installed,
+    for magics; without it, magic lines are left out: under the Agg backend ``%matplotlib inline`` changes nothing)."""
+    import json as _json
+
+    with open(path) as fh:
+        cells = ["".join(c["source"]) for c in _json.load(fh)["cells"] if c.get("cell_type") == "code"]
+    try:
+        from IPython.core.interactiveshell import InteractiveShell
+    except ImportError:
+        namespace = {"__name__": "__main__"}
+        for number, source in enumerate(cells, 1):
+            code = "\n".join(line for line in source.splitlines() if not line.lstrip().startswith(("%", "!")))
+            exec(compile(code, f"{path} cell {number}", "exec"), namespace)  # noqa: S102 - the book's own notebook
+    else:
+        shell = InteractiveShell.instance()
+        for number, source in enumerate(cells, 1):
+            result = shell.run_cell(source, silent=True)
+            if not result.success:
+                error = result.error_in_exec or result.error_before_exec
+                raise RuntimeError(f"{path} cell {number}: {type(error).__name__}: {error}")
+    print(f"{path}: {len(cells)} code cells ran")
+
+
 def main(argv: list) -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--samples", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--module", help="run this module as __main__ (python -m)")
     parser.add_argument("--sample", help="a dataset class to build and read one item of")
+    parser.add_argument("--notebook", help="a notebook whose code cells to run in order")
     parser.add_argument("args", nargs=argparse.REMAINDER)
     opts = parser.parse_args(argv)
     import numpy as np
@@ -67,6 +92,8 @@ def main(argv: list) -> None:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if opts.sample:
         sample(opts.sample)
+    elif opts.notebook:
+        run_notebook(opts.notebook)
     else:
         args = opts.args[1:] if opts.args[:1] == ["--"] else opts.args
         sys.argv = [opts.module, *args]

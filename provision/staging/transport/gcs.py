@@ -46,7 +46,7 @@ def client(project: str | None = None, anonymous: bool = False, environ: Mapping
             # google-cloud-storage >= 3.x fetches a bucket's metadata in a thread of its own for its tracing attributes:
             # a request outside the host's gate (a connection over the cap), for nothing this tool uses
             if getattr(made, "_bucket_metadata_cache", None) is not None:
-                made._bucket_metadata_cache = None  # noqa: SLF001
+                made._bucket_metadata_cache = None  # noqa: SLF001 - third-party: no public switch for it
             _clients[key] = made
         return _clients[key]
 
@@ -191,5 +191,5 @@ def _gate(gcs_client: Any, throttle: Throttle | None) -> HostGate:
     origin = f"{endpoint.scheme}://{endpoint.netloc}/"
     gate = throttle.gate(origin) if throttle is not None else HostGate(endpoint.hostname or origin, 64)
     with _clients_lock:
-        mount(gcs_client._http, origin, gate)  # noqa: SLF001 - the client's session is where its requests go
+        mount(gcs_client._http, origin, gate)  # noqa: SLF001 - third-party: the client's session, where its requests go
     return gate

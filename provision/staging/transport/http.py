@@ -18,12 +18,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ...sources import credentials_for
-from ...version import __version__
 from ..signals import NoRangeSupport, NotTheFile, PermanentError, TransientError
+from .pool import HostPool
 from .protocol import BUFFER_BYTES, RemoteInfo, Sink
 from .throttle import HostGate
 
-USER_AGENT = f"dlwpt-provision/{__version__} (+https://github.com/dlwpt-provision/dlwpt-provision; data staging for Deep Learning with PyTorch)"
 RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 THROTTLE_STATUS = frozenset({403, 429})  # Zenodo answers 403 (with an HTML page) when it blocks a client
 BLOCK_WORDS = ("unusual traffic", "has been blocked", "too many requests", "rate limit")
@@ -32,8 +31,6 @@ MIN_BYTES_PER_S = 1024  # slower than this over a whole data.timeout_s is a stal
 
 def session(gate: HostGate) -> Any:
     """This thread's requests.Session for ``gate``'s host, on the host's one connection pool (:mod:`.pool`)."""
-    from .pool import HostPool
-
     return gate.kept(HostPool).session()
 
 

@@ -25,8 +25,10 @@ from requests.adapters import HTTPAdapter
 from urllib3 import HTTPConnectionPool, HTTPSConnectionPool, PoolManager
 from urllib3.connection import HTTPConnection, HTTPSConnection
 
-from .http import USER_AGENT
+from ...version import __version__
 from .throttle import HostGate
+
+USER_AGENT = f"dlwpt-provision/{__version__} (+https://github.com/dlwpt-provision/dlwpt-provision; data staging for Deep Learning with PyTorch)"
 
 
 class _Counted:
