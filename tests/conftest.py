@@ -283,6 +283,25 @@ def book2_profile(tmp_path: Path, book2_bundle: tuple[str, str]) -> Callable[...
     return write
 
 
+def interpreter_with_torch(venv: Path, torch_spec: str | None) -> Path:
+    """The book's interpreter in ``venv`` (made if missing) with torch: PROVISION_TEST_TORCH installed when it has none.
+    Where that cannot be installed (no PyTorch index, no local wheel) the test skips saying so, as scripts/test.sh
+    says, or fails saying so under PROVISION_TEST_REQUIRE_BOOK."""
+    python = venv / "bin" / "python"
+    if not python.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    if subprocess.run([str(python), "-c", "import torch"], capture_output=True).returncode == 0:
+        return python
+    if not torch_spec:
+        skip_or_fail("torch for the book's interpreter (PROVISION_TEST_TORCH; scripts/test.sh sets a CPU build)")
+    got = subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", *str(torch_spec).split()],
+                         capture_output=True, text=True)
+    if got.returncode != 0:
+        skip_or_fail(f"torch for the book's interpreter, which `pip install {torch_spec}` could not install here: "
+                     f"{(got.stderr.strip().splitlines() or ['no output'])[-1][:300]}")
+    return python
+
+
 def pins_here(requirements: Path, wheels: Path) -> tuple[str, list[str]]:
     """``requirements`` with each ``name==version`` pin the wheel folder holds no wheel of left unpinned (a folder filled
     from an index that lacks that release), and the pins so loosened."""
@@ -309,13 +328,7 @@ def book2_python(tmp_path_factory: pytest.TempPathFactory) -> str:
     if not wheels or not Path(wheels).is_dir():
         skip_or_fail("a wheel folder of its requirements (PROVISION_TEST_WHEELS): run the tests with scripts/test.sh, which fills one")
     venv = Path(os.environ.get("PROVISION_TEST_BOOK2_VENV") or tmp_path_factory.mktemp("book2-venv") / "venv")
-    python = venv / "bin" / "python"
-    if not python.exists():
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    if subprocess.run([str(python), "-c", "import torch"], capture_output=True).returncode != 0:
-        if not torch_spec:
-            skip_or_fail("torch for the book's interpreter (PROVISION_TEST_TORCH; scripts/test.sh sets a CPU build)")
-        subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", *torch_spec.split()], check=True)
+    python = interpreter_with_torch(venv, torch_spec)
     where = tmp_path_factory.mktemp("book2-install")
     text, loosened = pins_here(REPO / "configs" / "requirements" / "dlwpt-2e.txt", Path(wheels))
     (where / "requirements-2e-here.txt").write_text(text)
@@ -343,18 +356,7 @@ def book_python(tmp_path_factory: pytest.TempPathFactory) -> str:
     if not wheels or not Path(wheels).is_dir():
         skip_or_fail("a wheel folder of its requirements (PROVISION_TEST_WHEELS): run the tests with scripts/test.sh, which fills one")
     venv = Path(os.environ.get("PROVISION_TEST_BOOK_VENV") or tmp_path_factory.mktemp("book-venv") / "venv")
-    python = venv / "bin" / "python"
-    if not python.exists():
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    has_torch = subprocess.run([str(python), "-c", "import torch"], capture_output=True).returncode == 0
-    if not has_torch:
-        if not torch_spec:
-            skip_or_fail("torch for the book's interpreter (PROVISION_TEST_TORCH; scripts/test.sh sets a CPU build)")
-        got = subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", *torch_spec.split()],
-                             capture_output=True, text=True)
-        if got.returncode != 0:  # no PyTorch index and no local wheel here: what scripts/test.sh says is skipped
-            skip_or_fail(f"torch for the book's interpreter, which `pip install {torch_spec}` could not install here: "
-                         f"{(got.stderr.strip().splitlines() or ['no output'])[-1][:300]}")
+    python = interpreter_with_torch(venv, torch_spec)
     profile = tmp_path_factory.mktemp("book-install") / "install.yaml"
     profile.write_text(yaml.safe_dump({
         "extends": str(REPO / "configs" / "local.yaml"),
