@@ -73,7 +73,7 @@ def gather_book_facts(config: Config) -> BookFacts:
     """The book's checkout (read-only): its commit, and each fixed file as committed and as it is now."""
     manifest = load_book_manifest(config.book.fixes, configs_dir())
     checkout = book_dir(config.book.dir, config.data.root)
-    found = checkout_facts(checkout, Path(config.data.root))
+    found = checkout_facts(checkout, Path(config.data.root), config.book.repo)
     states: tuple[FileState, ...] = ()
     if found.head is not None:
         states = tuple(judge_checkout(manifest, checkout))

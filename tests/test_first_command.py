@@ -1,0 +1,112 @@
+"""The README's first command on an ordinary machine: the default stages the subsets that fit (and says so first), the
+local profile gets the book's code; typos are refused at plan time; what a stopped run leaves never blocks the next."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from provision.cli import main
+from tests.conftest import REPO, run_cli
+
+# ---------------------------------------------------------------- what a stopped run leaves
+
+
+def git_that_drops(tmp_path: Path, *, kill: bool) -> tuple[Path, Path]:
+    """STAND-IN for a network that drops (or a kill) mid-clone: a `git` on PATH whose fetch gets part of the objects, then
+    fails as git does when the remote hangs up, or kills the provision process that ran it. Only while the flag file is there."""
+    real = shutil.which("git")
+    assert real
+    bin_dir, flag = tmp_path / "bin", tmp_path / "drop-the-network"
+    bin_dir.mkdir()
+    stop = 'kill -9 "$PPID"; sleep 5' if kill else 'echo "fatal: the remote end hung up unexpectedly" >&2; exit 128'
+    (bin_dir / "git").write_text(f'#!/bin/sh\nif [ "$1" = fetch ] && [ -e "{flag}" ]; then\n  "{real}" "$@" >/dev/null 2>&1\n  {stop}\nfi\n'
+                                 f'exec "{real}" "$@"\n')
+    (bin_dir / "git").chmod(0o755)
+    flag.touch()
+    return bin_dir, flag
+
+
+def assert_a_whole_checkout(book: Path, commit: str) -> None:
+    assert (book / "p2ch14" / "training.py").is_file() and (book / "data" / "part2" / "luna" / "annotations.csv").is_file()
+    head = subprocess.run(["git", "-C", str(book), "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    assert head == commit
+    assert not (book / ".provision-clone").exists()
+
+
+def test_a_clone_that_failed_midway_does_not_block_the_retry(book_profile, book_bundle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    bin_dir, flag = git_that_drops(tmp_path, kill=False)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    profile = book_profile(book={"enabled": True})
+    book = tmp_path / "dlwpt-code"
+    assert main(["book", "-c", str(profile)]) == 1
+    assert "git could not fetch" in capsys.readouterr().err
+    assert not (book / ".git").exists(), "no half a checkout under the book's name"
+    flag.unlink()
+    assert main(["plan", "-c", str(profile)]) == 0, capsys.readouterr().out
+    assert main(["book", "-c", str(profile)]) == 0, capsys.readouterr().err
+    assert_a_whole_checkout(book, book_bundle[1])
+
+
+def test_a_clone_killed_midway_does_not_block_the_retry(book_profile, book_bundle, tmp_path: Path) -> None:
+    bin_dir, flag = git_that_drops(tmp_path, kill=True)
+    profile = book_profile(book={"enabled": True})
+    book = tmp_path / "dlwpt-code"
+    killed = run_cli("book", "-c", str(profile), env={"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(REPO)})
+    assert killed.returncode == -9, killed.stderr
+    assert (book / ".provision-clone" / ".git").is_dir(), "the kill came while fetching"
+    flag.unlink()
+    again = run_cli("book", "-c", str(profile), env={"PYTHONPATH": str(REPO)})
+    assert again.returncode == 0, again.stderr
+    assert_a_whole_checkout(book, book_bundle[1])
+
+
+def test_a_clone_stopped_while_moving_into_place_is_finished_by_the_next_run(book_profile, book_bundle, tmp_path: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from provision.book import checkout
+
+    real_replace = os.replace
+    moved: list[str] = []
+
+    def stopped_halfway(src, dst):  # type: ignore[no-untyped-def]
+        if Path(src).parent.name == checkout.CLONING and len(moved) == 3:
+            raise KeyboardInterrupt  # STAND-IN for Ctrl-C between two renames, a moment too short to hit from outside
+        moved.append(str(src))
+        real_replace(src, dst)
+
+    profile = book_profile(book={"enabled": True})
+    book = tmp_path / "dlwpt-code"
+    monkeypatch.setattr(os, "replace", stopped_halfway)
+    assert main(["book", "-c", str(profile)]) == 130
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert not (book / ".git").exists() and len(list(book.iterdir())) > 2
+    assert main(["book", "-c", str(profile)]) == 0
+    assert_a_whole_checkout(book, book_bundle[1])
+    status = subprocess.run(["git", "-C", str(book), "status", "--porcelain", "--untracked-files=all"], capture_output=True, text=True)
+    assert [line for line in status.stdout.splitlines() if not line.startswith(" M ")] == [], status.stdout
+
+
+def test_what_an_earlier_version_left_of_a_failed_clone_is_cleared(book_profile, book_bundle, tmp_path: Path) -> None:
+    profile = book_profile(book={"enabled": True})
+    book = tmp_path / "dlwpt-code"
+    book.mkdir()
+    subprocess.run(["git", "init", "-q", str(book)], check=True)
+    subprocess.run(["git", "-C", str(book), "remote", "add", "origin", book_bundle[0]], check=True)
+    assert main(["book", "-c", str(profile)]) == 0
+    assert_a_whole_checkout(book, book_bundle[1])
+
+
+def test_a_repository_of_the_readers_own_is_never_cleared(book_profile, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    profile = book_profile(book={"enabled": True})
+    book = tmp_path / "dlwpt-code"
+    book.mkdir()
+    subprocess.run(["git", "init", "-q", str(book)], check=True)
+    subprocess.run(["git", "-C", str(book), "remote", "add", "origin", "https://example.invalid/mine.git"], check=True)
+    assert main(["book", "-c", str(profile)]) == 3
+    assert "holds other files: .git" in capsys.readouterr().err
+    assert (book / ".git" / "config").read_text().count("example.invalid") == 1
