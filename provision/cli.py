@@ -159,6 +159,8 @@ def main(argv: Sequence[str] | None = None, *, environ: Mapping[str, str] | None
         as_json, command = args.json, args.command
         logging.basicConfig(level=logging.WARNING - 10 * min(args.verbose, 2), format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
         config, env = _load(args, environ)
+        for warning in env.warnings:
+            print(redact(f"warning: {warning}"), file=sys.stderr)
         outcome: Outcome = args.handler(Ctx(args, config, env, environ))
     except SystemExit as exc:  # --help, --version
         return int(exc.code or 0)

@@ -47,6 +47,7 @@ def gather_facts(config: Config, environ: Mapping[str, str], environment: Enviro
         cache_fs_type=fs_type_of(str(existing_ancestor(root / "cache").resolve()), read_mounts()),
         timings=read_timings(root),
         target_exists=os.path.exists(target),
+        missing_folders=tuple(s.location for s in config.data.sources if s.kind == "local" and not os.path.isdir(s.location)),
     )
 
 

@@ -11,7 +11,49 @@ from pathlib import Path
 import pytest
 
 from provision.cli import main
+from provision.environment import current, detect
 from tests.conftest import REPO, run_cli
+from tests.support.dataset import Built
+
+# ---------------------------------------------------------------- typos
+
+
+def test_a_source_that_is_no_name_url_or_folder_is_refused_with_a_did_you_mean(built: Built, serve, write_profile, tmp_path: Path,
+                                                                                 monkeypatch: pytest.MonkeyPatch,
+                                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    srv = serve()
+    profile = write_profile({"dataset": str(built.manifest), "sources": [srv.url + "/mirror/"]})
+    monkeypatch.chdir(tmp_path)
+    assert main(["plan", "-c", str(profile), "--set", "data.sources=[zenod]"]) == 2
+    out = capsys.readouterr().out
+    assert "data.sources[0]" in out and "(did you mean 'zenodo'?)" in out, out
+    assert main(["stage", "-c", str(profile), "--set", "data.sources=[zenod]"]) == 2
+    err = capsys.readouterr().err
+    assert "error: data.sources[0]" in err and "did you mean 'zenodo'?" in err and "hint:" in err
+    assert srv.stats.requests == [] and not (tmp_path / "zenod").exists() and not (tmp_path / "root").exists()
+    # an existing folder is a source; a folder being mirrored into is written, not read, and need not exist yet
+    drive = tmp_path / "drive" / "luna16"
+    assert main(["mirror", "-c", str(profile), "--to", str(drive), "--set", f"data.sources=[{drive}/, {srv.url}/mirror/]", "--dry-run"]) == 0
+    capsys.readouterr()
+    assert main(["mirror", "-c", str(profile), "--to", str(drive), "--set", f"data.sources=[zenod, {srv.url}/mirror/]", "--dry-run"]) == 2
+    assert main(["plan", "-c", str(profile), "--set", f"data.sources=[{built.folder}]"]) == 0
+
+
+def test_an_unknown_provision_environment_is_named_and_ignored(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    env = detect({"PROVISION_ENVIRONMENT": "colb"}, colab_importable=False, dmi={})
+    assert env.kind == "local" and "no sign of Kaggle, Colab or a cloud VM" in env.reasons
+    assert env.warnings and "did you mean 'colab'?" in env.warnings[0] and "kaggle, colab, vm, local" in env.warnings[0]
+    assert main(["plan", "-c", "ci", "--root", str(tmp_path / "r"), "--json"], environ={"PROVISION_ENVIRONMENT": "colb", "HOME": str(tmp_path)}) == 0
+    assert "warning: PROVISION_ENVIRONMENT is 'colb'" in capsys.readouterr().err
+
+
+def test_the_reason_names_the_variable_when_it_decided() -> None:
+    for kind in ("colab", "vm", "local", "kaggle"):
+        env = current({"PROVISION_ENVIRONMENT": kind})
+        assert env.kind == kind and env.reasons[0] == f"PROVISION_ENVIRONMENT is {kind}" and not env.warnings
+    assert detect({"PROVISION_ENVIRONMENT": "local", "COLAB_RELEASE_TAG": "x"}, colab_importable=True, dmi={}).kind == "local"
+
+
 
 # ---------------------------------------------------------------- what a stopped run leaves
 
