@@ -211,6 +211,12 @@ def _plan_of(ctx: Ctx, probe: bool = False) -> Plan:
     return build_plan(ctx.config, ctx.environ, ctx.env, probe=probe)
 
 
+def _say_left_out(plan: Plan) -> None:
+    """Before a byte is written: the subsets that ``data.subsets: fit`` leaves out on this disk, and how to get them."""
+    if plan.data.subsets_left_out:
+        print(f"note: {plan.data.subsets_left_out}", file=sys.stderr, flush=True)
+
+
 def _plan_outcome(plan: Plan, code: int | None = None) -> Outcome:
     return Outcome(plan.to_dict(), report.plan_text(plan), code if code is not None else (
         EXIT_OK if plan.feasible else max(p.exit_code for p in plan.problems)))
@@ -227,7 +233,10 @@ def cmd_up(ctx: Ctx) -> Outcome:
     if ctx.args.dry_run:
         return _plan_outcome(_plan_of(ctx))
     selected = [s for s in STEPS if (not ctx.args.only or s in ctx.args.only) and s not in ctx.args.skip]
-    result = steps.up(ctx.config, _plan_of(ctx), ctx.env, ctx.environ, selected)
+    plan = _plan_of(ctx)
+    if "data" in selected:
+        _say_left_out(plan)
+    result = steps.up(ctx.config, plan, ctx.env, ctx.environ, selected)
     return Outcome(result.to_dict(), report.up_text(result), result.exit_code, result.error)
 
 
@@ -247,6 +256,7 @@ def cmd_stage(ctx: Ctx) -> Outcome:
     plan = _plan_of(ctx)
     if ctx.args.dry_run:
         return _plan_outcome(plan, EXIT_OK if plan.feasible else EXIT_REFUSED)
+    _say_left_out(plan)
     steps.preflight(plan, ("data",))
     result = steps.stage(ctx.config, plan)
     return Outcome(result.to_dict(), report.stage_text(result), EXIT_OK if result.ok else EXIT_FAILED)

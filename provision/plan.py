@@ -55,8 +55,16 @@ def make_plan(config: Config, manifest: Manifest, facts: Facts) -> Plan:
         return replace(plan, data=replace(plan.data, subsets_reason=f"data.subsets is fit: {why}"))
     chosen = replace(config, data=replace(config.data, subsets=disk.fitting_subsets))
     fitted = _make_plan(chosen, manifest, facts)
-    return replace(fitted, data=replace(fitted.data, subsets_reason=f"data.subsets is fit: {format_subsets(disk.fitting_subsets)} of {every} "
-                                                                   f"fit in {gb(disk.free_bytes)} free, with the book's cache"))
+    fitting = format_subsets(disk.fitting_subsets)
+    left_out = format_subsets(tuple(n for n in manifest.subsets if n not in disk.fitting_subsets))
+    where = disk.path if disk.path == disk.probe else f"{disk.path} (measured at {disk.probe})"
+    note = (f"staging subsets {fitting} of {every}, the ones that fit: all of them need {gb(disk.needed_bytes)} free at {where}, "
+            f"with the book's cache, and {gb(disk.free_bytes)} is free, so subsets {left_out} are left out. To stage all of them, "
+            f"point --root at a disk with {gb(disk.needed_bytes)} free (or make that much room here) and run again with --subsets all, "
+            "which refuses rather than stage fewer")
+    return replace(fitted, data=replace(fitted.data, subsets_reason=f"data.subsets is fit: {fitting} of {every} "
+                                                                   f"fit in {gb(disk.free_bytes)} free, with the book's cache",
+                                        subsets_left_out=note))
 
 
 def _make_plan(config: Config, manifest: Manifest, facts: Facts) -> Plan:

@@ -132,6 +132,7 @@ class DataPlan:
     stream_chunk_bytes: int = 0  # ... in chunks of this many bytes, one request each
     subsets_reason: str = ""  # data.subsets: fit -> which subsets were chosen, and why
     missing_sources: tuple[str, ...] = ()  # folder sources that are no folder: refused where sources are read
+    subsets_left_out: str = ""  # data.subsets: fit and not all fit -> which are left out, why, and how to get them (said before staging)
 
     def keeps(self, f: FilePlan) -> bool:
         """Whether ``f`` stays on disk under its own name once staged: a plain file, or an archive with keep_archives

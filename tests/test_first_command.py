@@ -3,6 +3,7 @@ local profile gets the book's code; typos are refused at plan time; what a stopp
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -13,7 +14,95 @@ import pytest
 from provision.cli import main
 from provision.environment import current, detect
 from tests.conftest import REPO, run_cli
-from tests.support.dataset import Built
+from tests.support.dataset import Built, tree_md5s
+from tests.test_scripts import offline_venv, run_script
+from tests.test_tight_disks import pin_unpacked_sizes
+
+
+def local_args(built: Built, root: Path, url: str) -> list[str]:
+    """The shipped local profile, as `bash scripts/provision.sh` picks it on a workstation, on the test's data set."""
+    return ["-c", "local", "--root", str(root), "--set", f"data.dataset={built.manifest}", "--set", f"data.sources=[{url}/mirror/]",
+            "--set", "data.cache_gb_per_subset=0", "--set", "data.margin_gb=0", "--set", "data.backoff_s=0.05", "--set", "requirements.files=[]"]
+
+
+def disk_for_two_subsets(built: Built, small_tmpfs) -> Path:  # type: ignore[no-untyped-def]
+    """A disk that holds two of the four subsets (with their archives on the way), not all: streaming them all needs more."""
+    pin_unpacked_sizes(built)
+    zips = [built.files[f"subset{n}.zip"] for n in range(4)]
+    room = sum(z["unpacked_size"] + z["size"] for z in zips[:2]) + built.files["annotations.csv"]["size"] + 256 * 1024
+    assert room < sum(z["unpacked_size"] for z in zips), "not even streaming all four fits"
+    return small_tmpfs(room)  # type: ignore[no-any-return]
+
+
+def subsets_staged(root: Path) -> set[str]:
+    luna = root / "part2" / "luna"
+    return {p.name for p in luna.glob("subset*") if any(p.glob("*.mhd"))} if luna.is_dir() else set()
+
+
+def test_the_default_stages_the_subsets_that_fit_and_says_so_before_writing(built: Built, serve, small_tmpfs, tmp_path: Path,
+                                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    disk = disk_for_two_subsets(built, small_tmpfs)
+    root = disk / "dlwpt-code" / "data-unversioned"
+    srv = serve()
+    args = local_args(built, root, srv.url)
+
+    assert main(["plan", *args, "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    chosen = plan["data"]["subsets"]
+    assert 1 <= len(chosen) < 4 and plan["feasible"], "as many as fit, not all four, and not a refusal"
+    left_out = plan["data"]["subsets_left_out"]
+    assert "of 0-3, the ones that fit" in left_out and "--subsets all" in left_out and "--root" in left_out, left_out
+    assert srv.stats.requests == [] and not root.exists()
+
+    assert main(["up", *args, "--only", "preflight", "--only", "data"]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith(f"note: {left_out}"), "said before anything else, so before a byte is written: " + err[:400]
+    assert subsets_staged(root) == {f"subset{n}" for n in chosen}
+    expected = {name: md5 for key, info in built.files.items() if key.endswith(".zip") and int(key[6:-4]) in chosen
+                for name, md5 in info["members"].items()}
+    assert {k: v for k, v in tree_md5s(root / "part2" / "luna").items() if k.endswith((".mhd", ".raw"))} == expected
+
+    # asked for all of them by name: a refusal before anything is fetched, as before
+    requests = len(srv.stats.requests)
+    assert main(["up", *args, "--subsets", "all", "--only", "preflight", "--only", "data"]) == 3
+    err = capsys.readouterr().err
+    assert "error: not enough disk space" in err and "hint:" in err
+    assert len(srv.stats.requests) == requests and subsets_staged(root) == {f"subset{n}" for n in chosen}
+    # and a list that does not fit is refused the same way
+    assert main(["up", *args, "--subsets", "0-3", "--only", "preflight", "--only", "data"]) == 3
+    assert "not enough disk space" in capsys.readouterr().err
+
+
+def test_where_not_one_subset_fits_the_default_still_refuses(built: Built, serve, small_tmpfs, capsys: pytest.CaptureFixture[str]) -> None:
+    disk = small_tmpfs(256 * 1024)
+    srv = serve()
+    assert main(["up", *local_args(built, disk / "dlwpt-code" / "data-unversioned", srv.url), "--only", "preflight", "--only", "data"]) == 3
+    err = capsys.readouterr().err
+    assert "error: not enough disk space" in err and "not even one subset fits" in err and "--root" in err
+    assert "note:" not in err and srv.stats.requests == []
+
+
+def test_provision_sh_on_a_disk_too_small_for_all_stages_what_fits(built: Built, serve, small_tmpfs, tmp_path: Path) -> None:
+    disk = disk_for_two_subsets(built, small_tmpfs)
+    root = disk / "dlwpt-code" / "data-unversioned"
+    srv = serve()
+    env = {"PROVISION_VENV": str(offline_venv(tmp_path / "venv")), "PROVISION_PIP_ARGS": "--no-index --no-build-isolation --no-deps",
+           "PROVISION_ENVIRONMENT": "local"}
+    done = run_script([*local_args(built, root, srv.url), "--only", "preflight", "--only", "data"], env)
+    assert done.returncode == 0, done.stderr[-2000:] + done.stdout[-2000:]
+    assert "note: staging subsets 0-" in done.stderr and "--subsets all" in done.stderr
+    assert 1 <= len(subsets_staged(root)) < 4
+
+
+def test_the_local_profile_gets_the_book_code_where_the_readme_says_to_run_part2(tmp_path: Path) -> None:
+    from provision.config import load_config
+
+    config = load_config("local", environ={"HOME": str(tmp_path)})
+    assert config.book.enabled and config.data.root == str(tmp_path / "dlwpt-code" / "data-unversioned")
+    assert config.data.subsets == "fit"
+    readme = (REPO / "README.md").read_text()
+    assert "code (in `~/dlwpt-code`, on a workstation too)" in readme
+
 
 # ---------------------------------------------------------------- typos
 
@@ -52,7 +141,6 @@ def test_the_reason_names_the_variable_when_it_decided() -> None:
         env = current({"PROVISION_ENVIRONMENT": kind})
         assert env.kind == kind and env.reasons[0] == f"PROVISION_ENVIRONMENT is {kind}" and not env.warnings
     assert detect({"PROVISION_ENVIRONMENT": "local", "COLAB_RELEASE_TAG": "x"}, colab_importable=True, dmi={}).kind == "local"
-
 
 
 # ---------------------------------------------------------------- what a stopped run leaves
