@@ -60,8 +60,8 @@ def make_plan(config: Config, manifest: Manifest, facts: Facts) -> Plan:
     where = disk.path if disk.path == disk.probe else f"{disk.path} (measured at {disk.probe})"
     note = (f"staging subsets {fitting} of {every}, the ones that fit: all of them need {gb(disk.needed_bytes)} free at {where}, "
             f"with the book's cache, and {gb(disk.free_bytes)} is free, so subsets {left_out} are left out. To stage all of them, "
-            f"point --root at a disk with {gb(disk.needed_bytes)} free (or make that much room here) and run again with --subsets all, "
-            "which refuses rather than stage fewer")
+            f"point --root at a disk with {gb(disk.needed_bytes)} free (e.g. --root /BIG/dlwpt-code/data-unversioned: the book's code goes "
+            "in the folder above it), or make that much room here, and run again with --subsets all, which refuses rather than stage fewer")
     return replace(fitted, data=replace(fitted.data, subsets_reason=f"data.subsets is fit: {fitting} of {every} "
                                                                    f"fit in {gb(disk.free_bytes)} free, with the book's cache",
                                         subsets_left_out=note))
