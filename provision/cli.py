@@ -196,7 +196,10 @@ def main(argv: Sequence[str] | None = None, *, environ: Mapping[str, str] | None
         level = logging.ERROR if args.quiet and not args.verbose else logging.WARNING - 10 * min(args.verbose, 2)
         logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
         config, env = _load(args, environ)
-        outcome: Outcome = args.handler(Ctx(args, config, env, environ, Console(quiet=args.quiet)))
+        console = Console(quiet=args.quiet)
+        for warning in env.warnings:
+            print(redact(f"warning: {warning}"), file=sys.stderr)
+        outcome: Outcome = args.handler(Ctx(args, config, env, environ, console))
     except SystemExit as exc:  # --help, --version
         return int(exc.code or 0)
     except ProvisionError as exc:
@@ -248,6 +251,12 @@ def _plan_of(ctx: Ctx, probe: bool = False) -> Plan:
     return build_plan(ctx.config, ctx.environ, ctx.env, probe=probe)
 
 
+def _say_left_out(plan: Plan, console: Console) -> None:
+    """Before a byte is written: the subsets that ``data.subsets: fit`` leaves out on this disk, and how to get them."""
+    if plan.data.subsets_left_out:
+        console.say(f"note: {plan.data.subsets_left_out}")
+
+
 def _plan_outcome(plan: Plan, code: int | None = None) -> Outcome:
     return Outcome(plan.to_dict(), report.plan_text(plan), code if code is not None else (
         EXIT_OK if plan.feasible else max(p.exit_code for p in plan.problems)))
@@ -264,7 +273,10 @@ def cmd_up(ctx: Ctx) -> Outcome:
     if ctx.args.dry_run:
         return _plan_outcome(_plan_of(ctx))
     selected = [s for s in STEPS if (not ctx.args.only or s in ctx.args.only) and s not in ctx.args.skip]
-    result = steps.up(ctx.config, _plan_of(ctx), ctx.env, ctx.environ, selected, ctx.console)
+    plan = _plan_of(ctx)
+    if "data" in selected:
+        _say_left_out(plan, ctx.console)
+    result = steps.up(ctx.config, plan, ctx.env, ctx.environ, selected, ctx.console)
     return Outcome(result.to_dict(), report.up_text(result), result.exit_code, result.error)
 
 
@@ -285,6 +297,7 @@ def cmd_stage(ctx: Ctx) -> Outcome:
     if ctx.args.dry_run:  # the data part of the plan, judged as staging would judge it
         problems = [p for p in plan.problems if p.step in ("data", "preflight")]
         return Outcome(report.stage_plan_dict(plan, problems), report.stage_plan_text(plan, problems), EXIT_REFUSED if problems else EXIT_OK)
+    _say_left_out(plan, ctx.console)
     steps.preflight(plan, ("data",))
     result = steps.stage(ctx.config, plan, console=ctx.console)
     return Outcome(result.to_dict(), report.stage_text(result), EXIT_OK if result.ok else EXIT_FAILED)

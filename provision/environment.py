@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .schema import did_you_mean
+
 KINDS = ("kaggle", "colab", "vm", "local")
 
 # DMI strings that cloud hypervisors write into /sys/class/dmi/id
@@ -42,6 +44,7 @@ class Environment:
     machine: str
     cloud: str | None = None
     reasons: tuple[str, ...] = field(default=())
+    warnings: tuple[str, ...] = field(default=())  # what the command line shows before anything else: a setting it ignored
 
     @property
     def profile(self) -> str:
@@ -83,8 +86,16 @@ def detect(
 ) -> Environment:
     """Decide the environment from facts passed in (see :func:`current`)."""
     reasons: list[str] = []
+    warnings: list[str] = []
     cloud = cloud_from_dmi(dmi)
-    if environ.get("KAGGLE_KERNEL_RUN_TYPE"):
+    override = environ.get("PROVISION_ENVIRONMENT")
+    if override and override not in KINDS:
+        warnings.append(f"PROVISION_ENVIRONMENT is {override!r}, which is no environment{did_you_mean(override, KINDS)}: it is ignored "
+                        f"and the environment detected; set it to one of {', '.join(KINDS)}, or unset it")
+    if override in KINDS:
+        kind = str(override)
+        reasons.append(f"PROVISION_ENVIRONMENT is {kind}")
+    elif environ.get("KAGGLE_KERNEL_RUN_TYPE"):
         # first: Kaggle's image is built on Colab's, so google.colab imports there too (and COLAB_RELEASE_TAG may be set)
         kind = "kaggle"
         reasons.append(f"KAGGLE_KERNEL_RUN_TYPE is {environ['KAGGLE_KERNEL_RUN_TYPE']}")
@@ -97,9 +108,6 @@ def detect(
     elif cloud:
         kind = "vm"
         reasons.append(f"DMI says this is a {cloud} virtual machine")
-    elif environ.get("PROVISION_ENVIRONMENT") in KINDS:
-        kind = environ["PROVISION_ENVIRONMENT"]
-        reasons.append("PROVISION_ENVIRONMENT is set")
     else:
         kind = "local"
         reasons.append("no sign of Kaggle, Colab or a cloud VM")
@@ -115,15 +123,16 @@ def detect(
         machine=platform.machine(),
         cloud=cloud,
         reasons=tuple(reasons),
+        warnings=tuple(warnings),
     )
 
 
 def current(environ: Mapping[str, str] | None = None) -> Environment:
     """Detect the environment of this process."""
     environ = os.environ if environ is None else environ
-    override = environ.get("PROVISION_ENVIRONMENT")
-    colab = module_available("google.colab") if override is None else override == "colab"
-    dmi = read_dmi(Path("/sys/class/dmi/id")) if override is None else {}
+    decided = environ.get("PROVISION_ENVIRONMENT") in KINDS  # then nothing else is looked at
+    colab = not decided and module_available("google.colab")
+    dmi = {} if decided else read_dmi(Path("/sys/class/dmi/id"))
     return detect(environ, colab_importable=colab, dmi=dmi)
 
 

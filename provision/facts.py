@@ -47,6 +47,7 @@ def gather_facts(config: Config, environ: Mapping[str, str], environment: Enviro
         cache_fs_type=fs_type_of(str(existing_ancestor(root / "cache").resolve()), read_mounts()),
         timings=read_timings(root),
         target_exists=os.path.exists(target),
+        missing_folders=tuple(s.location for s in config.data.sources if s.kind == "local" and not os.path.isdir(s.location)),
     )
 
 
@@ -73,7 +74,7 @@ def gather_book_facts(config: Config) -> BookFacts:
     """The book's checkout (read-only): its commit, and each fixed file as committed and as it is now."""
     manifest = load_book_manifest(config.book.fixes, configs_dir())
     checkout = book_dir(config.book.dir, config.data.root)
-    found = checkout_facts(checkout, Path(config.data.root))
+    found = checkout_facts(checkout, Path(config.data.root), config.book.repo)
     states: tuple[FileState, ...] = ()
     if found.head is not None:
         states = tuple(judge_checkout(manifest, checkout))

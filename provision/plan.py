@@ -34,6 +34,7 @@ from .planvalues import (  # noqa: E402 - the values this planner fills in, re-e
     RemoteFacts,
     WayPlan,
 )
+from .schema import did_you_mean
 from .sources import Source
 from .staging.state import FileStatus
 from .torch_wheels import INDEX_BASE, choose, gpus_from_smi
@@ -54,8 +55,16 @@ def make_plan(config: Config, manifest: Manifest, facts: Facts) -> Plan:
         return replace(plan, data=replace(plan.data, subsets_reason=f"data.subsets is fit: {why}"))
     chosen = replace(config, data=replace(config.data, subsets=disk.fitting_subsets))
     fitted = _make_plan(chosen, manifest, facts)
-    return replace(fitted, data=replace(fitted.data, subsets_reason=f"data.subsets is fit: {format_subsets(disk.fitting_subsets)} of {every} "
-                                                                   f"fit in {gb(disk.free_bytes)} free, with the book's cache"))
+    fitting = format_subsets(disk.fitting_subsets)
+    left_out = format_subsets(tuple(n for n in manifest.subsets if n not in disk.fitting_subsets))
+    where = disk.path if disk.path == disk.probe else f"{disk.path} (measured at {disk.probe})"
+    note = (f"staging subsets {fitting} of {every}, the ones that fit: all of them need {gb(disk.needed_bytes)} free at {where}, "
+            f"with the book's cache, and {gb(disk.free_bytes)} is free, so subsets {left_out} are left out. To stage all of them, "
+            f"point --root at a disk with {gb(disk.needed_bytes)} free (e.g. --root /BIG/dlwpt-code/data-unversioned: the book's code goes "
+            "in the folder above it), or make that much room here, and run again with --subsets all, which refuses rather than stage fewer")
+    return replace(fitted, data=replace(fitted.data, subsets_reason=f"data.subsets is fit: {fitting} of {every} "
+                                                                   f"fit in {gb(disk.free_bytes)} free, with the book's cache",
+                                        subsets_left_out=note))
 
 
 def _make_plan(config: Config, manifest: Manifest, facts: Facts) -> Plan:
@@ -69,6 +78,8 @@ def _make_plan(config: Config, manifest: Manifest, facts: Facts) -> Plan:
     if not python_ok:
         problems.append(Problem("preflight", f"Python {env.python_version} does not satisfy the profile's python: '{config.python}'",
                                 "use a newer Python (e.g. python3.11 -m venv .venv) and run again from it"))
+    problem = missing_source_problem(config, data.missing_sources)
+    problems += [problem] if problem else []
     problems += staging_problems(config, facts, data, disk, cache, archive_way)
     if book is not None and book.enabled:
         problems += book_problems(book)
@@ -148,6 +159,23 @@ def staging_problems(config: Config, facts: Facts, data: DataPlan, disk: DiskPla
                                 "its boot or local SSD), where the book's code reads its data and writes its cache; keep archives "
                                 "on the share instead: provision mirror --to DIR/, then stage from it"))
     return problems
+
+
+SOURCE_NAMES = ("zenodo", "kaggle")
+
+
+def missing_source_problem(config: Config, missing: tuple[str, ...]) -> Problem | None:
+    """A folder source that is no folder: with no name, URL or folder it can be, it is a typo (exit 2), or a folder not
+    mounted; either way nothing can come from it, and the plan says so instead of trying it for every file."""
+    indexes = [i for i, s in enumerate(config.data.sources) if s.kind == "local" and s.location in missing]
+    if not indexes:
+        return None
+    said = "; ".join(f"data.sources[{i}] {config.data.sources[i].location} is no folder here"
+                     f"{did_you_mean(os.path.basename(config.data.sources[i].location.rstrip('/')), SOURCE_NAMES)}" for i in indexes)
+    return Problem("data", f"{said}, nor one of the source names ({', '.join(SOURCE_NAMES)}) or a URL",
+                   "fix it in data.sources (or --set 'data.sources=[...]'): zenodo, kaggle, kaggle:DIR, unpacked:DIR, https://HOST/DIR/, "
+                   "gs://BUCKET/PREFIX/, or a folder that exists: mount it first (on Colab: drive.mount), or fill it with "
+                   "provision mirror --to DIR", exit_code=2)
 
 
 def plan_book(config: Config, found: BookFacts) -> BookPlan:
@@ -272,6 +300,7 @@ def plan_data(config: Config, manifest: Manifest, facts: Facts) -> DataPlan:
         connections=config.data.connections,
         files_in_flight=config.data.files_in_flight,
         keep_archives=config.data.keep_archives,
+        missing_sources=facts.missing_folders,
     )
 
 

@@ -58,6 +58,7 @@ class Facts:
     cache_fs_type: str = ""          # the filesystem the book's cache would be on (data.root/cache)
     timings: Mapping[str, Any] = field(default_factory=dict)  # what `provision cache` and the smoke run measured on this machine
     target_exists: bool = True       # the interpreter requirements go to (the profile's venv) is there
+    missing_folders: tuple[str, ...] = ()  # folder sources (data.sources) that are no folder here: a typo, or not mounted
 
 
 @dataclass(frozen=True)
@@ -130,6 +131,8 @@ class DataPlan:
     stream_read_ahead_bytes: int = 0  # stream mode over several connections: the chunks fetched ahead, all archives together
     stream_chunk_bytes: int = 0  # ... in chunks of this many bytes, one request each
     subsets_reason: str = ""  # data.subsets: fit -> which subsets were chosen, and why
+    missing_sources: tuple[str, ...] = ()  # folder sources that are no folder: refused where sources are read
+    subsets_left_out: str = ""  # data.subsets: fit and not all fit -> which are left out, why, and how to get them (said before staging)
 
     def keeps(self, f: FilePlan) -> bool:
         """Whether ``f`` stays on disk under its own name once staged: a plain file, or an archive with keep_archives

@@ -95,6 +95,8 @@ def _data_lines(plan: Plan) -> list[str]:
     lines = [f"data         {data.dataset} ({data.manifest}), {data.connections} connections", f"  mode       {data.mode}: {data.mode_reason}"]
     if data.subsets_reason:
         lines.append(f"  subsets    {data.subsets_reason}")
+    if data.subsets_left_out:
+        lines.append(f"  left out   {data.subsets_left_out}")
     if data.mode == "stream":
         ahead = (f", at most {data.stream_read_ahead_bytes / 1e6:.0f} MB read ahead in memory "
                  f"(chunks of {data.stream_chunk_bytes / 1e6:.0f} MB, a request each)" if data.stream_read_ahead_bytes else "")

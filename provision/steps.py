@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from .book.cache import ChapterBuild
 from .config import Config
 from .environment import Environment
-from .errors import BookError, DiskSpaceError, GpuError, PreflightError, ProvisionError
+from .errors import BookError, ConfigError, DiskSpaceError, GpuError, PreflightError, ProvisionError
 from .gpu import GpuReport
 from .manifest import load_manifest
 from .planvalues import Plan
@@ -48,7 +48,7 @@ def preflight(plan: Plan, steps: Sequence[str]) -> None:
     for problem in plan.problems:
         if problem.step not in steps and problem.step != "preflight":
             continue
-        cls = DiskSpaceError if problem.step == "data" else PreflightError
+        cls = ConfigError if problem.exit_code == 2 else DiskSpaceError if problem.step == "data" else PreflightError
         raise cls(problem.message, hint=problem.hint)
 
 
@@ -253,12 +253,18 @@ def up(config: Config, plan: Plan, env: Environment, environ: Mapping[str, str],
 def mirror(config: Config, plan: Plan, destination: str, *, dry_run: bool, console: Console | None = None) -> MirrorResult:
     """Fill a bucket (gs://BUCKET/PREFIX/) or a folder (Google Drive, a share) with the selected files, verified."""
     from .errors import ConfigError
+    from .plan import missing_source_problem
     from .staging.mirror import mirror_for
 
     if destination.startswith("gs://") and len(destination.rstrip("/")) <= len("gs://"):
         raise ConfigError(f"--to {destination!r} names no bucket", hint="write it as gs://BUCKET/PREFIX/")
     if "://" in destination and not destination.startswith("gs://"):
         raise ConfigError(f"--to {destination!r} is neither a bucket nor a folder", hint="write gs://BUCKET/PREFIX/ or a folder such as /content/drive/MyDrive/luna16/")
+    # a folder source that is not there yet is fine when it is the folder being filled: it is written here, not read
+    missing = tuple(m for m in plan.data.missing_sources if os.path.abspath(m) != os.path.abspath(destination))
+    problem = missing_source_problem(config, missing)
+    if problem is not None:
+        raise ConfigError(problem.message, hint=problem.hint)
     console = console or Console()
     progress = Progress(0, bar=False, console=console, silent=console.quiet)
     try:

@@ -46,8 +46,10 @@ def write_profile(tmp_path: Path) -> Callable[..., Path]:
     """Write a profile extending the shipped local.yaml; ``data`` keys are merged over test defaults."""
 
     def write(data: dict, name: str = "profile.yaml", extends: str = "local.yaml", **top: object) -> Path:
-        defaults = {"root": str(tmp_path / "root"), "cache_gb_per_subset": 0, "margin_gb": 0, "backoff_s": 0.05, "segment_mb": 1}
-        body = {"extends": str(REPO / "configs" / extends), "requirements": {"files": []}, "data": {**defaults, **data}, **top}
+        # every subset the test's data set has, and no book (the shipped local.yaml stages what fits, beside the book's code)
+        defaults = {"root": str(tmp_path / "root"), "subsets": "all", "cache_gb_per_subset": 0, "margin_gb": 0, "backoff_s": 0.05, "segment_mb": 1}
+        body = {"extends": str(REPO / "configs" / extends), "requirements": {"files": []}, "book": {"enabled": False}, "data": {**defaults, **data},
+                **top}
         path = tmp_path / name
         path.write_text(yaml.safe_dump(body, sort_keys=False))
         return path
@@ -252,7 +254,7 @@ def book_profile(tmp_path: Path, book_bundle: tuple[str, str]) -> Callable[..., 
             "requirements": {"files": []},
             "data": {"root": str(tmp_path / "dlwpt-code" / "data-unversioned"), "subsets": "0", "cache_gb_per_subset": 0, "margin_gb": 0,
                      **(data or {})},
-            "book": {"repo": str(bundle), "ref": commit, **(book or {})},
+            "book": {"enabled": False, "repo": str(bundle), "ref": commit, **(book or {})},
             **top,
         }
         path = tmp_path / name

@@ -154,7 +154,7 @@ def test_up_runs_the_book_step_where_the_profile_enables_it(book_profile, tmp_pa
     assert main(["up", "-c", str(on), "--only", "preflight", "--only", "book", "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["steps"]["book"]["cloned"] and (tmp_path / "dlwpt-code" / "p2ch14" / "training.py").is_file()
-    for profile in ("colab", "vm"):
+    for profile in ("colab", "vm", "local"):
         from provision.config import load_config
 
         assert load_config(profile, environ={"HOME": str(tmp_path)}).book.enabled

@@ -169,7 +169,7 @@ def test_cli_exit_3_when_reserve_exceeds_free_space(tmp_path: Path, capsys: pyte
 
 def test_plan_writes_nothing(tmp_path: Path) -> None:
     before = sorted(tmp_path.rglob("*"))
-    assert main(["plan", "-c", "local", "--root", str(tmp_path / "r"), "--set", f"data.dataset={tiny_manifest(tmp_path)}",
+    assert main(["plan", "-c", "local", "--root", str(tmp_path / "code" / "r"), "--set", f"data.dataset={tiny_manifest(tmp_path)}",
                  "--set", "data.cache_gb_per_subset=0"], stdout=io.StringIO()) == 0
     assert sorted(tmp_path.rglob("*")) == sorted([*before, tmp_path / "tiny.yaml"])
 
@@ -177,7 +177,7 @@ def test_plan_writes_nothing(tmp_path: Path) -> None:
 def test_unresolved_sizes_are_reported(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     m = tmp_path / "m.yaml"
     m.write_text("name: m\nfiles:\n  - {key: candidates.csv, record: '3723295'}\n")
-    assert main(["plan", "-c", "local", "--root", str(tmp_path / "r"), "--set", f"data.dataset={m}", "--set", "data.cache_gb_per_subset=0"]) == 0
+    assert main(["plan", "-c", "local", "--root", str(tmp_path / "code" / "r"), "--set", f"data.dataset={m}", "--set", "data.cache_gb_per_subset=0"]) == 0
     assert "size unresolved" in capsys.readouterr().out
 
 

@@ -8,15 +8,21 @@ Git runs with an argument list, never a shell, and never prompts (a private URL 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..atomicfile import atomic_write_text
 from ..errors import BookError
 
 GIT_TIMEOUT_S = 900.0
 DATA_FOLDER = "data-unversioned"  # the book's code reads data-unversioned/... relative to its folder
 LOCAL_EXCLUDES = (f"/{DATA_FOLDER}", "/runs/")  # staged data (a folder, or a link to data.root: no slash, which would match folders only) and tensorboard logs
+# The clone is made in this folder inside the book's folder, and its entries moved up once it is complete, .git last: a clone
+# that stops (the network drops, a kill) leaves only this folder, which the next run clears, never a .git that blocks it.
+CLONING = ".provision-clone"
+CLONED = "provision-cloned"  # in CLONING/.git once the checkout there is complete: a move up that stopped is finished next time
 
 
 @dataclass(frozen=True)
@@ -77,36 +83,70 @@ def data_link_state(checkout: Path, data_root: Path) -> str:
     return "conflict" if os.path.lexists(place) else "link"
 
 
-def facts(checkout: Path, data_root: Path) -> CheckoutFacts:
+def facts(checkout: Path, data_root: Path, repo: str | None = None) -> CheckoutFacts:
     head = head_commit(checkout)
     foreign: tuple[str, ...] = ()
-    if head is None and checkout.is_dir():
-        foreign = tuple(sorted(p.name for p in checkout.iterdir() if p.name != DATA_FOLDER))
+    # entries moved up from a complete clone before a stop are its own (a clone starts only where there are none)
+    if head is None and checkout.is_dir() and not (checkout / CLONING / ".git" / CLONED).is_file():
+        foreign = tuple(sorted(p.name for p in checkout.iterdir() if p.name not in (DATA_FOLDER, CLONING)))
+        if foreign == (".git",) and repo is not None and left_by_a_clone(checkout, repo):
+            foreign = ()
     return CheckoutFacts(str(checkout), checkout.is_dir(), head, foreign, data_link_state(checkout, data_root))
+
+
+def left_by_a_clone(checkout: Path, repo: str) -> bool:
+    """Whether ``checkout/.git`` is what a clone of ``repo`` into the folder (as earlier versions made it) left when it
+    stopped: a repository without a single commit, whose only remote, if any, is ``repo``. Nothing in it can be lost."""
+    try:
+        commits = git(["rev-list", "-n", "1", "--all"], cwd=checkout, timeout_s=30)
+        remotes = git(["config", "--get-regexp", r"^remote\..*\.url$"], cwd=checkout, timeout_s=30)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    urls = {line.split(" ", 1)[-1] for line in remotes.stdout.splitlines()}
+    return commits.returncode == 0 and not commits.stdout.strip() and urls <= {repo}
 
 
 def clone(repo: str, ref: str, checkout: Path) -> str:
     """Check out ``repo`` at ``ref`` in ``checkout`` (which may hold data-unversioned/ already); returns the commit."""
-    existing = facts(checkout, checkout / DATA_FOLDER)
+    existing = facts(checkout, checkout / DATA_FOLDER, repo)
     if existing.foreign:
         raise BookError(
             f"{checkout} is not a checkout of the book's code but holds other files: {', '.join(existing.foreign[:5])}",
             hint="move them away, or point book.dir at an empty folder (the data can stay: data.root is linked into it)",
             dir=str(checkout),
         )
-    checkout.mkdir(parents=True, exist_ok=True)
-    _run(["init", "-q"], checkout, "prepare the folder")
-    remotes = git(["remote"], cwd=checkout).stdout.split()
-    _run(["remote", "set-url" if "origin" in remotes else "add", "origin", repo], checkout, "set the remote")
-    shallow = git(["fetch", "-q", "--depth", "1", "origin", ref], cwd=checkout)
+    if (checkout / ".git").exists() and left_by_a_clone(checkout, repo):
+        shutil.rmtree(checkout / ".git")  # no checkout, and no other file: what a stopped clone of repo left (see facts)
+    work = checkout / CLONING
+    done = work / ".git" / CLONED
+    if not done.is_file():
+        if work.exists():
+            shutil.rmtree(work)  # a clone that stopped midway: only ours is in there, and git resumes nothing of it
+        work.mkdir(parents=True)
+        atomic_write_text(done, _clone_into(repo, ref, work))
+    commit = done.read_text().strip()
+    for entry in sorted(work.iterdir()):
+        if entry.name != ".git":
+            os.replace(entry, checkout / entry.name)
+    os.replace(work / ".git", checkout / ".git")  # last: from here on the folder is the checkout
+    (checkout / ".git" / CLONED).unlink()
+    work.rmdir()
+    exclude_local(checkout)
+    return commit
+
+
+def _clone_into(repo: str, ref: str, work: Path) -> str:
+    """Fetch ``ref`` of ``repo`` into the empty folder ``work`` and check it out; returns the commit."""
+    _run(["init", "-q"], work, "prepare the folder")
+    _run(["remote", "add", "origin", repo], work, "set the remote")
+    shallow = git(["fetch", "-q", "--depth", "1", "origin", ref], cwd=work)
     if shallow.returncode != 0:  # a server that does not serve commits by name: fetch its branches and find it there
-        _run(["fetch", "-q", "--tags", "origin", "+refs/heads/*:refs/remotes/origin/*"], checkout, f"fetch {repo}")
+        _run(["fetch", "-q", "--tags", "origin", "+refs/heads/*:refs/remotes/origin/*"], work, f"fetch {repo}")
         target = ref
     else:
         target = "FETCH_HEAD"
-    commit = _run(["rev-parse", "--verify", "--quiet", f"{target}^{{commit}}"], checkout, f"find {ref} in {repo}").stdout.strip()
-    _run(["checkout", "-q", "-f", "-B", "master", commit], checkout, f"check out {commit[:7]}")
-    exclude_local(checkout)
+    commit = _run(["rev-parse", "--verify", "--quiet", f"{target}^{{commit}}"], work, f"find {ref} in {repo}").stdout.strip()
+    _run(["checkout", "-q", "-f", "-B", "master", commit], work, f"check out {commit[:7]}")
     return commit
 
 

@@ -19,7 +19,6 @@ from urllib.parse import urlsplit
 
 from ...sources import credentials_for
 from ..signals import NoRangeSupport, NotTheFile, PermanentError, TransientError
-from .pool import HostPool
 from .protocol import BUFFER_BYTES, RemoteInfo, Sink
 from .throttle import HostGate
 
@@ -31,6 +30,8 @@ MIN_BYTES_PER_S = 1024  # slower than this over a whole data.timeout_s is a stal
 
 def session(gate: HostGate) -> Any:
     """This thread's requests.Session for ``gate``'s host, on the host's one connection pool (:mod:`.pool`)."""
+    from .pool import HostPool  # requests: imported where a transfer is made, not at start-up
+
     return gate.kept(HostPool).session()
 
 

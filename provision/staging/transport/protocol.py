@@ -8,9 +8,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from ...version import __version__
 from ..signals import TransientError
 
 BUFFER_BYTES = 1 << 20  # 1 MiB reads and writes
+# who asks: Zenodo blocks bare client names and asks for one that identifies the tool (REAL_WORLD.md)
+USER_AGENT = f"dlwpt-provision/{__version__} (+https://github.com/dlwpt-provision/dlwpt-provision; data staging for Deep Learning with PyTorch)"
 
 Sink = Callable[[bytes], None]
 
