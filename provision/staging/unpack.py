@@ -168,7 +168,9 @@ def stream_file(ctx: StageContext, f: FilePlan, only: frozenset[str] | None, sta
         hooks = StreamHooks(ctx.retrier, ctx.sleep, lambda n: ctx.count(result, f.key, n), result.retries.append, ctx.stop, ctx.free_bytes,
                             on_start=starting, on_member=lambda m: ctx.emit("unpacked", key=f.key, n=m.size))
         return stream_archive(transfer, layout, hooks, only=only, expected_md5=md5, parallel=ctx.plan.stream_ranges, budget=ctx.read_ahead,
-                              checkpoints=CheckpointFile(ctx.partial / f"{f.key}.stream.json", size, md5), target=ctx.target)
+                              checkpoints=CheckpointFile(checkpoint, size, md5), target=ctx.target)
+
+    checkpoint = ctx.partial / f"{f.key}.stream.json"
 
     try:
         source, outcome = from_sources(ctx, f, result, attempt, damaged=StreamCorrupt)
@@ -177,10 +179,12 @@ def stream_file(ctx: StageContext, f: FilePlan, only: frozenset[str] | None, sta
         return False
     except (DownloadError, ChecksumError):
         if only is None:  # every source failed: what the stream wrote is vouched for by no archive md5 (a full disk resumes instead)
-            discard_stream(ctx.partial / f"{f.key}.stream.json", ctx.target, f.key)
+            discard_stream(checkpoint, ctx.target, f.key)
         raise
     state.streamed(f.key, member_sizes(outcome.members), only, md5_checked=outcome.md5 is not None,
                    unpacked_bytes=sum(m.size for m in outcome.members))
+    if only is None:  # recorded: a run killed before this line names what is left from the checkpoint, fetching nothing again
+        CheckpointFile(checkpoint, 0, None).clear()
     result.source = source
     result.members = outcome.written
     result.outcome = "repaired" if only is not None else "staged"
