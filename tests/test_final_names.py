@@ -17,7 +17,9 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import yaml
 
+from provision.cli import main
 from provision.staging.copies import raw_size_from_header, read_header
 from tests.conftest import stage_in_child
 from tests.support.dataset import build_luna_like, records_of, tree_md5s
@@ -115,7 +117,8 @@ def test_a_directory_that_lies_never_touches_another_archive_s_members(tmp_path:
     stale.write_bytes(forge_directory(data.folder / "subset0.zip", mine.filename, theirs.filename, size_crc))
     with FileServer(data.folder, records=records_of(data)) as srv:
         first = write_profile({"dataset": str(data.manifest), "sources": [srv.url + "/mirror/"], "subsets": "1", "mode": mode})
-        assert stage_in_child(first).returncode == 0
+        staged_first = stage_in_child(first)
+        assert staged_first.returncode == 0, staged_first.stdout + staged_first.stderr
         staged = tree_md5s(target)
         srv.faults.small_ranges_from = {"subset0.zip": stale}
         profile = write_profile({"dataset": str(data.manifest), "sources": [srv.url + "/mirror/"], "subsets": "0-1", "mode": mode,
@@ -126,7 +129,7 @@ def test_a_directory_that_lies_never_touches_another_archive_s_members(tmp_path:
     state = json.loads((tmp_path / "root" / ".provision" / "state.json").read_text())["files"]
     assert state["subset1.zip"]["extracted"] is True
     if mode == "archive":
-        assert done.returncode == 0, done.stderr
+        assert done.returncode == 0, done.stdout + done.stderr
         assert {k: v for k, v in after.items() if not k.startswith(".")} == expected_tree(data)
     else:
         assert done.returncode != 0 and "directory" in done.stderr, done.stderr
@@ -223,3 +226,26 @@ def test_a_complete_archive_under_its_final_name_is_checked_not_fetched(tmp_path
         assert done.returncode == 0, done.stderr
         assert srv.stats.bytes_sent == 0
     assert {k: v for k, v in tree_md5s(target).items() if not k.startswith(".")} == expected_tree(data)
+
+
+@pytest.mark.parametrize("early", [True, False], ids=["unpacked while it lands", "unpacked once whole"])
+def test_without_an_md5_the_pinned_members_vouch_for_an_archive_in_archive_mode(tmp_path: Path, write_profile, early: bool) -> None:
+    """The manifest has no md5 for the archive, only the members `provision pin` recorded. The mirror then serves another
+    archive of the same size, consistent in itself: it is refused before any of its members has a final name."""
+    folder = tmp_path / "mirror"
+    real, impostor = twin_archives(folder)
+    manifest = manifest_for(folder, ["subset0.zip"])
+    target = tmp_path / "root" / "part2" / "luna"
+    with FileServer(folder) as srv:
+        profile = write_profile({"dataset": str(manifest), "sources": [srv.url + "/mirror/"], "mode": "archive",
+                                 "unpack_while_downloading": early})
+        assert main(["pin", "-c", str(profile)]) == 0
+        text = yaml.safe_load(manifest.read_text())
+        for entry in text["files"]:
+            entry.pop("md5")
+        manifest.write_text(yaml.safe_dump(text))
+        real.write_bytes(impostor)
+        done = stage_in_child(profile)
+    assert done.returncode != 0 and "pinned" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+    assert final_names(target) == [], "none of the impostor's members has a final name"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import zipfile
 from pathlib import Path
 
 from ..errors import ChecksumError, DownloadError, ExtractError
@@ -51,6 +52,8 @@ def extract_file(ctx: StageContext, f: FilePlan, archive: Path, only: frozenset[
         ctx.emit("unpacked", key=f.key, n=member.size)
 
     try:
+        if f.pinned:  # with or without an md5, the data set's own member list vouches for the archive, as it does streaming
+            check_archive_against_pins(archive, f)
         members = extracting.extract(
             archive, ctx.target,
             only=only,
@@ -65,6 +68,22 @@ def extract_file(ctx: StageContext, f: FilePlan, archive: Path, only: frozenset[
         raise
     result.members = count
     return members
+
+
+def check_archive_against_pins(archive: Path, f: FilePlan) -> None:
+    """The downloaded archive's directory must list the data set's pinned members (names, sizes, CRC-32s): then each
+    member's CRC, checked as it is unpacked, ties it to the data set even where no md5 is known."""
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            have = {i.filename: (i.file_size, i.CRC) for i in zf.infolist() if not i.is_dir()}
+    except (zipfile.BadZipFile, OSError):
+        return  # unreadable: extracting says so
+    want = {p.name: (p.size, p.crc) for p in f.pinned}
+    if have != want:
+        differ = sorted(set(have) ^ set(want)) or sorted(n for n in have if have[n] != want[n])
+        raise ExtractError(f"{f.key} is not the data set's archive: its members differ from the pinned ones (e.g. {differ[0]})",
+                           hint="the source serves another archive under this name; check it, or put another source first in data.sources",
+                           archive=f.key, member=differ[0])
 
 
 class UnpackWhileLanding:

@@ -133,8 +133,12 @@ class Landing:
         except BaseException as exc:  # noqa: BLE001 - handed to finish()
             if job is not None and job.member is not None:
                 job.member.discard()
+                job.member = None
             with self.lock:
-                self.errors.append(exc)
+                if isinstance(exc, Stopped) and not self.stop.is_set() and job is not None:
+                    self.pending.append(job)  # halted by the landing itself (another member failed): unfinished, not a failure
+                else:
+                    self.errors.append(exc)
                 self.lock.notify_all()
             self.halt.set()
             if isinstance(exc, OutOfSpaceError):  # the disk is full: the download stops too
