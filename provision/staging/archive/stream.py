@@ -273,10 +273,12 @@ def stream_archive(transfer: Transfer, layout: Layout, run: StreamHooks, *, only
         publish(written, layout.archive)
         return StreamOutcome(members, len(written), None)
     digest = md5.hexdigest()
-    problem = (f"md5 mismatch from {transfer.label}: got {digest}, expected {expected_md5}" if expected_md5 and digest != expected_md5
-               else None if same_directory(io.BufferedReader(_Tail(layout, parsers[0].tail)), layout)
-               else f"{transfer.label}: the directory its tail was read with differs from the one its bytes carry: the "
-                    "server's answers disagree, so none of its members is vouched for")
+    problem = None
+    if expected_md5 and digest != expected_md5:
+        problem = f"md5 mismatch from {transfer.label}: got {digest}, expected {expected_md5}"
+    elif not same_directory(io.BufferedReader(_Tail(layout, parsers[0].tail)), layout):
+        problem = (f"{transfer.label}: the directory its tail was read with differs from the one its bytes carry: the server's "
+                   "answers disagree, so none of its members is vouched for")
     if problem is not None:
         discard(members, layout.archive, target)  # none of them is vouched for: not those of this run, nor those of the run it resumed
         if checkpoints is not None:
