@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from provision.staging.archive import landing
+from provision.staging.archive.members import is_held
 from provision.staging.archive.stream import read_layout
 from provision.staging.stop import StopSignal
 from provision.staging.transport.local import LocalTransfer
@@ -135,11 +136,13 @@ def test_a_landing_takes_a_member_only_once_all_its_bytes_are_there(tmp_path: Pa
     landed = {"upto": second}  # the first member's bytes are there, the second's not yet
     run = landing.Landing(lambda halt: layout, two, lambda start, end: min(end, max(start, landed["upto"])), target=target, workers=2,
                           stop=StopSignal())
+    first, second = (sm.member for sm in layout.members)
     deadline = time.monotonic() + 10
-    while not (target / "subset0" / "scan0.raw").exists() and time.monotonic() < deadline:
+    while not is_held(first, "subset0.zip") and time.monotonic() < deadline:
         time.sleep(0.02)
     time.sleep(0.2)
-    assert (target / "subset0" / "scan0.raw").exists() and not (target / "subset0" / "scan1.raw").exists()
+    assert is_held(first, "subset0.zip") and not is_held(second, "subset0.zip")
+    assert not list(target.rglob("*.raw")), "held, not named: the archive is not vouched for yet"
     members = run.finish(two)
     assert members is not None and {m.name for m in members} == {"subset0/scan0.raw", "subset0/scan1.raw"}
     with zipfile.ZipFile(two) as zf:
@@ -176,8 +179,8 @@ def test_a_member_still_landing_is_followed_and_named_only_once_whole(tmp_path: 
 
 
 def test_ctrl_c_while_members_land_stops_at_once_and_the_rerun_resumes(tmp_path: Path, write_profile) -> None:
-    """SIGINT three quarters through an archive whose first members have landed: exit 130 promptly, no temporary file, no
-    archive under its final name; the rerun resumes the download, with the range bounds it saved (moved to member
+    """SIGINT three quarters through an archive whose first members have landed: exit 130 promptly, its members held (no
+    half-written temporary file), nothing under a final name; the rerun resumes the download, with the range bounds it saved (moved to member
     headers), and ends with the whole tree."""
     data = build_luna_like(tmp_path / "d", subsets=1, scans=12, raw_bytes=700_000, extra_plain=False)
     size = data.files["subset0.zip"]["size"]
@@ -191,9 +194,9 @@ def test_ctrl_c_while_members_land_stops_at_once_and_the_rerun_resumes(tmp_path:
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
             deadline = time.monotonic() + 60
-            while not list(target.rglob("*.raw")) and time.monotonic() < deadline and proc.poll() is None:
+            while not list(target.rglob("*.held.provision-tmp")) and time.monotonic() < deadline and proc.poll() is None:
                 time.sleep(0.02)
-            assert list(target.rglob("*.raw")), "a member landed before the download was half done"
+            assert list(target.rglob("*.held.provision-tmp")), "a member landed before the download was half done"
             proc.send_signal(signal.SIGINT)
             out, err = proc.communicate(timeout=20)
         finally:
@@ -202,7 +205,8 @@ def test_ctrl_c_while_members_land_stops_at_once_and_the_rerun_resumes(tmp_path:
                 proc.wait()
         assert proc.returncode == 130, out + err
         assert "Traceback" not in err, err
-        assert not temp_files(target) and not (target / "subset0.zip").exists()
+        assert not [p for p in temp_files(target) if not p.name.endswith(".held.provision-tmp")], "only members held, none half written"
+        assert not list(target.rglob("*.raw")) and not (target / "subset0.zip").exists(), "nothing under a final name"
         saved = json.loads(next((tmp_path / "root").rglob("subset0.zip.progress.json")).read_text())
         assert len(saved["starts"]) >= 3 and set(saved["starts"][2:]) <= heads, f"the bounds moved to member headers: {saved}"
         srv.release()

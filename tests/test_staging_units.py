@@ -18,7 +18,7 @@ import pytest
 from provision.config import DataConfig
 from provision.errors import ChecksumError, DownloadError
 from provision.planvalues import DataPlan, FileLocation, FilePlan
-from provision.staging.archive import checkpoint, md5state, members, writeback
+from provision.staging.archive import checkpoint, md5state, members, naming, writeback
 from provision.staging.archive.members import Layout, Member, MemberWriter, StreamMember, lzma1_filter
 from provision.staging.context import FileResult, StageContext
 from provision.staging.fallback import from_sources
@@ -69,44 +69,65 @@ def layout(tmp_path: Path, crc: int = 1) -> Layout:
 def test_a_checkpoint_is_for_one_archive_and_resumes_only_its_own_members(tmp_path: Path) -> None:
     saved = checkpoint.CheckpointFile(tmp_path / "a.zip.stream.json", 200, "f" * 32)
     mine = layout(tmp_path)
-    point = checkpoint.Checkpoint(checkpoint.directory_digest(mine), 1, 120, b"\0" * md5state.CTX_BYTES)
+    point = checkpoint.Checkpoint(checkpoint.directory_digest(mine), 1, 60, b"\0" * md5state.CTX_BYTES)
     saved.save(point, ["s/x.raw"])
     assert saved.load() == (point, ["s/x.raw"])
     assert checkpoint.CheckpointFile(saved.path, 201, "f" * 32).load() is None, "another size: another archive"
     (tmp_path / "s").mkdir()
     (tmp_path / "s" / "x.raw").write_bytes(b"1234")
+    assert checkpoint.resume_point(mine, saved.load(), tmp_path) is None, "a member under a final name is not this stream's"
+    held = members.held_path(mine.members[0].member, "a.zip")
+    held.write_bytes(b"1234")
     if md5state.available():
         assert checkpoint.resume_point(mine, saved.load(), tmp_path) == point
     other = layout(tmp_path, crc=2)  # the same names, another directory
     assert checkpoint.directory_digest(other) != checkpoint.directory_digest(mine)
     assert checkpoint.resume_point(other, saved.load(), tmp_path) is None
-    assert not (tmp_path / "s" / "x.raw").exists(), "what another archive's stream wrote is removed"
+    assert not held.exists(), "what another archive's stream holds is removed"
+    assert (tmp_path / "s" / "x.raw").read_bytes() == b"1234", "a final name is never removed: it may be another archive's"
+    vouched = checkpoint.Checkpoint(checkpoint.directory_digest(other), 1, 120, None, vouched="e" * 32)
+    saved.save(vouched, ["s/x.raw"])
+    assert checkpoint.resume_point(other, saved.load(), tmp_path) == vouched, "vouched: its members are named, or held"
 
 
 # ---------------------------------------------------------------- archive.members
 
 
-def test_a_member_takes_its_name_only_when_its_crc_checks_out(tmp_path: Path) -> None:
+def test_a_member_is_held_only_when_its_crc_checks_out_and_named_only_when_published(tmp_path: Path) -> None:
     data = b"CT slice " * 5000
     packed = zlib.compressobj(1, zlib.DEFLATED, -15)
     raw = packed.compress(data) + packed.flush()
     dest = tmp_path / "s" / "a.raw"
     dest.parent.mkdir()
-    (dest.parent / ".a.raw.old.provision-tmp").write_bytes(b"left by a killed run")
-    good = MemberWriter(StreamMember(Member("s/a.raw", dest, len(data), zlib.crc32(data)), 0, len(raw), zipfile.ZIP_DEFLATED), "x.zip")
-    assert not (dest.parent / ".a.raw.old.provision-tmp").exists(), "a killed run's temporary file is cleared"
+    (dest.parent / ".a.raw.x.zip.old.provision-tmp").write_bytes(b"left by a killed run")
+    (dest.parent / ".a.raw.y.zip.old.provision-tmp").write_bytes(b"another archive's")
+    member = Member("s/a.raw", dest, len(data), zlib.crc32(data))
+    good = MemberWriter(StreamMember(member, 0, len(raw), zipfile.ZIP_DEFLATED), "x.zip")
+    assert not (dest.parent / ".a.raw.x.zip.old.provision-tmp").exists(), "a killed run's temporary file is cleared"
+    assert (dest.parent / ".a.raw.y.zip.old.provision-tmp").exists(), "another archive's temporary file is not its to clear"
+    (dest.parent / ".a.raw.y.zip.old.provision-tmp").unlink()
     good.feed(raw[:100])
     good.feed(raw[100:])
     good.finish()
-    assert dest.read_bytes() == data
+    assert not dest.exists() and members.is_held(member, "x.zip") and not members.is_held(member, "y.zip"), "held, not named"
+    assert members.held_path(member, "x.zip").read_bytes() == data and f"{member.crc:08x}" in members.held_path(member, "x.zip").name
     bad = MemberWriter(StreamMember(Member("s/b.raw", tmp_path / "s" / "b.raw", len(data), 1234), 0, len(raw), zipfile.ZIP_DEFLATED), "x.zip")
     bad.feed(raw)
     with pytest.raises(StreamCorrupt, match="CRC"):
         bad.finish()
-    assert sorted(p.name for p in dest.parent.iterdir()) == ["a.raw"], "nothing half-written, no temporary left"
+    assert [p.name for p in dest.parent.iterdir()] == [members.held_path(member, "x.zip").name], "nothing half-written, no temporary left"
+    past = MemberWriter(StreamMember(Member("s/c.raw", tmp_path / "s" / "c.raw", 10, 0), 0, len(raw), zipfile.ZIP_DEFLATED), "x.zip")
     with pytest.raises(StreamCorrupt, match="inflates past"):
-        MemberWriter(StreamMember(Member("s/c.raw", tmp_path / "s" / "c.raw", 10, 0), 0, len(raw), zipfile.ZIP_DEFLATED), "x.zip").feed(raw)
+        past.feed(raw)
+    past.discard()  # what its caller does with a member that failed
     assert lzma1_filter(bytes([93, 0, 0, 16, 0]))["dict_size"] == 1 << 20
+    header = Member("s/a.mhd", dest.with_suffix(".mhd"), 3, zlib.crc32(b"mhd"))
+    members.held_path(header, "x.zip").write_bytes(b"mhd")
+    assert [m.name for m in naming.naming_order([header, member])] == ["s/a.raw", "s/a.mhd"], "a header takes its name last"
+    naming.publish([header, member], "x.zip")
+    assert dest.read_bytes() == data and header.dest.read_bytes() == b"mhd" and sorted(p.name for p in dest.parent.iterdir()) == ["a.mhd", "a.raw"]
+    long = Member("s/" + "l" * 240, dest.parent / ("l" * 240), 1, 0)
+    assert len(members.held_path(long, "x.zip").name.encode()) <= 255, "a long member name still has a temporary name that fits"
 
 
 def test_a_member_is_whole_on_disk_when_synced_and_its_writing_starts_early(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -129,7 +150,8 @@ def test_a_member_is_whole_on_disk_when_synced_and_its_writing_starts_early(tmp_
         writer = MemberWriter(StreamMember(Member(name, dest, len(data), zlib.crc32(data)), 0, len(raw), zipfile.ZIP_DEFLATED), "x.zip")
         writer.feed(raw)
         writer.finish()
-        assert synced[-1] == len(data) and dest.read_bytes() == data, f"{name}: all of it on disk before it takes its name"
+        held = members.held_path(writer.member, "x.zip")
+        assert synced[-1] == len(data) and held.read_bytes() == data, f"{name}: all of it on disk before it is held (and named)"
     assert len(data) > 3 * window
     assert calls == [("start", 0, window), ("start", window, window),
                      ("start", 2 * window, window), ("wait", 0, window), ("forget", 0, window),

@@ -194,8 +194,9 @@ def check_against_pins(files: list[CopyFile], pins: dict[str, tuple[int, int]], 
 
 
 def link_files(files: list[CopyFile], target: Path) -> None:
-    """A symlink per file under ``target`` (each made under a temporary name, then renamed into place)."""
-    for f in files:
+    """A symlink per file under ``target`` (each made under a temporary name, then renamed into place): every volume
+    before any header, so that the book (which finds scans by their .mhd) never sees a header without its .raw."""
+    for f in sorted(files, key=lambda f: f.name.lower().endswith(".mhd")):
         dest = target / f.name
         dest.parent.mkdir(parents=True, exist_ok=True)
         if dest.is_symlink() and os.readlink(dest) == str(f.path):

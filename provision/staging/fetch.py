@@ -60,6 +60,10 @@ def download(ctx: StageContext, f: FilePlan, loc: FileLocation, final: Path, siz
     pdir.mkdir(parents=True, exist_ok=True)
     part = pdir / f"{f.key}.part"
     progress_path = pdir / f"{f.key}.progress.json"
+    if md5 and already_here(final, size, md5):  # a run killed once it was renamed, before its record was written
+        part.unlink(missing_ok=True)
+        progress_path.unlink(missing_ok=True)
+        return md5
     if loc.kind == "local" and size is not None:
         linked = hardlink_verified(loc.url, part, final, size, md5)
         if linked is not None:
@@ -102,6 +106,12 @@ def open_source(ctx: StageContext, f: FilePlan, loc: FileLocation, size: int | N
         size, ranges = info.size, info.ranges
         md5 = md5 or info.md5
     return transfer, size, md5, ranges
+
+
+def already_here(final: Path, size: int | None, md5: str) -> bool:
+    """Whether ``final`` is the file already, complete: of its size, and its md5 checks out. A complete download is
+    never fetched again (one whose md5 is not known cannot be told from another, and is)."""
+    return size is not None and size_of(final) == size and md5_of(final) == md5
 
 
 def hardlink_verified(src: str, part: Path, final: Path, size: int, md5: str | None) -> str | None:

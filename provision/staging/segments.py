@@ -195,8 +195,10 @@ class SegmentedDownload:
             os.close(fd)
         if self.errors:
             raise self.errors[0]
+        # the progress file goes only once the file has its name: a run killed before then finds every byte in
+        named = self.s.finish(self.part, self.final, self.size, self.md5, digest, self.transfer.label)
         self.progress_path.unlink(missing_ok=True)
-        return self.s.finish(self.part, self.final, self.size, self.md5, digest, self.transfer.label)
+        return named
 
     def _hash_following(self) -> str:
         """md5 of the file, read as its contiguous prefix grows (from the page cache, not a second disk pass)."""

@@ -266,8 +266,8 @@ def file_statuses(root: Path, keys: list[str], target: Path | None = None) -> di
 
 
 def unpacked_so_far(archive: Path, target: Path) -> int:
-    """Bytes of ``archive``'s members already complete under ``target`` (an unpacking that was interrupted), from its
-    central directory; 0 when it cannot be read."""
+    """Bytes of ``archive``'s members already complete under ``target`` (an unpacking that was interrupted: named, or
+    held), from its central directory; 0 when it cannot be read."""
     import zipfile
 
     try:
@@ -275,20 +275,26 @@ def unpacked_so_far(archive: Path, target: Path) -> int:
             infos = [i for i in zf.infolist() if not i.is_dir()]
     except (OSError, zipfile.BadZipFile, ValueError):
         return 0
+    from .archive.members import Member, is_held
+
     done = 0
     for info in infos:
-        if ".." not in info.filename.split("/") and size_of(target / info.filename) == info.file_size:
+        member = Member(info.filename, target / info.filename, info.file_size, info.CRC)
+        if ".." not in info.filename.split("/") and (size_of(member.dest) == info.file_size or is_held(member, archive.name)):
             done += info.file_size
     return done
 
 
 def streamed_so_far(checkpoint: Path, target: Path | None) -> int:
-    """Bytes of the members a stream's checkpoint says are complete (the first ``index`` of its names)."""
+    """Bytes of the members a stream's checkpoint says are complete (the first ``index`` of its names: held, or named)."""
     saved = read_json(checkpoint)
     if target is None or not isinstance(saved, dict) or not isinstance(saved.get("names"), list) or not isinstance(saved.get("index"), int):
         return 0
+    from .archive.members import held_size
+
+    archive = checkpoint.name[: -len(".stream.json")]
     names = [n for n in saved["names"][: saved["index"]] if isinstance(n, str) and ".." not in n.split("/")]
-    return sum(size_of(target / n) or 0 for n in names)
+    return sum(held_size(target / n, archive) or size_of(target / n) or 0 for n in names)
 
 
 def read_timings(root: Path) -> dict[str, Any]:

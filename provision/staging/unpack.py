@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import zipfile
 from pathlib import Path
 
 from ..errors import ChecksumError, DownloadError, ExtractError
@@ -51,6 +52,8 @@ def extract_file(ctx: StageContext, f: FilePlan, archive: Path, only: frozenset[
         ctx.emit("unpacked", key=f.key, n=member.size)
 
     try:
+        if f.pinned:  # with or without an md5, the data set's own member list vouches for the archive, as it does streaming
+            check_archive_against_pins(archive, f)
         members = extracting.extract(
             archive, ctx.target,
             only=only,
@@ -65,6 +68,22 @@ def extract_file(ctx: StageContext, f: FilePlan, archive: Path, only: frozenset[
         raise
     result.members = count
     return members
+
+
+def check_archive_against_pins(archive: Path, f: FilePlan) -> None:
+    """The downloaded archive's directory must list the data set's pinned members (names, sizes, CRC-32s): then each
+    member's CRC, checked as it is unpacked, ties it to the data set even where no md5 is known."""
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            have = {i.filename: (i.file_size, i.CRC) for i in zf.infolist() if not i.is_dir()}
+    except (zipfile.BadZipFile, OSError):
+        return  # unreadable: extracting says so
+    want = {p.name: (p.size, p.crc) for p in f.pinned}
+    if have != want:
+        differ = sorted(set(have) ^ set(want)) or sorted(n for n in have if have[n] != want[n])
+        raise ExtractError(f"{f.key} is not the data set's archive: its members differ from the pinned ones (e.g. {differ[0]})",
+                           hint="the source serves another archive under this name; check it, or put another source first in data.sources",
+                           archive=f.key, member=differ[0])
 
 
 class UnpackWhileLanding:
@@ -168,7 +187,9 @@ def stream_file(ctx: StageContext, f: FilePlan, only: frozenset[str] | None, sta
         hooks = StreamHooks(ctx.retrier, ctx.sleep, lambda n: ctx.count(result, f.key, n), result.retries.append, ctx.stop, ctx.free_bytes,
                             on_start=starting, on_member=lambda m: ctx.emit("unpacked", key=f.key, n=m.size))
         return stream_archive(transfer, layout, hooks, only=only, expected_md5=md5, parallel=ctx.plan.stream_ranges, budget=ctx.read_ahead,
-                              checkpoints=CheckpointFile(ctx.partial / f"{f.key}.stream.json", size, md5), target=ctx.target)
+                              checkpoints=CheckpointFile(checkpoint, size, md5), target=ctx.target)
+
+    checkpoint = ctx.partial / f"{f.key}.stream.json"
 
     try:
         source, outcome = from_sources(ctx, f, result, attempt, damaged=StreamCorrupt)
@@ -177,10 +198,12 @@ def stream_file(ctx: StageContext, f: FilePlan, only: frozenset[str] | None, sta
         return False
     except (DownloadError, ChecksumError):
         if only is None:  # every source failed: what the stream wrote is vouched for by no archive md5 (a full disk resumes instead)
-            discard_stream(ctx.partial / f"{f.key}.stream.json", ctx.target, f.key)
+            discard_stream(checkpoint, ctx.target, f.key)
         raise
     state.streamed(f.key, member_sizes(outcome.members), only, md5_checked=outcome.md5 is not None,
                    unpacked_bytes=sum(m.size for m in outcome.members))
+    if only is None:  # recorded: a run killed before this line names what is left from the checkpoint, fetching nothing again
+        CheckpointFile(checkpoint, 0, None).clear()
     result.source = source
     result.members = outcome.written
     result.outcome = "repaired" if only is not None else "staged"

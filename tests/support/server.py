@@ -41,6 +41,10 @@ class Faults:
     rate_limit: int | None = None   # requests per window; every answer carries X-RateLimit-*, over it 429 + Retry-After
     rate_window_s: float = 60.0
     hold_after: int | None = None   # once this many body bytes went out, every body waits until ``release()``
+    # key -> another file of the same size whose bytes answer every ranged request of at most small_range_bytes: a CDN
+    # edge that serves small ranges (a zip directory's reads) from a stale copy, and large ones (the body) from the origin
+    small_ranges_from: dict[str, Path] = field(default_factory=dict)
+    small_range_bytes: int = 64 * 1024
 
 
 BLOCK_PAGE = (b"<!DOCTYPE html><html><head><title>Access blocked</title></head><body><h1>Access denied</h1>"
@@ -283,6 +287,10 @@ class FileServer:
                     return self._simple(h, 416, b"", {"Content-Range": f"bytes */{size}"}, key=key)
                 status = 206
         length = end - start + 1
+        stale = self.faults.small_ranges_from.get(key)
+        if stale is not None and status == 206 and length <= self.faults.small_range_bytes:
+            assert stale.stat().st_size == size, "a stale copy of another size would be told by its Content-Range"
+            file = stale
         h.send_response(status)
         for k, v in getattr(h, "rate_headers", {}).items():
             h.send_header(k, v)

@@ -1,4 +1,5 @@
-"""Safe zip extraction: checked member paths, no symlinks, bounded sizes, temp names, CRC-verified renames."""
+"""Safe zip extraction: checked member paths, no symlinks, bounded sizes, temp names, CRC-checked members named only
+once all of the archive's are (:mod:`.naming`)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,14 @@ import threading
 import zipfile
 from collections.abc import Callable, Iterable
 from pathlib import Path, PurePosixPath
+from typing import IO
 
 from ...errors import ExtractError, OutOfSpaceError
 from ..signals import Stopped, StreamCorrupt
 from ..transport.protocol import BUFFER_BYTES
 from . import codec
-from .members import LOCAL_HEADER, LOCAL_SIGNATURE, METHODS, TMP_SUFFIX, Member, MemberWriter, StreamMember
+from .members import LOCAL_HEADER, LOCAL_SIGNATURE, METHODS, TMP_SUFFIX, Layout, Member, MemberWriter, StreamMember, is_held
+from .naming import publish
 
 RESERVED_TOP = (".provision", ".provision-partial")  # the tool's own folders, when the data set unpacks into data.root itself
 
@@ -135,8 +138,12 @@ def extract(
             archive=archive, declared=declared, expected=expected_unpacked,
         )
     wanted = set(only) if only is not None else None
-    # the archive's md5 vouches for its directory, and so each CRC: a member already on disk stays only when it matches
-    todo = [m for m in members if (wanted is None or m.name in wanted) and (wanted is not None or not member_done(m, check_crc=True))]
+    # the archive's md5 vouches for its directory, and so each CRC: a member already under its final name stays only when
+    # it matches, and one a stopped run held (checked out with the CRC its name carries) is taken up as it is
+    chosen = [m for m in members if wanted is None or m.name in wanted]
+    held = {m.name for m in chosen if is_held(m, archive)}
+    to_name = [m for m in chosen if m.name in held or wanted is not None or not member_done(m, check_crc=True)]
+    todo = [m for m in to_name if m.name not in held]
     located = [stream_member(infos[m.name], m, archive) for m in sorted(todo, key=lambda m: -m.size)]
     remaining = sum(m.size for m in todo)
     if free_bytes is not None and remaining > free_bytes():
@@ -144,7 +151,28 @@ def extract(
     if on_start is not None:
         on_start(len(todo), remaining)
     _run_parallel(archive_path, located, max(1, workers), on_member, stop)
+    publish(to_name, archive)
     return members
+
+
+def same_directory(archive: Path | IO[bytes], layout: Layout) -> bool:
+    """Whether ``archive``'s own directory (a file, or the tail of one as a file object) lists the members ``layout``
+    did, at the same offsets, sizes and CRCs, and starts where it said."""
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            names = {m.name for m in list_members(zf, Path("/"), layout.archive)}
+            infos = {i.filename: i for i in zf.infolist()}
+            start = zf.start_dir
+    except (zipfile.BadZipFile, ExtractError, OSError, ValueError, EOFError):
+        return False
+    if start != layout.directory_offset or names != {sm.member.name for sm in layout.members}:
+        return False
+    for sm in layout.members:
+        info = infos[sm.member.name]
+        if (info.header_offset, info.compress_size, info.compress_type, info.file_size, info.CRC) != \
+                (sm.header_offset, sm.compress_size, sm.compress_type, sm.member.size, sm.member.crc):
+            return False
+    return True
 
 
 def stream_member(info: zipfile.ZipInfo, member: Member, archive: str) -> StreamMember:
@@ -205,7 +233,7 @@ def data_offset(fd: int, sm: StreamMember, archive: str) -> int:
 
 class MemberFromFile:
     """One member inflated from the archive open at ``fd``, in as many steps as its bytes take to land: ``feed(upto)``
-    inflates what lies before byte ``upto``, ``finish`` checks and renames once all of it has been fed. Any failure
+    inflates what lies before byte ``upto``, ``finish`` checks and holds it once all of it has been fed. Any failure
     leaves no temporary file; ``discard`` drops one that is given up on."""
 
     def __init__(self, fd: int, sm: StreamMember, archive: str) -> None:
@@ -256,7 +284,7 @@ class MemberFromFile:
 
 def write_member(fd: int, sm: StreamMember, archive: str, stop: threading.Event | None = None) -> None:
     """Inflate one member, read at its offsets from the archive open at ``fd``, into a temp name beside its
-    destination; renamed once its CRC checks out. ``stop`` ends it between two reads (the temp file goes)."""
+    destination; held once its CRC checks out. ``stop`` ends it between two reads (the temp file goes)."""
     member = MemberFromFile(fd, sm, archive)
     member.feed(member.end, stop)
     member.finish()

@@ -7,9 +7,10 @@ arrive side by side): a worker takes the member with the most landed bytes not y
 FOLLOW_BYTES at least), inflates them and puts it back if more are to come, so a member that a segment is still
 bringing is followed a few MiB behind, and the last byte of the archive leaves a few MiB a member to inflate, not
 whole members. Bytes are read back from the partial file (the page cache) and written under temporary names, each
-renamed once its size and CRC-32 check out. Nothing here decides what is trusted: the archive's md5 is still checked
-as a whole, the directory the members were cut by must be the downloaded archive's own, and on any doubt the members
-this landing wrote are removed and the archive is unpacked the ordinary way once it is whole.
+held once its size and CRC-32 check out (:mod:`.members`). No member takes its final name here before the archive is
+vouched for: ``finish`` is given the archive once its md5 checked out, and names the members together only when the
+directory they were cut by is the archive's own; on any doubt what this landing holds is removed (its own temporary
+files, never a final name) and the archive is unpacked the ordinary way.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import logging
 import os
 import threading
 import time
-import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,8 +26,9 @@ from ...errors import ExtractError, OutOfSpaceError
 from ..signals import Stopped
 from ..stop import StopSignal
 from ..transport.opening import BLOCK_BYTES
-from .extract import MemberFromFile, list_members, member_done
-from .members import Layout, Member, StreamMember
+from .extract import MemberFromFile, same_directory
+from .members import Layout, Member, StreamMember, is_held
+from .naming import discard, publish
 
 log = logging.getLogger(__name__)
 POLL_S = 0.05  # how often an idle worker looks for a member with bytes to inflate
@@ -77,7 +78,7 @@ class Landing:
         self.next_look = 0.0  # when the next look for landed members is due
         self.errors: list[BaseException] = []
         self.written: list[Member] = []
-        self.kept: list[Member] = []  # already on disk from a run that was stopped, its CRC matching
+        self.kept: list[Member] = []  # held already, by a run of this archive that was stopped
         self.threads: list[threading.Thread] = []
         self.starter = threading.Thread(target=self._start, name="landing", daemon=True)
         self.starter.start()
@@ -132,18 +133,22 @@ class Landing:
         except BaseException as exc:  # noqa: BLE001 - handed to finish()
             if job is not None and job.member is not None:
                 job.member.discard()
+                job.member = None
             with self.lock:
-                self.errors.append(exc)
+                if isinstance(exc, Stopped) and not self.stop.is_set() and job is not None:
+                    self.pending.append(job)  # halted by the landing itself (another member failed): unfinished, not a failure
+                else:
+                    self.errors.append(exc)
                 self.lock.notify_all()
             self.halt.set()
             if isinstance(exc, OutOfSpaceError):  # the disk is full: the download stops too
                 self.stop.set(exc.message, exc)
 
     def _advance(self, job: _Job) -> None:
-        """Inflate the bytes ``job`` was taken for; written and named once all are in, put back while more are to come."""
+        """Inflate the bytes ``job`` was taken for; written and held once all are in, put back while more are to come."""
         assert self.layout is not None
         if job.member is None:
-            if member_done(job.sm.member, check_crc=True):  # a stopped run wrote it from these bytes' archive
+            if is_held(job.sm.member, self.layout.archive):  # checked out in a stopped run, with this directory's CRC
                 with self.lock:
                     self.kept.append(job.sm.member)
                 self._done(job.sm.member)
@@ -180,8 +185,9 @@ class Landing:
             self.fd = -1
 
     def finish(self, archive: Path) -> list[Member] | None:
-        """Every member of the verified ``archive``, once the last is written; None when it is to be unpacked the
-        ordinary way (its directory could not be read first, or differs from the one the members were cut by)."""
+        """Every member of the verified ``archive``, named once the last is written; None when it is to be unpacked the
+        ordinary way (its directory could not be read first, or differs from the one the members were cut by: what
+        this landing holds then goes; or a member did not check out: the others stay held for the ordinary way)."""
         self.landed = lambda start, end: end  # the download is complete
         self.starter.join()
         with self.lock:
@@ -193,16 +199,21 @@ class Landing:
         damaged = [e for e in self.errors if isinstance(e, ExtractError)]
         if self.errors and len(damaged) < len(self.errors):
             raise next(e for e in self.errors if not isinstance(e, ExtractError))
-        if self.layout is None or damaged or self.pending:
-            return None  # unpacked once whole: the ordinary way tells what is wrong (and keeps what checked out)
+        if self.layout is None:
+            return None
         if not same_directory(archive, self.layout):
             log.warning("%s: its directory differs from the one read before the download: unpacking it again", archive.name)
             self._remove()
             return None
-        return [sm.member for sm in self.layout.members]
+        if damaged or self.pending:
+            return None  # unpacked once whole: the ordinary way tells what is wrong (and takes up what checked out)
+        members = [sm.member for sm in self.layout.members]
+        publish(members, self.layout.archive)
+        return members
 
     def abandon(self, remove: bool) -> None:
-        """Stop; with ``remove``, the members this landing wrote or kept go too (their archive turned out damaged)."""
+        """Stop; with ``remove``, what this landing holds goes too (its archive turned out damaged); otherwise it stays
+        held for the next run to take up."""
         with self.lock:
             self.halt.set()
             self.lock.notify_all()
@@ -211,32 +222,7 @@ class Landing:
             self._remove()
 
     def _remove(self) -> None:
-        """The members written or kept go, and the folders left empty by them, up to the target."""
-        folders: set[Path] = set()
-        for member in self.written + self.kept:
-            member.dest.unlink(missing_ok=True)
-            folders.update(p for p in member.dest.parents if p.is_relative_to(self.target) and p != self.target)
-        for folder in sorted(folders, key=lambda p: -len(p.parts)):
-            try:
-                folder.rmdir()
-            except OSError:  # not empty: something else is in it
-                pass
+        """What this landing holds goes (its own temporary files), and the folders left empty by them, up to the target."""
+        if self.layout is not None:
+            discard(self.written + self.kept, self.layout.archive, self.target)
         self.written, self.kept = [], []
-
-
-def same_directory(archive: Path, layout: Layout) -> bool:
-    """Whether ``archive``'s own directory lists the members ``layout`` did, at the same offsets, sizes and CRCs."""
-    try:
-        with zipfile.ZipFile(archive) as zf:
-            names = {m.name for m in list_members(zf, archive.parent, archive.name)}
-            infos = {i.filename: i for i in zf.infolist()}
-    except (zipfile.BadZipFile, ExtractError, OSError):
-        return False
-    if names != {sm.member.name for sm in layout.members}:
-        return False
-    for sm in layout.members:
-        info = infos[sm.member.name]
-        if (info.header_offset, info.compress_size, info.compress_type, info.file_size, info.CRC) != \
-                (sm.header_offset, sm.compress_size, sm.compress_type, sm.member.size, sm.member.crc):
-            return False
-    return True

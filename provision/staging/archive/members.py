@@ -1,11 +1,16 @@
-"""Writing one zip member: its compressed bytes inflated into a temporary name beside its destination,
-then renamed once its size and CRC-32 check out. Shared by archive mode (bytes read from the downloaded
-archive) and stream mode (bytes as they arrive), so both inflate with the same codec (:mod:`.codec`)."""
+"""Writing one zip member: its compressed bytes inflated into a temporary name beside its destination, then, once its
+size and CRC-32 check out, *held* under a name that says so (the CRC in it), until its whole archive is vouched for and
+:mod:`.naming` gives it its final name. Shared by archive mode (bytes read from the downloaded archive) and stream mode
+(bytes as they arrive), so both inflate with the same codec (:mod:`.codec`).
+
+Every temporary name of a member carries its archive's key: an archive only ever takes up or removes its own, never
+another's (a directory that lies may name another archive's members)."""
 
 from __future__ import annotations
 
 import bz2
 import glob
+import hashlib
 import lzma
 import os
 import struct
@@ -23,6 +28,7 @@ from .writeback import EarlyWriteback
 INPUT_PIECE_BYTES = 128 << 10  # compressed bytes per call to the inflater
 OUTPUT_PIECE_BYTES = 512 << 10  # inflated bytes at a time: held at once, and small enough to stay in the cache until written
 TMP_SUFFIX = ".provision-tmp"
+HELD_SUFFIX = ".held" + TMP_SUFFIX  # a member checked out, waiting for its archive to be vouched for
 LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")
 LOCAL_SIGNATURE = b"PK\x03\x04"
 METHODS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA)
@@ -49,6 +55,44 @@ def write_error(exc: OSError, member: Member, archive: str) -> ExtractError | Ou
         hint=f"check that {member.dest.parent} is writable and on a working disk; what is staged so far is kept",
         archive=archive, member=member.name, path=str(member.dest),
     )
+
+
+def temp_prefix(dest: Path, archive: str) -> str:
+    """How every temporary name of ``archive``'s member bound for ``dest`` starts: hidden (the book's globs skip it), and
+    its archive's own."""
+    prefix = f".{dest.name}.{archive}."
+    if len(prefix.encode("utf-8", "surrogateescape")) > 160:  # the name then still fits a filesystem's 255 bytes
+        prefix = f".{hashlib.sha256(f'{dest.name}/{archive}'.encode('utf-8', 'surrogateescape')).hexdigest()[:40]}."
+    return prefix
+
+
+def held_path(member: Member, archive: str) -> Path:
+    """Where ``archive``'s ``member`` is held once its size and CRC-32 checked out (the CRC is in the name)."""
+    return member.dest.with_name(f"{temp_prefix(member.dest, archive)}{member.crc & 0xFFFFFFFF:08x}{HELD_SUFFIX}")
+
+
+def temporaries(dest: Path, archive: str) -> list[Path]:
+    """Every temporary file ``archive`` has for the member bound for ``dest``: one being written, one held."""
+    return list(dest.parent.glob(f"{glob.escape(temp_prefix(dest, archive))}*{TMP_SUFFIX}"))
+
+
+def is_held(member: Member, archive: str) -> bool:
+    """Whether ``archive`` holds ``member`` already: written and checked, by this run or one that was stopped (its name
+    says which CRC it checked out with, and its size is the member's)."""
+    try:
+        return os.stat(held_path(member, archive)).st_size == member.size
+    except OSError:
+        return False
+
+
+def held_size(dest: Path, archive: str) -> int:
+    """The size of what ``archive`` holds for ``dest`` (0: nothing), whatever CRC it was held with."""
+    for path in dest.parent.glob(f"{glob.escape(temp_prefix(dest, archive))}*{HELD_SUFFIX}"):
+        try:
+            return os.stat(path).st_size
+        except OSError:
+            continue
+    return 0
 
 
 @dataclass(frozen=True)
@@ -113,7 +157,7 @@ class _LzmaZip:
 
 
 class MemberWriter:
-    """Inflates one member's compressed bytes into its temporary file; ``finish`` checks and renames."""
+    """Inflates one member's compressed bytes into its temporary file; ``finish`` checks it and holds it."""
 
     def __init__(self, sm: StreamMember, archive: str) -> None:
         self.sm = sm
@@ -121,10 +165,10 @@ class MemberWriter:
         self.archive = archive
         try:
             self.member.dest.parent.mkdir(parents=True, exist_ok=True)
-            for stale in self.member.dest.parent.glob(f".{glob.escape(self.member.dest.name)}.*{TMP_SUFFIX}"):
-                stale.unlink(missing_ok=True)  # what a killed run left of this member (the run lock keeps others out)
+            for stale in temporaries(self.member.dest, archive):
+                stale.unlink(missing_ok=True)  # what a killed run of this archive left of this member (the run lock keeps others out)
             # a name of its own that no member can have: random, and members named *.provision-tmp are refused
-            fd, tmp = tempfile.mkstemp(prefix=f".{self.member.dest.name}.", suffix=TMP_SUFFIX, dir=self.member.dest.parent)
+            fd, tmp = tempfile.mkstemp(prefix=temp_prefix(self.member.dest, archive), suffix=TMP_SUFFIX, dir=self.member.dest.parent)
             self.tmp = Path(tmp)
             self.out = os.fdopen(fd, "wb")
         except OSError as exc:
@@ -167,6 +211,7 @@ class MemberWriter:
         self.writeback.written(self.written)
 
     def finish(self) -> None:
+        """Check the member's size and CRC-32 and hold it (:func:`held_path`): it is named once its archive is vouched for."""
         if self.inflater is not None and hasattr(self.inflater, "flush"):
             try:
                 tail = self.inflater.flush()
@@ -186,7 +231,7 @@ class MemberWriter:
             raise StreamCorrupt(f"member {self.member.name}: got {self.written} bytes with CRC {self.crc:08x}, "
                                 f"the directory says {self.member.size} bytes with CRC {self.member.crc:08x}")
         try:
-            os.replace(self.tmp, self.member.dest)
+            os.replace(self.tmp, held_path(self.member, self.archive))
         except OSError as exc:
             self.discard()
             raise write_error(exc, self.member, self.archive) from None

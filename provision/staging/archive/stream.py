@@ -3,11 +3,13 @@
 The central directory is read first (one ranged request of the archive's tail), so every
 member's offset, sizes and CRC are known before a byte is written. The archive is then read as
 one ordered byte stream (over several connections at once, :mod:`..transport.ordered`): each
-member is inflated into a temporary name, fsync'd and renamed once its size and CRC-32 check out,
-and the archive's md5 is computed over the same stream. A dropped connection continues at the
-exact byte (the parser keeps its state); a new run after an interruption continues at the first
-member not yet complete, so it costs at most the member in progress and the read-ahead. Peak
-disk is the unpacked data plus the members being written.
+member is inflated into a temporary name, fsync'd and held once its size and CRC-32 check out,
+and the archive's md5 is computed over the same stream, as is the directory the stream carries
+(compared with the one read first). Only then, the archive vouched for, do its members take
+their final names (:mod:`.naming`). A dropped connection continues at the exact byte (the parser
+keeps its state); a new run after an interruption continues at the first member not yet held,
+so it costs at most the member in progress and the read-ahead. Peak disk is the unpacked data
+plus the members being written.
 """
 
 from __future__ import annotations
@@ -30,8 +32,13 @@ from ..transport.ordered import OrderedHooks, ReadAhead, read_ordered
 from ..transport.protocol import BUFFER_BYTES, Retrier, Transfer, read_resuming
 from . import md5state
 from .checkpoint import Checkpoint, CheckpointFile, directory_digest, resume_point
-from .extract import list_members, member_done
-from .members import LOCAL_HEADER, LOCAL_SIGNATURE, METHODS, Layout, Member, MemberWriter, StreamMember
+from .extract import list_members, member_done, same_directory
+from .members import LOCAL_HEADER, LOCAL_SIGNATURE, METHODS, Layout, Member, MemberWriter, StreamMember, is_held
+from .naming import discard, publish
+
+# a whole stream keeps the bytes of the directory it carries, to compare with the one read first: a LUNA16 archive's is
+# about 20 KB; an archive whose directory is larger than this is staged in archive mode
+MAX_DIRECTORY_BYTES = 16 << 20
 
 
 def read_layout(transfer: Transfer, size: int, target: Path, archive: str) -> Layout:
@@ -71,7 +78,9 @@ class StreamUnpacker:
         self.header = b""
         self.data_start: int | None = None
         self.writer: MemberWriter | None = None
-        self.written: list[Member] = []
+        self.written: list[Member] = []  # held by this parser: written, or found held by a run that was stopped
+        # a whole stream: the bytes of the directory it carries, from the directory's offset on
+        self.tail: bytearray | None = bytearray() if md5 is not None else None
 
     @property
     def end(self) -> int:
@@ -107,6 +116,8 @@ class StreamUnpacker:
         """Consume ``n`` bytes: hashed here, as they are consumed, so a checkpoint's md5 state is exactly that of bytes [0, pos)."""
         if self.md5 is not None and n:
             self.md5.update(view[:n])
+        if self.tail is not None and self.pos + n > self.layout.directory_offset:
+            self.tail += view[max(0, self.layout.directory_offset - self.pos) : n]
         self.pos += n
         return view[n:]
 
@@ -126,15 +137,16 @@ class StreamUnpacker:
         view = self._advance(view, min(len(view), header_end - self.pos))
         if self.pos == header_end:
             self.data_start = header_end
-            self.writer = MemberWriter(sm, self.layout.archive)
+            # a member a stopped run held is not inflated again: its bytes still pass, for the md5
+            self.writer = None if is_held(sm.member, self.layout.archive) else MemberWriter(sm, self.layout.archive)
             if sm.compress_size == 0:
                 self._member_done()
         return view
 
     def _member_done(self) -> None:
-        assert self.writer is not None
-        self.writer.finish()
-        member = self.writer.member
+        member = self.layout.members[self.index].member
+        if self.writer is not None:
+            self.writer.finish()
         self.written.append(member)
         self.writer = None
         self.header = b""
@@ -151,7 +163,7 @@ class StreamUnpacker:
 
 
 def runs_to_fetch(layout: Layout, only: frozenset[str] | None) -> list[tuple[int, int]]:
-    """[first, last) member index ranges still to write: after the last complete member, or the named ones."""
+    """[first, last) member index ranges still to write: those not yet complete, or the named ones."""
     wanted = [i for i, sm in enumerate(layout.members) if (sm.member.name in only if only is not None else not member_done(sm.member))]
     runs: list[tuple[int, int]] = []
     for i in wanted:
@@ -204,20 +216,28 @@ class StreamHooks:
 def stream_archive(transfer: Transfer, layout: Layout, run: StreamHooks, *, only: frozenset[str] | None, expected_md5: str | None,
                    parallel: int = 1, budget: ReadAhead | None = None, checkpoints: CheckpointFile | None = None,
                    target: Path | None = None) -> StreamOutcome:
-    """Fetch and unpack the members still missing; verify the archive md5 when it is read whole.
+    """Fetch and unpack the members still missing; verify the archive md5 when it is read whole; name them once vouched for.
 
     A whole stream (not a repair) is read from its first byte, or from the checkpoint a killed run saved (its md5 state
-    restored), so the md5 always covers every byte and vouches for every member, resumed or not; a mismatch removes
-    every member of the archive. With ``parallel`` > 1 and a read-ahead ``budget`` its bytes come over that many
-    connections at once, handed to the one inflating reader in order. A repair reads the members it rewrites as up to
-    ``parallel`` member-aligned ranges at once, each member CRC-checked (no archive md5 exists for a part).
+    restored), so the md5 always covers every byte and vouches for every member, resumed or not; and the directory it
+    carries must be the one the members were cut by. Until both check out the members are held under their archive's
+    temporary names, then named together (:mod:`.naming`); a mismatch removes what is held, never a final name. With
+    ``parallel`` > 1 and a read-ahead ``budget`` its bytes come over that many connections at once, handed to the one
+    inflating reader in order. A repair reads the members it rewrites as up to ``parallel`` member-aligned ranges at
+    once, each member CRC-checked against the directory the caller checked (no archive md5 exists for a part). The
+    checkpoint is the caller's to clear, once the outcome is recorded.
     """
     members = [sm.member for sm in layout.members]
     whole = only is None
+    if whole and layout.size - layout.directory_offset > MAX_DIRECTORY_BYTES:
+        raise CannotStream(f"{layout.archive}: its directory takes {layout.size - layout.directory_offset} bytes, more than a stream keeps")
     resume, runs = _runs(layout, only, whole, checkpoints.load() if checkpoints is not None and whole else None, target or Path("."))
+    if resume is not None and resume.vouched is not None:  # checked out before a kill: its members are held or named
+        publish([m for m in members if is_held(m, layout.archive)], layout.archive)
+        return StreamOutcome(members, 0, resume.vouched or None)
     if not whole and not runs:
         return StreamOutcome(members, 0, None)
-    to_write = sum(layout.members[i].member.size for first, last in runs for i in range(first, last))
+    to_write = sum(layout.members[i].member.size for first, last in runs for i in range(first, last) if not is_held(layout.members[i].member, layout.archive))
     if to_write > run.free_bytes():
         raise OutOfSpaceError.disk_full(target or Path("."), f"unpacking {layout.archive}", needed=to_write, free=run.free_bytes())
     md5: Any = None
@@ -247,15 +267,63 @@ def stream_archive(transfer: Transfer, layout: Layout, run: StreamHooks, *, only
     if errors:
         corrupt = next((e for e in errors if isinstance(e, StreamCorrupt)), None)
         if corrupt is not None and not whole:
-            _remove(written)  # nothing from a damaged repair survives (a whole stream keeps CRC-good members: its md5 judges them)
+            discard(written, layout.archive)  # nothing from a damaged repair survives (a whole stream keeps what it holds: its md5 judges it)
         raise corrupt or errors[0]
-    digest = md5.hexdigest() if md5 is not None else None
-    if checkpoints is not None:
-        checkpoints.clear()
-    if whole and expected_md5 and digest != expected_md5:
-        _remove(members)  # none of them is vouched for: not those of this run, nor those of the run it resumed
-        raise StreamCorrupt(f"md5 mismatch from {transfer.label}: got {digest}, expected {expected_md5}")
+    if not whole:
+        publish(written, layout.archive)
+        return StreamOutcome(members, len(written), None)
+    digest = md5.hexdigest()
+    problem = None
+    if expected_md5 and digest != expected_md5:
+        problem = f"md5 mismatch from {transfer.label}: got {digest}, expected {expected_md5}"
+    elif not same_directory(io.BufferedReader(_Tail(layout, parsers[0].tail)), layout):
+        problem = (f"{transfer.label}: the directory its tail was read with differs from the one its bytes carry: the server's "
+                   "answers disagree, so none of its members is vouched for")
+    if problem is not None:
+        discard(members, layout.archive, target)  # none of them is vouched for: not those of this run, nor those of the run it resumed
+        if checkpoints is not None:
+            checkpoints.clear()
+        raise StreamCorrupt(problem)
+    if saver is not None:  # before a name is given: a run killed while they are names the rest, fetching nothing again
+        saver.vouched(parsers[0], digest)
+    publish(members, layout.archive)
     return StreamOutcome(members, len(written), digest)
+
+
+class _Tail(io.RawIOBase):
+    """The archive as a file of its size holding only the bytes of the directory a stream carried (zeros before it):
+    what reading its directory needs."""
+
+    def __init__(self, layout: Layout, tail: bytearray | None) -> None:
+        self.size = layout.size
+        self.start = layout.directory_offset
+        self.tail = bytes(tail) if tail is not None and len(tail) == self.size - self.start else b""
+        self.pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        self.pos = max(0, {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.size}[whence] + offset)
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        n = max(0, min(len(view), self.size - self.pos))
+        if not self.tail:  # the stream did not carry its whole directory: nothing to read it from
+            raise OSError("the stream did not carry the archive's directory")
+        zeros = max(0, min(n, self.start - self.pos))
+        view[:zeros] = bytes(zeros)
+        rest = self.tail[self.pos + zeros - self.start : self.pos + n - self.start]
+        view[zeros : zeros + len(rest)] = rest
+        self.pos += n
+        return n
 
 
 def _runs(layout: Layout, only: frozenset[str] | None, whole: bool, saved: tuple[Checkpoint, list[str]] | None,
@@ -285,6 +353,10 @@ class _Checkpointing:
     def after(self, parser: StreamUnpacker) -> None:
         state = self.md5.state() if isinstance(self.md5, md5state.ResumableMd5) else None
         self.checkpoints.save(Checkpoint(self.directory, parser.index, parser.pos, state), self.names)
+
+    def vouched(self, parser: StreamUnpacker, digest: str) -> None:
+        """The whole archive checked out (``digest``, its md5): what a run killed from here on needs is to name its members."""
+        self.checkpoints.save(Checkpoint(self.directory, parser.index, parser.pos, None, vouched=digest), self.names)
 
 
 def _pump_all(parsers: list[StreamUnpacker], pump: Callable[[StreamUnpacker], None], at_once: int) -> list[BaseException]:
@@ -337,11 +409,6 @@ def _pump_ordered(transfer: Transfer, parser: StreamUnpacker, ranges: int, budge
         run.on_bytes(len(chunk))
 
     read_ordered(transfer, parser.pos, parser.end, sink, ranges=ranges, budget=budget, hooks=OrderedHooks(run.retrier, run.note_retry, run.stop))
-
-
-def _remove(members: list[Member]) -> None:
-    for m in members:
-        m.dest.unlink(missing_ok=True)
 
 
 def check_layout_against_pins(layout: Layout, pins: tuple[PinnedMember, ...], url: str) -> None:
