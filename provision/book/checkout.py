@@ -81,7 +81,9 @@ def facts(checkout: Path, data_root: Path) -> CheckoutFacts:
     head = head_commit(checkout)
     foreign: tuple[str, ...] = ()
     if head is None and checkout.is_dir():
-        foreign = tuple(sorted(p.name for p in checkout.iterdir() if p.name != DATA_FOLDER))
+        # a .git folder with no commit checked out is a clone stopped half-way (Ctrl-C, TERM): clone() continues it
+        ours = {DATA_FOLDER, ".git"} if (checkout / ".git").is_dir() and not (checkout / ".git").is_symlink() else {DATA_FOLDER}
+        foreign = tuple(sorted(p.name for p in checkout.iterdir() if p.name not in ours))
     return CheckoutFacts(str(checkout), checkout.is_dir(), head, foreign, data_link_state(checkout, data_root))
 
 
