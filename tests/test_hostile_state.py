@@ -222,3 +222,38 @@ def test_a_path_component_over_255_bytes_is_a_user_error(small: Built, write_pro
             argv += ["--root", str(tmp_path / long / "root")]
         code, err = run(capsys, *argv)
         assert code in (1, 2, 3) and "error:" in err and "hint:" in err and long in err, err
+
+
+AUX_SHAPES: dict[str, list[str]] = {
+    "timings.json": ["[]", '{"cache": []}', '{"cache": {"11": {"core_s_per_entry": "fast"}}}', '{"cache": {"11": {"core_s_per_entry": 1e999}}}',
+                     '{"cache": {"11": {"core_s_per_entry": 0.01, "measured_on": 5}}}', '{"epoch": {"p2ch11 training": []}}',
+                     '{"epoch": ' + DEEP + "}"],
+    "cache record": ["[]", '{"series": []}', '{"series": {"a": 1e999}}', '{"series": {"a": "many"}}', '{"series": ' + DEEP + "}"],
+}
+
+
+@pytest.mark.parametrize("shape", range(7))
+@pytest.mark.parametrize("kind", sorted(AUX_SHAPES))
+def test_what_plan_and_status_read_beside_the_state_is_never_an_internal_error(staged: Path, tmp_path: Path, capsys, kind: str,
+                                                                                shape: int) -> None:
+    shapes = AUX_SHAPES[kind]
+    if shape >= len(shapes):
+        pytest.skip("fewer shapes of this kind")
+    path = (tmp_path / "root" / ".provision" / "timings.json" if kind == "timings.json"
+            else tmp_path / "root" / "cache" / "part2ch11_raw" / ".provision-built.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(shapes[shape])
+    for command in ("plan", "status"):
+        code, err = run(capsys, command, "-c", str(staged))
+        assert code in (0, 3), err
+
+
+@pytest.mark.parametrize("stamps", ['{"subset0.zip": ["x"]}', '{"subset0.zip": {"md5": 5, "stat": []}}', "[]", DEEP])
+def test_a_mirror_folders_stamps_of_another_shape_vouch_for_nothing(staged: Path, small: Built, tmp_path: Path, capsys,
+                                                                   stamps: str) -> None:
+    dest = tmp_path / "drive"
+    dest.mkdir()
+    (dest / ".provision-mirror.json").write_text(stamps)
+    code, err = run(capsys, "mirror", "--to", str(dest), "-c", str(staged))
+    assert code == 0, err
+    assert all((dest / key).read_bytes() == (small.folder / key).read_bytes() for key in small.files)

@@ -100,7 +100,7 @@ def read_built(path: Path) -> dict[str, int]:
     try:
         data = json.loads((path / BUILT).read_text())
         return {str(k): int(v) for k, v in data.get("series", {}).items()}
-    except (OSError, ValueError, AttributeError, TypeError):
+    except (OSError, ValueError, AttributeError, TypeError, RecursionError, OverflowError):
         return {}
 
 

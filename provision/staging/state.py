@@ -410,9 +410,22 @@ def streamed_so_far(checkpoint: Path, target: Path | None) -> int:
 
 
 def read_timings(root: Path) -> dict[str, Any]:
-    """What `provision cache` and the smoke run measured on this machine (``.provision/timings.json``), or {}."""
+    """What `provision cache` and the smoke run measured on this machine (``.provision/timings.json``), or {}: only
+    measurements of the shape :func:`record_timing` writes (a figure of another shape is as good as none)."""
     found = read_json(work_dir(root) / "timings.json")
-    return found if isinstance(found, dict) else {}
+    if not isinstance(found, dict):
+        return {}
+    return {kind: {str(key): figures for key, figures in entries.items() if _timing_ok(figures)}
+            for kind, entries in found.items() if kind in ("cache", "epoch") and isinstance(entries, dict)}
+
+
+def _timing_ok(figures: Any) -> bool:
+    if not isinstance(figures, dict):
+        return False
+    numbers = [figures[k] for k in ("core_s_per_entry", "s_per_sample") if k in figures]
+    texts = [figures[k] for k in ("measured_on", "device", "when") if k in figures]
+    return (all(isinstance(n, (int, float)) and not isinstance(n, bool) and 0 < n < 1e9 for n in numbers)
+            and all(t is None or isinstance(t, str) for t in texts))
 
 
 def record_timing(root: Path, kind: str, key: str, figures: dict[str, Any]) -> None:
