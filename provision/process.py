@@ -47,7 +47,15 @@ def main() -> int:
         code = exit_code(exc)
     _quiet()  # the interpreter's exit (threads joined, buffers flushed) is not interrupted into a traceback
     end_children()
+    _forget_unhandled_interrupt()
     return code
+
+
+def _forget_unhandled_interrupt() -> None:
+    """CPython marks an interrupt that escapes code run from a string (``exec``: dataclasses makes each class's methods
+    so, while the modules are imported) as unhandled, for the whole process, even once it is caught; its exit then
+    kills itself with SIGINT (exit -2 after the one line) instead of exiting 130. Running a string clears the mark."""
+    exec("")  # noqa: S102 - nothing is run; see the docstring
 
 
 def end_children(grace_s: float = 5.0) -> None:
@@ -108,5 +116,11 @@ def _send(pid: int, signum: int) -> None:
 
 
 def _quiet() -> None:
+    """From here on a signal changes nothing: held (blocked) until the process has exited, when it is dropped. A second
+    Ctrl-C while the first is said, or TERM while the interpreter exits (its handlers back to the default by then), is
+    neither a traceback nor a death by signal in place of the exit code."""
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        return
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _stopped_already)
