@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
 
 from .version import __version__
 
+# not typing's: importing typing takes milliseconds of the start, in which a Ctrl-C would be a traceback (provision.process)
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from .environment import Environment
     from .planvalues import Plan

@@ -99,5 +99,6 @@ def cache_text(result: CacheResult) -> str:
                      f"{c.seconds:.0f} s), {gb(c.bytes)} in {c.path}")
         lines += [f"  FAILED {f['subset']}/{f['series']}: {f['error']}" for f in c.failed]
     if not result.ok:
-        lines.append("some series could not be cached (above); the others are, and a rerun tries those again")
+        lines.append("some series could not be cached (above); the others are, and a rerun tries those again. A scan that "
+                     "cannot be read is damaged: `provision verify --full` finds it and `provision stage` unpacks it again")
     return "\n".join(lines)

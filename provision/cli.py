@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
-from . import bookreport, environment, report, steps
+from . import bookreport, environment, interrupt, report, steps
 from .atomicfile import atomic_write_text
 from .config import Config, load_config, parse_chapters, shipped_profiles
 from .environment import Environment
-from .errors import BookError, ConfigError, ProvisionError
+from .errors import BookError, ConfigError, PathError, ProvisionError
 from .facts import build_plan
 from .planvalues import Plan
 from .progress import Console
@@ -203,24 +203,37 @@ def main(argv: Sequence[str] | None = None, *, environ: Mapping[str, str] | None
     except SystemExit as exc:  # --help, --version
         return int(exc.code or 0)
     except ProvisionError as exc:
-        if as_json:
-            print(redact(report.to_json({"ok": False, **exc.to_dict()})), file=out)
-        _say_error(exc)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print("error: interrupted; what was fetched so far is kept, and the next run resumes", file=sys.stderr)
-        return 130
-    except Exception as exc:  # noqa: BLE001 - a bug of ours: say what it was and what to do, never a traceback
-        logging.getLogger("provision").debug("internal error", exc_info=True)
-        _say_error(ProvisionError(f"internal error in `provision {command}`: {type(exc).__name__}: {exc}",
-                                  hint="this is a bug in provision, not in your set-up; what was staged so far is kept and a rerun "
-                                       "resumes. Run the same command with -vv to see where it happened, and report it with that output"))
-        return EXIT_FAILED
+        return _failed(exc, as_json, out)
+    except KeyboardInterrupt as exc:  # Ctrl-C, or TERM (a Terminated) when run as the `provision` process
+        print(interrupt.INTERRUPTED, file=sys.stderr)
+        return interrupt.exit_code(exc)
+    except OSError as exc:
+        if exc.filename is None:
+            return _internal_error(command, exc)
+        return _failed(PathError.of(exc), as_json, out)  # a path the input named cannot be used: the user's to fix, not a bug
+    except Exception as exc:  # noqa: BLE001 - a bug of ours
+        return _internal_error(command, exc)
     if not outcome.quiet:
         print(redact(report.to_json(outcome.data) if as_json else outcome.text), file=out)
     if outcome.error is not None:
         _say_error(outcome.error)
     return outcome.code
+
+
+def _failed(exc: ProvisionError, as_json: bool, out: TextIO) -> int:
+    if as_json:
+        print(redact(report.to_json({"ok": False, **exc.to_dict()})), file=out)
+    _say_error(exc)
+    return exc.exit_code
+
+
+def _internal_error(command: str, exc: Exception) -> int:
+    """A bug of ours: say what it was and what to do, never a traceback."""
+    logging.getLogger("provision").debug("internal error", exc_info=True)
+    _say_error(ProvisionError(f"internal error in `provision {command}`: {type(exc).__name__}: {exc}",
+                              hint="this is a bug in provision, not in your set-up; what was staged so far is kept and a rerun "
+                                   "resumes. Run the same command with -vv to see where it happened, and report it with that output"))
+    return EXIT_FAILED
 
 
 def _say_error(exc: ProvisionError) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from typing import Any
 
@@ -95,3 +96,26 @@ class LockError(ProvisionError):
 
 class BookError(ProvisionError):
     """The book's code cannot be made ready: a clone failed, a fix does not match, a file has the reader's edits."""
+
+
+class PathError(ProvisionError):
+    """A path the input names cannot be used: a name longer than the filesystem allows, a link loop, no permission."""
+
+    HINTS = {
+        errno.ENAMETOOLONG: "a name in that path is longer than the filesystem allows (255 bytes a name, 4096 a path): "
+                            "choose a shorter one (--root, -c, or the profile key that names it)",
+        errno.ELOOP: "links on that path lead round in a loop: point the profile at a real folder",
+        errno.EACCES: "this user may not use it: fix its permissions, or choose a folder this user owns",
+        errno.EPERM: "this user may not use it: fix its permissions, or choose a folder this user owns",
+        errno.EROFS: "it is on a read-only disk: choose a folder on a writable one (--root)",
+    }
+
+    @classmethod
+    def of(cls, exc: OSError) -> PathError:
+        """The error a user sees for an OSError that names its path (``exc.filename``)."""
+        made = cls(f"cannot use {exc.filename}: {exc.strerror or exc}",
+                   hint=cls.HINTS.get(exc.errno or 0, "check that path (its name, its permissions, its disk); what was staged so far is kept"),
+                   path=str(exc.filename), errno=exc.errno)
+        if exc.errno == errno.ENAMETOOLONG:
+            made.exit_code = 2  # the input names a path that cannot be
+        return made

@@ -33,7 +33,7 @@ from .results import (
     VerifyRow,
 )
 from .staging.engine import Stager, StageResult
-from .staging.state import FileRecord, StateStore, file_statuses, partial_bytes, run_lock
+from .staging.state import FileRecord, Inside, StateStore, file_statuses, partial_bytes, run_lock
 
 if TYPE_CHECKING:  # annotations only: the book's and the mirror's code is imported when a command needs it
     from .book.cache import Overlapped
@@ -234,11 +234,16 @@ def up(config: Config, plan: Plan, env: Environment, environ: Mapping[str, str],
             result.book = book(config, plan)
             result.steps.append("book")
         overlapped = start_cache(config, plan, env, console) if "cache" in steps else None
-        if "data" in steps:
-            result.data = stage(config, plan, overlapped.landed if overlapped is not None else None, console)
-            result.steps.append("data")
-            if not result.data.ok:
-                result.exit_code = 1
+        try:
+            if "data" in steps:
+                result.data = stage(config, plan, overlapped.landed if overlapped is not None else None, console)
+                result.steps.append("data")
+                if not result.data.ok:
+                    result.exit_code = 1
+        except BaseException:  # Ctrl-C, TERM, a full disk: the cache's children end with the run, what they completed kept
+            if overlapped is not None:
+                overlapped.stop()
+            raise
         if overlapped is not None:
             result.cache = CacheResult(chapters=tuple(overlapped.finish()))
             result.steps.append("cache")
@@ -360,13 +365,17 @@ def verify(config: Config, *, full: bool) -> VerifyResult:
         return VerifyResult(tuple(VerifyRow(f.key, "missing") for f in manifest.select(config.data.subsets)), full)
     with run_lock(root):
         state = StateStore(root)
+        inside = Inside(target)
         for f in manifest.select(config.data.subsets):
             rec = state.record(f.key) or FileRecord()
             missing: list[str] = []
             damaged: list[str] = []
             if rec.extracted:
                 for name, (size, crc) in sorted(rec.members.items()):
-                    path = target / name
+                    path = inside.path(name)
+                    if path is None:  # a link on the way leads out of the data folder: never read, written again by stage
+                        damaged.append(name)
+                        continue
                     try:
                         actual = os.stat(path).st_size  # through the link, for a subset linked from a copy
                     except OSError:

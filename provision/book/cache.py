@@ -12,6 +12,7 @@ fixes file).
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import queue
@@ -99,7 +100,7 @@ def read_built(path: Path) -> dict[str, int]:
     try:
         data = json.loads((path / BUILT).read_text())
         return {str(k): int(v) for k, v in data.get("series", {}).items()}
-    except (OSError, ValueError, AttributeError, TypeError):
+    except (OSError, ValueError, AttributeError, TypeError, RecursionError, OverflowError):
         return {}
 
 
@@ -144,6 +145,48 @@ def bytes_on_disk(folder: Path) -> int:
     return used
 
 
+class Children:
+    """The children building caches, so that a stop (Ctrl-C, TERM, a failed step of `provision up`) ends them too: the
+    series each was building is not recorded complete, and the next build does it again."""
+
+    def __init__(self) -> None:
+        self.halted = threading.Event()
+        self._procs: set[subprocess.Popen[str]] = set()
+        self._lock = threading.Lock()
+
+    def started(self, proc: subprocess.Popen[str]) -> bool:
+        """Count ``proc`` in; False (and ``proc`` stopped) when the build is already halted."""
+        with self._lock:
+            if not self.halted.is_set():
+                self._procs.add(proc)
+                return True
+        _end(proc)
+        return False
+
+    def ended(self, proc: subprocess.Popen[str]) -> None:
+        with self._lock:
+            self._procs.discard(proc)
+
+    def halt(self) -> None:
+        """No more series handed out; every child asked to stop (TERM), and killed when it has not within a few seconds."""
+        with self._lock:
+            self.halted.set()
+            procs = list(self._procs)
+        for proc in procs:
+            _end(proc)
+
+
+def _end(proc: subprocess.Popen[str], grace_s: float = 5.0) -> None:
+    try:
+        proc.terminate()
+        proc.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    except OSError:
+        pass
+
+
 class _Record:
     """The chapter's record of complete series, saved after each one (atomically): what a killed build resumes from."""
 
@@ -160,9 +203,11 @@ class _Record:
 
 
 def build(book: Path, chapter: CacheChapter, python: str, workers: int, emit: Emit | None = None,
-          only: set[str] | None = None, progress_every_s: float = 10.0) -> ChapterBuild:
-    """Build one chapter's cache for the staged series (``only``: just these) with ``workers`` children."""
+          only: set[str] | None = None, progress_every_s: float = 10.0, children: Children | None = None) -> ChapterBuild:
+    """Build one chapter's cache for the staged series (``only``: just these) with ``workers`` children. Interrupted
+    (Ctrl-C, TERM), the children are stopped before the interrupt goes on; what they completed is recorded."""
     say = emit or (lambda line: None)
+    children = children or Children()
     start = time.monotonic()
     path = cache_dir(book, chapter)
     staged = staged_series(book / DATA_FOLDER / "part2" / "luna")
@@ -174,14 +219,22 @@ def build(book: Path, chapter: CacheChapter, python: str, workers: int, emit: Em
     if todo:
         if not (book / "data" / "part2" / "luna" / "candidates.csv").is_file():
             raise BookError(f"{book} has no data/part2/luna/candidates.csv", hint="run `provision book` to get the book's code first")
+        writable(path, chapter.chapter)
         say(f"cache ch{chapter.chapter}: {len(todo)} of {len(wanted)} series to build with {workers} worker(s) in {path}")
-        work = _Work(todo, wanted, record, result, say, progress_every_s)
-        threads = [threading.Thread(target=_drive, args=(book, chapter, python, work.next_uid, work.done, result), daemon=True)
+        work = _Work(todo, wanted, record, result, say, progress_every_s, children.halted)
+        threads = [threading.Thread(target=_drive, args=(book, chapter, python, work.next_uid, work.done, children), daemon=True)
                    for _ in range(max(1, min(workers, len(todo))))]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        try:
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        except BaseException:
+            children.halt()
+            for t in threads:
+                if t.ident is not None:
+                    t.join(10.0)
+            raise
         result.bytes = bytes_on_disk(path)
     result.seconds = time.monotonic() - start
     if result.stopped:
@@ -193,12 +246,32 @@ def build(book: Path, chapter: CacheChapter, python: str, workers: int, emit: Em
     return result
 
 
+def writable(path: Path, chapter: int) -> None:
+    """The chapter's cache folder exists and takes a file, before any child starts: a folder that cannot be written is
+    one clear error, not a failure of every series (nor a traceback of the thread that records them)."""
+    probe = path / f".provision-probe-{os.getpid()}"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise OutOfSpaceError.disk_full(path, f"starting chapter {chapter}'s cache") from None
+        why = {errno.EEXIST: "something that is not a folder is in its place", errno.ENOTDIR: "something on its path is not a folder",
+               errno.EROFS: "its disk is read-only", errno.EACCES: "this user may not write there",
+               errno.EPERM: "this user may not write there"}.get(exc.errno or 0, exc.strerror or str(exc))
+        raise BookError(f"chapter {chapter}'s cache cannot be written in {path}: {why}",
+                        hint=f"make {path} a folder on a writable disk that this user owns (move away what is there), or build "
+                             "another chapter's cache (--chapters); the series already cached are kept", path=str(path)) from None
+
+
 class _Work:
     """The series still to build, handed out one at a time to the children, and what each child reports of one."""
 
     def __init__(self, todo: list[str], wanted: dict[str, str], record: _Record, result: ChapterBuild, say: Emit,
-                 progress_every_s: float) -> None:
+                 progress_every_s: float, halted: threading.Event) -> None:
         self.todo, self.wanted, self.record, self.result, self.say = todo, wanted, record, result, say
+        self.halted = halted
         self.queue: Iterator[str] = iter(todo)
         self.lock = threading.Lock()
         self.started = self.last_said = time.monotonic()
@@ -206,11 +279,13 @@ class _Work:
 
     def next_uid(self) -> str | None:
         with self.lock:
-            return None if self.result.stopped else next(self.queue, None)
+            return None if self.result.stopped or self.halted.is_set() else next(self.queue, None)
 
     def done(self, line: dict[str, Any]) -> None:
         with self.lock:
             result, uid = self.result, line["series"]
+            if self.halted.is_set() and "error" in line:  # a child stopped by the halt: not a failure of its series
+                return
             if "error" in line:
                 where = self.wanted.get(uid, "?")
                 result.failed.append({"series": uid, "subset": where, "error": line["error"]})
@@ -239,6 +314,7 @@ class Overlapped:
         self.luna = book / DATA_FOLDER / "part2" / "luna"
         self.builds: dict[int, ChapterBuild] = {}
         self.error: BaseException | None = None
+        self.children = Children()
         self._queue: queue.Queue[str | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="cache", daemon=True)
         self._thread.start()
@@ -256,7 +332,7 @@ class Overlapped:
     def _build(self, only: set[str] | None) -> None:
         try:
             for chapter in self.chapters:
-                self._merge(build(self.book, chapter, self.python, self.workers, self.emit, only=only))
+                self._merge(build(self.book, chapter, self.python, self.workers, self.emit, only=only, children=self.children))
         except BaseException as exc:  # noqa: BLE001 - handed to finish()
             self.error = exc
 
@@ -268,10 +344,20 @@ class Overlapped:
         whole.failed += part.failed
         whole.seconds += part.seconds
 
+    def stop(self) -> None:
+        """The run stops (Ctrl-C, TERM, a step failed): no more series, every child ended, what is complete kept."""
+        self.children.halt()
+        self._queue.put(None)
+        self._thread.join(15.0)
+
     def finish(self) -> list[ChapterBuild]:
         """Wait for the subsets queued so far, then cover every staged series (those staged by an earlier run too)."""
         self._queue.put(None)
-        self._thread.join()
+        try:
+            self._thread.join()
+        except BaseException:  # Ctrl-C, TERM while waiting: the children end too
+            self.stop()
+            raise
         if self.error is None:
             self._build(None)
         if self.error is not None:
@@ -292,7 +378,7 @@ def progress_line(result: ChapterBuild, todo: int, elapsed: float) -> str:
 
 
 def _drive(book: Path, chapter: CacheChapter, python: str, next_uid: Callable[[], str | None], done: Callable[[dict[str, Any]], None],
-           result: ChapterBuild) -> None:
+           children: Children) -> None:
     """One child: start it, hand it series one at a time, pass on what it says; a child that dies fails its series."""
     command = [python, str(CHILD), "--module", chapter.module, "--width", ",".join(map(str, chapter.width_irc)),
                "--per-series", ",".join(chapter.per_series)]
@@ -306,6 +392,8 @@ def _drive(book: Path, chapter: CacheChapter, python: str, next_uid: Callable[[]
             done({"series": "-", "error": f"cannot start {python}: {exc.strerror}"})
             return
         assert proc.stdin is not None and proc.stdout is not None
+        if not children.started(proc):
+            return
         try:
             if _read(proc.stdout) is None:  # the "ready" line: the book's modules imported, its CSVs read
                 done({"series": "-", "error": f"the book's code did not start: {_tail(log)}"})
@@ -321,9 +409,17 @@ def _drive(book: Path, chapter: CacheChapter, python: str, next_uid: Callable[[]
         except BrokenPipeError:
             done({"series": "-", "error": f"the worker died: {_tail(log)}"})
         finally:
-            proc.stdin.close()
+            _close(proc.stdin)
             proc.wait()
+            children.ended(proc)
     log.unlink(missing_ok=True)
+
+
+def _close(stdin: IO[str]) -> None:
+    try:
+        stdin.close()
+    except BrokenPipeError:  # a child that was stopped, or died, with a line still buffered for it
+        pass
 
 
 def _read(stream: IO[str]) -> dict[str, Any] | None:

@@ -239,6 +239,15 @@ def child_command(entry: SmokeEntry, args: Sequence[str], cfg: SmokeConfig, pyth
     return [*command, "--module", str(entry.module), "--", "--num-workers", str(cfg.num_workers), *args]
 
 
+def _end_session(proc: subprocess.Popen[bytes]) -> None:
+    """The child and every process of its session (the DataLoader's workers), killed; gone already is as good."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
 def _run_entry(entry: SmokeEntry, args: Sequence[str], cfg: SmokeConfig, python: str, view: Path, logs: Path) -> tuple[SmokeRow, str | None]:
     log_path = logs / (entry.name.replace(" ", "_").replace(",", "") + ".log")
     start = time.monotonic()
@@ -252,9 +261,11 @@ def _run_entry(entry: SmokeEntry, args: Sequence[str], cfg: SmokeConfig, python:
         try:
             code = proc.wait(timeout=cfg.timeout_s)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+            _end_session(proc)
             return SmokeRow(entry.name, "failed", time.monotonic() - start, f"timed out after {cfg.timeout_s:.0f} s", str(log_path)), None
+        except BaseException:  # Ctrl-C or TERM: its session has no terminal to be told, so it is ended here, workers and all
+            _end_session(proc)
+            raise
     seconds = time.monotonic() - start
     lines = [line for line in log_path.read_text(errors="replace").splitlines() if line.strip()]
     device = None

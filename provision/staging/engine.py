@@ -25,7 +25,7 @@ from ..planvalues import DataPlan, FilePlan
 from .context import Emit, FileResult, StageContext
 from .fetch import fetch
 from .signals import Stopped
-from .state import FileRecord, StateStore, run_lock, size_of, stat_stamp, work_dir
+from .state import FileRecord, Inside, StateStore, run_lock, size_of, stat_stamp, work_dir
 from .unpack import UnpackWhileLanding, extract_file, link_from_copies, member_sizes, stream_file
 
 log = logging.getLogger(__name__)
@@ -67,14 +67,15 @@ def decide(f: FilePlan, rec: FileRecord | None, target: Path) -> Need | None:
     final = target / f.key
     if rec is None or (f.md5 and rec.md5 and rec.md5 != f.md5):
         return Need(fetch=True, extract=f.unpack, reason="not staged yet")
+    inside = Inside(target)
     if rec.linked:  # from an unpacked copy: linking again is cheap, so any broken link means all of it
-        broken = [name for name, (size, _crc) in rec.members.items() if size_of(target / name) != size]
+        broken = [name for name, (size, _crc) in rec.members.items() if _size_inside(inside, name) != size]
         return Need(fetch=True, extract=f.unpack, reason=f"{len(broken)} link(s) to the copy broken") if broken or rec.damaged else None
     archive_ok = rec.verified and rec.stamp is not None and stat_stamp(final) == rec.stamp
     if not f.unpack:
         return None if archive_ok else Need(fetch=True, extract=False, reason="missing or changed since it was verified")
     if rec.extracted:
-        bad = {name for name, (size, _crc) in rec.members.items() if size_of(target / name) != size}
+        bad = {name for name, (size, _crc) in rec.members.items() if _size_inside(inside, name) != size}
         bad |= set(rec.damaged)
         if not bad:
             return None
@@ -82,6 +83,11 @@ def decide(f: FilePlan, rec: FileRecord | None, target: Path) -> Need | None:
     if archive_ok:
         return Need(fetch=False, extract=True, reason="downloaded, not yet unpacked")
     return Need(fetch=True, extract=True, reason="not staged yet")
+
+
+def _size_inside(inside: Inside, name: str) -> int | None:
+    path = inside.path(name)
+    return size_of(path) if path is not None else None
 
 
 class Stager:

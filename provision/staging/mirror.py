@@ -230,7 +230,8 @@ class FolderMirror(Mirror):
 
     def present(self, f: FilePlan) -> tuple[str, bool]:
         path = self.folder / f.key
-        stamp = self.stamps.get(f.key) or {}
+        stamp = self.stamps.get(f.key)
+        stamp = stamp if isinstance(stamp, dict) else {}  # a stamp of another shape vouches for nothing
         now = _stat(path)
         there = (now is not None and f.md5 is not None and stamp.get("md5") == f.md5 and stamp.get("stat") == now
                  and (f.size is None or now["size"] == f.size))

@@ -7,8 +7,10 @@ temporary files can be renamed into place atomically.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
+import stat
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -23,6 +25,7 @@ from ..environment import existing_ancestor
 from ..errors import LockError, OutOfSpaceError
 
 STATE_VERSION = 1
+log = logging.getLogger(__name__)
 
 
 class Stage(str, Enum):
@@ -87,18 +90,86 @@ class FileRecord:
 
     @classmethod
     def from_json(cls, raw: Any) -> FileRecord:
-        """A record from the state file, as tolerant as a state file written by an older version needs."""
+        """A record from the state file, as tolerant as a state file written by an older version needs (fields it
+        lacks take their defaults, fields it does not know are left out), and no more: a field of the wrong shape
+        raises :class:`DamagedRecord`, since a record that says what it cannot mean is no record of a staged file."""
         if not isinstance(raw, dict):
-            return cls()
-        known = {f.name for f in fields(cls)}
-        values = {k: v for k, v in raw.items() if k in known}
-        stamp = values.get("stamp")
-        values["stamp"] = (int(stamp["size"]), int(stamp["mtime_ns"])) if isinstance(stamp, dict) and {"size", "mtime_ns"} <= set(stamp) else None
-        members = values.get("members") or {}
-        values["members"] = {str(n): (int(v[0]), None if v[1] is None else int(v[1])) for n, v in members.items()
-                             if isinstance(v, (list, tuple)) and len(v) == 2} if isinstance(members, dict) else {}
-        values["damaged"] = tuple(str(n) for n in values.get("damaged") or ())
+            raise DamagedRecord(f"a record is a {type(raw).__name__}, not an object")
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            if f.name not in raw or raw[f.name] is None and f.name not in _FLAGS:
+                continue
+            values[f.name] = _FIELD_READERS[f.name](raw[f.name], f.name)
         return cls(**values)
+
+
+class DamagedRecord(ValueError):
+    """A state file's record (or the file itself) is not of the shape this version writes."""
+
+
+def _flag(value: Any, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise DamagedRecord(f"{name} is {value!r}, not true or false")
+    return value
+
+
+def _count(value: Any, name: str) -> int:
+    if not _is_count(value):
+        raise DamagedRecord(f"{name} is {str(value)[:40]!r}, not a count of bytes")
+    return int(value)
+
+
+def _text(value: Any, name: str) -> str:
+    if not isinstance(value, str):
+        raise DamagedRecord(f"{name} is {value!r}, not text")
+    return value
+
+
+def _stamp(value: Any, name: str) -> tuple[int, int]:
+    if not isinstance(value, dict) or set(value) != {"size", "mtime_ns"}:
+        raise DamagedRecord(f"{name} is {value!r}, not a size and an mtime")
+    return _count(value["size"], f"{name}.size"), _count(value["mtime_ns"], f"{name}.mtime_ns")
+
+
+def _member_name(value: Any, name: str) -> str:
+    """A member's name as this version writes it: a relative path inside the target folder. A record naming anything
+    else (an absolute path, ``..``) would have ``verify`` read, and ``stage`` repair, a file outside the data root."""
+    text = _text(value, name)
+    parts = text.split("/")
+    if not text or text.startswith("/") or "\\" in text or "\x00" in text or (len(text) > 1 and text[1] == ":") \
+            or any(p in ("", ".", "..") for p in parts):
+        raise DamagedRecord(f"{name} names {text!r}, which is not a file inside the data folder")
+    return text
+
+
+def _members(value: Any, name: str) -> dict[str, tuple[int, int | None]]:
+    if not isinstance(value, dict):
+        raise DamagedRecord(f"{name} is a {type(value).__name__}, not an object of members")
+    members: dict[str, tuple[int, int | None]] = {}
+    for member, entry in value.items():
+        _member_name(member, name)
+        if not isinstance(entry, list) or len(entry) != 2 or not (entry[1] is None or _is_count(entry[1])):
+            raise DamagedRecord(f"{name}[{member!r}] is {entry!r}, not a size and a CRC")
+        members[member] = (_count(entry[0], f"{name}[{member!r}]"), entry[1])
+    return members
+
+
+def _names(value: Any, name: str) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise DamagedRecord(f"{name} is a {type(value).__name__}, not a list of member names")
+    return tuple(_member_name(n, name) for n in value)
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 1 << 64  # what a file's size, mtime or CRC can be
+
+
+_FLAGS = ("unpack", "verified", "extracted", "linked", "streaming")
+_FIELD_READERS: dict[str, Any] = {
+    **{name: _flag for name in _FLAGS}, "md5_checked": _flag,
+    "md5": _text, "source": _text, "size": _count, "unpacked_bytes": _count,
+    "stamp": _stamp, "members": _members, "damaged": _names,
+}
 
 
 def work_dir(root: Path) -> Path:
@@ -141,6 +212,24 @@ def stat_stamp(path: Path) -> tuple[int, int] | None:
     return st.st_size, st.st_mtime_ns
 
 
+class Inside:
+    """Which of a record's member paths lie inside the target folder: no link on the way to the file leads out (the
+    file itself may be a link: a subset linked from an unpacked copy). What a record names elsewhere is never read."""
+
+    def __init__(self, target: Path) -> None:
+        self.target = target
+        self._real = os.path.realpath(target)
+        self._folders: dict[str, bool] = {}
+
+    def path(self, name: str) -> Path | None:
+        path = self.target / name
+        folder = str(path.parent)
+        if folder not in self._folders:
+            real = os.path.realpath(folder)
+            self._folders[folder] = real == self._real or real.startswith(self._real.rstrip(os.sep) + os.sep)
+        return path if self._folders[folder] else None
+
+
 def size_of(path: Path) -> int | None:
     """The file's size, or None when it does not exist."""
     try:
@@ -150,25 +239,54 @@ def size_of(path: Path) -> int | None:
 
 
 def read_json(path: Path) -> Any:
-    """The parsed file, or None when it is missing or unreadable (a torn file is as good as none)."""
+    """The parsed file, or None when it is missing or unreadable (a torn file is as good as none, and so is one nested
+    too deep to parse)."""
     try:
         with open(path, encoding="utf-8") as fh:
             return json.load(fh)
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
 
 
+def load_records(path: Path) -> tuple[dict[str, FileRecord], str]:
+    """The records of a state file, and what is damaged in it ("" when nothing): a file that is not this version's
+    JSON object of records counts as holding none, a record of the wrong shape is left out. Reads only."""
+    if not os.path.lexists(path):
+        return {}, ""
+    if os.path.islink(path):  # never followed: what it leads to is no file of this data root's
+        return {}, "a link, not a file"
+    loaded = read_json(path)
+    if not isinstance(loaded, dict) or loaded.get("version") != STATE_VERSION or not isinstance(loaded.get("files"), dict):
+        what = ("not readable JSON" if loaded is None else f"a {type(loaded).__name__}, not an object" if not isinstance(loaded, dict)
+                else f"of another version ({str(loaded.get('version'))[:40]})" if loaded.get("version") != STATE_VERSION
+                else "without an object of files")
+        return {}, what
+    records, bad = {}, []
+    for key, raw in loaded["files"].items():
+        try:
+            records[key] = FileRecord.from_json(raw)
+        except DamagedRecord as exc:
+            bad.append(f"{key}: {exc}")
+    return records, "; ".join(bad[:3]) + (f" (and {len(bad) - 3} more)" if len(bad) > 3 else "")
+
+
 class StateStore:
-    """The state file of one data root. Thread-safe; every update is written atomically."""
+    """The state file of one data root. Thread-safe; every update is written atomically. A damaged state file is set
+    aside (renamed, and said so in the log) with the good records kept: the files the rest named are staged again."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
         self.path = work_dir(root) / "state.json"
         self._lock = threading.Lock()
-        loaded = read_json(self.path)
-        if not isinstance(loaded, dict) or loaded.get("version") != STATE_VERSION:
-            loaded = {"version": STATE_VERSION, "files": {}}
-        self._data: dict[str, Any] = loaded
+        records, damaged = load_records(self.path)
+        self._data: dict[str, Any] = {"version": STATE_VERSION, "files": {k: r.to_json() for k, r in records.items()}}
+        self.set_aside: Path | None = None
+        if damaged:
+            self.set_aside = self.path.with_name(f"state.damaged-{time.strftime('%Y%m%d-%H%M%S')}.json")
+            os.replace(self.path, self.set_aside)
+            atomic_write_json(self.path, self._data)
+            log.warning("%s was damaged (%s): set aside as %s; the files it no longer vouches for are checked and staged again",
+                        self.path, damaged, self.set_aside.name)
 
     def record(self, key: str) -> FileRecord | None:
         with self._lock:
@@ -177,7 +295,8 @@ class StateStore:
 
     def _change(self, key: str, **changes: Any) -> FileRecord:
         with self._lock:
-            record = replace(FileRecord.from_json(self._data["files"].get(key)), **changes)
+            raw = self._data["files"].get(key)
+            record = replace(FileRecord.from_json(raw) if raw is not None else FileRecord(), **changes)
             self._data["files"][key] = record.to_json()
             atomic_write_json(self.path, self._data)
             return record
@@ -245,11 +364,10 @@ def partial_bytes(root: Path, key: str, target: Path | None = None) -> int:
 
 def file_statuses(root: Path, keys: list[str], target: Path | None = None) -> dict[str, FileStatus]:
     """A read-only look at where each file stands (used by plan and status; writes nothing)."""
-    state = read_json(work_dir(root) / "state.json")
-    files: Mapping[str, Any] = state.get("files", {}) if isinstance(state, dict) else {}
+    files, _damaged = load_records(work_dir(root) / "state.json")
     statuses = {}
     for key in keys:
-        rec = FileRecord.from_json(files.get(key))
+        rec = files.get(key) or FileRecord()
         stage = rec.stage
         if stage in (Stage.LINKED, Stage.EXTRACTED):
             statuses[key] = FileStatus(key, stage.value, source=rec.source)
@@ -298,9 +416,22 @@ def streamed_so_far(checkpoint: Path, target: Path | None) -> int:
 
 
 def read_timings(root: Path) -> dict[str, Any]:
-    """What `provision cache` and the smoke run measured on this machine (``.provision/timings.json``), or {}."""
+    """What `provision cache` and the smoke run measured on this machine (``.provision/timings.json``), or {}: only
+    measurements of the shape :func:`record_timing` writes (a figure of another shape is as good as none)."""
     found = read_json(work_dir(root) / "timings.json")
-    return found if isinstance(found, dict) else {}
+    if not isinstance(found, dict):
+        return {}
+    return {kind: {str(key): figures for key, figures in entries.items() if _timing_ok(figures)}
+            for kind, entries in found.items() if kind in ("cache", "epoch") and isinstance(entries, dict)}
+
+
+def _timing_ok(figures: Any) -> bool:
+    if not isinstance(figures, dict):
+        return False
+    numbers = [figures[k] for k in ("core_s_per_entry", "s_per_sample") if k in figures]
+    texts = [figures[k] for k in ("measured_on", "device", "when") if k in figures]
+    return (all(isinstance(n, (int, float)) and not isinstance(n, bool) and 0 < n < 1e9 for n in numbers)
+            and all(t is None or isinstance(t, str) for t in texts))
 
 
 def record_timing(root: Path, kind: str, key: str, figures: dict[str, Any]) -> None:
@@ -313,6 +444,9 @@ def record_timing(root: Path, kind: str, key: str, figures: dict[str, Any]) -> N
 # ---------------------------------------------------------------- lock
 
 
+PID_MAX = 1 << 22  # the most Linux allows (pid_max); a lock naming any other number was written by no process of this host
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -321,6 +455,20 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _is_pid(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value < PID_MAX
+
+
+def _lock_holder(path: Path) -> dict[str, Any]:
+    """What the lock file says of its holder; {} for a torn file or one of another shape (each field shown as text)."""
+    if os.path.islink(path):
+        return {}
+    found = read_json(path)
+    if not isinstance(found, dict):
+        return {}
+    return {k: (v if _is_pid(v) else str(v)[:80]) if k == "pid" else str(v)[:200] for k, v in found.items() if k in ("pid", "host", "since")}
 
 
 @contextmanager
@@ -333,14 +481,17 @@ def run_lock(root: Path) -> Iterator[None]:
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
-            holder = read_json(path) or {}
+            holder = _lock_holder(path)
             same_host = holder.get("host") == me["host"]
-            if same_host and isinstance(holder.get("pid"), int) and not _pid_alive(holder["pid"]):
-                path.unlink(missing_ok=True)  # the holder died without cleaning up
+            if same_host and (not _is_pid(holder.get("pid")) or not _pid_alive(holder["pid"])) and "pid" in holder:
+                path.unlink(missing_ok=True)  # the holder died without cleaning up, or no process could have written it
                 continue
             if not holder:  # torn lock file: its writer died between create and write
-                age = time.time() - path.stat().st_mtime
-                if age > 60:
+                found = os.lstat(path)
+                if not stat.S_ISREG(found.st_mode):
+                    raise LockError(f"{path} is not a lock file provision wrote (a link, a folder or a device)",
+                                    hint=f"remove {path} and run again", lock=str(path)) from None
+                if time.time() - found.st_mtime > 60:
                     path.unlink(missing_ok=True)
                     continue
             raise LockError(
