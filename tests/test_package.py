@@ -53,7 +53,8 @@ def plan_every_profile(provision: Path, where: Path) -> dict[str, str]:
     for name in PROFILES:
         proc = subprocess.run([str(provision), "plan", "-c", name, "--subsets", "0", "--root", str(where / "root" / name)],
                               cwd=where, env=env, capture_output=True, text=True, timeout=120)
-        assert proc.returncode == 0, f"profile {name}: exit {proc.returncode}\n{proc.stdout[-1500:]}{proc.stderr[-1500:]}"
+        # 3: this machine's disk cannot take even subset 0 with its cache (the plan says so); anything else is a failure
+        assert proc.returncode in (0, 3) and "feasible" in proc.stdout, f"profile {name}: exit {proc.returncode}\n{proc.stdout[-1500:]}{proc.stderr[-1500:]}"
         outputs[name] = proc.stdout
     return outputs
 
@@ -83,7 +84,7 @@ def test_installed_from_a_git_url_it_plans_and_reports_as_json(tmp_path: Path) -
     where.mkdir()
     proc = subprocess.run([str(python.parent / "provision"), "plan", "-c", "local", "--subsets", "0-1", "--root", str(where / "root"),
                            "--json"], cwd=where, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.returncode in (0, 3), proc.stderr[-2000:]  # 3: this machine's disk cannot take two subsets
     plan = json.loads(proc.stdout)
     assert [f["key"] for f in plan["data"]["files"]] == ["subset0.zip", "subset1.zip", "annotations.csv"]
     book_fixes = subprocess.run([str(python.parent / "provision"), "book", "--dry-run", "-c", "vm", "--root", str(where / "r2")],
