@@ -1,7 +1,8 @@
 """`provision clean`: remove the staged data of some subsets, or all of it, and nothing else.
 
 What goes is decided from the state records alone (``plan_clean``, which writes nothing): each recorded member of the
-chosen files, the archive while the record says it is on disk, and the file's partial downloads. Each is checked before
+chosen files (and its archive's temporary files beside them: members held until the archive was vouched for), the
+archive while the record says it is on disk, and the file's partial downloads. Each is checked before
 it is named for removal and again before it is removed: a name that climbs out of the data set's folder, a folder on
 the way that is a link leading elsewhere, or an entry that is not what staging made there (a link where it wrote a file,
 a file where it linked a copy's scan, a folder) is left alone and said. A linked scan loses its link, never the file the
@@ -20,7 +21,8 @@ from typing import Any
 
 from .errors import ConfigError
 from .manifest import Manifest, ManifestFile, format_subsets, parse_subsets
-from .staging.state import FileRecord, StateStore, partial_dir, read_json, run_lock, work_dir
+from .staging.archive.members import TMP_SUFFIX, temporaries
+from .staging.state import DamagedRecord, FileRecord, StateStore, partial_dir, read_json, run_lock, work_dir
 
 PARTIAL_SUFFIXES = (".part", ".progress.json", ".stream.json")  # a file's partial download and its checkpoints
 
@@ -79,7 +81,7 @@ def plan_clean(root: Path, manifest: Manifest, subsets_text: str | None) -> Clea
     """What removing the chosen files' staged data takes; reads the state and the folder, writes nothing."""
     label, files = chosen_files(manifest, subsets_text)
     target = root / manifest.dir
-    state = StateStore(root) if (work_dir(root) / "state.json").is_file() else None
+    raw_records = _raw_records(root)
     refused: list[str] = []
     if not _inside(target, root):
         refused.append(f"{target} leads out of the data root {root} (a link): nothing under it is removed")
@@ -88,11 +90,18 @@ def plan_clean(root: Path, manifest: Manifest, subsets_text: str | None) -> Clea
     keys: list[str] = []
     partial = partial_dir(root, target)
     for f in files:
-        record = state.record(f.key) if state is not None else None
+        raw = raw_records.get(f.key)
+        record = _record(raw)
         partials = [partial / f"{f.key}{suffix}" for suffix in PARTIAL_SUFFIXES]
         names = _recorded_names(f, record, target, partial)
+        if record is None and isinstance(raw, dict) and isinstance(raw.get("members"), dict):
+            names += [n for n in raw["members"] if isinstance(n, str) and n not in names]  # a damaged record: each name is judged
         for name in names:
             removal = _removal(target, name, f.key, "link" if record is not None and record.linked else "file", refused)
+            if removal is not None:
+                removals.append(removal)
+        for held in _temporaries(target, names, f.key):  # members held until their archive was vouched for, and half-written ones
+            removal = _removal(target, held, f.key, "file", [])
             if removal is not None:
                 removals.append(removal)
         for path in partials:
@@ -103,6 +112,41 @@ def plan_clean(root: Path, manifest: Manifest, subsets_text: str | None) -> Clea
         if record is not None or any(r.key == f.key for r in removals):
             keys.append(f.key)
     return CleanPlan(str(root), str(target), label, tuple(keys), tuple(removals), tuple(refused))
+
+
+def _raw_records(root: Path) -> dict[str, Any]:
+    """The state file's records as they are, read only (a damaged state is set aside by staging, never by a dry run)."""
+    path = work_dir(root) / "state.json"
+    loaded = None if os.path.islink(path) else read_json(path)
+    files = loaded.get("files") if isinstance(loaded, dict) else None
+    return files if isinstance(files, dict) else {}
+
+
+def _record(raw: Any) -> FileRecord | None:
+    try:
+        return FileRecord.from_json(raw) if raw is not None else None
+    except DamagedRecord:
+        return None
+
+
+def _temporaries(target: Path, names: Iterable[str], key: str) -> list[str]:
+    """The names of ``key``'s own temporary files under ``target`` (links not followed): members held until their archive
+    was vouched for and half-written ones, found by the name each carries (its archive's key, the tool's suffix), and
+    those beside the members ``names`` lists (a long name's temporary carries a hash instead)."""
+    found: dict[str, None] = {}
+    mark = f".{key}."
+    for folder, _dirs, files in os.walk(target):  # os.walk does not descend into links
+        for name in files:
+            if name.startswith(".") and mark in name and name.endswith(TMP_SUFFIX):
+                found[(Path(folder) / name).relative_to(target).as_posix()] = None
+    for name in names:
+        parts = name.split("/")
+        if not name or name.startswith("/") or any(p in ("", ".", "..") for p in parts):
+            continue
+        dest = target.joinpath(*parts)
+        if _inside(dest.parent, target):
+            found.update(dict.fromkeys(p.relative_to(target).as_posix() for p in temporaries(dest, key)))
+    return list(found)
 
 
 def _recorded_names(f: ManifestFile, record: FileRecord | None, target: Path, partial: Path) -> list[str]:

@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
 
 from provision.cli import main
-from tests.support.dataset import Built, tree_md5s
+from tests.support.dataset import Built, build_luna_like, records_of, tree_md5s
+from tests.support.kill import stage_killed_at
+from tests.support.server import Faults, FileServer
 from tests.test_kaggle_and_copies import tree_digest, unpack_like_kaggle
 from tests.test_stage import expected_tree, stage_json
 
@@ -108,3 +111,28 @@ def test_records_and_links_that_lead_elsewhere_are_refused_by_name(built: Built,
     assert (target / "subset1").is_symlink(), "the link is the reader's: left alone"
     assert not (target / "subset2").exists() and (target / "subset0").is_dir()
     assert tree_md5s(target / "subset0") == {k[len("subset0/"):]: v for k, v in expected_tree(built).items() if k.startswith("subset0/")}
+
+
+@pytest.mark.parametrize("mode", ["archive", "stream"])
+def test_members_held_by_a_killed_run_are_cleaned_with_their_subset(tmp_path: Path, write_profile, capsys, mode: str) -> None:
+    """A run killed while members are held (checked, not yet named: their archive was not vouched for yet) leaves them under
+    their archive's temporary names; `clean` removes those too, and its dry run writes nothing, not even to a damaged state."""
+    data = build_luna_like(tmp_path / "d", subsets=1, scans=4, raw_bytes=700_000, extra_plain=False)
+    root = tmp_path / "root"
+    target = root / "part2" / "luna"
+    with FileServer(data.folder, Faults(rate_per_conn=2_000_000), records=records_of(data)) as srv:
+        profile = write_profile({"dataset": str(data.manifest), "sources": [srv.url + "/mirror/"], "mode": mode, "connections": 2,
+                                 "extract_workers": 1})
+        stage_killed_at(profile, "provision.staging.archive.members:MemberWriter.finish", nth=3)
+    held = [p for p in target.rglob("*.provision-tmp")]
+    assert len(held) >= 3
+    state_dir = root / ".provision"
+    before = sorted(p.name for p in state_dir.iterdir())
+    assert main(["clean", "-c", str(profile), "--subsets", "0", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert sorted(p.name for p in state_dir.iterdir()) == before and all(p.exists() for p in held), "a dry run writes nothing"
+    counted = re.search(r"would remove (\d+) files", out)
+    assert counted and int(counted.group(1)) >= len(held), out
+    assert main(["clean", "-c", str(profile), "--subsets", "0", "--yes"]) == 0
+    capsys.readouterr()
+    assert not [p for p in target.rglob("*") if p.is_file()], "every file of the subset went, held ones too"
