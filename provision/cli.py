@@ -197,7 +197,7 @@ def main(argv: Sequence[str] | None = None, *, environ: Mapping[str, str] | None
         logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
         config, env = _load(args, environ)
         console = Console(quiet=args.quiet)
-        for warning in env.warnings:
+        for warning in () if args.quiet else env.warnings:
             print(redact(f"warning: {warning}"), file=sys.stderr)
         outcome: Outcome = args.handler(Ctx(args, config, env, environ, console))
     except SystemExit as exc:  # --help, --version
@@ -309,7 +309,8 @@ def cmd_stage(ctx: Ctx) -> Outcome:
     plan = _plan_of(ctx)
     if ctx.args.dry_run:  # the data part of the plan, judged as staging would judge it
         problems = [p for p in plan.problems if p.step in ("data", "preflight")]
-        return Outcome(report.stage_plan_dict(plan, problems), report.stage_plan_text(plan, problems), EXIT_REFUSED if problems else EXIT_OK)
+        return Outcome(report.stage_plan_dict(plan, problems), report.stage_plan_text(plan, problems),
+                       max(p.exit_code for p in problems) if problems else EXIT_OK)
     _say_left_out(plan, ctx.console)
     steps.preflight(plan, ("data",))
     result = steps.stage(ctx.config, plan, console=ctx.console)

@@ -16,7 +16,7 @@ from .config import Config
 from .environment import Environment
 from .errors import BookError, ConfigError, DiskSpaceError, GpuError, PreflightError, ProvisionError
 from .gpu import GpuReport
-from .manifest import load_manifest
+from .manifest import FIT, Manifest, ManifestFile, load_manifest
 from .planvalues import Plan
 from .progress import Console, Progress
 from .results import (
@@ -33,7 +33,7 @@ from .results import (
     VerifyRow,
 )
 from .staging.engine import Stager, StageResult
-from .staging.state import FileRecord, Inside, StateStore, file_statuses, partial_bytes, run_lock
+from .staging.state import FileRecord, Inside, StateStore, file_statuses, load_records, partial_bytes, run_lock, work_dir
 
 if TYPE_CHECKING:  # annotations only: the book's and the mirror's code is imported when a command needs it
     from .book.cache import Overlapped
@@ -297,6 +297,16 @@ def pin(config: Config, *, dry_run: bool) -> PinResult:
     return PinResult(str(path), dry_run, tuple(changed), {key: PinnedArchive(len(m), sum(x.size for x in m)) for key, m in found.items()})
 
 
+def staged_selection(manifest: Manifest, subsets: tuple[int, ...] | str | None, root: Path) -> tuple[ManifestFile, ...]:
+    """The files `status` and `verify` look at: the chosen subsets'; under ``fit`` (which the plan resolves by the free
+    disk, less once data is staged) those staging has a record of, and the files of no subset (the CSVs), so that the
+    subsets the disk left out are not counted as missing."""
+    if subsets != FIT:
+        return manifest.select(subsets)
+    recorded, _ = load_records(work_dir(root) / "state.json")
+    return tuple(f for f in manifest.files if f.subset is None or f.key in recorded)
+
+
 def status(config: Config) -> StatusResult:
     """One row per selected file (missing, partial with percent, verified or extracted) and the book's
     chapter caches with their size on disk, so an old chapter's can be deleted. Writes nothing."""
@@ -304,7 +314,7 @@ def status(config: Config) -> StatusResult:
 
     manifest = load_manifest(config.data.dataset, configs_dir())
     root = Path(config.data.root)
-    files = manifest.select(config.data.subsets)
+    files = staged_selection(manifest, config.data.subsets, root)
     statuses = file_statuses(root, [f.key for f in files], root / manifest.dir) if root.is_dir() else {}
     rows = []
     for f in files:
@@ -362,11 +372,11 @@ def verify(config: Config, *, full: bool) -> VerifyResult:
     target = root / manifest.dir
     rows = []
     if not root.is_dir():
-        return VerifyResult(tuple(VerifyRow(f.key, "missing") for f in manifest.select(config.data.subsets)), full)
+        return VerifyResult(tuple(VerifyRow(f.key, "missing") for f in staged_selection(manifest, config.data.subsets, root)), full)
     with run_lock(root):
         state = StateStore(root)
         inside = Inside(target)
-        for f in manifest.select(config.data.subsets):
+        for f in staged_selection(manifest, config.data.subsets, root):
             rec = state.record(f.key) or FileRecord()
             missing: list[str] = []
             damaged: list[str] = []

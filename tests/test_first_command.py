@@ -61,6 +61,13 @@ def test_the_default_stages_the_subsets_that_fit_and_says_so_before_writing(buil
     expected = {name: md5 for key, info in built.files.items() if key.endswith(".zip") and int(key[6:-4]) in chosen
                 for name, md5 in info["members"].items()}
     assert {k: v for k, v in tree_md5s(root / "part2" / "luna").items() if k.endswith((".mhd", ".raw"))} == expected
+    # what fit was staged: verify and status speak of it, not of the subsets the disk left out (as missing)
+    assert main(["verify", *args, "--json"]) == 0
+    verified = json.loads(capsys.readouterr().out)
+    assert sorted(r["key"] for r in verified["files"] if r["key"].endswith(".zip")) == [f"subset{n}.zip" for n in chosen], verified
+    assert main(["status", *args, "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert {r["key"] for r in status["files"]} == {f"subset{n}.zip" for n in chosen} | {"annotations.csv"}, status
 
     # asked for all of them by name: a refusal before anything is fetched, as before
     requests = len(srv.stats.requests)
@@ -119,6 +126,8 @@ def test_a_source_that_is_no_name_url_or_folder_is_refused_with_a_did_you_mean(b
     assert main(["stage", "-c", str(profile), "--set", "data.sources=[zenod]"]) == 2
     err = capsys.readouterr().err
     assert "error: data.sources[0]" in err and "did you mean 'zenodo'?" in err and "hint:" in err
+    assert main(["stage", "--dry-run", "-c", str(profile), "--set", "data.sources=[zenod]"]) == 2, "the same exit code as plan and stage"
+    assert "(did you mean 'zenodo'?)" in capsys.readouterr().out
     assert srv.stats.requests == [] and not (tmp_path / "zenod").exists() and not (tmp_path / "root").exists()
     # an existing folder is a source; a folder being mirrored into is written, not read, and need not exist yet
     drive = tmp_path / "drive" / "luna16"
@@ -134,6 +143,8 @@ def test_an_unknown_provision_environment_is_named_and_ignored(capsys: pytest.Ca
     assert env.warnings and "did you mean 'colab'?" in env.warnings[0] and "kaggle, colab, vm, local" in env.warnings[0]
     assert main(["plan", "-c", "ci", "--root", str(tmp_path / "r"), "--json"], environ={"PROVISION_ENVIRONMENT": "colb", "HOME": str(tmp_path)}) == 0
     assert "warning: PROVISION_ENVIRONMENT is 'colb'" in capsys.readouterr().err
+    assert main(["plan", "-q", "-c", "ci", "--root", str(tmp_path / "r"), "--json"], environ={"PROVISION_ENVIRONMENT": "colb", "HOME": str(tmp_path)}) == 0
+    assert capsys.readouterr().err == "", "--quiet: only errors and the summary"
 
 
 def test_the_reason_names_the_variable_when_it_decided() -> None:
