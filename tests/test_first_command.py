@@ -232,6 +232,34 @@ def test_a_clone_stopped_while_moving_into_place_is_finished_by_the_next_run(boo
     assert [line for line in status.stdout.splitlines() if not line.startswith(" M ")] == [], status.stdout
 
 
+def test_a_clone_stopped_while_moving_into_place_is_not_finished_as_another_edition(book_profile, book2_bundle, tmp_path: Path,
+                                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stopped half-way into place, then asked for the other edition: the first clone and what of it was moved go, and
+    the folder is a whole checkout of the edition asked for, not a mix of both."""
+    from provision.book import checkout
+
+    real_replace = os.replace
+    moved: list[str] = []
+
+    def stopped_halfway(src, dst):  # type: ignore[no-untyped-def]
+        if Path(src).parent.name == checkout.CLONING and len(moved) == 3:
+            raise KeyboardInterrupt  # STAND-IN for Ctrl-C between two renames
+        moved.append(str(src))
+        real_replace(src, dst)
+
+    book = tmp_path / "dlwpt-code"
+    monkeypatch.setattr(os, "replace", stopped_halfway)
+    assert main(["book", "-c", str(book_profile(book={"enabled": True}))]) == 130
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert (book / checkout.CLONING / ".git" / checkout.CLONED).is_file() and len(moved) == 3
+    bundle, commit = book2_bundle
+    second = book_profile(book={"enabled": True, "edition": 2, "repo": str(bundle), "ref": commit,
+                                "fixes": str(REPO / "configs" / "book" / "dlwpt-code-2e.yaml")}, name="second.yaml")
+    assert main(["book", "-c", str(second)]) == 0
+    assert_a_whole_checkout(book, commit)
+    assert (book / "p2ch15" / "utils.py").is_file() and not (book / "p2ch10").exists(), "the second edition alone"
+
+
 def test_what_an_earlier_version_left_of_a_failed_clone_is_cleared(book_profile, book_bundle, tmp_path: Path) -> None:
     profile = book_profile(book={"enabled": True})
     book = tmp_path / "dlwpt-code"

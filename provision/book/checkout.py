@@ -119,6 +119,8 @@ def clone(repo: str, ref: str, checkout: Path) -> str:
         shutil.rmtree(checkout / ".git")  # no checkout, and no other file: what a stopped clone of repo left (see facts)
     work = checkout / CLONING
     done = work / ".git" / CLONED
+    if done.is_file() and not _cloned_as_asked(work, repo, ref, done.read_text().strip()):
+        _undo_move(work, checkout)  # a complete clone of another repo or commit (the edition changed since it stopped)
     if not done.is_file():
         if work.exists():
             shutil.rmtree(work)  # a clone that stopped midway: only ours is in there, and git resumes nothing of it
@@ -190,6 +192,26 @@ def describe(head: str | None, pinned: str) -> str:
     if head is None:
         return "no checkout"
     return f"at {head[:10]}" + ("" if _same_commit(head, pinned) else f" (the profile pins {pinned[:10]})")
+
+
+def _undo_move(work: Path, checkout: Path) -> None:
+    """Remove the clone in ``work`` and what of it was moved up into ``checkout`` before a stop (its own top-level
+    entries: the folder held no other file when the clone began)."""
+    listed = git(["ls-tree", "--name-only", "HEAD"], cwd=work, timeout_s=30)
+    for name in listed.stdout.splitlines() if listed.returncode == 0 else ():
+        moved = checkout / name
+        if name not in (DATA_FOLDER, CLONING, ".git") and not os.path.lexists(work / name) and os.path.lexists(moved):
+            shutil.rmtree(moved) if moved.is_dir() and not moved.is_symlink() else moved.unlink()
+    shutil.rmtree(work)
+
+
+def _cloned_as_asked(work: Path, repo: str, ref: str, commit: str) -> bool:
+    """Whether the complete clone in ``work`` is of ``repo`` at ``ref``."""
+    try:
+        url = git(["config", "--get", "remote.origin.url"], cwd=work, timeout_s=30).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return url == repo and _same_commit(commit, ref)
 
 
 def _same_commit(head: str, ref: str) -> bool:
