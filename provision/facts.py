@@ -7,6 +7,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from .assets import gather as gather_assets
 from .book.checkout import book_dir
 from .book.checkout import facts as checkout_facts
 from .book.fixes import FileState, judge_checkout, load_book_manifest
@@ -47,6 +48,7 @@ def gather_facts(config: Config, environ: Mapping[str, str], environment: Enviro
         cache_fs_type=fs_type_of(str(existing_ancestor(root / "cache").resolve()), read_mounts()),
         timings=read_timings(root),
         target_exists=os.path.exists(target),
+        assets=gather_assets(config),
     )
 
 
