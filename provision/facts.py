@@ -7,6 +7,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from .assets import gather as gather_assets
 from .book.checkout import book_dir
 from .book.checkout import facts as checkout_facts
 from .book.fixes import FileState, judge_checkout, load_book_manifest
@@ -48,6 +49,7 @@ def gather_facts(config: Config, environ: Mapping[str, str], environment: Enviro
         timings=read_timings(root),
         target_exists=os.path.exists(target),
         missing_folders=tuple(s.location for s in config.data.sources if s.kind == "local" and not os.path.isdir(s.location)),
+        assets=gather_assets(config),
     )
 
 

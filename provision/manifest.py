@@ -159,6 +159,7 @@ class Manifest:
     description: str = ""
     dir: str = field(default=".", metadata={"parse": _parse_dir})
     unpack_ratio: float = field(default=3.0, metadata={"parse": _parse_ratio})
+    sources: tuple[str, ...] = ()  # where its files are when no profile setting names a source for it (chapter 15's assets)
     path: str = field(default="", metadata={"parse": set_by_tool})
 
     @property

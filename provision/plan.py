@@ -7,6 +7,7 @@ its arguments. ``provision plan`` prints the result; ``provision up`` carries it
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from urllib.parse import quote
@@ -72,7 +73,9 @@ def _make_plan(config: Config, manifest: Manifest, facts: Facts) -> Plan:
 
     env = facts.environment
     python_ok = SpecifierSet(config.python).contains(env.python_version, prereleases=True)
-    data, disk, cache, archive_way = plan_staging(config, manifest, facts)
+    assets = plan_assets(facts)
+    together = assets_items(facts, assets, same_disk=True)
+    data, disk, cache, archive_way = plan_staging(config, manifest, facts, together)
     book = plan_book(config, facts.book) if facts.book is not None else None
     problems = []
     if not python_ok:
@@ -80,7 +83,12 @@ def _make_plan(config: Config, manifest: Manifest, facts: Facts) -> Plan:
                                 "use a newer Python (e.g. python3.11 -m venv .venv) and run again from it"))
     problem = missing_source_problem(config, data.missing_sources)
     problems += [problem] if problem else []
-    problems += staging_problems(config, facts, data, disk, cache, archive_way)
+    problems += staging_problems(config, facts, data, disk, cache, archive_way, together)
+    apart = assets_disk(facts, assets)
+    if apart is not None and not apart.fits:
+        problems.append(Problem("data", f"not enough disk space at {apart.path} for chapter 15's checkpoints: they need "
+                                        f"{gb(apart.needed_bytes)} free but only {gb(apart.free_bytes)} is free",
+                                "free some space there, or name fewer in book.sam (vit_b is the smallest), or set book.extras: false"))
     if book is not None and book.enabled:
         problems += book_problems(book)
     return Plan(
@@ -92,11 +100,38 @@ def _make_plan(config: Config, manifest: Manifest, facts: Facts) -> Plan:
         install=plan_requirements(config, facts),
         gpu=GpuExpectations(config.cuda.required, config.cuda.min_memory_gb, config.cuda.min_compute_capability),
         data=data,
-        disk=(disk,),
+        disk=(disk,) if apart is None else (disk, apart),
         problems=tuple(problems),
         book=book,
         cache=cache,
+        assets=assets,
     )
+
+
+def plan_assets(facts: Facts) -> DataPlan | None:
+    """Chapter 15's checkpoints, planned as a data set of their own (their sources, their stages; provision/assets.py)."""
+    if facts.assets is None:
+        return None
+    chosen = facts.assets.assets
+    return plan_data(chosen.config, chosen.manifest, replace(facts, statuses=facts.assets.statuses, remote={}, copies={}))
+
+
+def assets_items(facts: Facts, assets: DataPlan | None, *, same_disk: bool) -> list[DiskItem]:
+    """The checkpoints' bytes still to write, for the disk plan of the data when they go to the same filesystem
+    (``same_disk``), or for one of their own."""
+    if facts.assets is None or assets is None or (facts.assets.fs.device == facts.data_fs.device) != same_disk:
+        return []
+    return [disk_item(f) for f in assets.files]
+
+
+def assets_disk(facts: Facts, assets: DataPlan | None) -> DiskPlan | None:
+    """The checkpoints' disk plan when they go to another filesystem than the data (a book.dir elsewhere)."""
+    items = assets_items(facts, assets, same_disk=False)
+    if facts.assets is None or not items:
+        return None
+    fs = facts.assets.fs
+    return plan_disk(items, path=fs.path, probe=fs.probe, free_bytes=fs.free_bytes,
+                     rules=DiskRules(reserve_bytes=0, margin_bytes=0, keep_archives=False, files_in_flight=1))
 
 
 def plan_requirements(config: Config, facts: Facts) -> InstallPlan:
@@ -118,13 +153,14 @@ def plan_requirements(config: Config, facts: Facts) -> InstallPlan:
     return install
 
 
-def plan_staging(config: Config, manifest: Manifest, facts: Facts) -> tuple[DataPlan, DiskPlan, CachePlan, bool]:
+def plan_staging(config: Config, manifest: Manifest, facts: Facts, more: Sequence[DiskItem] = ()) -> tuple[DataPlan, DiskPlan, CachePlan, bool]:
     """Every staging decision: the files and their sources, the way (mode, files and ranges at once) that fits, the
-    disk it needs, the cache it keeps room for; and whether that way is archive mode (a stream might fit instead)."""
+    disk it needs (with ``more`` written to the same disk: chapter 15's checkpoints), the cache it keeps room for; and
+    whether that way is archive mode (a stream might fit instead)."""
     data = plan_data(config, manifest, facts)
     cache = cache_plan(config, manifest, facts)
     connections = connections_to(config, data)
-    ways = plan_ways([disk_item(f) for f in data.files], disk_rules(config, stream=False, cache_bytes_per_subset=cache.bytes_per_subset),
+    ways = plan_ways([disk_item(f) for f in data.files] + list(more), disk_rules(config, stream=False, cache_bytes_per_subset=cache.bytes_per_subset),
                      config.data.mode, config.data.stream_ranges, path=config.data.root, probe=facts.data_fs.probe,
                      free_bytes=facts.data_fs.free_bytes, connections=connections, cores=facts.cores,
                      landing=config.data.unpack_while_downloading)
@@ -140,13 +176,15 @@ def plan_staging(config: Config, manifest: Manifest, facts: Facts) -> tuple[Data
     return data, way.disk, cache, way.mode == "archive"
 
 
-def staging_problems(config: Config, facts: Facts, data: DataPlan, disk: DiskPlan, cache: CachePlan, archive_way: bool) -> list[Problem]:
+def staging_problems(config: Config, facts: Facts, data: DataPlan, disk: DiskPlan, cache: CachePlan, archive_way: bool,
+                     more: Sequence[DiskItem] = ()) -> list[Problem]:
     """What stops the data and cache steps: an unusable data.root, too little disk, Kaggle's output limit, a network cache."""
     problems = []
     if facts.root_problem:
         problems.append(Problem("data", f"data.root cannot hold the data: {facts.root_problem}", "point data.root (--root) at a folder on a writable disk"))
     elif not disk.fits:
-        streaming = disk_for(config, data.files, facts.data_fs, stream=True, cache_bytes_per_subset=cache.bytes_per_subset) if archive_way else None
+        streaming = disk_for(config, data.files, facts.data_fs, stream=True, cache_bytes_per_subset=cache.bytes_per_subset,
+                             more=more) if archive_way else None
         problems.append(disk_problem(disk, streaming, cache))
     elif facts.environment.kind == "kaggle" and Path(config.data.root).is_relative_to(KAGGLE_WORKING) and disk.needed_bytes > KAGGLE_WORKING_BYTES:
         problems.append(Problem(
@@ -339,9 +377,10 @@ def disk_rules(config: Config, stream: bool, cache_bytes_per_subset: int) -> Dis
     )
 
 
-def disk_for(config: Config, files: tuple[FilePlan, ...], fs: FsFacts, stream: bool, cache_bytes_per_subset: int) -> DiskPlan:
-    """The disk plan for staging ``files`` onto the filesystem ``fs`` in one mode."""
-    return plan_disk([disk_item(f) for f in files], path=config.data.root, probe=fs.probe, free_bytes=fs.free_bytes,
+def disk_for(config: Config, files: tuple[FilePlan, ...], fs: FsFacts, stream: bool, cache_bytes_per_subset: int,
+             more: Sequence[DiskItem] = ()) -> DiskPlan:
+    """The disk plan for staging ``files`` (and ``more``) onto the filesystem ``fs`` in one mode."""
+    return plan_disk([disk_item(f) for f in files] + list(more), path=config.data.root, probe=fs.probe, free_bytes=fs.free_bytes,
                      rules=disk_rules(config, stream, cache_bytes_per_subset))
 
 

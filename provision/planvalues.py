@@ -17,6 +17,7 @@ from .manifest import PinnedMember
 from .staging.state import FileStatus
 
 if TYPE_CHECKING:  # annotations only: the planner's inputs, not needed to hold or read a plan
+    from .assets import AssetFacts
     from .book.checkout import CheckoutFacts
     from .book.fixes import BookManifest, FileState
     from .cacheplan import CachePlan
@@ -59,6 +60,7 @@ class Facts:
     timings: Mapping[str, Any] = field(default_factory=dict)  # what `provision cache` and the smoke run measured on this machine
     target_exists: bool = True       # the interpreter requirements go to (the profile's venv) is there
     missing_folders: tuple[str, ...] = ()  # folder sources (data.sources) that are no folder here: a typo, or not mounted
+    assets: AssetFacts | None = None  # chapter 15's checkpoints, when the profile asks for them (provision/assets.py)
 
 
 @dataclass(frozen=True)
@@ -217,6 +219,7 @@ class Plan:
     problems: tuple[Problem, ...]
     book: BookPlan | None = None
     cache: CachePlan | None = None
+    assets: DataPlan | None = None  # chapter 15's checkpoints, staged after the data into the book's p2ch15/
 
     @property
     def feasible(self) -> bool:

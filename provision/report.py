@@ -108,7 +108,11 @@ def _data_lines(plan: Plan) -> list[str]:
             mark = "  <- chosen" if w.chosen else ""
             lines.append(f"    {w.label:<30} needs {gb(w.needed_bytes):>9}  x{w.relative_time:<5.2f} {'fits' if w.fits else 'does not fit'}{mark}")
     lines += [f"  into       {data.target_dir}", f"  sources    {', '.join(data.sources)}"]
-    return lines + [_file_line(f) for f in data.files]
+    lines += [_file_line(f) for f in data.files]
+    if plan.assets is not None:
+        lines += [f"  chapter 15 Segment Anything checkpoints (book.sam), into {plan.assets.target_dir}, from {', '.join(plan.assets.sources)}",
+                  *[_file_line(f) for f in plan.assets.files]]
+    return lines
 
 
 def _file_line(f: FilePlan) -> str:

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .book.editions import parse_edition
+from .book.editions import parse_edition, parse_sam
 from .manifest import parse_subsets
 from .schema import did_you_mean, set_by_tool
 from .sources import Source, parse_source
@@ -188,6 +188,9 @@ class BookConfig:
     dir: str | None = None              # default: the folder that holds data.root (~/dlwpt-code for ~/dlwpt-code/data-unversioned)
     fixes: str = ""                     # relative to configs/, or a path; "": book/<the edition's repository>.yaml
     extras: bool = False                # also the requirements of the chapters beyond LUNA classification (2nd edition: chapter 15)
+    # with extras, chapter 15's Segment Anything checkpoints, staged into the book's p2ch15/: vit_b, vit_l (the book's), vit_h
+    sam: tuple[str, ...] = field(default=("vit_l",), metadata={"parse": parse_sam})
+    assets: str = ""                    # their manifest: a name under configs/datasets/ or a path; "": the edition's
     smoke: SmokeConfig = SmokeConfig()
     cache: tuple[int, ...] = field(default=(), metadata={"parse": parse_chapters})  # chapters whose cache `provision up` builds
     cache_workers: int = field(default=0, metadata={"parse": _positive(int)})  # children building it at once; 0: every core

@@ -5,6 +5,7 @@ Each step takes the plan it executes; none decides anything the plan already dec
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -17,7 +18,7 @@ from .environment import Environment
 from .errors import BookError, ConfigError, DiskSpaceError, GpuError, PreflightError, ProvisionError
 from .gpu import GpuReport
 from .manifest import FIT, Manifest, ManifestFile, load_manifest
-from .planvalues import Plan
+from .planvalues import DataPlan, Plan
 from .progress import Console, Progress
 from .results import (
     BookResult,
@@ -72,8 +73,14 @@ def check_gpu(config: Config, env: Environment) -> GpuReport:
 
 
 def stage(config: Config, plan: Plan, landed: Callable[[str], None] | None = None, console: Console | None = None) -> StageResult:
-    """Stage the plan's files; ``landed(folder)`` is told each subset folder as it is complete (the cache builds it)."""
-    remaining = sum(max(0, (f.size or 0) - f.partial_bytes) for f in plan.data.files if f.stage in ("missing", "partial"))
+    """Stage the plan's files, then chapter 15's checkpoints when asked for; ``landed(folder)`` is told each subset folder
+    as it is complete (the cache builds it)."""
+    assets = plan.assets
+    if assets is not None and not (Path(assets.root) / ".git").exists():  # staging them first would block the clone
+        raise BookError(f"chapter 15's checkpoints go into the book's {assets.target_dir}, and {assets.root} holds no checkout of its code",
+                        hint="get the book's code first: provision book (or provision up with book.enabled: true); or set book.extras: false")
+    files = plan.data.files + (assets.files if assets is not None else ())
+    remaining = sum(max(0, (f.size or 0) - f.partial_bytes) for f in files if f.stage in ("missing", "partial"))
     progress = (console or Console()).progress(remaining)
     folders = {f.key: f"subset{f.subset}" for f in plan.data.files if f.unpack and f.subset is not None}
 
@@ -83,9 +90,24 @@ def stage(config: Config, plan: Plan, landed: Callable[[str], None] | None = Non
             landed(folders[info["key"]])
 
     try:
-        return Stager(config.data, plan.data, emit=emit).run()
+        result = Stager(config.data, plan.data, emit=emit).run()
+        if assets is not None:
+            result = stage_assets(config, assets, result, emit)
+        return result
     finally:
         progress.close()
+
+
+def stage_assets(config: Config, assets: DataPlan, data: StageResult, emit: Callable[..., None]) -> StageResult:
+    """Chapter 15's checkpoints into the book's p2ch15/, by the same engine; one result with the data's."""
+    from .assets import chosen
+    from .book.checkout import exclude_local
+
+    settings = chosen(config)
+    assert settings is not None  # the plan has them, so the profile asks for them
+    exclude_local(Path(assets.root))  # the checkpoints and the engine's state stay out of `git status`
+    done = Stager(settings.config.data, assets, emit=emit).run()
+    return dataclasses.replace(data, files=data.files + done.files, elapsed_s=data.elapsed_s + done.elapsed_s, sources=data.sources + done.sources)
 
 
 def book(config: Config, plan: Plan, *, undo: bool = False) -> BookResult:
@@ -310,19 +332,27 @@ def staged_selection(manifest: Manifest, subsets: tuple[int, ...] | str | None, 
 def status(config: Config) -> StatusResult:
     """One row per selected file (missing, partial with percent, verified or extracted) and the book's
     chapter caches with their size on disk, so an old chapter's can be deleted. Writes nothing."""
+    from .assets import chosen
     from .config import configs_dir
 
     manifest = load_manifest(config.data.dataset, configs_dir())
     root = Path(config.data.root)
-    files = staged_selection(manifest, config.data.subsets, root)
-    statuses = file_statuses(root, [f.key for f in files], root / manifest.dir) if root.is_dir() else {}
+    rows = status_rows(root, root / manifest.dir, staged_selection(manifest, config.data.subsets, root))
+    assets = chosen(config)
+    if assets is not None:  # chapter 15's checkpoints, in the book's p2ch15/
+        rows += status_rows(assets.root, assets.target, assets.manifest.files)
+    return StatusResult(tuple(rows), cache_sizes(root / "cache", cache_needs(config, root / manifest.dir)))
+
+
+def status_rows(root: Path, target: Path, files: Sequence[ManifestFile]) -> list[FileRow]:
+    statuses = file_statuses(root, [f.key for f in files], target) if root.is_dir() else {}
     rows = []
     for f in files:
         st = statuses.get(f.key)
         stage = st.stage if st else "missing"
-        percent = round(100 * partial_bytes(root, f.key, root / manifest.dir) / f.size, 1) if stage == "partial" and f.size else None
+        percent = round(100 * partial_bytes(root, f.key, target) / f.size, 1) if stage == "partial" and f.size else None
         rows.append(FileRow(f.key, stage, f.size, st.source if st else None, percent))
-    return StatusResult(tuple(rows), cache_sizes(root / "cache", cache_needs(config, root / manifest.dir)))
+    return rows
 
 
 def cache_needs(config: Config, luna_dir: Path) -> dict[str, tuple[int, int, bool]]:
@@ -363,20 +393,30 @@ def verify(config: Config, *, full: bool) -> VerifyResult:
 
     Damaged members are recorded, so the next ``stage`` rewrites just those.
     """
+    from .assets import chosen
     from .config import configs_dir
-    from .staging.archive.extract import crc_of
-    from .staging.fetch import md5_of
 
     manifest = load_manifest(config.data.dataset, configs_dir())
     root = Path(config.data.root)
-    target = root / manifest.dir
+    rows = verify_rows(root, root / manifest.dir, staged_selection(manifest, config.data.subsets, root), full)
+    assets = chosen(config)
+    if assets is not None:  # chapter 15's checkpoints, in the book's p2ch15/
+        rows += verify_rows(assets.root, assets.target, assets.manifest.files, full)
+    return VerifyResult(tuple(rows), full)
+
+
+def verify_rows(root: Path, target: Path, files: Sequence[ManifestFile], full: bool) -> list[VerifyRow]:
+    """One row per file under ``root`` (its state) and ``target`` (where it lands); damaged members are recorded."""
+    from .staging.archive.extract import crc_of
+    from .staging.fetch import md5_of
+
     rows = []
-    if not root.is_dir():
-        return VerifyResult(tuple(VerifyRow(f.key, "missing") for f in staged_selection(manifest, config.data.subsets, root)), full)
+    if not (work_dir(root) / "state.json").is_file():
+        return [VerifyRow(f.key, "missing") for f in files]
     with run_lock(root):
         state = StateStore(root)
         inside = Inside(target)
-        for f in staged_selection(manifest, config.data.subsets, root):
+        for f in files:
             rec = state.record(f.key) or FileRecord()
             missing: list[str] = []
             damaged: list[str] = []
@@ -407,4 +447,4 @@ def verify(config: Config, *, full: bool) -> VerifyResult:
             else:
                 stage = "missing"
             rows.append(VerifyRow(f.key, stage, tuple(missing), tuple(damaged)))
-    return VerifyResult(tuple(rows), full)
+    return rows

@@ -21,6 +21,7 @@ BRANCH = "main"
 BADGE = re.compile(r"\[!\[Open In Colab\]\(https://colab\.research\.google\.com/assets/colab-badge\.svg\)\]\(([^)]*)\)")
 KAGGLE_BADGE = re.compile(r"\[!\[Open In Kaggle\]\(https://kaggle\.com/static/images/open-in-kaggle\.svg\)\]\(([^)]*)\)")
 KAGGLE_NOTEBOOK = "colab/kaggle_setup.ipynb"  # what the README's Kaggle badge opens
+README_COLAB = ("colab/setup.ipynb", "colab/part2_quickstart_2e.ipynb")  # what the README's Colab badges open, in order
 TOOL_SOURCE = re.compile(r'TOOL_SOURCE = "git\+([^"]*)"')
 
 
@@ -52,29 +53,33 @@ def kaggle_badge(repo_url: str, notebook: str) -> str:
     return f"[![Open In Kaggle](https://kaggle.com/static/images/open-in-kaggle.svg)]({kaggle_url(repo_url, notebook)})"
 
 
-def fix_text(text: str, repo_url: str, notebook: str, kaggle_notebook: str | None = None) -> str:
-    text = BADGE.sub(lambda m: badge(repo_url, notebook), text)
-    text = KAGGLE_BADGE.sub(lambda m: kaggle_badge(repo_url, kaggle_notebook or notebook), text)
+def fix_text(text: str, repo_url: str, notebooks: tuple[str, ...], kaggle_notebook: str | None = None) -> str:
+    """``text`` with its n-th Colab badge opening ``notebooks[n]`` (the last one for any after it), its Kaggle badges
+    ``kaggle_notebook``, and its install URLs the repository's."""
+    count = iter(range(len(BADGE.findall(text))))
+    text = BADGE.sub(lambda m: badge(repo_url, notebooks[min(next(count), len(notebooks) - 1)]), text)
+    text = KAGGLE_BADGE.sub(lambda m: kaggle_badge(repo_url, kaggle_notebook or notebooks[0]), text)
     return TOOL_SOURCE.sub(f'TOOL_SOURCE = "git+{repo_url}"', text)
 
 
-def targets(root: Path) -> list[tuple[Path, str]]:
-    """(file, notebook its badge opens): the README opens the setup notebook, each notebook itself."""
-    found = [(root / "README.md", "colab/setup.ipynb")]
-    found += [(nb, f"colab/{nb.name}") for nb in sorted((root / "colab").glob("*.ipynb"))]
+def targets(root: Path) -> list[tuple[Path, tuple[str, ...]]]:
+    """(file, notebooks its Colab badges open): the README's open the setup notebook and the second edition's quick
+    start, each notebook's itself."""
+    found = [(root / "README.md", README_COLAB)]
+    found += [(nb, (f"colab/{nb.name}",)) for nb in sorted((root / "colab").glob("*.ipynb"))]
     return found
 
 
 def disagreements(root: Path = REPO, write: bool = False) -> list[str]:
     repo_url = repository_url(root)
     wrong = []
-    for path, notebook in targets(root):
+    for path, notebooks in targets(root):
         if path.suffix == ".ipynb":
             nb = json.loads(path.read_text())
             changed = False
             for cell in nb["cells"]:
                 source = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
-                fixed = fix_text(source, repo_url, notebook, notebook)
+                fixed = fix_text(source, repo_url, notebooks, notebooks[0])
                 if fixed != source:
                     cell["source"] = fixed
                     changed = True
@@ -84,10 +89,10 @@ def disagreements(root: Path = REPO, write: bool = False) -> list[str]:
                     path.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
         else:
             text = path.read_text()
-            if not BADGE.search(text) or not KAGGLE_BADGE.search(text):
+            if len(BADGE.findall(text)) < len(notebooks) or not KAGGLE_BADGE.search(text):
                 wrong.append(f"{path.relative_to(root)} (a badge is missing)")
                 continue
-            fixed = fix_text(text, repo_url, notebook, KAGGLE_NOTEBOOK)
+            fixed = fix_text(text, repo_url, notebooks, KAGGLE_NOTEBOOK)
             if fixed != text:
                 wrong.append(str(path.relative_to(root)))
                 if write:

@@ -195,6 +195,85 @@ def test_quickstart_notebook_installs_stages_gets_the_book_smokes_and_trains(sca
     assert (book / "data-unversioned" / "cache" / "part2ch11_raw").is_dir(), "and filled chapter 11's cache"
 
 
+@pytest.mark.slow
+def test_second_edition_quickstart_installs_stages_gets_the_book_smokes_and_trains_chapter_13(
+        scans: Scans, book2_bundle, book2_python: str, tmp_path: Path, fresh_runtime: Runtime, capsys) -> None:
+    """The second edition's quick start from its own badge, in its own runtime: the tool, dlwpt-code-2e with its fixes,
+    its requirements checked by the install step, the smoke run, then the book's own chapter-13 commands for one epoch."""
+    from provision.cli import main
+    from tests.conftest import pins_here
+
+    bundle, commit = book2_bundle
+    book = tmp_path / "content" / "dlwpt-code-2e"
+    # the bundle lacks the book's candidates.csv: check the book out first and write one for the synthetic scans
+    pre = tmp_path / "pre.yaml"
+    pre.write_text(yaml.safe_dump({"extends": str(REPO / "configs" / "local.yaml"), "requirements": {"files": []},
+                                   "data": {"root": str(book / "data-unversioned")},
+                                   "book": {"edition": 2, "repo": str(bundle), "ref": commit}}))
+    assert main(["book", "-c", str(pre)]) == 0
+    assert main(["book", "--undo", "-c", str(pre)]) == 0, "the notebook applies the fixes itself"
+    capsys.readouterr()
+    candidates_csv(book / "data" / "part2" / "luna" / "candidates.csv", scans.subsets[0], scans.absent)
+    quick = yaml.safe_load((REPO / "configs" / "book" / "dlwpt-code-2e.yaml").read_text())
+    quick["smoke"] = [e for e in quick["smoke"] if e["name"] in ("p2ch12 dataset", "p2ch13 training")]
+    fixes = tmp_path / "quick-fixes-2e.yaml"
+    fixes.write_text(yaml.safe_dump(quick))
+    wheels = os.environ.get("PROVISION_TEST_WHEELS", "")
+    requirements = tmp_path / "dlwpt-2e-here.txt"  # dlwpt-2e.txt as book2_python was filled from this wheel folder
+    requirements.write_text(pins_here(REPO / "configs" / "requirements" / "dlwpt-2e.txt", Path(wheels))[0])
+    outputs = execute("part2_quickstart_2e.ipynb", {
+        "SUBSETS": "0", "BOOK_DIR": str(book), "BOOK_REPO": str(bundle), "BOOK_REF": commit, "SOURCES": [str(scans.folder)],
+        "TOOL_SOURCE": fresh_runtime.tool_source, "PYTHON": book2_python, "WORKERS": 1,
+        "EXTRA_SETS": small_data_sets(scans.manifest, f"book.fixes={fixes}", f"requirements.venv={Path(book2_python).parent.parent}",
+                                      f"requirements.files=[{requirements}]", f"requirements.find_links=[{wheels}]", "requirements.no_index=true"),
+    }, tmp_path, fresh_runtime.kernel)
+    text = "\n".join(outputs)
+    assert "ERROR" not in text, text
+    installed_in(fresh_runtime)
+    assert "install    ok" in text, "the install step ran in this notebook (the book's requirements: all there already)"
+    assert "p2ch12 dataset" in text and "p2ch13 training" in text and "all entry points ran" in text
+    assert "3 CT scans ready" in outputs[-1] and "chapter 13 trained for one epoch" in outputs[-1]
+    assert "f'{mhd_data_folder}/subset*/{series_uid}.mhd'" in (book / "p2ch12" / "dsets.py").read_text(), "the second edition's fixes"
+    runs = list((book / "runs" / "p2ch13").glob("*-trn_cls-*"))
+    assert runs, "the real epoch wrote its tensorboard logs in the book's folder"
+    assert (book / "data-unversioned" / "cache" / "part2ch13_raw").is_dir(), "and filled chapter 13's cache"
+
+
+@pytest.mark.slow
+def test_setup_notebook_with_edition_2_plans_and_prepares_the_second_edition(built: Built, serve, book2_bundle, tmp_path: Path,
+                                                                              fresh_runtime: Runtime) -> None:
+    """EDITION = 2: the plan says so, the book's folder is named after the edition, dlwpt-code-2e is checked out there with
+    its fixes; then EDITION = "auto" finds that checkout and keeps preparing the second edition."""
+    srv = serve()
+    bundle, commit = book2_bundle
+    content = tmp_path / "content"
+    params = {"EDITION": 2, "SUBSETS": "0", "BOOKS_DIR": str(content), "SOURCES": [srv.url + "/mirror/"], "CUDA_REQUIRED": False,
+              "TOOL_SOURCE": fresh_runtime.tool_source, "BOOK": True, "BOOK_REPO": str(bundle), "BOOK_REF": commit, "SMOKE": False,
+              "CACHE": "",  # LUNA-like scans, not the book's
+              "EXTRA_SETS": small_data_sets(built.manifest, "requirements.files=[]")}
+    outputs = execute("setup.ipynb", params, tmp_path, fresh_runtime.kernel)
+    text = "\n".join(outputs)
+    assert "ERROR" not in text, text
+    installed_in(fresh_runtime)
+    book = content / "dlwpt-code-2e"
+    assert f"edition 2; the data goes to {book / 'data-unversioned'}" in text
+    assert "the second edition, 2026 (dlwpt-code-2e), from book.edition" in text, "the plan says which edition it prepares"
+    assert "--edition 1" in text, "and how to pick the other"
+    assert (book / "p2ch15" / "utils.py").is_file() and not (content / "dlwpt-code").exists()
+    diff = subprocess.run(["git", "diff", "--name-only"], cwd=book, capture_output=True, text=True, check=True).stdout.split()
+    assert diff == ["p2ch12/dsets.py", "util/disk.py"], "the second edition's fixes"
+    assert (book / "data-unversioned" / "part2" / "luna" / "subset0").is_dir()
+    summary = outputs[-1]
+    assert f"book code:  {book} at {commit[:10]} (edition 2)" in summary
+    assert "open colab/part2_quickstart_2e.ipynb" in summary and "python -m p2ch13.training" in summary
+
+    outputs = execute("setup.ipynb", {**params, "EDITION": "auto"}, tmp_path, fresh_runtime.kernel)
+    text = "\n".join(outputs)
+    assert "ERROR" not in text, text
+    assert f"edition 2; the data goes to {book / 'data-unversioned'}" in text, "auto: the folder that holds a checkout, and its edition"
+    assert "from the checkout on disk" in text and "(edition 2)" in outputs[-1]
+
+
 def test_notebooks_are_stored_without_outputs() -> None:
     for path in sorted((REPO / "colab").glob("*.ipynb")):
         nb = json.loads(path.read_text())

@@ -18,7 +18,9 @@ from ..errors import BookError
 
 GIT_TIMEOUT_S = 900.0
 DATA_FOLDER = "data-unversioned"  # the book's code reads data-unversioned/... relative to its folder
-LOCAL_EXCLUDES = (f"/{DATA_FOLDER}", "/runs/")  # staged data (a folder, or a link to data.root: no slash, which would match folders only) and tensorboard logs
+# staged data (a folder, or a link to data.root: no slash, which would match folders only), tensorboard logs, and chapter
+# 15's checkpoints (second edition) with the staging engine's state for them
+LOCAL_EXCLUDES = (f"/{DATA_FOLDER}", "/runs/", "/.provision/", "/p2ch15/sam_vit_*.pth")
 # The clone is made in this folder inside the book's folder, and its entries moved up once it is complete, .git last: a clone
 # that stops (the network drops, a kill) leaves only this folder, which the next run clears, never a .git that blocks it.
 CLONING = ".provision-clone"

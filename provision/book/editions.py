@@ -28,6 +28,7 @@ class Edition:
     requirements: str             # configs/requirements/<this>: what its LUNA chapters need today
     only_here: tuple[str, ...]    # files that only this edition's checkout has
     extras: tuple[str, ...] = ()  # requirement files of chapters beyond the LUNA classification ones (book.extras)
+    assets: str = ""              # configs/datasets/<this>: what those chapters load besides the data (book.extras, book.sam)
 
     @property
     def fixes(self) -> str:
@@ -49,7 +50,7 @@ EDITIONS: dict[int, Edition] = {
     # branches, and the commit is found among them (checkout.clone).
     2: Edition(2, "dlwpt-code-2e", "second edition, 2026",
                "https://github.com/deep-learning-with-pytorch/dlwpt-code-2e", "d220a25", "dlwpt-2e.txt",
-               ("p2ch15/utils.py", "p2ch15/dsets.py"), extras=("dlwpt-2e-ch15.txt",)),
+               ("p2ch15/utils.py", "p2ch15/dsets.py"), extras=("dlwpt-2e-ch15.txt",), assets="segment-anything"),
 }
 NAMES = {**{str(n): n for n in EDITIONS}, **{e.name: n for n, e in EDITIONS.items()}, "1e": 1, "2e": 2, "first": 1, "second": 2}
 
@@ -62,6 +63,22 @@ def parse_edition(value: Any, path: str) -> int | None:
     if number is None:
         raise ValueError(f"{value!r} is not an edition of the book: 1 (dlwpt-code), 2 (dlwpt-code-2e) or auto")
     return number
+
+
+# Segment Anything's checkpoints by the names chapter 15's utils.get_sam_model takes (size="large") and by the model's own
+SAM_MODELS = {"vit_b": "vit_b", "base": "vit_b", "vit_l": "vit_l", "large": "vit_l", "vit_h": "vit_h", "huge": "vit_h"}
+
+
+def parse_sam(value: Any, path: str) -> tuple[str, ...]:
+    """``[vit_l]``, ``"base,large"``, ``huge`` -> ("vit_l",), ("vit_b", "vit_l"), ("vit_h",); ``[]`` or ``""``: none."""
+    items = value if isinstance(value, (list, tuple)) else [] if value in (None, "") else str(value).split(",")
+    models = []
+    for item in items:
+        model = SAM_MODELS.get(str(item).strip().lower()) if isinstance(item, str) else None
+        if model is None:
+            raise ValueError(f"{item!r} is not a Segment Anything checkpoint: vit_b (base), vit_l (large, the book's) or vit_h (huge)")
+        models.append(model)
+    return tuple(dict.fromkeys(models))
 
 
 def recognise(checkout: Path, head: str | None = None) -> int | None:
