@@ -14,6 +14,7 @@ import yaml
 from provision.cli import main
 from tests.conftest import REPO, Scans
 from tests.support.book_data import candidates_csv
+from tests.test_book_cache import epoch_counting_misses
 
 MANIFEST = yaml.safe_load((REPO / "configs" / "book" / "dlwpt-code-2e.yaml").read_text())
 FIXED_FILES = sorted({f["file"] for f in MANIFEST["fixes"]})
@@ -132,19 +133,6 @@ def test_unfixed_chapter_12_fails_where_the_fix_says(book2_profile, scans: Scans
 
 # ---------------------------------------------------------------- provision cache
 
-EPOCH_COUNTING_MISSES = """
-import json, runpy, sys
-sys.path.insert(0, "")
-import p2ch13.dsets as dsets
-real, misses = dsets.getCt, [0]
-def counting(uid):
-    misses[0] += 1
-    return real(uid)
-dsets.getCt = counting  # a crop that is not in the cache is computed from its scan: count those
-sys.argv = ["p2ch13.training", "--epochs", "1", "--num-workers", "0", "--batch-size", "8"]
-runpy.run_module("p2ch13.training", run_name="__main__", alter_sys=True)
-print(json.dumps({"misses": misses[0]}))
-"""
 
 
 @pytest.mark.slow
@@ -167,7 +155,7 @@ def test_provision_cache_builds_the_second_editions_chapters(book2_profile, scan
     assert chapters[0]["bytes"] > sum(values) > 0 and sum(values) <= 0.5 * candidates * CROP_BYTES, "the cache fixes compress the crops"
     assert main(["cache", "--json", "-c", str(profile), "--chapters", "14"]) == 0
     assert json.loads(capsys.readouterr().out)["chapters"][0]["scope"] == "part2ch14_raw"
-    epoch = subprocess.run([book2_python, "-c", EPOCH_COUNTING_MISSES], cwd=checkout, capture_output=True, text=True, timeout=900,
+    epoch = subprocess.run([book2_python, "-c", epoch_counting_misses("p2ch13")], cwd=checkout, capture_output=True, text=True, timeout=900,
                            env={**os.environ, "MPLBACKEND": "Agg"})
     assert epoch.returncode == 0, epoch.stderr[-3000:]
     assert json.loads(epoch.stdout.strip().splitlines()[-1]) == {"misses": 0}, "one epoch of chapter 13 computes no crop itself"

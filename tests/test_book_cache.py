@@ -21,18 +21,22 @@ from tests.test_book_smoke import ready_book
 
 pytestmark = pytest.mark.slow
 
-EPOCH_COUNTING_MISSES = """
+
+def epoch_counting_misses(chapter: str) -> str:
+    """A child's code: one epoch of the book's ``chapter`` training (p2ch11, p2ch13), printing how many crops were not
+    in the cache (computed from their scan)."""
+    return f"""
 import json, runpy, sys
 sys.path.insert(0, "")
-import p2ch11.dsets as dsets
+import {chapter}.dsets as dsets
 real, misses = dsets.getCt, [0]
 def counting(uid):
     misses[0] += 1
     return real(uid)
 dsets.getCt = counting  # a crop that is not in the cache is computed from its scan: count those
-sys.argv = ["p2ch11.training", "--epochs", "1", "--num-workers", "0", "--batch-size", "8"]
-runpy.run_module("p2ch11.training", run_name="__main__", alter_sys=True)
-print(json.dumps({"misses": misses[0]}))
+sys.argv = ["{chapter}.training", "--epochs", "1", "--num-workers", "0", "--batch-size", "8"]
+runpy.run_module("{chapter}.training", run_name="__main__", alter_sys=True)
+print(json.dumps({{"misses": misses[0]}}))
 """
 
 
@@ -65,7 +69,7 @@ def test_the_cache_holds_every_entry_the_books_training_reads_compressed(book_pr
     code, again = cache_json(capsys, profile, "--chapters", "11")
     assert code == 0 and again["chapters"][0]["built"] == 0 and again["chapters"][0]["complete_before"] == 6, "complete: a no-op"
 
-    epoch = subprocess.run([book_python, "-c", EPOCH_COUNTING_MISSES], cwd=checkout, capture_output=True, text=True, timeout=900,
+    epoch = subprocess.run([book_python, "-c", epoch_counting_misses("p2ch11")], cwd=checkout, capture_output=True, text=True, timeout=900,
                            env={**os.environ, "MPLBACKEND": "Agg"})
     assert epoch.returncode == 0, epoch.stderr[-3000:]
     assert json.loads(epoch.stdout.strip().splitlines()[-1]) == {"misses": 0}, "one epoch of chapter 11 computes no crop itself"
