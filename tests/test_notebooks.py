@@ -158,25 +158,37 @@ def test_setup_notebook_keeps_colabs_torch(built: Built, serve, tmp_path: Path, 
     assert "installed:  nothing was missing" in outputs[-1]
 
 
+def checked_out_with_candidates(book: Path, spec: dict, scans: Scans, fixes_name: str, keep: tuple[str, ...], tmp_path: Path,
+                                undo: bool = False) -> Path:
+    """The book's code checked out in ``book`` first (``undo``: its fixes taken back, for the notebook to apply) with a
+    candidates.csv for the synthetic scans (the bundles lack the book's 37 MB one); returns a fixes file whose smoke list
+    keeps only the entry points ``keep``."""
+    from provision.cli import main
+
+    pre = tmp_path / "pre.yaml"
+    pre.write_text(yaml.safe_dump({"extends": str(REPO / "configs" / "local.yaml"), "requirements": {"files": []},
+                                   "data": {"root": str(book / "data-unversioned")}, "book": spec}))
+    assert main(["book", "-c", str(pre)]) == 0
+    if undo:
+        assert main(["book", "--undo", "-c", str(pre)]) == 0, "the notebook applies the fixes itself"
+    candidates_csv(book / "data" / "part2" / "luna" / "candidates.csv", scans.subsets[0], scans.absent)
+    quick = yaml.safe_load((REPO / "configs" / "book" / fixes_name).read_text())
+    quick["smoke"] = [e for e in quick["smoke"] if e["name"] in keep]
+    fixes = tmp_path / f"quick-{fixes_name}"
+    fixes.write_text(yaml.safe_dump(quick))
+    return fixes
+
+
 @pytest.mark.slow
 def test_quickstart_notebook_installs_stages_gets_the_book_smokes_and_trains(scans: Scans, book_bundle, book_python: str, tmp_path: Path,
                                                                              fresh_runtime: Runtime, capsys) -> None:
     """Opened from its own badge in its own runtime: it installs the tool and the book's requirements itself."""
-    from provision.cli import main
 
     bundle, commit = book_bundle
     book = tmp_path / "content" / "dlwpt-code"
-    # the bundle lacks the book's 37 MB candidates.csv: check the book out first and write one for the synthetic scans
-    pre = tmp_path / "pre.yaml"
-    pre.write_text(yaml.safe_dump({"extends": str(REPO / "configs" / "local.yaml"), "requirements": {"files": []},
-                                   "data": {"root": str(book / "data-unversioned")}, "book": {"repo": str(bundle), "ref": commit}}))
-    assert main(["book", "-c", str(pre)]) == 0
+    fixes = checked_out_with_candidates(book, {"repo": str(bundle), "ref": commit}, scans, "dlwpt-code.yaml",
+                                        ("p2ch10 dataset", "p2ch11 training"), tmp_path)
     capsys.readouterr()
-    candidates_csv(book / "data" / "part2" / "luna" / "candidates.csv", scans.subsets[0], scans.absent)
-    quick = yaml.safe_load((REPO / "configs" / "book" / "dlwpt-code.yaml").read_text())
-    quick["smoke"] = [e for e in quick["smoke"] if e["name"] in ("p2ch10 dataset", "p2ch11 training")]
-    fixes = tmp_path / "quick-fixes.yaml"
-    fixes.write_text(yaml.safe_dump(quick))
     outputs = execute("part2_quickstart.ipynb", {
         "SUBSETS": "0", "BOOK_DIR": str(book), "BOOK_REPO": str(bundle), "BOOK_REF": commit, "SOURCES": [str(scans.folder)],
         "TOOL_SOURCE": fresh_runtime.tool_source, "PYTHON": book_python, "WORKERS": 1,
@@ -200,24 +212,13 @@ def test_second_edition_quickstart_installs_stages_gets_the_book_smokes_and_trai
         scans: Scans, book2_bundle, book2_python: str, tmp_path: Path, fresh_runtime: Runtime, capsys) -> None:
     """The second edition's quick start from its own badge, in its own runtime: the tool, dlwpt-code-2e with its fixes,
     its requirements checked by the install step, the smoke run, then the book's own chapter-13 commands for one epoch."""
-    from provision.cli import main
     from tests.conftest import pins_here
 
     bundle, commit = book2_bundle
     book = tmp_path / "content" / "dlwpt-code-2e"
-    # the bundle lacks the book's candidates.csv: check the book out first and write one for the synthetic scans
-    pre = tmp_path / "pre.yaml"
-    pre.write_text(yaml.safe_dump({"extends": str(REPO / "configs" / "local.yaml"), "requirements": {"files": []},
-                                   "data": {"root": str(book / "data-unversioned")},
-                                   "book": {"edition": 2, "repo": str(bundle), "ref": commit}}))
-    assert main(["book", "-c", str(pre)]) == 0
-    assert main(["book", "--undo", "-c", str(pre)]) == 0, "the notebook applies the fixes itself"
+    fixes = checked_out_with_candidates(book, {"edition": 2, "repo": str(bundle), "ref": commit}, scans, "dlwpt-code-2e.yaml",
+                                        ("p2ch12 dataset", "p2ch13 training"), tmp_path, undo=True)
     capsys.readouterr()
-    candidates_csv(book / "data" / "part2" / "luna" / "candidates.csv", scans.subsets[0], scans.absent)
-    quick = yaml.safe_load((REPO / "configs" / "book" / "dlwpt-code-2e.yaml").read_text())
-    quick["smoke"] = [e for e in quick["smoke"] if e["name"] in ("p2ch12 dataset", "p2ch13 training")]
-    fixes = tmp_path / "quick-fixes-2e.yaml"
-    fixes.write_text(yaml.safe_dump(quick))
     wheels = os.environ.get("PROVISION_TEST_WHEELS", "")
     requirements = tmp_path / "dlwpt-2e-here.txt"  # dlwpt-2e.txt as book2_python was filled from this wheel folder
     requirements.write_text(pins_here(REPO / "configs" / "requirements" / "dlwpt-2e.txt", Path(wheels))[0])
