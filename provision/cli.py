@@ -400,7 +400,9 @@ def cmd_clean(ctx: Ctx) -> Outcome:
 
 
 def cmd_mirror(ctx: Ctx) -> Outcome:
-    result = steps.mirror(ctx.config, _plan_of(ctx), ctx.args.to, dry_run=ctx.args.dry_run, console=ctx.console)
+    plan = _plan_of(ctx)
+    _say_left_out(plan, ctx.console)  # under fit, the subsets chosen are those this machine's disk holds: said, not silent
+    result = steps.mirror(ctx.config, plan, ctx.args.to, dry_run=ctx.args.dry_run, console=ctx.console)
     return Outcome(result.to_dict(), report.mirror_text(result), EXIT_OK if result.ok else EXIT_FAILED)
 
 

@@ -13,6 +13,7 @@ import pytest
 
 from provision.cli import main
 from provision.environment import current, detect
+from provision.manifest import format_subsets
 from tests.conftest import REPO, run_cli
 from tests.support.dataset import Built, tree_md5s
 from tests.test_scripts import offline_venv, run_script
@@ -61,6 +62,10 @@ def test_the_default_stages_the_subsets_that_fit_and_says_so_before_writing(buil
     expected = {name: md5 for key, info in built.files.items() if key.endswith(".zip") and int(key[6:-4]) in chosen
                 for name, md5 in info["members"].items()}
     assert {k: v for k, v in tree_md5s(root / "part2" / "luna").items() if k.endswith((".mhd", ".raw"))} == expected
+    # a mirror under fit copies what this machine's disk holds: it says so, as up and stage do
+    assert main(["mirror", *args, "--to", str(tmp_path / "mirror"), "--dry-run"]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith(f"note: staging subsets {format_subsets(tuple(chosen))} of 0-3") and "--subsets all" in err, err
     # what fit was staged: verify and status speak of it, not of the subsets the disk left out (as missing)
     assert main(["verify", *args, "--json"]) == 0
     verified = json.loads(capsys.readouterr().out)
