@@ -33,10 +33,36 @@ def _stopped_already(signum: int, frame: FrameType | None) -> None:
     """Once the command has ended and said so, a further signal changes nothing: no second line, no traceback."""
 
 
+def _stop_in_a_callback(unraisable: object) -> None:
+    """A stop raised while Python ran a callback (a weakref's, as importlib's module locks have; a ``__del__``) cannot
+    leave it: Python would print it as "Exception ignored" with a traceback and go on as if no stop had come. It is
+    raised again a moment later, once the callback is over (a timer: a signal sent from here would be handled here);
+    anything else is reported as Python would."""
+    global _pending
+    stop = getattr(unraisable, "exc_value", None)
+    if isinstance(stop, KeyboardInterrupt):
+        _pending = stop
+        signal.signal(signal.SIGALRM, _raise_pending)
+        signal.setitimer(signal.ITIMER_REAL, 0.005)
+        return
+    sys.__unraisablehook__(unraisable)  # type: ignore[arg-type]
+
+
+_pending: KeyboardInterrupt | None = None  # a stop that landed in a callback, raised again by _raise_pending
+
+
+def _raise_pending(signum: int, frame: FrameType | None) -> None:
+    global _pending
+    stop, _pending = _pending, None
+    if stop is not None:
+        raise stop
+
+
 def main() -> int:
     """Run the command line as a process: TERM handled as Ctrl-C from the first moment, one line for either, and no
     child of the tool's left running once it ends."""
     try:
+        sys.unraisablehook = _stop_in_a_callback
         signal.signal(signal.SIGTERM, _terminated)
         from .cli import main as command
 

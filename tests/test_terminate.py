@@ -212,3 +212,39 @@ def test_term_while_cloning_the_book_ends_git_and_the_rerun_clones(tmp_path: Pat
     assert rerun.returncode == 0, rerun.stderr
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path / "book", capture_output=True, text=True).stdout.strip()
     assert head == book_bundle[1]
+
+
+STOP_IN_A_CALLBACK = r"""
+import os, signal, sys, weakref
+from provision import process
+
+sys.unraisablehook = process._stop_in_a_callback
+signal.signal(signal.SIGTERM, process._terminated)
+
+class Held:
+    pass
+
+def callback(ref):  # as importlib's module locks have: Python runs it, and nothing raised in it can leave it
+    os.kill(os.getpid(), signal.SIGTERM)
+    for _ in range(1000):  # the handler runs here, inside the callback
+        pass
+
+held = Held()
+ref = weakref.ref(held, callback)
+try:
+    del held
+    for _ in range(10_000_000):
+        pass
+    print("went on as if no stop had come")
+except KeyboardInterrupt as stop:
+    print("stopped:", type(stop).__name__)
+"""
+
+
+def test_a_stop_that_lands_in_a_callback_is_raised_where_the_command_runs() -> None:
+    """A TERM handled while Python runs a weakref callback (the race the first-moment test met once in importlib) is not
+    an "Exception ignored" traceback and a stop lost: it is sent again and stops the command."""
+    done = subprocess.run([sys.executable, "-c", STOP_IN_A_CALLBACK], capture_output=True, text=True, timeout=60,
+                          cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.stdout.strip() == "stopped: Terminated", done.stdout + done.stderr
+    assert "Exception ignored" not in done.stderr and "Traceback" not in done.stderr, done.stderr
