@@ -200,7 +200,9 @@ def test_killed_once_every_byte_of_an_archive_is_in_the_rerun_fetches_little_aga
     """A kill once an archive's every byte is in (at each step from there to its record): the rerun fetches within
     1.25x of the data set in all, counted by the server, and stages the whole tree."""
     mode, where, when = point
-    data = build_luna_like(tmp_path / "d", subsets=2, scans=4, raw_bytes=700_000, extra_plain=False)
+    # the other archive, streamed at the same time (two a core), loses what it inflated since its last member: members of
+    # a few % of the data set, as LUNA16's (134 MB of 66 GB), not a third of it
+    data = build_luna_like(tmp_path / "d", subsets=2, scans=10, raw_bytes=280_000, extra_plain=False)
     target = tmp_path / "root" / "part2" / "luna"
     with FileServer(data.folder, records=records_of(data)) as srv:
         profile = write_profile({"dataset": str(data.manifest), "sources": [srv.url + "/mirror/"], "mode": mode, "connections": 4,
