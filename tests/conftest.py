@@ -243,18 +243,18 @@ def _bundle(spec: str) -> tuple[str, str]:
     return spec, heads.split()[0]
 
 
-@pytest.fixture
-def book_profile(tmp_path: Path, book_bundle: tuple[str, str]) -> Callable[..., Path]:
-    """A profile whose book comes from the bundle; data.root is <tmp>/dlwpt-code/data-unversioned unless given."""
+def profile_writer(tmp_path: Path, bundle: tuple[str, str], folder: str, name: str, book_defaults: dict) -> Callable[..., Path]:
+    """Write a profile whose book comes from ``bundle`` (with ``book_defaults``), data.root <tmp>/<folder>/data-unversioned
+    unless given; the writer takes more book and data keys, the file's name and top-level keys."""
 
-    def write(book: dict | None = None, data: dict | None = None, name: str = "book.yaml", **top: object) -> Path:
-        bundle, commit = book_bundle
+    def write(book: dict | None = None, data: dict | None = None, name: str = name, **top: object) -> Path:
+        spec, commit = bundle
         body = {
             "extends": str(REPO / "configs" / "local.yaml"),
             "requirements": {"files": []},
-            "data": {"root": str(tmp_path / "dlwpt-code" / "data-unversioned"), "subsets": "0", "cache_gb_per_subset": 0, "margin_gb": 0,
+            "data": {"root": str(tmp_path / folder / "data-unversioned"), "subsets": "0", "cache_gb_per_subset": 0, "margin_gb": 0,
                      **(data or {})},
-            "book": {"enabled": False, "repo": str(bundle), "ref": commit, **(book or {})},
+            "book": {**book_defaults, "repo": str(spec), "ref": commit, **(book or {})},
             **top,
         }
         path = tmp_path / name
@@ -262,27 +262,18 @@ def book_profile(tmp_path: Path, book_bundle: tuple[str, str]) -> Callable[..., 
         return path
 
     return write
+
+
+@pytest.fixture
+def book_profile(tmp_path: Path, book_bundle: tuple[str, str]) -> Callable[..., Path]:
+    """A profile whose book comes from the bundle; data.root is <tmp>/dlwpt-code/data-unversioned unless given."""
+    return profile_writer(tmp_path, book_bundle, "dlwpt-code", "book.yaml", {"enabled": False})
 
 
 @pytest.fixture
 def book2_profile(tmp_path: Path, book2_bundle: tuple[str, str]) -> Callable[..., Path]:
     """A profile for the second edition from its bundle; data.root is <tmp>/dlwpt-code-2e/data-unversioned unless given."""
-
-    def write(book: dict | None = None, data: dict | None = None, name: str = "book2.yaml", **top: object) -> Path:
-        bundle, commit = book2_bundle
-        body = {
-            "extends": str(REPO / "configs" / "local.yaml"),
-            "requirements": {"files": []},
-            "data": {"root": str(tmp_path / "dlwpt-code-2e" / "data-unversioned"), "subsets": "0", "cache_gb_per_subset": 0, "margin_gb": 0,
-                     **(data or {})},
-            "book": {"edition": 2, "repo": str(bundle), "ref": commit, **(book or {})},
-            **top,
-        }
-        path = tmp_path / name
-        path.write_text(yaml.safe_dump(body, sort_keys=False))
-        return path
-
-    return write
+    return profile_writer(tmp_path, book2_bundle, "dlwpt-code-2e", "book2.yaml", {"edition": 2})
 
 
 def interpreter_with_torch(venv: Path, torch_spec: str | None) -> Path:
